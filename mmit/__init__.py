@@ -1,0 +1,3 @@
+"""mmit: multimodal instruction tuning."""
+
+__version__ = "0.1.0"

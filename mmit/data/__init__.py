@@ -1,0 +1,1 @@
+"""Data: annotations -> conversations -> tokens -> batches."""

@@ -1,0 +1,142 @@
+"""Conversations -> token ids and labels, through the tokenizer's own chat template.
+
+The loss mask comes from the template itself: for each assistant turn we render the
+conversation up to the turn's generation prompt and up to the end of the turn; the text in
+between (less trailing whitespace) is what the model must write, end-of-turn token included.
+Labels stay aligned with ``input_ids``; the one shift happens in the loss.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from mmit.data.samples import Conversation, SampleError
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+OVERLENGTH = ("truncate", "drop", "raise")
+
+
+class ChatTemplateError(ValueError):
+    """The tokenizer's chat template cannot give an assistant mask."""
+
+
+@dataclass
+class TokenizedSample:
+    id: str
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def num_labels(self) -> int:
+        return sum(label != IGNORE_INDEX for label in self.labels)
+
+
+def _render(tokenizer: PreTrainedTokenizerBase, chat: list[dict], generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def assistant_spans(tokenizer: PreTrainedTokenizerBase, conv: Conversation) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered text and the character spans the assistant writes."""
+    chat = conv.as_chat()
+    text = _render(tokenizer, chat, generation_prompt=False)
+    spans = []
+    for i, message in enumerate(chat):
+        if message["role"] != "assistant":
+            continue
+        prompt = _render(tokenizer, chat[:i], generation_prompt=True)
+        turn = _render(tokenizer, chat[: i + 1], generation_prompt=False)
+        if not (text.startswith(prompt) and text.startswith(turn) and turn.startswith(prompt)):
+            raise ChatTemplateError(
+                f"sample {conv.id!r}: the chat template does not render conversations as "
+                "prefixes of each other, so assistant turns cannot be located; "
+                "set llm.chat_template to a prefix-stable template"
+            )
+        start, end = len(prompt), len(turn.rstrip())
+        if end <= start:
+            raise ChatTemplateError(f"sample {conv.id!r}: assistant turn {i} renders empty")
+        spans.append((start, end))
+    return text, spans
+
+
+def tokenize_conversation(
+    conv: Conversation, tokenizer: PreTrainedTokenizerBase, max_length: int, overlength: str = "truncate"
+) -> tuple[TokenizedSample, bool]:
+    """Token ids and labels of one conversation; the flag says whether it was truncated."""
+    if overlength not in OVERLENGTH:
+        raise ValueError(f"overlength must be one of {OVERLENGTH}, not {overlength!r}")
+    text, spans = assistant_spans(tokenizer, conv)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    input_ids = list(encoded["input_ids"])
+    labels = [IGNORE_INDEX] * len(input_ids)
+    for k, (tok_start, tok_end) in enumerate(encoded["offset_mapping"]):
+        # A token belongs to the answer if it overlaps an assistant span at all: a token
+        # that straddles the boundary still carries the answer's first characters.
+        if any(tok_end > start and tok_start < end for start, end in spans):
+            labels[k] = input_ids[k]
+    truncated = len(input_ids) > max_length
+    if truncated:
+        if overlength != "truncate":
+            raise SampleError("too_long", f"sample {conv.id!r}: {len(input_ids)} tokens > max_length {max_length}")
+        input_ids, labels = input_ids[:max_length], labels[:max_length]
+    sample = TokenizedSample(conv.id, input_ids, labels)
+    if sample.num_labels == 0:
+        raise SampleError(
+            "no_labels_after_truncation", f"sample {conv.id!r}: no assistant token within max_length {max_length}"
+        )
+    return sample, truncated
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, chat: list[dict]) -> list[int]:
+    """Token ids of a conversation ending in a generation prompt (the same template as training)."""
+    text = _render(tokenizer, chat, generation_prompt=True)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+class TokenizedDataset(Dataset):
+    """Conversations tokenized once up front; bad ones raise or are counted per policy."""
+
+    def __init__(
+        self,
+        conversations: list[Conversation],
+        tokenizer: PreTrainedTokenizerBase,
+        max_length: int,
+        overlength: str = "truncate",
+        on_error: str = "raise",
+        name: str = "data",
+    ):
+        self.name = name
+        self.skipped: Counter = Counter()
+        self.truncated = 0
+        self.samples: list[TokenizedSample] = []
+        for conv in tqdm(conversations, desc=f"tokenize {name}", unit="sample", leave=False):
+            try:
+                sample, truncated = tokenize_conversation(conv, tokenizer, max_length, overlength)
+            except SampleError as err:
+                # Over-long samples follow the overlength policy; every other fault on_error.
+                policy = {"drop": "skip", "raise": "raise"}[overlength] if err.reason == "too_long" else on_error
+                if policy == "raise":
+                    raise
+                self.skipped[err.reason] += 1
+                continue
+            self.truncated += truncated
+            self.samples.append(sample)
+        if not self.samples:
+            raise ValueError(f"{name}: no usable samples (skipped: {dict(self.skipped)})")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> TokenizedSample:
+        return self.samples[index]
+
+    @property
+    def num_label_tokens(self) -> int:
+        return sum(s.num_labels for s in self.samples)

@@ -1,0 +1,1 @@
+"""Models: LLM loading, tuning modes and the multimodal model."""

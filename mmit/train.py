@@ -1,0 +1,67 @@
+"""Entry point: ``python -m mmit.train +recipe=<name> [overrides]``.
+
+Reads top to bottom: config, model, tuning, data, loop, summary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from mmit.factory import build_data, build_model, build_trainer_config, resolved_yaml
+from mmit.paths import CONF_DIR, atomic_write_text
+from mmit.training.loop import train
+from mmit.training.report import format_summary
+
+log = logging.getLogger("mmit.train")
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict:
+    """The whole job for a composed config; returns the summary dict."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", resolved_yaml(cfg))
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    built = build_model(cfg)
+    log.info("model: %s\n%s", built.source, built.table)
+
+    data = build_data(cfg, built.tokenizer)
+    log.info(
+        "data: %d training samples (%d label tokens); eval sets: %s",
+        len(data.train),
+        data.train.num_label_tokens,
+        {n: len(e.tokens) for n, e in data.eval.items()},
+    )
+
+    trainer_cfg = build_trainer_config(cfg)
+    summary = train(built.model, built.tokenizer, data.train, data.eval, trainer_cfg, run_dir)
+    summary.update(
+        llm=built.source,
+        parameters=built.table,
+        train_samples=len(data.train),
+        skipped={k: dict(v) for k, v in data.skipped.items()},
+        truncated=data.truncated,
+    )
+
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
+    text = format_summary(summary, run_dir)
+    atomic_write_text(run_dir / "summary.md", text)
+    print(text)
+    return summary
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+if __name__ == "__main__":
+    main()

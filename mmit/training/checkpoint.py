@@ -1,0 +1,131 @@
+"""Checkpoints as safetensors + JSON only: trained weights, peft adapter, optimizer, scheduler,
+RNG and data position. Written to a temporary directory and renamed; ``latest`` is a
+one-line file updated atomically after the rename, so it never names a partial checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mmit.paths import atomic_dir, atomic_write_text
+
+TRAINABLE = "trainable.safetensors"
+ADAPTER_DIR = "adapter"
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable(model: nn.Module, ckpt_dir: str | Path) -> None:
+    """Load the trained weights of a checkpoint into a model built from the same config."""
+    state = load_file(Path(ckpt_dir) / TRAINABLE)
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in state]
+    unknown = [n for n in state if n not in params]
+    if missing or unknown:
+        raise ValueError(
+            f"{ckpt_dir}: checkpoint does not fit the model (missing {missing[:3]}..., unknown {unknown[:3]}...)"
+        )
+    with torch.no_grad():
+        for name, tensor in state.items():
+            params[name].copy_(tensor)
+
+
+def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, slots in sd["state"].items():
+        for key, value in slots.items():
+            if torch.is_tensor(value):
+                tensors[f"{index}.{key}"] = value.contiguous().cpu()
+            else:
+                scalars[f"{index}.{key}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for flat, value in [*tensors.items(), *meta["scalars"].items()]:
+        index, key = flat.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors["cuda"] = torch.cuda.get_rng_state()
+    version, internal, gauss = random.getstate()
+    return tensors, {"python": [version, list(internal), gauss]}
+
+
+def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    torch.set_rng_state(tensors["torch"])
+    if "cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["cuda"])
+    version, internal, gauss = meta["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    data_state: dict,
+    keep_last: int = 2,
+    extra: dict | None = None,
+) -> Path:
+    """Write ``checkpoints/step-NNNNNNN`` atomically, point ``latest`` at it, prune old ones."""
+    root = Path(run_dir) / "checkpoints"
+    final = root / f"step-{step:07d}"
+    with atomic_dir(final) as tmp:
+        save_file(trainable_state(model), tmp / TRAINABLE)
+        llm = getattr(model, "llm", None)
+        if hasattr(llm, "peft_config"):
+            llm.save_pretrained(tmp / ADAPTER_DIR)  # peft writes adapter_model.safetensors
+        opt_tensors, opt_meta = _optimizer_to_files(optimizer)
+        save_file(opt_tensors, tmp / "optimizer.safetensors")
+        rng_tensors, rng_meta = _rng_state()
+        save_file(rng_tensors, tmp / "rng.safetensors")
+        state = {
+            "step": step,
+            "optimizer": opt_meta,
+            "scheduler": scheduler.state_dict(),
+            "data": data_state,
+            "rng": rng_meta,
+            "extra": extra or {},
+        }
+        (tmp / "state.json").write_text(json.dumps(state, indent=1))
+    atomic_write_text(root / "latest", final.name + "\n")
+    for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep_last]:
+        shutil.rmtree(old)
+    return final
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    pointer = Path(run_dir) / "checkpoints" / "latest"
+    if not pointer.exists():
+        return None
+    return pointer.parent / pointer.read_text().strip()
+
+
+def load_checkpoint(ckpt_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler) -> dict:
+    """Restore everything ``save_checkpoint`` wrote; returns the saved state (step, data...)."""
+    ckpt_dir = Path(ckpt_dir)
+    state = json.loads((ckpt_dir / "state.json").read_text())
+    load_trainable(model, ckpt_dir)
+    optimizer.load_state_dict(_optimizer_from_files(load_file(ckpt_dir / "optimizer.safetensors"), state["optimizer"]))
+    scheduler.load_state_dict(state["scheduler"])
+    _set_rng_state(load_file(ckpt_dir / "rng.safetensors"), state["rng"])
+    return state

@@ -1,0 +1,248 @@
+"""The training loop: accumulate micro-batches, step, log, evaluate, checkpoint."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
+
+from mmit.data.collate import Collator
+from mmit.data.loader import BatchStream
+from mmit.data.samples import Conversation
+from mmit.data.tokenize import TokenizedDataset
+from mmit.generation import generate_answers, prompt_and_reference
+from mmit.models.multimodal_lm import MultimodalLM
+from mmit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from mmit.training.loss import next_token_loss_sum
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 200
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 2e-4
+    lr_per_component: dict[str, float] = field(default_factory=dict)
+    weight_decay: float = 0.0
+    warmup_steps: int = 10
+    max_grad_norm: float = 1.0
+    precision: str = "auto"  # auto | bf16 (autocast, CPU and GPU) | fp32
+    device: str = "auto"
+    log_every: int = 10
+    eval_every: int = 100
+    eval_batches: int = 20  # per evaluation set; 0 = the whole set
+    generate_samples: int = 32  # per evaluation set, for exact match and shown answers
+    max_new_tokens: int = 32
+    save_every: int = 100
+    keep_last: int = 2
+    resume: bool = True
+    seed: int = 0
+
+
+@dataclass
+class EvalSet:
+    """A held-out set: tokenized for the loss, conversations for generation."""
+
+    tokens: TokenizedDataset
+    conversations: list[Conversation]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AMX or AVX512-BF16: without them CPU bf16 matmuls are far slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> bf16 where the hardware does it fast (CUDA, AMX CPUs), else fp32."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"trainer.precision must be auto, bf16 or fp32, not {precision!r}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def param_groups(model: torch.nn.Module, cfg: TrainerConfig) -> list[dict]:
+    """One group per component (first name segment), each with its learning rate."""
+    groups: dict[str, list] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault(name.split(".")[0], []).append(p)
+    unknown = set(cfg.lr_per_component) - set(groups)
+    if unknown:
+        raise ValueError(f"trainer.lr_per_component names no trainable component: {sorted(unknown)}")
+    if not groups:
+        raise ValueError("nothing to train: every component is frozen")
+    return [
+        {"params": ps, "lr": cfg.lr_per_component.get(name, cfg.lr), "component": name} for name, ps in groups.items()
+    ]
+
+
+@torch.no_grad()
+def eval_loss(
+    model: MultimodalLM, dataset: TokenizedDataset, collate: Collator, cfg: TrainerConfig, device: torch.device
+) -> float:
+    """Mean loss per label token over (a prefix of) the set, in a fixed order."""
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    stream = BatchStream(dataset, cfg.batch_size, collate, shuffle=False)
+    n_batches = math.ceil(len(dataset) / cfg.batch_size)
+    for _ in range(min(n_batches, cfg.eval_batches or n_batches)):
+        batch = next(stream).to(device)
+        with autocast(device, cfg.precision):
+            total += next_token_loss_sum(model(batch), batch.labels, model.output_head).item()
+        tokens += batch.num_label_tokens
+    model.train(was_training)
+    return total / max(tokens, 1)
+
+
+def evaluate(model, tokenizer, eval_sets: dict[str, EvalSet], collate, cfg, device) -> tuple[dict, dict]:
+    """Loss (and exact match of generated answers) per evaluation set."""
+    metrics, answers = {}, {}
+    for name, eval_set in eval_sets.items():
+        metrics[f"eval/{name}/loss"] = eval_loss(model, eval_set.tokens, collate, cfg, device)
+        if cfg.generate_samples:
+            convs = eval_set.conversations[: cfg.generate_samples]
+            prompts, refs = zip(*(prompt_and_reference(c) for c in convs))
+            preds = generate_answers(
+                model,
+                tokenizer,
+                list(prompts),
+                cfg.max_new_tokens,
+                cfg.batch_size * 2,
+                torch.bfloat16 if cfg.precision == "bf16" else None,
+            )
+            hits = [p.strip().lower() == r.strip().lower() for p, r in zip(preds, refs)]
+            metrics[f"eval/{name}/exact_match"] = sum(hits) / len(hits)
+            answers[name] = [
+                {"id": c.id, "prompt": pr[-1]["content"], "reference": r, "prediction": p}
+                for c, pr, r, p in zip(convs, prompts, refs, preds)
+            ]
+    return metrics, answers
+
+
+def train(
+    model: MultimodalLM,
+    tokenizer: PreTrainedTokenizerBase,
+    train_set: TokenizedDataset,
+    eval_sets: dict[str, EvalSet],
+    cfg: TrainerConfig,
+    run_dir: Path,
+) -> dict:
+    """Train ``model`` in place; returns the run's summary (also written to the run dir)."""
+    run_dir = Path(run_dir)
+    device = pick_device(cfg.device)
+    cfg.precision = resolve_precision(cfg.precision, device)
+    log.info("device %s, precision %s", device, cfg.precision)
+    model.to(device).train()
+    collate = Collator(tokenizer.pad_token_id)
+    stream = BatchStream(train_set, cfg.batch_size, collate, seed=cfg.seed)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), weight_decay=cfg.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.max_steps)
+
+    start_step, before = 0, None
+    resume_from = latest_checkpoint(run_dir) if cfg.resume else None
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, model, optimizer, scheduler)
+        start_step, before = state["step"], state["extra"].get("before")
+        stream.load_state(state["data"])
+        log.info("resumed from %s at step %d", resume_from, start_step)
+    if before is None:
+        before, before_answers = evaluate(model, tokenizer, eval_sets, collate, cfg, device)
+        _write_json(run_dir / "answers_before.json", before_answers)
+        _log_metrics(run_dir, {"step": 0, **before})
+
+    started, tokens_seen, last_loss = time.perf_counter(), 0, float("nan")
+    bar = tqdm(range(start_step, cfg.max_steps), initial=start_step, total=cfg.max_steps, desc="train", unit="step")
+    for step in bar:
+        micro_batches = [next(stream).to(device) for _ in range(cfg.grad_accum)]
+        # Normalise by the label tokens of the whole step, not per micro-batch: long and
+        # short answers then weigh the same however the step is split.
+        step_tokens = sum(b.num_label_tokens for b in micro_batches)
+        loss_sum = 0.0
+        for batch in micro_batches:
+            with autocast(device, cfg.precision):
+                loss = next_token_loss_sum(model(batch), batch.labels, model.output_head) / max(step_tokens, 1)
+            loss.backward()
+            loss_sum += loss.item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        tokens_seen += sum(int(b.attention_mask.sum()) for b in micro_batches)
+        last_loss, done = loss_sum, step + 1
+        bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+
+        if done % cfg.log_every == 0 or done == cfg.max_steps:
+            _log_metrics(
+                run_dir,
+                {
+                    "step": done,
+                    "train/loss": last_loss,
+                    "train/grad_norm": float(grad_norm),
+                    "lr": scheduler.get_last_lr()[0],
+                    "tokens/s": tokens_seen / (time.perf_counter() - started),
+                },
+            )
+        if done % cfg.eval_every == 0 and done != cfg.max_steps:
+            metrics, _ = evaluate(model, tokenizer, eval_sets, collate, cfg, device)
+            _log_metrics(run_dir, {"step": done, **metrics})
+            bar.write(f"step {done}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        if done % cfg.save_every == 0 or done == cfg.max_steps:
+            save_checkpoint(
+                run_dir, done, model, optimizer, scheduler, stream.state(), cfg.keep_last, extra={"before": before}
+            )
+    bar.close()
+    elapsed = time.perf_counter() - started
+
+    after, after_answers = evaluate(model, tokenizer, eval_sets, collate, cfg, device)
+    _write_json(run_dir / "answers_after.json", after_answers)
+    _log_metrics(run_dir, {"step": cfg.max_steps, **after})
+    return {
+        "steps": cfg.max_steps,
+        "resumed_from_step": start_step,
+        "device": str(device),
+        "precision": cfg.precision,
+        "train_seconds": elapsed,
+        "tokens_per_second": tokens_seen / max(elapsed, 1e-9),
+        "final_train_loss": last_loss,
+        "before": before,
+        "after": after,
+    }
+
+
+def _log_metrics(run_dir: Path, record: dict) -> None:
+    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _write_json(path: Path, value) -> None:
+    path.write_text(json.dumps(value, indent=1, ensure_ascii=False), encoding="utf-8")

@@ -1,0 +1,39 @@
+"""The short human summary written at the end of a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def format_summary(summary: dict, run_dir: Path) -> str:
+    lines = [
+        f"# mmit run: {run_dir}",
+        "",
+        f"- LLM: {summary['llm']}",
+        f"- steps: {summary['steps']} (resumed from {summary['resumed_from_step']}) on {summary['device']}, "
+        f"{summary['precision']}, {summary['train_seconds']:.1f} s, {summary['tokens_per_second']:.0f} tokens/s",
+        f"- training samples: {summary['train_samples']}; final training loss {summary['final_train_loss']:.4f}",
+    ]
+    for name, counts in summary["skipped"].items():
+        if counts:
+            lines.append(f"- skipped in {name}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    for name, count in summary["truncated"].items():
+        if count:
+            lines.append(f"- truncated in {name}: {count}")
+    lines += [
+        "",
+        "## Parameters",
+        "",
+        "```",
+        summary["parameters"],
+        "```",
+        "",
+        "## Evaluation",
+        "",
+        "| metric | before | after |",
+        "|---|---|---|",
+    ]
+    for key in summary["after"]:
+        lines.append(f"| {key} | {summary['before'].get(key, float('nan')):.4f} | {summary['after'][key]:.4f} |")
+    lines += ["", f"Metrics: {run_dir / 'metrics.jsonl'}; answers: answers_before.json, answers_after.json", ""]
+    return "\n".join(lines)

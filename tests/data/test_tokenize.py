@@ -1,0 +1,94 @@
+"""Loss masks hand-checked on multi-turn samples under two different chat templates."""
+
+import copy
+
+import pytest
+
+from mmit.data.collate import Collator
+from mmit.data.samples import Conversation, Message, SampleError
+from mmit.data.tokenize import IGNORE_INDEX, TokenizedDataset, tokenize_conversation
+
+CONV = Conversation(
+    "c1",
+    [
+        Message("system", "Be brief."),
+        Message("user", "What is the capital of France?"),
+        Message("assistant", "Paris"),
+        Message("user", "And 2 + 2?"),
+        Message("assistant", "4"),
+    ],
+)
+
+# A Llama-2 / Mistral style template: no generation prompt, answers follow "[/INST]".
+INST_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}<<SYS>>{{ m['content'] }}<</SYS>>"
+    "{% elif m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+    "{% else %} {{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
+)
+
+
+def labelled_pieces(tokenizer, sample):
+    """Decode each run of consecutive labelled tokens."""
+    pieces, run = [], []
+    for token, label in zip(sample.input_ids, sample.labels):
+        if label != IGNORE_INDEX:
+            assert label == token
+            run.append(token)
+        elif run:
+            pieces.append(tokenizer.decode(run))
+            run = []
+    if run:
+        pieces.append(tokenizer.decode(run))
+    return pieces
+
+
+def test_chatml_mask_is_exactly_the_answers_and_their_end_token(tiny):
+    sample, truncated = tokenize_conversation(CONV, tiny.tokenizer, max_length=512)
+    assert not truncated
+    assert labelled_pieces(tiny.tokenizer, sample) == ["Paris<|im_end|>", "4<|im_end|>"]
+    text = tiny.tokenizer.decode(sample.input_ids)
+    assert text == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is the capital of France?"
+        "<|im_end|>\n<|im_start|>assistant\nParis<|im_end|>\n<|im_start|>user\nAnd 2 + 2?<|im_end|>\n"
+        "<|im_start|>assistant\n4<|im_end|>\n"
+    )
+
+
+def test_inst_template_mask(tiny):
+    tokenizer = copy.deepcopy(tiny.tokenizer)
+    tokenizer.chat_template = INST_TEMPLATE
+    sample, _ = tokenize_conversation(CONV, tokenizer, max_length=512)
+    assert labelled_pieces(tokenizer, sample) == [" Paris<|im_end|>", " 4<|im_end|>"]
+    assert tokenizer.decode(sample.input_ids).startswith("<|im_start|><<SYS>>Be brief.<</SYS>>[INST] What")
+
+
+def test_overlength_policies(tiny):
+    full, _ = tokenize_conversation(CONV, tiny.tokenizer, max_length=512)
+    n = len(full.input_ids)
+    cut, truncated = tokenize_conversation(CONV, tiny.tokenizer, max_length=n - 3)
+    assert truncated and cut.input_ids == full.input_ids[: n - 3] and cut.num_labels > 0
+    with pytest.raises(SampleError, match="max_length"):
+        tokenize_conversation(CONV, tiny.tokenizer, max_length=n - 3, overlength="drop")
+    with pytest.raises(SampleError) as err:  # truncated before the first answer
+        tokenize_conversation(CONV, tiny.tokenizer, max_length=10)
+    assert err.value.reason == "no_labels_after_truncation"
+
+    short = Conversation("short", [Message("user", "hi"), Message("assistant", "yo")])
+    dropped = TokenizedDataset([CONV, short], tiny.tokenizer, max_length=n - 3, overlength="drop")
+    assert [s.id for s in dropped.samples] == ["short"] and dropped.skipped == {"too_long": 1}
+    kept = TokenizedDataset([CONV, short], tiny.tokenizer, max_length=n - 3, overlength="truncate")
+    assert len(kept) == 2 and kept.truncated == 1
+    with pytest.raises(SampleError):
+        TokenizedDataset([CONV, short], tiny.tokenizer, max_length=n - 3, overlength="raise", on_error="skip")
+
+
+def test_collate_pads_right_and_counts_shifted_labels(tiny):
+    a, _ = tokenize_conversation(CONV, tiny.tokenizer, max_length=512)
+    b, _ = tokenize_conversation(
+        Conversation("s", [Message("user", "hi"), Message("assistant", "yo")]), tiny.tokenizer, max_length=512
+    )
+    batch = Collator(tiny.tokenizer.pad_token_id, pad_to_multiple_of=8)([a, b])
+    assert batch.input_ids.shape[1] % 8 == 0 and batch.input_ids.shape[1] >= len(a.input_ids)
+    assert batch.attention_mask[1].sum() == len(b.input_ids)
+    assert (batch.labels[1, len(b.input_ids) :] == IGNORE_INDEX).all()
+    assert batch.num_label_tokens == a.num_labels + b.num_labels

@@ -1,0 +1,55 @@
+import torch
+
+from mmit.data.collate import Collator
+from mmit.data.samples import Conversation, Message
+from mmit.data.tokenize import tokenize_conversation
+from mmit.models.multimodal_lm import MultimodalLM
+from mmit.training.loss import next_token_loss_sum
+
+
+def _batch(tokenizer, convs):
+    return Collator(tokenizer.pad_token_id)([tokenize_conversation(c, tokenizer, 512)[0] for c in convs])
+
+
+CONVS = [
+    Conversation("a", [Message("user", "What is 2 + 2?"), Message("assistant", "4")]),
+    Conversation(
+        "b",
+        [
+            Message("user", "Say yes"),
+            Message("assistant", "yes yes yes yes"),
+            Message("user", "again"),
+            Message("assistant", "yes"),
+        ],
+    ),
+]
+
+
+def test_loss_matches_transformers_shifted_loss(tiny):
+    """Same value as transformers' own shift-inside loss: labels are shifted exactly once."""
+    model = MultimodalLM(tiny.model).eval()
+    batch = _batch(tiny.tokenizer, CONVS)
+    with torch.no_grad():
+        ours = next_token_loss_sum(model(batch), batch.labels, model.output_head) / batch.num_label_tokens
+        reference = tiny.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_accumulation_normalised_by_label_tokens(tiny):
+    """Two micro-batches divided by the step's token count give the big batch's gradient."""
+    model = MultimodalLM(tiny.model).train()
+    tokenizer = tiny.tokenizer
+    full = _batch(tokenizer, CONVS)
+
+    def grads(batches):
+        model.zero_grad()
+        total = sum(b.num_label_tokens for b in batches)
+        for b in batches:
+            (next_token_loss_sum(model(b), b.labels, model.output_head) / total).backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    together = grads([full])
+    split = grads([_batch(tokenizer, CONVS[:1]), _batch(tokenizer, CONVS[1:])])
+    for g1, g2 in zip(together, split):
+        torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-6)
+    model.zero_grad()
