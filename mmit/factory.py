@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import random
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -9,11 +11,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mmit.data.sources import DataFiles, read_conversations
-from mmit.data.tokenize import TokenizedDataset
+from mmit.data.tokenize import MediaSlot, TokenizedDataset
 from mmit.models.llm import LoadedLLM
 from mmit.models.multimodal_lm import MultimodalLM
+from mmit.models.projectors import build_projector
 from mmit.models.tuning import apply_tuning, parameter_table
+from mmit.training.checkpoint import load_matching
 from mmit.training.loop import EvalSet, TrainerConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -34,17 +40,39 @@ class BuiltData:
 
 
 def build_model(cfg: DictConfig) -> BuiltModel:
-    """LLM (+ tuning) wrapped as the multimodal model."""
+    """LLM (+ tuning), and for each configured encoder its projector and placeholder token."""
     loaded: LoadedLLM = instantiate(cfg.llm)
     method = cfg.peft.method
     peft_config = instantiate(cfg.peft.config, _convert_="all") if method == "lora" else None
     llm = apply_tuning(loaded.model, method, peft_config, name="llm")
-    model = MultimodalLM(llm)
-    table = parameter_table({"llm": (model.llm, method)})
-    return BuiltModel(model, loaded.tokenizer, loaded.source, table)
+    components = {"llm": (llm, method)}
+    encoders, projectors, slots = {}, {}, {}
+    hidden = loaded.model.get_input_embeddings().embedding_dim
+    for kind, group in (("image", "vision_encoder"),):
+        if not cfg.get(group):
+            continue
+        if not cfg.get("projector"):
+            raise ValueError(f"{group} is set but no projector is: add projector=mlp (or linear, resampler)")
+        encoder = apply_tuning(instantiate(cfg[group]), cfg.tuning[group], name=group)
+        options = OmegaConf.to_container(cfg.projector)
+        projector = build_projector(options.pop("kind"), encoder.output_dim, hidden, **options)
+        projector = apply_tuning(projector, cfg.tuning.projector, name="projector")
+        placeholder = f"<{kind}>"
+        loaded.tokenizer.add_tokens([placeholder], special_tokens=True)
+        slots[kind] = MediaSlot(
+            placeholder, loaded.tokenizer.convert_tokens_to_ids(placeholder), projector.num_tokens(encoder.num_tokens)
+        )
+        encoders[kind], projectors[kind] = encoder, projector
+        components[group] = (encoder, cfg.tuning[group])
+        components[f"projector ({kind})"] = (projector, cfg.tuning.projector)
+    model = MultimodalLM(llm, encoders, projectors, slots)
+    if cfg.get("init_from"):
+        loaded_names = load_matching(model, cfg.init_from)
+        log.info("initialised %d tensors from %s", len(loaded_names), cfg.init_from)
+    return BuiltModel(model, loaded.tokenizer, loaded.source, parameter_table(components))
 
 
-def build_data(cfg: DictConfig, tokenizer) -> BuiltData:
+def build_data(cfg: DictConfig, tokenizer, slots: list[MediaSlot] = ()) -> BuiltData:
     """Read, validate and tokenize the training set and every evaluation set."""
     files: DataFiles = instantiate(cfg.data.source, _convert_="all")
     if not isinstance(files, DataFiles):
@@ -52,22 +80,31 @@ def build_data(cfg: DictConfig, tokenizer) -> BuiltData:
     d = cfg.data
     skipped: dict[str, Counter] = {}
 
-    def load(name: str, paths: list[str]) -> tuple[TokenizedDataset, list]:
+    def load(name: str, paths: list[str], shuffle: bool) -> tuple[TokenizedDataset, list]:
         skipped[name] = Counter()
         convs = read_conversations(paths, on_error=d.on_error, skipped=skipped[name])
-        tokens = TokenizedDataset(convs, tokenizer, d.max_length, d.overlength, d.on_error, name=name)
+        if d.get("tasks"):  # e.g. captions only, for projector alignment
+            convs = [c for c in convs if set(c.meta.get("tasks", [])) <= set(d.tasks)]
+        if shuffle:  # evaluation subsets (first batches, first generations) should mix tasks
+            random.Random(0).shuffle(convs)
+        tokens = TokenizedDataset(convs, tokenizer, d.max_length, d.overlength, d.on_error, name=name, slots=slots)
         skipped[name].update(tokens.skipped)
         kept = {s.id for s in tokens.samples}
         return tokens, [c for c in convs if c.id in kept]
 
-    train, _ = load("train", files.train)
-    eval_sets = {name: EvalSet(*load(name, paths)) for name, paths in files.eval.items()}
+    train, _ = load("train", files.train, shuffle=False)
+    eval_sets = {name: EvalSet(*load(name, paths, shuffle=True)) for name, paths in files.eval.items()}
     truncated = {"train": train.truncated, **{n: e.tokens.truncated for n, e in eval_sets.items()}}
     return BuiltData(train, eval_sets, files, skipped, truncated)
 
 
 def build_trainer_config(cfg: DictConfig) -> TrainerConfig:
     return instantiate(cfg.trainer, _convert_="all")
+
+
+def instantiate_source(cfg: DictConfig):
+    """A dataset recipe's annotation reader (or its ``prepare`` step)."""
+    return instantiate(cfg, _convert_="all")
 
 
 def resolved_yaml(cfg: DictConfig) -> str:

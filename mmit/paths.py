@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -31,6 +33,13 @@ def cache_dir(*parts: str) -> Path:
     path = root.joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+# ${mmit_cache:sub/dir} and ${recipes_dir:} in configs and recipes.
+OmegaConf.register_new_resolver(
+    "mmit_cache", lambda sub="": str(cache_dir(*[p for p in sub.split("/") if p])), replace=True
+)
+OmegaConf.register_new_resolver("recipes_dir", lambda: str(RECIPES_DIR), replace=True)
 
 
 @contextmanager

@@ -33,7 +33,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     built = build_model(cfg)
     log.info("model: %s\n%s", built.source, built.table)
 
-    data = build_data(cfg, built.tokenizer)
+    data = build_data(cfg, built.tokenizer, list(built.model.slots.values()))
     log.info(
         "data: %d training samples (%d label tokens); eval sets: %s",
         len(data.train),

@@ -1,11 +1,15 @@
-"""Tokenized samples -> a padded batch of tensors."""
+"""Tokenized samples -> a padded batch of tensors, with media decoded and preprocessed."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import io
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
+from PIL import Image
 
+from mmit.data.samples import MediaRef
 from mmit.data.tokenize import IGNORE_INDEX, TokenizedSample
 
 
@@ -15,9 +19,17 @@ class Batch:
     attention_mask: torch.Tensor  # (B, T) long, 0 on padding
     labels: torch.Tensor  # (B, T) long, IGNORE_INDEX where no loss; not shifted
     ids: list[str]
+    # modality -> preprocessed items of the whole batch, in placeholder order; absent when none
+    media: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def to(self, device: torch.device | str) -> Batch:
-        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device), self.ids)
+        return Batch(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.labels.to(device),
+            self.ids,
+            {k: v.to(device) for k, v in self.media.items()},
+        )
 
     @property
     def num_label_tokens(self) -> int:
@@ -25,12 +37,28 @@ class Batch:
         return int((self.labels[:, 1:] != IGNORE_INDEX).sum())
 
 
+def decode_image(ref: MediaRef) -> Image.Image:
+    with Image.open(io.BytesIO(ref.read())) as image:
+        return image.convert("RGB")
+
+
+def preprocess_media(refs: list[MediaRef], preprocess: dict[str, Callable]) -> dict[str, torch.Tensor]:
+    """Decode and preprocess the media of a batch, grouped by modality in order."""
+    out = {}
+    for kind, fn in preprocess.items():
+        items = [decode_image(r) for r in refs if r.kind == kind]
+        if items:
+            out[kind] = fn(items)
+    return out
+
+
 class Collator:
     """Right-pads to the longest sample (rounded up to ``pad_to_multiple_of``)."""
 
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int = 8):
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int = 8, preprocess: dict[str, Callable] | None = None):
         self.pad_token_id = pad_token_id
         self.multiple = pad_to_multiple_of
+        self.preprocess = preprocess or {}
 
     def __call__(self, samples: list[TokenizedSample]) -> Batch:
         longest = max(len(s.input_ids) for s in samples)
@@ -43,4 +71,5 @@ class Collator:
             input_ids[row, :n] = torch.tensor(s.input_ids)
             labels[row, :n] = torch.tensor(s.labels)
             attention_mask[row, :n] = 1
-        return Batch(input_ids, attention_mask, labels, [s.id for s in samples])
+        media = preprocess_media([m for s in samples for m in s.media], self.preprocess)
+        return Batch(input_ids, attention_mask, labels, [s.id for s in samples], media)

@@ -28,13 +28,30 @@ class Message:
     content: str
 
 
+@dataclass(frozen=True)
+class MediaRef:
+    """An encoded media file: on disk (``path``) or already in memory (``data``)."""
+
+    kind: str  # image | audio
+    ext: str  # file extension, lowercase, no dot
+    path: str | None = None
+    data: bytes | None = None
+
+    def read(self) -> bytes:
+        if self.data is not None:
+            return self.data
+        with open(self.path, "rb") as f:
+            return f.read()
+
+
 @dataclass
 class Conversation:
-    """One training or evaluation sample."""
+    """One training or evaluation sample; ``media`` fill the ``<image>`` / ``<audio>`` placeholders in order."""
 
     id: str
     messages: list[Message]
     meta: dict[str, Any] = field(default_factory=dict)
+    media: list[MediaRef] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "messages": [asdict(m) for m in self.messages], "meta": self.meta}

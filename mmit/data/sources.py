@@ -1,4 +1,4 @@
-"""Reading conversation files (JSONL, or a JSON list such as Alpaca's) into samples.
+"""Reading conversation files (JSONL, a JSON list such as Alpaca's, or shard folders) into samples.
 
 Bad records follow ``on_error``: ``raise`` stops with the file, line and reason; ``skip``
 drops the record and counts it under its reason.
@@ -72,6 +72,15 @@ def read_conversations(
         path = Path(file)
         if not path.exists():
             raise FileNotFoundError(f"data file {path} does not exist")
+        if path.is_dir():  # a folder of shards written by `python -m mmit.build`
+            from mmit.data.shards import read_shards, shard_urls
+
+            for sample in read_shards(shard_urls(path)):
+                if sample.id in seen_ids:
+                    raise DataFileError(f"{path}: sample {sample.id!r} appears twice")
+                seen_ids.add(sample.id)
+                samples.append(sample)
+            continue
         for location, record in _records(path):
             try:
                 if isinstance(record, SampleError):

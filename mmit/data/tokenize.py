@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from mmit.data.samples import Conversation, SampleError
+from mmit.data.samples import Conversation, MediaRef, SampleError
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +28,21 @@ class ChatTemplateError(ValueError):
     """The tokenizer's chat template cannot give an assistant mask."""
 
 
+@dataclass(frozen=True)
+class MediaSlot:
+    """How one modality appears in token space: its placeholder id, repeated ``count`` times."""
+
+    placeholder: str  # e.g. "<image>" in message text
+    token_id: int
+    count: int  # tokens per item (the projector's output length)
+
+
 @dataclass
 class TokenizedSample:
     id: str
     input_ids: list[int]
     labels: list[int]
+    media: list[MediaRef] = field(default_factory=list)
 
     @property
     def num_labels(self) -> int:
@@ -66,8 +76,52 @@ def assistant_spans(tokenizer: PreTrainedTokenizerBase, conv: Conversation) -> t
     return text, spans
 
 
+def expand_media(input_ids: list[int], labels: list[int], slots: list[MediaSlot]) -> tuple[list[int], list[int]]:
+    """Repeat each media placeholder token ``count`` times (never labelled)."""
+    counts = {slot.token_id: slot.count for slot in slots}
+    ids_out, labels_out = [], []
+    for token, label in zip(input_ids, labels):
+        n = counts.get(token, 1)
+        ids_out += [token] * n
+        labels_out += [label] if n == 1 else [IGNORE_INDEX] * n
+    return ids_out, labels_out
+
+
+def _check_media(conv: Conversation, input_ids: list[int], slots: list[MediaSlot]) -> None:
+    by_kind = {slot.placeholder.strip("<>"): slot for slot in slots}
+    for kind in {m.kind for m in conv.media} - set(by_kind):
+        raise SampleError("no_encoder", f"sample {conv.id!r} has {kind} media but the model has no {kind} encoder")
+    for kind, slot in by_kind.items():
+        found, wanted = input_ids.count(slot.token_id), sum(m.kind == kind for m in conv.media)
+        if found != wanted:
+            raise SampleError(
+                "media_mismatch",
+                f"sample {conv.id!r}: {found} {slot.placeholder} placeholders for {wanted} {kind} item(s)",
+            )
+
+
+def _whole_media_blocks(input_ids: list[int], labels: list[int], media: list[MediaRef], slots: list[MediaSlot]):
+    """After truncation: cut a partly kept media block and drop the media no longer referenced."""
+    kept = list(media)
+    for slot in slots:
+        positions = [i for i, t in enumerate(input_ids) if t == slot.token_id]
+        whole, partial = divmod(len(positions), slot.count)
+        if partial:
+            cut = positions[whole * slot.count]
+            input_ids, labels = input_ids[:cut], labels[:cut]
+        kind = slot.placeholder.strip("<>")
+        of_kind = [i for i, m in enumerate(kept) if m.kind == kind]
+        dropped = set(of_kind[whole:])
+        kept = [m for i, m in enumerate(kept) if i not in dropped]
+    return input_ids, labels, kept
+
+
 def tokenize_conversation(
-    conv: Conversation, tokenizer: PreTrainedTokenizerBase, max_length: int, overlength: str = "truncate"
+    conv: Conversation,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    overlength: str = "truncate",
+    slots: list[MediaSlot] = (),
 ) -> tuple[TokenizedSample, bool]:
     """Token ids and labels of one conversation; the flag says whether it was truncated."""
     if overlength not in OVERLENGTH:
@@ -81,12 +135,15 @@ def tokenize_conversation(
         # that straddles the boundary still carries the answer's first characters.
         if any(tok_end > start and tok_start < end for start, end in spans):
             labels[k] = input_ids[k]
+    _check_media(conv, input_ids, list(slots))
+    input_ids, labels = expand_media(input_ids, labels, list(slots))
+    media = list(conv.media)
     truncated = len(input_ids) > max_length
     if truncated:
         if overlength != "truncate":
             raise SampleError("too_long", f"sample {conv.id!r}: {len(input_ids)} tokens > max_length {max_length}")
-        input_ids, labels = input_ids[:max_length], labels[:max_length]
-    sample = TokenizedSample(conv.id, input_ids, labels)
+        input_ids, labels, media = _whole_media_blocks(input_ids[:max_length], labels[:max_length], media, list(slots))
+    sample = TokenizedSample(conv.id, input_ids, labels, media)
     if sample.num_labels == 0:
         raise SampleError(
             "no_labels_after_truncation", f"sample {conv.id!r}: no assistant token within max_length {max_length}"
@@ -94,10 +151,11 @@ def tokenize_conversation(
     return sample, truncated
 
 
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, chat: list[dict]) -> list[int]:
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, chat: list[dict], slots: list[MediaSlot] = ()) -> list[int]:
     """Token ids of a conversation ending in a generation prompt (the same template as training)."""
     text = _render(tokenizer, chat, generation_prompt=True)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return expand_media(ids, [IGNORE_INDEX] * len(ids), list(slots))[0]
 
 
 class TokenizedDataset(Dataset):
@@ -111,6 +169,7 @@ class TokenizedDataset(Dataset):
         overlength: str = "truncate",
         on_error: str = "raise",
         name: str = "data",
+        slots: list[MediaSlot] = (),
     ):
         self.name = name
         self.skipped: Counter = Counter()
@@ -118,7 +177,7 @@ class TokenizedDataset(Dataset):
         self.samples: list[TokenizedSample] = []
         for conv in tqdm(conversations, desc=f"tokenize {name}", unit="sample", leave=False):
             try:
-                sample, truncated = tokenize_conversation(conv, tokenizer, max_length, overlength)
+                sample, truncated = tokenize_conversation(conv, tokenizer, max_length, overlength, slots)
             except SampleError as err:
                 # Over-long samples follow the overlength policy; every other fault on_error.
                 policy = {"drop": "skip", "raise": "raise"}[overlength] if err.reason == "too_long" else on_error

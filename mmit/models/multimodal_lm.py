@@ -1,8 +1,10 @@
-"""The model: a causal LLM whose input embeddings can receive projected media features.
+"""The model: a causal LLM whose input embeddings receive projected media features.
 
-With no encoders it is exactly the LLM (text-only instruction tuning is this same path).
-``forward`` returns the final hidden states; the loss applies the output head itself, so
-full-vocabulary logits are only computed where a label needs them.
+Each ``<image>`` placeholder was expanded to as many tokens as its projector outputs; here
+those positions get the projected encoder features in one masked assignment. With no media
+in a batch no encoder runs, and the model is exactly the LLM (text-only instruction tuning
+is this same path). ``forward`` returns the final hidden states; the loss applies the
+output head itself, so full-vocabulary logits are only computed where a label needs them.
 """
 
 from __future__ import annotations
@@ -12,12 +14,31 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from mmit.data.collate import Batch
+from mmit.data.tokenize import MediaSlot
 
 
 class MultimodalLM(nn.Module):
-    def __init__(self, llm: PreTrainedModel):
+    def __init__(
+        self,
+        llm: PreTrainedModel,
+        encoders: dict[str, nn.Module] | None = None,
+        projectors: dict[str, nn.Module] | None = None,
+        slots: dict[str, MediaSlot] | None = None,
+    ):
         super().__init__()
         self.llm = llm  # a transformers causal LM, possibly wrapped by peft
+        self.encoders = nn.ModuleDict(encoders or {})
+        self.projectors = nn.ModuleDict(projectors or {})
+        self.slots = dict(slots or {})  # modality -> placeholder token and count
+        if set(self.encoders) != set(self.projectors) or set(self.encoders) != set(self.slots):
+            raise ValueError("every encoder needs a projector and a media slot")
+
+    def train(self, mode: bool = True) -> MultimodalLM:
+        super().train(mode)
+        for encoder in self.encoders.values():  # frozen encoders stay in eval mode (batch norm, dropout)
+            if not any(p.requires_grad for p in encoder.parameters()):
+                encoder.eval()
+        return self
 
     @property
     def base_llm(self) -> PreTrainedModel:
@@ -28,13 +49,31 @@ class MultimodalLM(nn.Module):
     def output_head(self) -> nn.Module:
         return self.base_llm.get_output_embeddings()
 
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.base_llm.get_input_embeddings()(input_ids)
+    def embed(self, input_ids: torch.Tensor, media: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Token embeddings with media features spliced in at their placeholder positions."""
+        is_media = {kind: input_ids == slot.token_id for kind, slot in self.slots.items()}
+        any_media = torch.zeros_like(input_ids, dtype=torch.bool)
+        for mask in is_media.values():
+            any_media |= mask
+        # Placeholder ids may lie outside the LLM's vocabulary; they are overwritten below.
+        embeds = self.base_llm.get_input_embeddings()(input_ids.masked_fill(any_media, 0))
+        for kind, pixels in (media or {}).items():
+            features = self.projectors[kind](self.encoders[kind](pixels))
+            mask = is_media[kind]
+            if int(mask.sum()) != features.shape[0] * features.shape[1]:
+                raise ValueError(
+                    f"{int(mask.sum())} {kind} placeholder tokens for {features.shape[0]} item(s) "
+                    f"of {features.shape[1]} tokens"
+                )
+            embeds = embeds.masked_scatter(mask.unsqueeze(-1), features.to(embeds.dtype))
+        return embeds
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Final hidden states, (B, T, hidden)."""
         decoder = self.base_llm.get_decoder()
-        out = decoder(inputs_embeds=self.embed(batch.input_ids), attention_mask=batch.attention_mask, use_cache=False)
+        out = decoder(
+            inputs_embeds=self.embed(batch.input_ids, batch.media), attention_mask=batch.attention_mask, use_cache=False
+        )
         return out.last_hidden_state
 
     def logits(self, batch: Batch) -> torch.Tensor:

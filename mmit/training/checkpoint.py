@@ -40,6 +40,24 @@ def load_trainable(model: nn.Module, ckpt_dir: str | Path) -> None:
             params[name].copy_(tensor)
 
 
+def load_matching(model: nn.Module, run_or_ckpt: str | Path) -> list[str]:
+    """Start from another run (e.g. stage-1 projector): copy every trained tensor whose name
+    and shape match this model; returns the names copied."""
+    path = Path(run_or_ckpt)
+    ckpt = path if (path / TRAINABLE).exists() else latest_checkpoint(path)
+    if ckpt is None:
+        raise FileNotFoundError(f"init_from: {path} is neither a checkpoint nor a run directory with one")
+    state = load_file(ckpt / TRAINABLE)
+    params = dict(model.named_parameters())
+    copied = [n for n, t in state.items() if n in params and params[n].shape == t.shape]
+    if not copied:
+        raise ValueError(f"init_from: no tensor of {ckpt} fits this model")
+    with torch.no_grad():
+        for name in copied:
+            params[name].copy_(state[name])
+    return copied
+
+
 def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     sd = optimizer.state_dict()
     tensors, scalars = {}, {}

@@ -18,7 +18,7 @@ from mmit.data.collate import Collator
 from mmit.data.loader import BatchStream
 from mmit.data.samples import Conversation
 from mmit.data.tokenize import TokenizedDataset
-from mmit.generation import generate_answers, prompt_and_reference
+from mmit.generation import generate_answers, normalize_answer, prompt_and_reference
 from mmit.models.multimodal_lm import MultimodalLM
 from mmit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mmit.training.loss import next_token_loss_sum
@@ -131,20 +131,23 @@ def evaluate(model, tokenizer, eval_sets: dict[str, EvalSet], collate, cfg, devi
         metrics[f"eval/{name}/loss"] = eval_loss(model, eval_set.tokens, collate, cfg, device)
         if cfg.generate_samples:
             convs = eval_set.conversations[: cfg.generate_samples]
-            prompts, refs = zip(*(prompt_and_reference(c) for c in convs))
+            refs = [prompt_and_reference(c)[1] for c in convs]
+            dtype = torch.bfloat16 if cfg.precision == "bf16" else None
             preds = generate_answers(
-                model,
-                tokenizer,
-                list(prompts),
-                cfg.max_new_tokens,
-                cfg.batch_size * 2,
-                torch.bfloat16 if cfg.precision == "bf16" else None,
+                model, tokenizer, convs, cfg.max_new_tokens, cfg.batch_size * 2, dtype, collate.preprocess
             )
-            hits = [p.strip().lower() == r.strip().lower() for p, r in zip(preds, refs)]
+            hits = [normalize_answer(p) == normalize_answer(r) for p, r in zip(preds, refs)]
             metrics[f"eval/{name}/exact_match"] = sum(hits) / len(hits)
             answers[name] = [
-                {"id": c.id, "prompt": pr[-1]["content"], "reference": r, "prediction": p}
-                for c, pr, r, p in zip(convs, prompts, refs, preds)
+                {
+                    "id": c.id,
+                    "tasks": c.meta.get("tasks"),
+                    "prompt": prompt_and_reference(c)[0][-1]["content"],
+                    "reference": r,
+                    "prediction": p,
+                    "correct": h,
+                }
+                for c, r, p, h in zip(convs, refs, preds, hits)
             ]
     return metrics, answers
 
@@ -163,7 +166,7 @@ def train(
     cfg.precision = resolve_precision(cfg.precision, device)
     log.info("device %s, precision %s", device, cfg.precision)
     model.to(device).train()
-    collate = Collator(tokenizer.pad_token_id)
+    collate = Collator(tokenizer.pad_token_id, preprocess={k: e.preprocess for k, e in model.encoders.items()})
     stream = BatchStream(train_set, cfg.batch_size, collate, seed=cfg.seed)
     optimizer = torch.optim.AdamW(param_groups(model, cfg), weight_decay=cfg.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.max_steps)

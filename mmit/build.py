@@ -1,0 +1,302 @@
+"""Dataset building: ``python -m mmit.build <recipe> [key=value ...]``.
+
+A recipe (``data_recipes/<name>.yaml``) names its annotation sources, templates and shaping.
+The build reads every annotation, splits by image, applies templates and writes webdataset
+shards plus a manifest. Finished shards are kept, so an interrupted build run again only
+writes what is missing; the same inputs and seed give byte-identical shards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+import mmit
+from mmit.data.annotations import Annotation
+from mmit.data.instructions import ShapingConfig, answer_pool, shape_annotation
+from mmit.data.samples import Conversation, SampleError
+from mmit.data.shards import check_image, encode_sample, resize_image, write_tar
+from mmit.data.sources import DataFiles
+from mmit.data.templates import load_templates
+from mmit.paths import RECIPES_DIR, atomic_write_text
+
+log = logging.getLogger("mmit.build")
+
+
+class BuildError(RuntimeError):
+    """The build cannot go on; the message names the file and record."""
+
+
+def compose_recipe(recipe: str, overrides: list[str] = ()) -> DictConfig:
+    """A recipe by name (from data_recipes/) or path, with ``key=value`` overrides (dotted keys)."""
+    path = Path(recipe) if recipe.endswith(".yaml") else RECIPES_DIR / f"{recipe}.yaml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+        raise BuildError(f"no recipe {recipe!r} (recipes in {RECIPES_DIR}: {known})")
+    # Plain OmegaConf rather than Hydra: a training job (itself a Hydra app) builds recipes too.
+    cfg = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides)))
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise BuildError(f"recipe {recipe!r} needs values for {missing} (pass key=value)")
+    return cfg
+
+
+def split_of(group: str, eval_fraction: float) -> str:
+    """Split by the media identity, so no image is in two splits (stable across seeds)."""
+    bucket = int.from_bytes(hashlib.sha256(group.encode()).digest()[:4], "big") / 2**32
+    return "val" if bucket < eval_fraction else "train"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_annotations(cfg: DictConfig, skipped: Counter) -> list[Annotation]:
+    from mmit.factory import instantiate_source
+
+    annotations, seen = [], set()
+    for source_cfg in cfg.sources:
+        for where, item in tqdm(
+            instantiate_source(source_cfg),
+            desc=f"read {source_cfg._target_.rsplit('.', 1)[-1]}",
+            unit="record",
+            leave=False,
+        ):
+            if isinstance(item, Annotation) and item.id in seen:
+                item = SampleError("duplicate_id", f"{where}: annotation id {item.id!r} appears twice")
+            if isinstance(item, SampleError):
+                if cfg.on_error == "raise":
+                    raise BuildError(f"{where}: {item}" if where not in str(item) else str(item))
+                skipped[item.reason] += 1
+                continue
+            seen.add(item.id)
+            annotations.append(item)
+    return annotations
+
+
+def shape_all(cfg: DictConfig, annotations: list[Annotation]) -> dict[str, list[Conversation]]:
+    """Conversations per output set: train, val_seen, val_heldout_templates, val_heldout_tasks."""
+    templates = load_templates(cfg.templates)
+    shaping = ShapingConfig(seed=cfg.seed, **OmegaConf.to_container(cfg.shaping))
+    unknown = set(shaping.held_out_tasks) - set(templates)
+    if unknown:
+        raise BuildError(f"shaping.held_out_tasks names unknown tasks {sorted(unknown)}")
+    pool = answer_pool(annotations)
+    sets: dict[str, list[Conversation]] = {
+        "train": [],
+        "val_seen": [],
+        "val_heldout_templates": [],
+        "val_heldout_tasks": [],
+    }
+    for ann in tqdm(annotations, desc="templates", unit="annotation", leave=False):
+        if split_of(ann.group, cfg.eval_fraction) == "train":
+            sets["train"] += shape_annotation(ann, templates, shaping, pool, "train")["seen"]
+            continue
+        seen = shape_annotation(ann, templates, shaping, pool, "val")
+        sets["val_seen"] += seen["seen"]
+        sets["val_heldout_tasks"] += seen["heldout_tasks"]
+        if ann.kind != "conversation":  # conversations carry their own wording
+            sets["val_heldout_templates"] += shape_annotation(ann, templates, shaping, pool, "val", True)["seen"]
+    return {name: convs for name, convs in sets.items() if convs}
+
+
+@dataclass
+class ShardJob:
+    path: Path
+    samples: list[Conversation]
+    on_error: str
+    resize_max: int | None
+
+
+def write_shard(job: ShardJob) -> dict:
+    """Write one shard (media checked, optionally resized) and its stats sidecar; skip if done."""
+    stats_path = job.path.with_suffix(".json")
+    if job.path.exists() and stats_path.exists():
+        return json.loads(stats_path.read_text())
+    files, stats = (
+        [],
+        {
+            "samples": 0,
+            "bytes": 0,
+            "by_task": Counter(),
+            "by_template": Counter(),
+            "by_source": Counter(),
+            "skipped": Counter(),
+        },
+    )
+    for index, conv in enumerate(job.samples):
+        try:
+            media = []
+            for ref in conv.media:
+                try:
+                    data = ref.read()
+                except OSError as err:
+                    raise SampleError("missing_media", f"sample {conv.id}: cannot read {ref.path} ({err})") from err
+                ext = ref.ext
+                if ref.kind == "image":
+                    check_image(data, f"sample {conv.id} ({ref.path or 'in-memory'})")
+                if ref.kind == "image" and job.resize_max:
+                    data, ext = resize_image(data, job.resize_max)
+                media.append(type(ref)(ref.kind, ext, data=data))
+        except SampleError as err:
+            if job.on_error == "raise":
+                raise BuildError(str(err)) from err
+            stats["skipped"][err.reason] += 1
+            continue
+        sample = Conversation(conv.id, conv.messages, conv.meta, media)
+        files += encode_sample(sample, f"{job.path.stem}-{index:06d}")
+        stats["samples"] += 1
+        stats["by_task"].update(conv.meta.get("tasks", []))
+        stats["by_template"].update(conv.meta.get("templates", []))
+        stats["by_source"][conv.meta.get("source", "")] += 1
+    write_tar(job.path, files)
+    stats["bytes"] = job.path.stat().st_size
+    atomic_write_text(stats_path, json.dumps(stats, sort_keys=True))
+    return json.loads(stats_path.read_text())
+
+
+def build(cfg: DictConfig, out_dir: Path | None = None) -> dict:
+    """Run a composed recipe; returns the manifest (also written as manifest.json)."""
+    out = Path(out_dir or cfg.out_dir)
+    fingerprint = hashlib.sha256(OmegaConf.to_yaml(cfg, resolve=True).encode()).hexdigest()
+    stamp = out / "build.json"
+    if stamp.exists() and json.loads(stamp.read_text())["fingerprint"] != fingerprint:
+        raise BuildError(f"{out} holds a build of a different recipe or settings; choose another output directory")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(stamp, json.dumps({"fingerprint": fingerprint}))
+
+    if cfg.get("prepare"):
+        from mmit.factory import instantiate_source
+
+        instantiate_source(cfg.prepare)
+    skipped: Counter = Counter()
+    annotations = read_annotations(cfg, skipped)
+    sets = shape_all(cfg, annotations)
+
+    jobs = []
+    for name, convs in sets.items():
+        (out / name).mkdir(exist_ok=True)
+        for stale in (out / name).glob(".shard-*.tmp-*"):  # left by a killed build
+            stale.unlink()
+        for k in range(0, len(convs), cfg.shard_size):
+            jobs.append(
+                ShardJob(
+                    out / name / f"shard-{k // cfg.shard_size:06d}.tar",
+                    convs[k : k + cfg.shard_size],
+                    cfg.on_error,
+                    cfg.get("resize_max"),
+                )
+            )
+    workers = max(1, min(cfg.num_workers, len(jobs)))
+    with ProcessPoolExecutor(workers) if workers > 1 else _Inline() as pool:
+        results = list(tqdm(pool.map(write_shard, jobs), total=len(jobs), desc="shards", unit="shard"))
+
+    manifest = {
+        "mmit_version": mmit.__version__,
+        "recipe": cfg.get("name", ""),
+        "seed": cfg.seed,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "sources": _source_hashes(cfg),
+        "skipped_annotations": dict(sorted(skipped.items())),
+        "sets": {},
+    }
+    for name in sets:
+        stats = [r for j, r in zip(jobs, results) if j.path.parent.name == name]
+        merged = {
+            key: dict(sorted(sum((Counter(s[key]) for s in stats), Counter()).items()))
+            for key in ("by_task", "by_template", "by_source", "skipped")
+        }
+        manifest["sets"][name] = {
+            "samples": sum(s["samples"] for s in stats),
+            "bytes": sum(s["bytes"] for s in stats),
+            "shards": [j.path.name for j in jobs if j.path.parent.name == name],
+            **merged,
+        }
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
+    return manifest
+
+
+class _Inline:
+    """A stand-in for a process pool when one worker is enough."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def map(self, fn, items):
+        return map(fn, items)
+
+
+def _source_hashes(cfg: DictConfig) -> dict[str, str]:
+    hashes = {}
+    for source in cfg.sources:
+        for key, value in source.items():
+            if key != "_target_" and isinstance(value, str) and os.path.isfile(value):
+                hashes[value] = _sha256(Path(value))
+    return hashes
+
+
+def recipe_data_files(
+    recipe: str, overrides: list[str] = (), train: str = "train", eval: dict[str, str] | None = None
+) -> DataFiles:
+    """The shard folders of a recipe's build, building it first if it has not been built."""
+    cfg = compose_recipe(recipe, list(overrides))
+    out = Path(cfg.out_dir)
+    if not (out / "manifest.json").exists():
+        log.info("building dataset %s into %s (once)", recipe, out)
+        print(format_manifest(build(cfg), out))
+    sets = json.loads((out / "manifest.json").read_text())["sets"]
+    missing = [s for s in [train, *(eval or {}).values()] if s not in sets]
+    if missing:
+        raise BuildError(f"{out}: no set(s) {missing}; built sets are {sorted(sets)}")
+    return DataFiles(train=[str(out / train)], eval={name: [str(out / s)] for name, s in (eval or {}).items()})
+
+
+def format_manifest(manifest: dict, out: Path) -> str:
+    lines = [f"built {manifest['recipe']} into {out}"]
+    for name, s in manifest["sets"].items():
+        tasks = ", ".join(f"{k} {v}" for k, v in s["by_task"].items())
+        lines.append(
+            f"  {name:<22} {s['samples']:>7} samples  {len(s['shards']):>3} shards  "
+            f"{s['bytes'] / 1e6:8.1f} MB  ({tasks})"
+        )
+        if s["skipped"]:
+            lines.append(f"  {'':<22} skipped: {s['skipped']}")
+    if manifest["skipped_annotations"]:
+        lines.append(f"  skipped annotations: {manifest['skipped_annotations']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m mmit.build", description=__doc__.splitlines()[0])
+    parser.add_argument("recipe", help="a recipe name in data_recipes/ or a path to a recipe .yaml")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. out_dir=/data/demo shard_size=1000")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        cfg = compose_recipe(args.recipe, args.overrides)
+        manifest = build(cfg)
+    except BuildError as err:
+        sys.exit(f"mmit.build: {err}")
+    print(format_manifest(manifest, Path(cfg.out_dir)))
+
+
+if __name__ == "__main__":
+    main()

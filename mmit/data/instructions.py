@@ -1,0 +1,163 @@
+"""Annotations -> conversations: templates applied to captions and question-answer pairs.
+
+Training conversations may chain several QA pairs of one image (as LLaVA does); evaluation
+samples are single-turn so each answer is scored on its own. Every choice (template,
+caption, distractors, grouping) comes from a generator seeded by the sample, so a rebuild is
+identical whatever the order or number of workers.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from mmit.data.annotations import QA, Annotation
+from mmit.data.samples import Conversation, Message
+from mmit.data.templates import Template, choose_template, sample_rng
+
+IMAGE_TOKEN = "<image>"
+LETTERS = "ABCDEFGH"
+
+
+@dataclass
+class ShapingConfig:
+    seed: int = 0
+    captions_per_image: int = 1  # training samples per captioned image (0 = one per caption)
+    qa_per_conversation: int = 3  # QA pairs of one image chained into one training conversation
+    short_answer_hint: str | None = "Answer the question using a single word or phrase."
+    multiple_choice_fraction: float = 0.2  # non-yes/no questions asked as multiple choice
+    num_choices: int = 4
+    held_out_tasks: list[str] = field(default_factory=list)  # never in training; own eval set
+
+
+def qa_task(qa: QA, rng: random.Random, cfg: ShapingConfig, pool: dict[str, list[str]]) -> str:
+    if qa.answer_type == "yes/no" or qa.answer.lower() in ("yes", "no"):
+        return "vqa_yesno"
+    distractors = [a for a in pool.get(qa.answer_type, []) if a != qa.answer]
+    if len(distractors) >= cfg.num_choices - 1 and rng.random() < cfg.multiple_choice_fraction:
+        return "vqa_multiple_choice"
+    return "vqa_short"
+
+
+def _qa_turn(
+    qa: QA, task: str, template: Template, rng: random.Random, cfg: ShapingConfig, pool: dict[str, list[str]]
+) -> tuple[str, str]:
+    if task == "vqa_multiple_choice":
+        distractors = rng.sample(sorted({a for a in pool[qa.answer_type] if a != qa.answer}), cfg.num_choices - 1)
+        options = distractors + [qa.answer]
+        rng.shuffle(options)
+        listing = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
+        return template.render({"question": qa.question, "options": listing}), LETTERS[options.index(qa.answer)]
+    prompt = template.render({"question": qa.question})
+    if task == "vqa_short" and cfg.short_answer_hint:
+        prompt = f"{prompt}\n{cfg.short_answer_hint}"
+    return prompt, qa.answer
+
+
+def _with_image(prompt: str, n_images: int) -> str:
+    return "\n".join([IMAGE_TOKEN] * n_images + [prompt])
+
+
+def shape_annotation(
+    ann: Annotation,
+    templates: dict[str, list[Template]],
+    cfg: ShapingConfig,
+    pool: dict[str, list[str]],
+    split: str,
+    held_out_templates: bool = False,
+) -> dict[str, list[Conversation]]:
+    """The conversations of one annotation, keyed by set: ``seen`` or ``heldout_tasks``.
+
+    ``split`` is ``train`` or an evaluation split; held-out tasks never reach ``train``.
+    """
+    rng = sample_rng(cfg.seed, f"{split}:{held_out_templates}:{ann.id}")
+    train = split == "train"
+    out: dict[str, list[Conversation]] = {"seen": [], "heldout_tasks": []}
+
+    def emit(turns: list[tuple[str, str, str, str]], answers: list[str]) -> None:
+        """turns: (task, template id, prompt, answer)."""
+        tasks = [t[0] for t in turns]
+        key = "heldout_tasks" if any(t in cfg.held_out_tasks for t in tasks) else "seen"
+        if train and key == "heldout_tasks":
+            return
+        messages = []
+        for i, (_, _, prompt, answer) in enumerate(turns):
+            messages += [
+                Message("user", _with_image(prompt, len(ann.media)) if i == 0 else prompt),
+                Message("assistant", answer),
+            ]
+        n = len(out["seen"]) + len(out["heldout_tasks"])
+        meta = {
+            "source": ann.source,
+            "group": ann.group,
+            "split": split,
+            "tasks": tasks,
+            "templates": [t[1] for t in turns],
+            "answers": answers,
+        }
+        out[key].append(Conversation(f"{ann.id}-{n}", messages, meta, list(ann.media)))
+
+    def template_for(task: str) -> Template:
+        # Held-out tasks have no "seen" wordings to hold back: their training templates serve.
+        wanted = held_out_templates and task not in cfg.held_out_tasks
+        return choose_template(templates[task], rng, held_out=wanted)
+
+    if ann.kind == "caption":
+        task = "caption_detailed" if ann.detailed else "caption_brief"
+        if train:
+            count = len(ann.captions) if cfg.captions_per_image == 0 else min(cfg.captions_per_image, len(ann.captions))
+            chosen = rng.sample(ann.captions, count)
+        else:
+            chosen = ann.captions[:1]
+        for caption in chosen:
+            template = template_for(task)
+            emit([(task, template.id, template.render({}), caption)], ann.captions)
+    elif ann.kind == "vqa":
+        qas = list(ann.qas)
+        if train:
+            rng.shuffle(qas)
+        group = cfg.qa_per_conversation if train else 1
+        for start in range(0, len(qas), group):
+            turns, answers = [], []
+            for qa in qas[start : start + group]:
+                task = qa_task(qa, rng, cfg, pool)
+                if train and task in cfg.held_out_tasks:
+                    continue  # keep the rest of the conversation
+                template = template_for(task)
+                prompt, answer = _qa_turn(qa, task, template, rng, cfg, pool)
+                turns.append((task, template.id, prompt, answer))
+                answers = [answer] if task == "vqa_multiple_choice" else qa.answers
+            if turns:
+                emit(turns, answers)
+    else:  # conversation: already instructions; make sure each image has a placeholder
+        messages = list(ann.messages)
+        missing = len(ann.media) - sum(m.content.count(IMAGE_TOKEN) for m in messages)
+        if missing > 0:
+            first = next(i for i, m in enumerate(messages) if m.role == "user")
+            messages[first] = Message("user", _with_image(messages[first].content, missing))
+        last = [m.content for m in messages if m.role == "assistant"][-1]
+        out["seen"].append(
+            Conversation(
+                ann.id,
+                messages,
+                {
+                    "source": ann.source,
+                    "group": ann.group,
+                    "split": split,
+                    "tasks": ["conversation"],
+                    "templates": [],
+                    "answers": [last],
+                },
+                list(ann.media),
+            )
+        )
+    return out
+
+
+def answer_pool(annotations: list[Annotation]) -> dict[str, list[str]]:
+    """Distinct answers per answer type, sorted: the distractors for multiple choice."""
+    pool: dict[str, set[str]] = {}
+    for ann in annotations:
+        for qa in ann.qas:
+            pool.setdefault(qa.answer_type, set()).add(qa.answer)
+    return {k: sorted(v) for k, v in pool.items()}

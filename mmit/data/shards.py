@@ -1,0 +1,156 @@
+"""Webdataset shards: written byte-for-byte reproducibly and atomically; streamed for training.
+
+A sample is ``<key>.json`` (id, messages, meta) plus ``<key>.<i>.<ext>`` for its i-th media
+file, stored as the original encoded bytes. Shards hold messages, never token ids, so one
+shard set serves any LLM.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from webdataset import tariterators
+
+from mmit.data.samples import Conversation, MediaRef, Message, SampleError
+
+
+def encode_sample(conv: Conversation, key: str) -> list[tuple[str, bytes]]:
+    """The files of one sample, in a fixed order."""
+    record = {**conv.to_json(), "media": [{"kind": m.kind, "ext": m.ext} for m in conv.media]}
+    files = [(f"{key}.json", json.dumps(record, sort_keys=True, ensure_ascii=False).encode("utf-8"))]
+    files += [(f"{key}.{i}.{m.ext}", m.read()) for i, m in enumerate(conv.media)]
+    return files
+
+
+def decode_sample(sample: dict) -> Conversation:
+    """A webdataset sample dict (``json`` + ``<i>.<ext>`` bytes) back into a Conversation."""
+    record = json.loads(sample["json"])
+    media = [MediaRef(m["kind"], m["ext"], data=sample[f"{i}.{m['ext']}"]) for i, m in enumerate(record["media"])]
+    messages = [Message(m["role"], m["content"]) for m in record["messages"]]
+    return Conversation(record["id"], messages, record["meta"], media)
+
+
+def write_tar(path: Path, files: list[tuple[str, bytes]]) -> None:
+    """A tar with fixed metadata (so equal inputs give equal bytes), renamed into place when complete."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tar:
+            for name, data in files:
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime, info.mode = len(data), 0, 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                tar.addfile(info, io.BytesIO(data))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def check_image(data: bytes, where: str) -> None:
+    """Raise SampleError unless the bytes decode fully as an image."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+    except Exception as err:  # PIL raises many types for broken files
+        raise SampleError("undecodable_media", f"{where}: image does not decode ({err})") from err
+
+
+def resize_image(data: bytes, max_side: int) -> tuple[bytes, str]:
+    """Shrink so the longer side is ``max_side``; re-encode as PNG (lossless, deterministic)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        image = image.convert("RGB")
+        if max(image.size) > max_side:
+            scale = max_side / max(image.size)
+            image = image.resize(
+                (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BICUBIC
+            )
+        out = io.BytesIO()
+        image.save(out, format="PNG", optimize=False)
+    return out.getvalue(), "png"
+
+
+def shard_urls(directory: str | Path) -> list[str]:
+    urls = sorted(str(p) for p in Path(directory).glob("shard-*.tar"))
+    if not urls:
+        raise FileNotFoundError(f"no shard-*.tar files in {directory}")
+    return urls
+
+
+def read_shards(urls: list[str]) -> Iterator[Conversation]:
+    """Every sample of the shards, in stored order."""
+    for sample in tariterators.tarfile_samples([{"url": u} for u in urls]):
+        yield decode_sample(sample)
+
+
+@dataclass
+class StreamPosition:
+    epoch: int = 0
+    consumed: int = 0  # samples this stream has yielded in the epoch
+
+
+class ShardStream(torch.utils.data.IterableDataset):
+    """Shards -> shuffled conversations for one rank, split by rank and then by loader worker.
+
+    Each epoch shuffles the shard order and a sample buffer with generators seeded by
+    (seed, epoch), so every rank x worker sees a disjoint part and together they see every
+    sample once. ``position`` / ``load_position`` resume mid-epoch without repeats or gaps
+    (for a single-worker stream; each worker of a loader keeps its own position).
+    """
+
+    def __init__(self, urls: list[str], shuffle_buffer: int = 1000, seed: int = 0, rank: int = 0, world_size: int = 1):
+        super().__init__()
+        self.urls, self.shuffle_buffer, self.seed = list(urls), shuffle_buffer, seed
+        self.rank, self.world_size = rank, world_size
+        self.position = StreamPosition()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.position = StreamPosition(epoch, 0)
+
+    def load_position(self, state: dict) -> None:
+        self.position = StreamPosition(int(state["epoch"]), int(state["consumed"]))
+
+    def state(self) -> dict:
+        return {"epoch": self.position.epoch, "consumed": self.position.consumed}
+
+    def _my_shards(self, worker: int, num_workers: int) -> list[str]:
+        order = list(self.urls)
+        random.Random(f"{self.seed}:{self.position.epoch}:shards").shuffle(order)
+        slot, slots = self.rank * num_workers + worker, self.world_size * num_workers
+        return order[slot::slots]
+
+    def _shuffled(self, samples: Iterator[dict], worker: int) -> Iterator[dict]:
+        rng = random.Random(f"{self.seed}:{self.position.epoch}:{self.rank}:{worker}:buffer")
+        buffer: list[dict] = []
+        for sample in samples:
+            buffer.append(sample)
+            if len(buffer) >= self.shuffle_buffer:
+                yield buffer.pop(rng.randrange(len(buffer)))
+        while buffer:
+            yield buffer.pop(rng.randrange(len(buffer)))
+
+    def __iter__(self) -> Iterator[Conversation]:
+        info = torch.utils.data.get_worker_info()
+        return self.iter_worker(*((info.id, info.num_workers) if info else (0, 1)))
+
+    def iter_worker(self, worker: int, num_workers: int) -> Iterator[Conversation]:
+        """The samples of one loader worker of this rank."""
+        shards = self._my_shards(worker, num_workers)
+        samples = tariterators.tarfile_samples([{"url": u} for u in shards])
+        skip = self.position.consumed
+        for i, sample in enumerate(self._shuffled(samples, worker)):
+            if i < skip:
+                continue  # already consumed before the resume
+            self.position.consumed = i + 1
+            yield decode_sample(sample)

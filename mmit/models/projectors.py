@@ -1,0 +1,82 @@
+"""Projectors: encoder features [B, N, d_enc] -> LLM embeddings [B, M, d_llm].
+
+``linear`` and ``mlp`` (LLaVA-1.5's two layers with GELU) keep the token count; the
+``resampler`` turns any number of features into a fixed number of learned queries.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class LinearProjector(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.proj = nn.Linear(in_dim, out_dim)
+
+    def num_tokens(self, encoder_tokens: int) -> int:
+        return encoder_tokens
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.proj(features)
+
+
+class MLPProjector(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int, depth: int = 2):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Linear(in_dim, out_dim)]
+        for _ in range(depth - 1):
+            layers += [nn.GELU(), nn.Linear(out_dim, out_dim)]
+        self.mlp = nn.Sequential(*layers)
+
+    def num_tokens(self, encoder_tokens: int) -> int:
+        return encoder_tokens
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.mlp(features)
+
+
+class ResamplerProjector(nn.Module):
+    """Learned queries cross-attend to the features (Perceiver / Q-Former-lite)."""
+
+    def __init__(self, in_dim: int, out_dim: int, num_queries: int = 32, heads: int = 8, depth: int = 1):
+        super().__init__()
+        if out_dim % heads:
+            raise ValueError(f"resampler: out_dim {out_dim} is not divisible by heads {heads}")
+        self.queries = nn.Parameter(torch.randn(num_queries, out_dim) * out_dim**-0.5)
+        self.inputs = nn.Linear(in_dim, out_dim)
+        self.blocks = nn.ModuleList(
+            nn.ModuleDict(
+                {
+                    "norm_q": nn.LayerNorm(out_dim),
+                    "norm_kv": nn.LayerNorm(out_dim),
+                    "attn": nn.MultiheadAttention(out_dim, heads, batch_first=True),
+                    "norm_ff": nn.LayerNorm(out_dim),
+                    "ff": nn.Sequential(nn.Linear(out_dim, 4 * out_dim), nn.GELU(), nn.Linear(4 * out_dim, out_dim)),
+                }
+            )
+            for _ in range(depth)
+        )
+        self.out = nn.LayerNorm(out_dim)
+
+    def num_tokens(self, encoder_tokens: int) -> int:
+        return self.queries.shape[0]
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        kv = self.inputs(features)
+        x = self.queries.unsqueeze(0).expand(features.shape[0], -1, -1)
+        for block in self.blocks:
+            context = block["norm_kv"](kv)
+            x = x + block["attn"](block["norm_q"](x), context, context, need_weights=False)[0]
+            x = x + block["ff"](block["norm_ff"](x))
+        return self.out(x)
+
+
+PROJECTORS = {"linear": LinearProjector, "mlp": MLPProjector, "resampler": ResamplerProjector}
+
+
+def build_projector(kind: str, in_dim: int, out_dim: int, **options) -> nn.Module:
+    if kind not in PROJECTORS:
+        raise ValueError(f"projector kind must be one of {sorted(PROJECTORS)}, not {kind!r}")
+    return PROJECTORS[kind](in_dim, out_dim, **options)

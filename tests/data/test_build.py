@@ -1,0 +1,386 @@
+"""Readers on small fixtures in the official layouts; shard building and streaming."""
+
+import io
+import json
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import webdataset as wds
+from omegaconf import OmegaConf
+from PIL import Image
+
+from mmit.build import BuildError, build, compose_recipe
+from mmit.data.annotations import (
+    read_alpaca,
+    read_caption_shards,
+    read_coco_captions,
+    read_jsonl,
+    read_llava,
+    read_vqav2,
+)
+from mmit.data.samples import SampleError
+from mmit.data.shards import ShardStream, read_shards, shard_urls
+from mmit.data.templates import load_templates
+from mmit.paths import RECIPES_DIR
+
+COLORS = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white"]
+
+
+def _png(color: str, size=(32, 24)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, color).save(out, format="PNG")
+    return out.getvalue()
+
+
+def make_sources(root: Path, n_images: int = 24) -> dict:
+    """COCO captions + VQAv2 files and images for ``n_images`` one-colour pictures."""
+    images = root / "train2014"
+    images.mkdir(parents=True)
+    coco = {"images": [], "annotations": []}
+    questions = {"data_subtype": "train2014", "questions": []}
+    vqa = {"annotations": []}
+    for image_id in range(1, n_images + 1):
+        color = COLORS[image_id % len(COLORS)]
+        name = f"COCO_train2014_{image_id:012d}.png"
+        (images / name).write_bytes(_png(color))
+        coco["images"].append({"id": image_id, "file_name": name, "width": 32, "height": 24})
+        for k, caption in enumerate([f"A {color} picture.", f"Everything is {color}."]):
+            coco["annotations"].append({"id": image_id * 10 + k, "image_id": image_id, "caption": caption})
+        for k, (q, a, t) in enumerate(
+            [
+                ("What color is the image?", color, "other"),
+                ("Is the image red?", "yes" if color == "red" else "no", "yes/no"),
+                ("How many colors are there?", "1", "number"),
+            ]
+        ):
+            qid = image_id * 100 + k
+            questions["questions"].append({"image_id": image_id, "question": q, "question_id": qid})
+            answers = [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1} for i in range(10)]
+            vqa["annotations"].append(
+                {
+                    "question_id": qid,
+                    "image_id": image_id,
+                    "answer_type": t,
+                    "question_type": "what",
+                    "multiple_choice_answer": a,
+                    "answers": answers,
+                }
+            )
+    files = {
+        "captions": root / "captions_train2014.json",
+        "questions": root / "questions.json",
+        "vqa": root / "annotations.json",
+        "images": images,
+    }
+    files["captions"].write_text(json.dumps(coco))
+    files["questions"].write_text(json.dumps(questions))
+    files["vqa"].write_text(json.dumps(vqa))
+    return files
+
+
+def recipe(files: dict, out: Path, **overrides):
+    cfg = {
+        "name": "fixture",
+        "seed": 0,
+        "out_dir": str(out),
+        "templates": str(RECIPES_DIR / "templates" / "vision.yaml"),
+        "eval_fraction": 0.25,
+        "shard_size": 10,
+        "num_workers": 1,
+        "on_error": "raise",
+        "resize_max": None,
+        "shaping": {
+            "captions_per_image": 1,
+            "qa_per_conversation": 2,
+            "multiple_choice_fraction": 0.3,
+            "held_out_tasks": ["vqa_multiple_choice"],
+        },
+        "sources": [
+            {
+                "_target_": "mmit.data.annotations.read_coco_captions",
+                "annotations_file": str(files["captions"]),
+                "images_dir": str(files["images"]),
+            },
+            {
+                "_target_": "mmit.data.annotations.read_vqav2",
+                "questions_file": str(files["questions"]),
+                "annotations_file": str(files["vqa"]),
+                "images_dir": str(files["images"]),
+                "image_pattern": "COCO_{data_subtype}_{image_id:012d}.png",
+            },
+        ],
+    }
+    cfg.update(overrides)
+    return OmegaConf.create(cfg)
+
+
+@pytest.fixture
+def sources(tmp_path):
+    return make_sources(tmp_path / "src")
+
+
+# --- readers -----------------------------------------------------------------------------
+
+
+def test_coco_and_vqav2_readers(sources):
+    caps = [a for _, a in read_coco_captions(str(sources["captions"]), str(sources["images"]))]
+    assert len(caps) == 24 and caps[0].captions == ["A green picture.", "Everything is green."]
+    assert caps[0].media[0].read() == (sources["images"] / "COCO_train2014_000000000001.png").read_bytes()
+    vqas = [
+        a
+        for _, a in read_vqav2(
+            str(sources["questions"]),
+            str(sources["vqa"]),
+            str(sources["images"]),
+            "COCO_{data_subtype}_{image_id:012d}.png",
+        )
+    ]
+    assert len(vqas) == 24 and [qa.answer for qa in vqas[0].qas] == ["green", "no", "1"]
+    assert len(vqas[0].qas[0].answers) == 10 and vqas[0].group == caps[0].group  # same image, same group
+
+
+def test_llava_jsonl_alpaca_and_caption_shard_readers(tmp_path):
+    (tmp_path / "a.png").write_bytes(_png("red"))
+    llava = tmp_path / "llava.json"
+    llava.write_text(
+        json.dumps(
+            [
+                {
+                    "id": "1",
+                    "image": "a.png",
+                    "conversations": [
+                        {"from": "human", "value": "<image>\nWhat is it?"},
+                        {"from": "gpt", "value": "Red."},
+                    ],
+                },
+                {"id": "2", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
+            ]
+        )
+    )
+    items = [a for _, a in read_llava(str(llava), str(tmp_path))]
+    assert [len(a.media) for a in items] == [1, 0] and items[0].messages[1].content == "Red."
+
+    jsonl = tmp_path / "data.jsonl"
+    jsonl.write_text(
+        json.dumps(
+            {
+                "id": "x",
+                "image": "a.png",
+                "messages": [{"role": "user", "content": "Describe."}, {"role": "assistant", "content": "Red square."}],
+            }
+        )
+        + "\n"
+        + json.dumps({"instruction": "Say hi", "output": "hi"})
+        + "\n"
+    )
+    items = [a for _, a in read_jsonl(str(jsonl))]
+    assert [a.id for a in items] == ["x", f"{jsonl}:2"] and len(items[0].media) == 1
+
+    alpaca = tmp_path / "alpaca.json"
+    alpaca.write_text(json.dumps([{"instruction": "Add", "input": "1 2", "output": "3"}]))
+    (item,) = [a for _, a in read_alpaca(str(alpaca))]
+    assert item.messages[0].content == "Add\n\n1 2" and not item.media
+
+    shard = tmp_path / "00000.tar"  # img2dataset layout
+    with tarfile.open(shard, "w") as tar:
+        for key, files in {
+            "000000000": {"jpg": _png("blue"), "txt": b"a blue square", "json": b"{}"},
+            "000000001": {"txt": b"no image here"},
+        }.items():
+            for ext, data in files.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    items = list(read_caption_shards([str(shard)]))
+    assert items[0][1].captions == ["a blue square"] and items[0][1].media[0].data == _png("blue")
+    assert isinstance(items[1][1], SampleError) and items[1][1].reason == "missing_media"
+
+
+# --- building ----------------------------------------------------------------------------
+
+
+def test_build_writes_shards_and_manifest(sources, tmp_path):
+    manifest = build(recipe(sources, tmp_path / "out"))
+    sets = manifest["sets"]
+    assert set(sets) == {"train", "val_seen", "val_heldout_templates", "val_heldout_tasks"}
+    # Every caption image gives one training caption; VQA pairs are grouped two per conversation.
+    train = list(read_shards(shard_urls(tmp_path / "out" / "train")))
+    assert sets["train"]["samples"] == len(train)
+    assert all(c.messages[0].content.startswith("<image>\n") for c in train)
+    assert all(len(c.media) == 1 and c.media[0].data[:4] == b"\x89PNG" for c in train)
+    assert any(len(c.messages) == 4 for c in train)  # multi-turn
+    assert set(manifest["sources"]) == {str(sources["captions"]), str(sources["questions"]), str(sources["vqa"])}
+    # Shards open with plain webdataset and tar.
+    urls = shard_urls(tmp_path / "out" / "train")
+    first = next(iter(wds.WebDataset(urls, shardshuffle=False, empty_check=False)))
+    assert {"json", "0.png"} <= set(first)
+    with tarfile.open(urls[0]) as tar:
+        assert all(name.startswith("shard-000000-") for name in tar.getnames())
+
+
+def test_held_out_templates_and_tasks_never_in_training(sources, tmp_path):
+    build(recipe(sources, tmp_path / "out"))
+    held_out_ids = {
+        t.id for ts in load_templates(RECIPES_DIR / "templates" / "vision.yaml").values() for t in ts if t.held_out
+    }
+    train = list(read_shards(shard_urls(tmp_path / "out" / "train")))
+    used = {t for c in train for t in c.meta["templates"]}
+    assert used and not used & held_out_ids
+    assert not {t for c in train for t in c.meta["tasks"]} & {"vqa_multiple_choice"}
+    heldout = list(read_shards(shard_urls(tmp_path / "out" / "val_heldout_templates")))
+    assert {t for c in heldout for t in c.meta["templates"]} <= held_out_ids
+    tasks = list(read_shards(shard_urls(tmp_path / "out" / "val_heldout_tasks")))
+    assert tasks and all(c.meta["tasks"] == ["vqa_multiple_choice"] for c in tasks)
+    assert all(c.messages[-1].content in "ABCD" for c in tasks)
+
+
+def test_no_image_in_two_splits(sources, tmp_path):
+    build(recipe(sources, tmp_path / "out"))
+    groups = {
+        name: {c.meta["group"] for c in read_shards(shard_urls(tmp_path / "out" / name))}
+        for name in ("train", "val_seen", "val_heldout_templates")
+    }
+    assert groups["train"] and groups["val_seen"]
+    assert not groups["train"] & (groups["val_seen"] | groups["val_heldout_templates"])
+
+
+def test_rebuild_is_byte_identical(sources, tmp_path):
+    build(recipe(sources, tmp_path / "a"))
+    build(recipe(sources, tmp_path / "b"))
+    files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("shard-*"))
+    assert files_a == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("shard-*"))
+    for rel in files_a:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+    other_seed = tmp_path / "c"
+    build(recipe(sources, other_seed, seed=1))
+    assert (other_seed / "train" / "shard-000000.tar").read_bytes() != (
+        tmp_path / "a" / "train" / "shard-000000.tar"
+    ).read_bytes()
+
+
+def test_interrupted_build_finishes_without_redoing_shards(sources, tmp_path):
+    out = tmp_path / "out"
+    cfg = recipe(sources, out)
+    build(cfg)
+    shards = sorted((out / "train").glob("shard-*.tar"))
+    assert len(shards) >= 2
+    reference = {p: p.read_bytes() for p in shards}
+    # A kill mid-build: the last shard and its stats are missing, a partial temp file is left.
+    shards[-1].unlink()
+    shards[-1].with_suffix(".json").unlink()
+    (out / "train" / f".{shards[-1].name}.tmp-999").write_bytes(b"partial")
+    mtimes = {p: p.stat().st_mtime_ns for p in shards[:-1]}
+    build(cfg)
+    assert {p: p.read_bytes() for p in shards} == reference
+    assert {p: p.stat().st_mtime_ns for p in shards[:-1]} == mtimes
+    assert not list((out / "train").glob(".*tmp*"))
+    with pytest.raises(BuildError, match="different recipe"):
+        build(recipe(sources, out, seed=5))
+
+
+def test_bad_inputs_raise_with_location_or_are_counted(sources, tmp_path):
+    coco = json.loads(sources["captions"].read_text())
+    coco["annotations"].append({"id": 999, "image_id": 2, "caption": "   "})  # empty answer
+    coco["annotations"].append({"id": 998, "caption": "no image id"})  # missing field
+    coco["images"].append(dict(coco["images"][0]))  # duplicate id
+    coco["images"].append({"id": 500, "file_name": "missing.png"})  # missing media
+    coco["annotations"].append({"id": 997, "image_id": 500, "caption": "gone"})
+    (sources["images"] / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")  # undecodable
+    coco["images"].append({"id": 501, "file_name": "broken.png"})
+    coco["annotations"].append({"id": 996, "image_id": 501, "caption": "broken"})
+    sources["captions"].write_text(json.dumps(coco))
+    bad_jsonl = tmp_path / "extra.jsonl"
+    bad_jsonl.write_bytes(
+        b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n'
+        b"{not json\n"
+        b'{"id": "u", "messages": [{"role": "user", "content": "caf\xe9"}, {"role": "assistant", "content": "a"}]}\n'
+    )
+    extra = {"_target_": "mmit.data.annotations.read_jsonl", "path": str(bad_jsonl)}
+
+    strict = recipe(sources, tmp_path / "strict")
+    strict.sources.append(extra)
+    with pytest.raises(BuildError, match=r"captions_train2014\.json:annotations\[\d+\]"):
+        build(strict)
+
+    lenient = recipe(sources, tmp_path / "lenient", on_error="skip")
+    lenient.sources.append(extra)
+    manifest = build(lenient)
+    assert manifest["skipped_annotations"] == {
+        "bad_json": 1,
+        "duplicate_id": 1,
+        "empty_answer": 1,
+        "missing_field": 1,
+        "missing_media": 1,
+        "not_utf8": 1,
+    }
+    # The broken image is dropped from every sample that uses it (counted per sample).
+    undecodable = sum(s["skipped"].get("undecodable_media", 0) for s in manifest["sets"].values())
+    groups = {
+        c.meta["group"] for name in manifest["sets"] for c in read_shards(shard_urls(tmp_path / "lenient" / name))
+    }
+    assert undecodable >= 1 and str(sources["images"] / "broken.png") not in groups
+    # No good sample lost: every good image still appears in some set.
+    assert {str(sources["images"] / f"COCO_train2014_{i:012d}.png") for i in range(1, 25)} <= groups
+
+
+def test_demo_recipe_composes_and_builds_small(tmp_path):
+    cfg = compose_recipe(
+        "demo_vqa",
+        [f"out_dir={tmp_path / 'demo'}", "prepare.n_images=40", f"prepare.out_dir={tmp_path / 'src'}", "num_workers=1"],
+    )
+    manifest = build(cfg)
+    assert manifest["sets"]["train"]["samples"] > 40
+    assert manifest["sets"]["val_heldout_tasks"]["by_task"] == {
+        "caption_detailed": manifest["sets"]["val_heldout_tasks"]["samples"]
+    }
+    assert not manifest["skipped_annotations"]
+
+
+# --- streaming ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def built(sources, tmp_path):
+    build(recipe(sources, tmp_path / "out", shard_size=4))
+    return shard_urls(tmp_path / "out" / "train")
+
+
+def test_rank_by_worker_split_covers_every_sample_once(built):
+    everything = sorted(c.id for c in read_shards(built))
+    assert len(built) >= 4
+    for epoch in (0, 1):
+        seen = []
+        for rank in range(2):
+            for worker in range(2):
+                stream = ShardStream(built, shuffle_buffer=5, seed=3, rank=rank, world_size=2)
+                stream.set_epoch(epoch)
+                seen += [c.id for c in stream.iter_worker(worker, 2)]
+        assert sorted(seen) == everything and len(set(seen)) == len(seen)
+
+
+def test_epochs_reshuffle_with_the_seed(built):
+    def order(seed, epoch):
+        stream = ShardStream(built, shuffle_buffer=8, seed=seed)
+        stream.set_epoch(epoch)
+        return [c.id for c in stream]
+
+    assert order(0, 0) == order(0, 0)
+    assert order(0, 0) != order(0, 1) and sorted(order(0, 0)) == sorted(order(0, 1))
+    assert order(0, 0) != order(1, 0)
+
+
+def test_position_restores_mid_epoch(built):
+    full = ShardStream(built, shuffle_buffer=6, seed=1)
+    full.set_epoch(2)
+    reference = [c.id for c in full]
+    first = ShardStream(built, shuffle_buffer=6, seed=1)
+    first.set_epoch(2)
+    iterator = iter(first)
+    head = [next(iterator).id for _ in range(7)]
+    state = first.state()
+    resumed = ShardStream(built, shuffle_buffer=6, seed=1)
+    resumed.load_position(state)
+    assert head + [c.id for c in resumed] == reference
+    assert Counter(reference) == Counter(c.id for c in read_shards(built))

@@ -1,0 +1,230 @@
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from mmit.data.demo_scenes import (
+    ANSWER_TYPES,
+    BACKGROUNDS,
+    COLUMNS,
+    EXTENTS,
+    PALETTE,
+    QUESTION_KINDS,
+    ROWS,
+    Scene,
+    SceneObject,
+    detailed_caption,
+    image_file_name,
+    plan_scene,
+    scene_captions,
+    write_demo_scenes,
+)
+
+N_IMAGES = 30
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return write_demo_scenes(tmp_path_factory.mktemp("demo"), n_images=N_IMAGES, seed=0)
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_files_parse_in_official_layouts(demo):
+    captions = _load(demo.captions_file)
+    assert {"info", "images", "annotations"} <= captions.keys()
+    assert [im["id"] for im in captions["images"]] == list(range(1, N_IMAGES + 1))
+    for im in captions["images"]:
+        assert im == {"id": im["id"], "file_name": image_file_name(im["id"]), "width": 224, "height": 224}
+        assert re.fullmatch(r"COCO_demo_\d{12}\.png", im["file_name"])
+    per_image = Counter(a["image_id"] for a in captions["annotations"])
+    assert per_image == {i: 3 for i in range(1, N_IMAGES + 1)}
+    assert len({a["id"] for a in captions["annotations"]}) == 3 * N_IMAGES
+    for i in range(1, N_IMAGES + 1):
+        texts = [a["caption"] for a in captions["annotations"] if a["image_id"] == i]
+        assert len(set(texts)) == 3 and all(t[0].isupper() and t.endswith(".") for t in texts)
+
+    questions = _load(demo.questions_file)
+    assert questions["task_type"] == "Open-Ended"
+    assert questions["data_type"] == questions["data_subtype"] == "demo"
+    assert all(q.keys() == {"image_id", "question", "question_id"} for q in questions["questions"])
+    assert len(questions["questions"]) == demo.n_questions
+    annotations = _load(demo.vqa_annotations_file)
+    assert annotations["data_type"] == annotations["data_subtype"] == "demo"
+
+    detailed = [json.loads(line) for line in demo.detailed_file.read_text().splitlines()]
+    assert [d["image_id"] for d in detailed] == list(range(1, N_IMAGES + 1))
+    assert all(len(d["caption"]) > 60 for d in detailed)
+
+
+def test_every_image_opens_at_its_size(demo):
+    for i in range(1, N_IMAGES + 1):
+        with Image.open(demo.images_dir / image_file_name(i)) as image:
+            assert image.format == "PNG" and image.size == (224, 224)
+
+
+def test_answers_follow_vqav2(demo):
+    questions = {q["question_id"]: q for q in _load(demo.questions_file)["questions"]}
+    annotations = _load(demo.vqa_annotations_file)["annotations"]
+    assert sorted(questions) == sorted(a["question_id"] for a in annotations)
+    for a in annotations:
+        q = questions[a["question_id"]]
+        assert q["image_id"] == a["image_id"] and a["question_id"] // 1000 == a["image_id"]
+        assert q["question"].endswith("?") and "colour" not in q["question"]
+        assert a["answer_type"] in ANSWER_TYPES
+        answer = a["multiple_choice_answer"]
+        assert answer == answer.lower() and not answer.endswith((".", "?", "!"))
+        assert a["answers"] == [{"answer": answer, "answer_confidence": "yes", "answer_id": i} for i in range(1, 11)]
+        if a["answer_type"] == "yes/no":
+            assert answer in ("yes", "no")
+        if a["answer_type"] == "number":
+            assert answer.isdigit()
+    per_image = Counter(a["image_id"] for a in annotations)
+    assert set(per_image) == set(range(1, N_IMAGES + 1)) and max(per_image.values()) == 4
+
+
+def _expected_answer(question: str, objects: list[SceneObject]) -> str:
+    """Answer a question from the scene's objects alone, independently of the generator."""
+    columns = {"on the left": "left", "in the middle": "middle", "on the right": "right"}
+    if question == "How many shapes are there?":
+        return str(len(objects))
+    if m := re.fullmatch(r"How many (\w+) objects are there\?", question):
+        return str(sum(o.color == m[1] for o in objects))
+    if m := re.fullmatch(r"What color is the (\w+)\?", question):
+        (match,) = [o for o in objects if o.shape == m[1]]
+        return match.color
+    if m := re.fullmatch(r"What shape is the (\w+) object\?", question):
+        (match,) = [o for o in objects if o.color == m[1]]
+        return match.shape
+    if m := re.fullmatch(r"Is there an? (\w+) (\w+)\?", question):
+        return "yes" if any((o.color, o.shape) == (m[1], m[2]) for o in objects) else "no"
+    if m := re.fullmatch(r"Is the (\w+) (\w+) (on the left|in the middle|on the right)\?", question):
+        (match,) = [o for o in objects if (o.color, o.shape) == (m[1], m[2])]
+        return "yes" if match.column == columns[m[3]] else "no"
+    raise AssertionError(f"unexpected question {question!r}")
+
+
+def test_ground_truth_is_exact(demo):
+    questions = {q["question_id"]: q for q in _load(demo.questions_file)["questions"]}
+    seen_kinds = set()
+    for a in _load(demo.vqa_annotations_file)["annotations"]:
+        scene = plan_scene(a["image_id"], seed=0)
+        question = questions[a["question_id"]]["question"]
+        assert a["multiple_choice_answer"] == _expected_answer(question, scene.objects), question
+        seen_kinds.add(next(q.kind for q in scene.questions if q.question == question))
+        if question.startswith("What color is the"):
+            with Image.open(demo.images_dir / image_file_name(a["image_id"])) as image:
+                (obj,) = [o for o in scene.objects if question == f"What color is the {o.shape}?"]
+                assert image.getpixel(obj.center) == PALETTE[a["multiple_choice_answer"]]
+    assert seen_kinds == set(QUESTION_KINDS)
+
+
+def test_pixels_match_the_scene(demo):
+    for i in range(1, N_IMAGES + 1):
+        scene = plan_scene(i, seed=0)
+        with Image.open(demo.images_dir / image_file_name(i)) as image:
+            image = image.convert("RGB")
+            assert image.getpixel((0, 0)) == image.getpixel((223, 223)) == BACKGROUNDS[scene.background]
+            for obj in scene.objects:
+                assert image.getpixel(obj.center) == PALETTE[obj.color]
+            # Every palette colour present in the image belongs to a listed object.
+            colors = {rgb for _, rgb in image.getcolors(maxcolors=64)}
+            assert colors - {BACKGROUNDS[scene.background]} == {PALETTE[o.color] for o in scene.objects}
+
+
+def test_objects_do_not_overlap_and_positions_are_unambiguous():
+    for i in range(1, 201):
+        scene = plan_scene(i, seed=3)
+        assert 1 <= len(scene.objects) <= 4
+        for o in scene.objects:
+            side, up, down = (e * o.radius for e in EXTENTS[o.shape])
+            (x, y), col, row = o.center, COLUMNS.index(o.column), ROWS.index(o.row)
+            # The whole shape stays inside its third (and half), so cells never overlap.
+            assert col * 224 / 3 <= x - side and x + side <= (col + 1) * 224 / 3
+            assert row * 112 <= y - up and y + down <= (row + 1) * 112
+        cells = [(o.column, o.row) for o in scene.objects]
+        assert len(set(cells)) == len(cells)
+
+
+def test_captions_use_correct_english():
+    def obj(shape, color, size, column, row):
+        return SceneObject(shape, color, size, (0, 0), 20, column, row)
+
+    scene = Scene(
+        1,
+        224,
+        "white",
+        [
+            obj("circle", "red", "large", "left", "top"),
+            obj("circle", "red", "small", "left", "bottom"),
+            obj("square", "orange", "small", "right", "top"),
+        ],
+        [],
+    )
+    assert scene_captions(scene) == [
+        "Two red circles and an orange square.",
+        "Three shapes: a red circle in the top left, a red circle in the bottom left and an orange square on the right.",
+        "A large red circle, a small red circle and a small orange square on a white background.",
+    ]
+    assert detailed_caption(scene) == (
+        "The image shows three shapes on a white background: a large red circle in the top left, a small red circle"
+        " in the bottom left and a small orange square in the top right. One is large and two are small."
+    )
+    single = Scene(2, 224, "light gray", [obj("triangle", "blue", "large", "middle", "bottom")], [])
+    assert scene_captions(single) == [
+        "A blue triangle.",
+        "A single shape: a blue triangle in the middle.",
+        "A large blue triangle on a light gray background.",
+    ]
+    assert detailed_caption(single) == (
+        "The image shows one shape on a light gray background: a large blue triangle in the bottom middle."
+    )
+
+
+def test_yes_no_is_balanced_and_zero_counts_occur():
+    answers = Counter()
+    for i in range(1, 201):
+        for q in plan_scene(i, seed=0).questions:
+            if q.answer_type == "yes/no" or q.kind == "count_color":
+                answers[q.answer] += 1
+    assert 0.4 < answers["yes"] / (answers["yes"] + answers["no"]) < 0.6
+    assert answers["0"] > 10
+
+
+def test_same_seed_is_byte_identical_and_another_seed_differs(demo, tmp_path):
+    again = write_demo_scenes(tmp_path / "again", n_images=N_IMAGES, seed=0)
+    other = write_demo_scenes(tmp_path / "other", n_images=N_IMAGES, seed=1)
+    reference = _files(demo.root)
+    assert _files(again.root) == reference
+    assert not any(name.startswith(".") or ".tmp-" in name for name in reference)
+    different = _files(other.root)
+    assert different.keys() == reference.keys()
+    assert (
+        different[str(Path("annotations", "captions_demo.json"))]
+        != reference[str(Path("annotations", "captions_demo.json"))]
+    )
+    assert sum(different[name] != reference[name] for name in reference if name.endswith(".png")) > N_IMAGES // 2
+
+
+def test_second_call_rewrites_nothing_and_a_changed_build_is_redone(tmp_path):
+    first = write_demo_scenes(tmp_path, n_images=5)
+    mtimes = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    assert write_demo_scenes(tmp_path, n_images=5) == first
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == mtimes
+
+    for missing in (first.captions_file, first.images_dir / image_file_name(3)):
+        missing.unlink()
+        assert write_demo_scenes(tmp_path, n_images=5) == first
+        assert missing.exists()
+
+    bigger = write_demo_scenes(tmp_path, n_images=8)
+    assert bigger.n_images == 8 and len(_load(bigger.captions_file)["images"]) == 8
