@@ -121,6 +121,18 @@ class ShardJob:
     samples: list[Conversation]
     on_error: str
     resize_max: int | None
+    bad_media: dict[str, tuple[str, str]]  # path -> (reason, message), from the validation pass
+
+
+def validate_media_file(path: str) -> tuple[str, tuple[str, str] | None]:
+    """Read and fully decode one image file once, however many samples use it."""
+    try:
+        check_image(Path(path).read_bytes(), path)
+    except OSError as err:
+        return path, ("missing_media", f"cannot read {path} ({err})")
+    except SampleError as err:
+        return path, (err.reason, str(err))
+    return path, None
 
 
 def write_shard(job: ShardJob) -> dict:
@@ -148,8 +160,11 @@ def write_shard(job: ShardJob) -> dict:
                 except OSError as err:
                     raise SampleError("missing_media", f"sample {conv.id}: cannot read {ref.path} ({err})") from err
                 ext = ref.ext
-                if ref.kind == "image":
-                    check_image(data, f"sample {conv.id} ({ref.path or 'in-memory'})")
+                if ref.path in job.bad_media:
+                    reason, message = job.bad_media[ref.path]
+                    raise SampleError(reason, f"sample {conv.id}: {message}")
+                if ref.kind == "image" and ref.path is None:  # in-memory bytes were not validated yet
+                    check_image(data, f"sample {conv.id} (in-memory {ref.ext})")
                 if ref.kind == "image" and job.resize_max:
                     data, ext = resize_image(data, job.resize_max)
                 media.append(type(ref)(ref.kind, ext, data=data))
@@ -188,22 +203,22 @@ def build(cfg: DictConfig, out_dir: Path | None = None) -> dict:
     annotations = read_annotations(cfg, skipped)
     sets = shape_all(cfg, annotations)
 
-    jobs = []
+    pending = []  # (path, samples) of shards not written yet
     for name, convs in sets.items():
         (out / name).mkdir(exist_ok=True)
         for stale in (out / name).glob(".shard-*.tmp-*"):  # left by a killed build
             stale.unlink()
         for k in range(0, len(convs), cfg.shard_size):
-            jobs.append(
-                ShardJob(
-                    out / name / f"shard-{k // cfg.shard_size:06d}.tar",
-                    convs[k : k + cfg.shard_size],
-                    cfg.on_error,
-                    cfg.get("resize_max"),
-                )
-            )
-    workers = max(1, min(cfg.num_workers, len(jobs)))
+            pending.append((out / name / f"shard-{k // cfg.shard_size:06d}.tar", convs[k : k + cfg.shard_size]))
+    todo = [(p, c) for p, c in pending if not (p.exists() and p.with_suffix(".json").exists())]
+    # An image is used by several samples (captions, QA turns, held-out wordings): decode each once.
+    files = sorted({m.path for _, convs in todo for c in convs for m in c.media if m.path and m.kind == "image"})
+    workers = max(1, cfg.num_workers)
     with ProcessPoolExecutor(workers) if workers > 1 else _Inline() as pool:
+        checks = tqdm(pool.map(validate_media_file, files, chunksize=64), total=len(files), desc="check media",
+                      unit="image", leave=False)
+        bad = {path: problem for path, problem in checks if problem}
+        jobs = [ShardJob(p, c, cfg.on_error, cfg.get("resize_max"), bad) for p, c in pending]
         results = list(tqdm(pool.map(write_shard, jobs), total=len(jobs), desc="shards", unit="shard"))
 
     manifest = {
@@ -240,7 +255,7 @@ class _Inline:
     def __exit__(self, *exc):
         return False
 
-    def map(self, fn, items):
+    def map(self, fn, items, chunksize: int = 1):
         return map(fn, items)
 
 

@@ -1,4 +1,8 @@
-"""Config -> objects. The one module that calls ``hydra.utils.instantiate``."""
+"""Config -> objects. The one module that calls ``hydra.utils.instantiate``.
+
+Model and training modules are imported inside the functions that need them, so that dataset
+building (which only instantiates annotation readers) does not pay for importing torch models.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +10,17 @@ import logging
 import random
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mmit.data.sources import DataFiles, read_conversations
-from mmit.data.tokenize import MediaSlot, TokenizedDataset
-from mmit.models.llm import LoadedLLM
-from mmit.models.multimodal_lm import MultimodalLM
-from mmit.models.projectors import build_projector
-from mmit.models.tuning import apply_tuning, parameter_table
-from mmit.training.checkpoint import load_matching
-from mmit.training.loop import EvalSet, TrainerConfig
+
+if TYPE_CHECKING:
+    from mmit.data.tokenize import MediaSlot, TokenizedDataset
+    from mmit.models.multimodal_lm import MultimodalLM
+    from mmit.training.loop import EvalSet, TrainerConfig
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +44,13 @@ class BuiltData:
 
 def build_model(cfg: DictConfig) -> BuiltModel:
     """LLM (+ tuning), and for each configured encoder its projector and placeholder token."""
-    loaded: LoadedLLM = instantiate(cfg.llm)
+    from mmit.data.tokenize import MediaSlot
+    from mmit.models.multimodal_lm import MultimodalLM
+    from mmit.models.projectors import build_projector
+    from mmit.models.tuning import apply_tuning, parameter_table
+    from mmit.training.checkpoint import load_matching
+
+    loaded = instantiate(cfg.llm)
     method = cfg.peft.method
     peft_config = instantiate(cfg.peft.config, _convert_="all") if method == "lora" else None
     llm = apply_tuning(loaded.model, method, peft_config, name="llm")
@@ -74,6 +83,9 @@ def build_model(cfg: DictConfig) -> BuiltModel:
 
 def build_data(cfg: DictConfig, tokenizer, slots: list[MediaSlot] = ()) -> BuiltData:
     """Read, validate and tokenize the training set and every evaluation set."""
+    from mmit.data.tokenize import TokenizedDataset
+    from mmit.training.loop import EvalSet
+
     files: DataFiles = instantiate(cfg.data.source, _convert_="all")
     if not isinstance(files, DataFiles):
         raise TypeError(f"data.source must produce a DataFiles, got {type(files).__name__}")

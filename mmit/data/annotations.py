@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mmit.data.samples import MediaRef, Message, SampleError, conversation_from_record
+from mmit.data.sources import jsonl_records
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
 
@@ -32,7 +33,11 @@ class QA:
 
 @dataclass
 class Annotation:
-    """An annotated item before templates. ``group`` is the media identity used for splits."""
+    """An annotated item before templates.
+
+    ``group`` is the media identity used for splits: the image name as the annotation gives it
+    (relative to its folder), so all annotations of one image share a split wherever the data lives.
+    """
 
     id: str
     source: str
@@ -104,7 +109,7 @@ def read_coco_captions(annotations_file: str, images_dir: str, detailed: bool = 
                 "coco_captions",
                 "caption",
                 [media],
-                media.path,
+                image["file_name"],
                 captions=by_image[image_id],
                 detailed=detailed,
             ),
@@ -143,18 +148,19 @@ def read_vqav2(
         )
     for image_id in sorted(per_image):
         where = f"{questions_file}:image {image_id}"
+        name = image_pattern.format(data_subtype=subtype, image_id=image_id)
         try:
-            media = _image(Path(images_dir) / image_pattern.format(data_subtype=subtype, image_id=image_id))
+            media = _image(Path(images_dir) / name)
         except SampleError as err:
             yield where, err
             continue
-        yield where, Annotation(f"vqa-{image_id}", "vqav2", "vqa", [media], media.path, qas=per_image[image_id])
+        yield where, Annotation(f"vqa-{image_id}", "vqav2", "vqa", [media], name, qas=per_image[image_id])
 
 
 def read_caption_jsonl(path: str, images_dir: str, image_pattern: str = "{image_id}", detailed: bool = True) -> Item:
     """Captions as JSONL lines ``{"image_id" | "image", "caption"}`` (e.g. long descriptions)."""
     by_image: dict[str, list[str]] = {}
-    for where, record in _jsonl_records(path):
+    for where, record in jsonl_records(path):
         if isinstance(record, SampleError):
             yield where, record
             continue
@@ -183,25 +189,11 @@ def read_caption_jsonl(path: str, images_dir: str, image_pattern: str = "{image_
                 "caption_jsonl",
                 "caption",
                 [media],
-                media.path,
+                name,
                 captions=by_image[name],
                 detailed=detailed,
             ),
         )
-
-
-def _jsonl_records(path: str) -> Iterator[tuple[str, Any]]:
-    raw = Path(path).read_bytes()
-    for lineno, line in enumerate(raw.split(b"\n"), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            yield where, json.loads(line.decode("utf-8"))
-        except UnicodeDecodeError:
-            yield where, SampleError("not_utf8", f"{where}: not UTF-8")
-        except json.JSONDecodeError as err:
-            yield where, SampleError("bad_json", f"{where}: bad JSON ({err.msg})")
 
 
 def read_llava(json_file: str, images_dir: str | None = None) -> Item:
@@ -211,10 +203,9 @@ def read_llava(json_file: str, images_dir: str | None = None) -> Item:
         where = f"{json_file}[{k}]"
         try:
             conv = conversation_from_record(record, default_id=where)
-            media = []
             images = record.get("image") or []
-            for name in [images] if isinstance(images, str) else images:
-                media.append(_image(Path(images_dir or ".") / name))
+            names = [images] if isinstance(images, str) else list(images)
+            media = [_image(Path(images_dir or ".") / name) for name in names]
         except SampleError as err:
             yield where, err
             continue
@@ -225,7 +216,7 @@ def read_llava(json_file: str, images_dir: str | None = None) -> Item:
                 "llava",
                 "conversation",
                 media,
-                media[0].path if media else f"text:{conv.id}",
+                names[0] if names else f"text:{conv.id}",
                 messages=conv.messages,
             ),
         )
@@ -233,7 +224,7 @@ def read_llava(json_file: str, images_dir: str | None = None) -> Item:
 
 def read_jsonl(path: str, media_root: str | None = None) -> Item:
     """Generic JSONL: messages / conversations / Alpaca fields, plus ``image`` or ``images`` paths."""
-    for where, record in _jsonl_records(path):
+    for where, record in jsonl_records(path):
         try:
             if isinstance(record, SampleError):
                 raise record
@@ -250,7 +241,7 @@ def read_jsonl(path: str, media_root: str | None = None) -> Item:
                 "jsonl",
                 "conversation",
                 media,
-                media[0].path if media else f"text:{conv.id}",
+                names[0] if names else f"text:{conv.id}",
                 messages=conv.messages,
             ),
         )
@@ -300,7 +291,7 @@ def read_caption_shards(urls: list[str]) -> Item:
                         "caption_shards",
                         "caption",
                         [media],
-                        f"{url}:{key}",
+                        f"{Path(url).name}:{key}",
                         captions=[caption],
                     ),
                 )

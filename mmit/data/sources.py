@@ -48,7 +48,12 @@ def _records(path: Path) -> Iterator[tuple[str, object]]:
         for i, record in enumerate(records):
             yield f"{path}[{i}]", record
         return
-    for lineno, line in enumerate(raw.split(b"\n"), start=1):
+    yield from jsonl_records(path)
+
+
+def jsonl_records(path: str | Path) -> Iterator[tuple[str, object]]:
+    """(``file:line``, record) per non-empty line; undecodable lines come as SampleError."""
+    for lineno, line in enumerate(Path(path).read_bytes().split(b"\n"), start=1):
         if not line.strip():
             continue
         location = f"{path}:{lineno}"

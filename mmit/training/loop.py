@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 class TrainerConfig:
     max_steps: int = 200
     batch_size: int = 8
+    group_by_length: int = 16  # batches per length-sorted window (0 = plain shuffle)
     grad_accum: int = 1
     lr: float = 2e-4
     lr_per_component: dict[str, float] = field(default_factory=dict)
@@ -167,7 +168,7 @@ def train(
     log.info("device %s, precision %s", device, cfg.precision)
     model.to(device).train()
     collate = Collator(tokenizer.pad_token_id, preprocess={k: e.preprocess for k, e in model.encoders.items()})
-    stream = BatchStream(train_set, cfg.batch_size, collate, seed=cfg.seed)
+    stream = BatchStream(train_set, cfg.batch_size, collate, seed=cfg.seed, group_by_length=cfg.group_by_length)
     optimizer = torch.optim.AdamW(param_groups(model, cfg), weight_decay=cfg.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.max_steps)
 

@@ -1,0 +1,222 @@
+"""Encoders, projectors and the media splice, on tiny models built here."""
+
+import io
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from mmit.data.collate import Collator
+from mmit.data.samples import Conversation, MediaRef, Message
+from mmit.data.tokenize import IGNORE_INDEX, MediaSlot, tokenize_conversation
+from mmit.generation import generate_answers
+from mmit.models.encoders import HFVisionEncoder, OpenClipEncoder, build_tiny_clip_dir, tiny_clip_encoder
+from mmit.models.llm import load_tiny
+from mmit.models.multimodal_lm import MultimodalLM
+from mmit.models.projectors import build_projector
+from mmit.models.tuning import apply_tuning
+
+
+def _png(color, size=(40, 30)) -> MediaRef:
+    out = io.BytesIO()
+    Image.new("RGB", size, color).save(out, format="PNG")
+    return MediaRef("image", "png", data=out.getvalue())
+
+
+@pytest.fixture(scope="module")
+def mm():
+    """A tiny LLM + tiny CLIP tower + MLP projector, wired as mmit does."""
+    loaded = load_tiny()
+    encoder = apply_tuning(tiny_clip_encoder(), "frozen")
+    projector = build_projector("mlp", encoder.output_dim, loaded.model.config.hidden_size)
+    loaded.tokenizer.add_tokens(["<image>"], special_tokens=True)
+    slot = MediaSlot("<image>", loaded.tokenizer.convert_tokens_to_ids("<image>"), encoder.num_tokens)
+    model = MultimodalLM(loaded.model, {"image": encoder}, {"image": projector}, {"image": slot}).eval()
+    return model, loaded.tokenizer, slot
+
+
+def _batch(model, tokenizer, convs):
+    slots = list(model.slots.values())
+    samples = [tokenize_conversation(c, tokenizer, 512, slots=slots)[0] for c in convs]
+    return Collator(tokenizer.pad_token_id, preprocess={"image": model.encoders["image"].preprocess})(samples)
+
+
+IMAGE_CONV = Conversation("img", [Message("user", "<image>\nWhat color?"), Message("assistant", "red")],
+                          media=[_png("red")])
+TWO_IMAGES = Conversation("two", [Message("user", "<image>\n<image>\nSame?"), Message("assistant", "no")],
+                          media=[_png("red"), _png("blue")])
+TEXT_CONV = Conversation("txt", [Message("user", "Say hi"), Message("assistant", "hi")])
+
+
+@pytest.mark.parametrize("kind, options, tokens", [("linear", {}, 16), ("mlp", {"depth": 2}, 16),
+                                                   ("resampler", {"num_queries": 5, "heads": 4}, 5)])
+def test_projector_shapes(kind, options, tokens):
+    projector = build_projector(kind, 48, 64, **options)
+    out = projector(torch.randn(3, 16, 48))
+    assert out.shape == (3, tokens, 64) and projector.num_tokens(16) == tokens
+
+
+def test_placeholders_expand_to_the_encoder_token_count(mm):
+    model, tokenizer, slot = mm
+    sample, _ = tokenize_conversation(TWO_IMAGES, tokenizer, 512, slots=[slot])
+    positions = [i for i, t in enumerate(sample.input_ids) if t == slot.token_id]
+    assert len(positions) == 2 * slot.count == 32
+    assert all(sample.labels[i] == IGNORE_INDEX for i in positions)
+    assert len(sample.media) == 2
+
+
+def test_splice_puts_projected_features_exactly_at_placeholders(mm):
+    model, tokenizer, slot = mm
+    batch = _batch(model, tokenizer, [TEXT_CONV, TWO_IMAGES, IMAGE_CONV])
+    assert batch.media["image"].shape[0] == 3  # only real images, no dummies for the text sample
+    with torch.no_grad():
+        embeds = model.embed(batch.input_ids, batch.media)
+        features = model.projectors["image"](model.encoders["image"](batch.media["image"]))
+        plain = model.base_llm.get_input_embeddings()(batch.input_ids.masked_fill(batch.input_ids == slot.token_id, 0))
+    mask = batch.input_ids == slot.token_id
+    torch.testing.assert_close(embeds[mask], features.reshape(-1, features.shape[-1]))
+    torch.testing.assert_close(embeds[~mask], plain[~mask])
+    # Row 1 holds images 0 and 1 (in order), row 2 holds image 2.
+    torch.testing.assert_close(embeds[1][mask[1]], features[:2].reshape(-1, features.shape[-1]))
+    torch.testing.assert_close(embeds[2][mask[2]], features[2])
+
+
+def test_text_only_sample_gives_the_bare_llm_logits(mm):
+    model, tokenizer, _ = mm
+    batch = _batch(model, tokenizer, [TEXT_CONV])
+    with torch.no_grad():
+        ours = model.logits(batch)
+        bare = model.llm(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    torch.testing.assert_close(ours, bare, rtol=1e-5, atol=1e-5)
+
+
+def test_mixed_batch_row_equals_the_sample_alone(mm):
+    model, tokenizer, _ = mm
+    mixed = _batch(model, tokenizer, [TEXT_CONV, IMAGE_CONV])
+    alone = _batch(model, tokenizer, [IMAGE_CONV])
+    n = int(alone.attention_mask.sum())
+    with torch.no_grad():
+        torch.testing.assert_close(model.logits(mixed)[1, :n], model.logits(alone)[0, :n], rtol=1e-4, atol=1e-4)
+
+
+def test_placeholder_count_must_match_media(mm):
+    model, tokenizer, slot = mm
+    from mmit.data.samples import SampleError
+
+    bad = Conversation("bad", [Message("user", "What color?"), Message("assistant", "red")], media=[_png("red")])
+    with pytest.raises(SampleError, match="0 <image> placeholders for 1 image"):
+        tokenize_conversation(bad, tokenizer, 512, slots=[slot])
+    with pytest.raises(SampleError, match="no image encoder"):
+        tokenize_conversation(IMAGE_CONV, tokenizer, 512)
+
+
+def test_truncation_never_keeps_part_of_an_image(mm):
+    model, tokenizer, slot = mm
+    conv = Conversation("t", [Message("user", "Look: <image>"), Message("assistant", "ok"),
+                              Message("user", "And <image>?"), Message("assistant", "fine")],
+                        media=[_png("red"), _png("blue")])
+    full, _ = tokenize_conversation(conv, tokenizer, 512, slots=[slot])
+    second = [i for i, t in enumerate(full.input_ids) if t == slot.token_id][slot.count]
+    cut, truncated = tokenize_conversation(conv, tokenizer, second + 5, slots=[slot])
+    assert truncated and len(cut.media) == 1
+    assert cut.input_ids.count(slot.token_id) == slot.count
+
+
+def test_generation_with_and_without_kv_cache_agree(mm):
+    model, tokenizer, _ = mm
+    convs = [IMAGE_CONV, TEXT_CONV, TWO_IMAGES]
+    pre = {"image": model.encoders["image"].preprocess}
+    cached = generate_answers(model, tokenizer, convs, max_new_tokens=8, preprocess=pre, use_cache=True)
+    uncached = generate_answers(model, tokenizer, convs, max_new_tokens=8, preprocess=pre, use_cache=False)
+    assert cached == uncached and len(cached) == 3
+
+
+def test_frozen_encoder_stays_unchanged_and_gradient_free_after_training(compose, tmp_path):
+    from mmit.train import run
+
+    out = tmp_path / "demo"
+    cfg = compose(["+recipe=vqa_tiny", "trainer.max_steps=6", "trainer.generate_samples=0", "trainer.eval_every=100",
+                   "trainer.save_every=6", f"data.source.overrides=['prepare.n_images=40','out_dir={out}',"
+                   f"'prepare.out_dir={out}-src']"])
+    from mmit.factory import build_model
+
+    reference = {k: v.clone() for k, v in build_model(cfg).model.encoders["image"].state_dict().items()}
+    run(cfg, tmp_path / "run")
+    from mmit.training.checkpoint import latest_checkpoint
+    from safetensors.torch import load_file
+
+    trained = load_file(latest_checkpoint(tmp_path / "run") / "trainable.safetensors")
+    assert not any(name.startswith("encoders.") for name in trained)
+    assert any(name.startswith("projectors.image.") for name in trained)
+    rebuilt = build_model(cfg).model
+    for name, tensor in rebuilt.encoders["image"].state_dict().items():
+        torch.testing.assert_close(tensor, reference[name])  # the run changed nothing outside trainable
+    assert all(not p.requires_grad for p in rebuilt.encoders["image"].parameters())
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert "vision_encoder     frozen          0" in summary["parameters"]
+
+
+def test_hf_clip_loads_from_a_local_directory():
+    directory = build_tiny_clip_dir()
+    encoder = HFVisionEncoder(str(directory), layer=-1, tokens="all")
+    pixels = encoder.preprocess([Image.new("RGB", (50, 20), "green")])
+    assert pixels.shape == (1, 3, 32, 32)
+    out = encoder(pixels)
+    assert out.shape == (1, 17, 32) and encoder.num_tokens == 17  # CLS + 4x4 patches
+    cls_only = HFVisionEncoder(str(directory), tokens="cls")(pixels)
+    assert cls_only.shape == (1, 1, 32)
+    pooled = HFVisionEncoder(str(directory), pool_to=2)(pixels)
+    assert pooled.shape == (1, 4, 32)
+
+
+def test_open_clip_loads_a_local_checkpoint_file(tmp_path):
+    import open_clip
+    from safetensors.torch import save_file
+
+    config = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8,
+                                               "head_width": 16},
+              "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}}
+    (tmp_path / "mmit-tiny-vit.json").write_text(json.dumps(config))
+    open_clip.add_model_config(tmp_path / "mmit-tiny-vit.json")
+    torch.manual_seed(0)
+    model = open_clip.create_model("mmit-tiny-vit")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "tiny.safetensors")
+    encoder = OpenClipEncoder("mmit-tiny-vit", pretrained=str(tmp_path / "tiny.safetensors"), layer=-2)
+    torch.testing.assert_close(encoder.visual.conv1.weight, model.visual.conv1.weight)
+    out = encoder(encoder.preprocess([Image.new("RGB", (32, 32), "red")]))
+    assert out.shape == (1, 16, 32) and encoder.output_dim == 32
+    assert OpenClipEncoder("mmit-tiny-vit", tokens="all").num_tokens == 17
+
+
+def test_efficientnet_lite0_gives_spatial_tokens_from_the_offline_weights():
+    from mmit.models.encoders import EfficientNetLite0Encoder
+
+    encoder = EfficientNetLite0Encoder().eval()
+    pixels = encoder.preprocess([Image.new("RGB", (300, 200), "red"), Image.new("RGB", (64, 64), "blue")])
+    assert pixels.shape == (2, 3, 224, 224) and abs(float(pixels[0, 0, 0, 0]) - (220 - 127) / 128) < 0.3
+    with torch.no_grad():
+        out = encoder(pixels)
+        pooled = EfficientNetLite0Encoder(pool_to=4)(pixels)
+    assert out.shape == (2, 49, 1280) and encoder.num_tokens == 49 and encoder.output_dim == 1280
+    assert pooled.shape == (2, 16, 1280)
+    assert not torch.allclose(out[0], out[1])  # real weights tell red from blue
+
+
+def test_init_from_copies_matching_trained_weights(compose, tmp_path):
+    from safetensors.torch import save_file
+
+    from mmit.factory import build_model
+    from mmit.training.checkpoint import trainable_state
+
+    out = tmp_path / "demo"
+    overrides = ["+recipe=vqa_tiny", f"data.source.overrides=['prepare.n_images=40','out_dir={out}']"]
+    stage1 = build_model(compose(overrides)).model
+    with torch.no_grad():
+        for p in stage1.projectors.parameters():
+            p.add_(1.0)
+    (tmp_path / "ckpt").mkdir()
+    save_file(trainable_state(stage1), tmp_path / "ckpt" / "trainable.safetensors")
+    stage2 = build_model(compose([*overrides, f"init_from={tmp_path / 'ckpt'}"])).model
+    for a, b in zip(stage1.projectors.parameters(), stage2.projectors.parameters()):
+        torch.testing.assert_close(a, b)
