@@ -215,8 +215,13 @@ def build(cfg: DictConfig, out_dir: Path | None = None) -> dict:
     files = sorted({m.path for _, convs in todo for c in convs for m in c.media if m.path and m.kind == "image"})
     workers = max(1, cfg.num_workers)
     with ProcessPoolExecutor(workers) if workers > 1 else _Inline() as pool:
-        checks = tqdm(pool.map(validate_media_file, files, chunksize=64), total=len(files), desc="check media",
-                      unit="image", leave=False)
+        checks = tqdm(
+            pool.map(validate_media_file, files, chunksize=64),
+            total=len(files),
+            desc="check media",
+            unit="image",
+            leave=False,
+        )
         bad = {path: problem for path, problem in checks if problem}
         jobs = [ShardJob(p, c, cfg.on_error, cfg.get("resize_max"), bad) for p, c in pending]
         results = list(tqdm(pool.map(write_shard, jobs), total=len(jobs), desc="shards", unit="shard"))

@@ -60,9 +60,16 @@ def main() -> None:
             for workers in args.workers:
                 floor = decode_seconds(images, workers)
                 out = work / f"out-{size}-{workers}"
-                cfg = compose_recipe("demo_vqa", [f"out_dir={out}", f"prepare.n_images={args.images}",
-                                                  f"prepare.out_dir={sources.root}", f"prepare.image_size={size}",
-                                                  f"num_workers={workers}"])
+                cfg = compose_recipe(
+                    "demo_vqa",
+                    [
+                        f"out_dir={out}",
+                        f"prepare.n_images={args.images}",
+                        f"prepare.out_dir={sources.root}",
+                        f"prepare.image_size={size}",
+                        f"num_workers={workers}",
+                    ],
+                )
                 start = time.perf_counter()
                 manifest = build(cfg)
                 seconds = time.perf_counter() - start
@@ -70,14 +77,20 @@ def main() -> None:
                 rows.append((size, workers, len(images), samples, floor, seconds))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-          f"demo_vqa recipe, {args.images} PNG images")
-    print("| image side | processes | images | samples written | decode all images once (s) | build (s) | "
-          "build / decode time | overhead beyond decoding |")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"demo_vqa recipe, {args.images} PNG images"
+    )
+    print(
+        "| image side | processes | images | samples written | decode all images once (s) | build (s) | "
+        "build / decode time | overhead beyond decoding |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for size, workers, n, samples, floor, seconds in rows:
-        print(f"| {size} | {workers} | {n} | {samples} | {floor:.2f} | {seconds:.2f} | {seconds / floor:.2f} | "
-              f"{100 * (seconds - floor) / floor:.0f}% |")
+        print(
+            f"| {size} | {workers} | {n} | {samples} | {floor:.2f} | {seconds:.2f} | {seconds / floor:.2f} | "
+            f"{100 * (seconds - floor) / floor:.0f}% |"
+        )
 
 
 if __name__ == "__main__":

@@ -16,8 +16,15 @@ from mmit.data.collate import Batch, Collator
 class BatchStream:
     """An endless iterator of batches; ``state()`` / ``load_state()`` make resume exact."""
 
-    def __init__(self, dataset: Dataset, batch_size: int, collate: Collator, seed: int = 0, shuffle: bool = True,
-                 group_by_length: int = 0):
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        collate: Collator,
+        seed: int = 0,
+        shuffle: bool = True,
+        group_by_length: int = 0,
+    ):
         self.dataset, self.batch_size, self.collate = dataset, batch_size, collate
         self.seed, self.shuffle, self.group_by_length = seed, shuffle, group_by_length
         self.epoch, self.index = 0, 0

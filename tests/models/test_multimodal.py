@@ -6,16 +6,26 @@ import json
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from mmit.data.collate import Collator
-from mmit.data.samples import Conversation, MediaRef, Message
+from mmit.data.samples import Conversation, MediaRef, Message, SampleError
 from mmit.data.tokenize import IGNORE_INDEX, MediaSlot, tokenize_conversation
+from mmit.factory import build_model
 from mmit.generation import generate_answers
-from mmit.models.encoders import HFVisionEncoder, OpenClipEncoder, build_tiny_clip_dir, tiny_clip_encoder
+from mmit.models.encoders import (
+    EfficientNetLite0Encoder,
+    HFVisionEncoder,
+    OpenClipEncoder,
+    build_tiny_clip_dir,
+    tiny_clip_encoder,
+)
 from mmit.models.llm import load_tiny
 from mmit.models.multimodal_lm import MultimodalLM
 from mmit.models.projectors import build_projector
 from mmit.models.tuning import apply_tuning
+from mmit.train import run
+from mmit.training.checkpoint import latest_checkpoint, trainable_state
 
 
 def _png(color, size=(40, 30)) -> MediaRef:
@@ -42,15 +52,19 @@ def _batch(model, tokenizer, convs):
     return Collator(tokenizer.pad_token_id, preprocess={"image": model.encoders["image"].preprocess})(samples)
 
 
-IMAGE_CONV = Conversation("img", [Message("user", "<image>\nWhat color?"), Message("assistant", "red")],
-                          media=[_png("red")])
-TWO_IMAGES = Conversation("two", [Message("user", "<image>\n<image>\nSame?"), Message("assistant", "no")],
-                          media=[_png("red"), _png("blue")])
+IMAGE_CONV = Conversation(
+    "img", [Message("user", "<image>\nWhat color?"), Message("assistant", "red")], media=[_png("red")]
+)
+TWO_IMAGES = Conversation(
+    "two", [Message("user", "<image>\n<image>\nSame?"), Message("assistant", "no")], media=[_png("red"), _png("blue")]
+)
 TEXT_CONV = Conversation("txt", [Message("user", "Say hi"), Message("assistant", "hi")])
 
 
-@pytest.mark.parametrize("kind, options, tokens", [("linear", {}, 16), ("mlp", {"depth": 2}, 16),
-                                                   ("resampler", {"num_queries": 5, "heads": 4}, 5)])
+@pytest.mark.parametrize(
+    "kind, options, tokens",
+    [("linear", {}, 16), ("mlp", {"depth": 2}, 16), ("resampler", {"num_queries": 5, "heads": 4}, 5)],
+)
 def test_projector_shapes(kind, options, tokens):
     projector = build_projector(kind, 48, 64, **options)
     out = projector(torch.randn(3, 16, 48))
@@ -102,8 +116,6 @@ def test_mixed_batch_row_equals_the_sample_alone(mm):
 
 def test_placeholder_count_must_match_media(mm):
     model, tokenizer, slot = mm
-    from mmit.data.samples import SampleError
-
     bad = Conversation("bad", [Message("user", "What color?"), Message("assistant", "red")], media=[_png("red")])
     with pytest.raises(SampleError, match="0 <image> placeholders for 1 image"):
         tokenize_conversation(bad, tokenizer, 512, slots=[slot])
@@ -113,9 +125,16 @@ def test_placeholder_count_must_match_media(mm):
 
 def test_truncation_never_keeps_part_of_an_image(mm):
     model, tokenizer, slot = mm
-    conv = Conversation("t", [Message("user", "Look: <image>"), Message("assistant", "ok"),
-                              Message("user", "And <image>?"), Message("assistant", "fine")],
-                        media=[_png("red"), _png("blue")])
+    conv = Conversation(
+        "t",
+        [
+            Message("user", "Look: <image>"),
+            Message("assistant", "ok"),
+            Message("user", "And <image>?"),
+            Message("assistant", "fine"),
+        ],
+        media=[_png("red"), _png("blue")],
+    )
     full, _ = tokenize_conversation(conv, tokenizer, 512, slots=[slot])
     second = [i for i, t in enumerate(full.input_ids) if t == slot.token_id][slot.count]
     cut, truncated = tokenize_conversation(conv, tokenizer, second + 5, slots=[slot])
@@ -133,19 +152,19 @@ def test_generation_with_and_without_kv_cache_agree(mm):
 
 
 def test_frozen_encoder_stays_unchanged_and_gradient_free_after_training(compose, tmp_path):
-    from mmit.train import run
-
     out = tmp_path / "demo"
-    cfg = compose(["+recipe=vqa_tiny", "trainer.max_steps=6", "trainer.generate_samples=0", "trainer.eval_every=100",
-                   "trainer.save_every=6", f"data.source.overrides=['prepare.n_images=40','out_dir={out}',"
-                   f"'prepare.out_dir={out}-src']"])
-    from mmit.factory import build_model
-
+    cfg = compose(
+        [
+            "+recipe=vqa_tiny",
+            "trainer.max_steps=6",
+            "trainer.generate_samples=0",
+            "trainer.eval_every=100",
+            "trainer.save_every=6",
+            f"data.source.overrides=['prepare.n_images=40','out_dir={out}','prepare.out_dir={out}-src']",
+        ]
+    )
     reference = {k: v.clone() for k, v in build_model(cfg).model.encoders["image"].state_dict().items()}
     run(cfg, tmp_path / "run")
-    from mmit.training.checkpoint import latest_checkpoint
-    from safetensors.torch import load_file
-
     trained = load_file(latest_checkpoint(tmp_path / "run") / "trainable.safetensors")
     assert not any(name.startswith("encoders.") for name in trained)
     assert any(name.startswith("projectors.image.") for name in trained)
@@ -172,11 +191,12 @@ def test_hf_clip_loads_from_a_local_directory():
 
 def test_open_clip_loads_a_local_checkpoint_file(tmp_path):
     import open_clip
-    from safetensors.torch import save_file
 
-    config = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8,
-                                               "head_width": 16},
-              "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}}
+    config = {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
+        "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1},
+    }
     (tmp_path / "mmit-tiny-vit.json").write_text(json.dumps(config))
     open_clip.add_model_config(tmp_path / "mmit-tiny-vit.json")
     torch.manual_seed(0)
@@ -190,8 +210,6 @@ def test_open_clip_loads_a_local_checkpoint_file(tmp_path):
 
 
 def test_efficientnet_lite0_gives_spatial_tokens_from_the_offline_weights():
-    from mmit.models.encoders import EfficientNetLite0Encoder
-
     encoder = EfficientNetLite0Encoder().eval()
     pixels = encoder.preprocess([Image.new("RGB", (300, 200), "red"), Image.new("RGB", (64, 64), "blue")])
     assert pixels.shape == (2, 3, 224, 224) and abs(float(pixels[0, 0, 0, 0]) - (220 - 127) / 128) < 0.3
@@ -204,11 +222,6 @@ def test_efficientnet_lite0_gives_spatial_tokens_from_the_offline_weights():
 
 
 def test_init_from_copies_matching_trained_weights(compose, tmp_path):
-    from safetensors.torch import save_file
-
-    from mmit.factory import build_model
-    from mmit.training.checkpoint import trainable_state
-
     out = tmp_path / "demo"
     overrides = ["+recipe=vqa_tiny", f"data.source.overrides=['prepare.n_images=40','out_dir={out}']"]
     stage1 = build_model(compose(overrides)).model
