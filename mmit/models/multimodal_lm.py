@@ -35,8 +35,10 @@ class MultimodalLM(nn.Module):
 
     def train(self, mode: bool = True) -> MultimodalLM:
         super().train(mode)
-        for encoder in self.encoders.values():  # frozen encoders stay in eval mode (batch norm, dropout)
-            if not any(p.requires_grad for p in encoder.parameters()):
+        # Frozen or LoRA-tuned encoders stay in eval mode: their batch-norm statistics and
+        # dropout belong to the pretrained weights. Only a fully tuned encoder trains as a whole.
+        for encoder in self.encoders.values():
+            if not all(p.requires_grad for p in encoder.parameters()):
                 encoder.eval()
         return self
 

@@ -11,18 +11,38 @@ TUNING = ("frozen", "lora", "full")
 
 
 def apply_tuning(module: nn.Module, mode: str, lora_config=None, name: str = "module") -> nn.Module:
-    """Freeze, fully unfreeze, or wrap ``module`` with peft (LoRA). Returns the module to use."""
+    """Freeze, fully unfreeze, or add LoRA to ``module``. Returns the module to use.
+
+    The LLM gets a peft wrapper (its adapter saves and loads with peft's own tools); any other
+    component gets LoRA layers injected in place into its linear and convolution layers.
+    """
     if mode not in TUNING:
         raise ValueError(f"{name}: tuning must be one of {TUNING}, not {mode!r}")
-    if mode == "lora":
+    if mode == "lora" and name == "llm":
         if lora_config is None:
             raise ValueError(f"{name}: tuning 'lora' needs a peft config (the `peft` config group)")
         from peft import get_peft_model
 
         return get_peft_model(module, lora_config)
+    if mode == "lora":
+        return inject_lora(module, rank=8)
     module.requires_grad_(mode == "full")
     if mode == "frozen":
         module.eval()
+    return module
+
+
+def inject_lora(module: nn.Module, rank: int = 8) -> nn.Module:
+    """LoRA on every Linear / Conv2d of a non-LLM component; only the LoRA weights train."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    targets = [n for n, m in module.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d)) and n]
+    if not targets:
+        raise ValueError(f"{type(module).__name__} has no linear or convolution layer for LoRA")
+    module.requires_grad_(False)
+    module = inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets), module)
+    for param_name, param in module.named_parameters():
+        param.requires_grad = "lora_" in param_name
     return module
 
 

@@ -37,3 +37,23 @@ def test_parameter_table_rows():
     assert lines[0].split() == ["component", "tuning", "trainable", "frozen", "trainable", "%"]
     assert lines[2].split()[:2] == ["llm", "full"] and lines[2].split()[-1] == "100.00"
     assert lines[-1].startswith("total")
+
+
+@pytest.mark.parametrize("component", ["projector", "encoder"])
+def test_lora_on_other_components_trains_only_injected_weights(component):
+    import torch
+    from torch import nn
+
+    from mmit.models.encoders import tiny_clip_encoder
+    from mmit.models.projectors import build_projector
+
+    module = build_projector("mlp", 32, 64) if component == "projector" else tiny_clip_encoder()
+    inputs = torch.randn(2, 16, 32) if component == "projector" else torch.randn(2, 3, 32, 32)
+    before = module(inputs).detach()
+    tuned = apply_tuning(module, "lora", name=component)
+    names = [n for n, p in tuned.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n for n in names)
+    torch.testing.assert_close(tuned(inputs), before)  # LoRA starts as the identity
+    tuned(inputs).sum().backward()
+    assert all(p.grad is None for n, p in tuned.named_parameters() if "lora_" not in n)
+    assert any(isinstance(m, nn.Module) and "lora_A" in n for n, m in tuned.named_modules())
