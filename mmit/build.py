@@ -46,7 +46,7 @@ def compose_recipe(recipe: str, overrides: list[str] = ()) -> DictConfig:
         raise BuildError(f"no recipe {recipe!r} (recipes in {RECIPES_DIR}: {known})")
     # Plain OmegaConf rather than Hydra: a training job (itself a Hydra app) builds recipes too.
     cfg = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides)))
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    missing = sorted(key for key in cfg if OmegaConf.is_missing(cfg, key))
     if missing:
         raise BuildError(f"recipe {recipe!r} needs values for {missing} (pass key=value)")
     return cfg

@@ -395,3 +395,24 @@ def test_show_prints_counts_and_draws_a_contact_sheet(sources, tmp_path, capsys)
     assert "recipe 'fixture'" in printed and "=== train" in printed and "assistant:" in printed
     with Image.open(tmp_path / "sheet.png") as sheet:
         assert sheet.size[0] == 4 * 160 and sheet.size[1] >= 160
+
+
+def test_build_command_line(sources, tmp_path):
+    import subprocess
+    import sys
+
+    recipe_file = tmp_path / "fixture.yaml"
+    recipe_file.write_text(OmegaConf.to_yaml(recipe(sources, tmp_path / "cli")))
+    run = subprocess.run(
+        [sys.executable, "-m", "mmit.build", str(recipe_file), "shard_size=50"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "built fixture into" in run.stdout and "train" in run.stdout
+    assert json.loads((tmp_path / "cli" / "manifest.json").read_text())["config"]["shard_size"] == 50
+    missing = subprocess.run(
+        [sys.executable, "-m", "mmit.build", "coco_vqav2"], capture_output=True, text=True, timeout=300
+    )
+    assert missing.returncode != 0 and "needs values for ['coco_root', 'out_dir']" in missing.stderr
