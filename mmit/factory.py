@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from mmit.data.sources import DataFiles, read_conversations
 
 if TYPE_CHECKING:
-    from mmit.data.tokenize import MediaSlot, TokenizedDataset
+    from mmit.data.tokenize import MediaSlot, StreamedDataset, TokenizedDataset
     from mmit.models.multimodal_lm import MultimodalLM
     from mmit.training.loop import EvalSet, TrainerConfig
 
@@ -35,11 +35,18 @@ class BuiltModel:
 
 @dataclass
 class BuiltData:
-    train: TokenizedDataset
+    train: TokenizedDataset | StreamedDataset
     eval: dict[str, EvalSet]
     files: DataFiles
-    skipped: dict[str, Counter] = field(default_factory=dict)  # per set, per reason
-    truncated: dict[str, int] = field(default_factory=dict)
+    read_skips: dict[str, Counter] = field(default_factory=dict)  # per set, per reason, while reading
+
+    def skipped(self) -> dict[str, dict[str, int]]:
+        """Everything skipped so far, per set and reason (a streamed set keeps counting)."""
+        sets = {"train": self.train, **{name: e.tokens for name, e in self.eval.items()}}
+        return {name: dict(self.read_skips.get(name, Counter()) + data.skipped) for name, data in sets.items()}
+
+    def truncated(self) -> dict[str, int]:
+        return {"train": self.train.truncated, **{name: e.tokens.truncated for name, e in self.eval.items()}}
 
 
 def build_model(cfg: DictConfig) -> BuiltModel:
@@ -83,31 +90,39 @@ def build_model(cfg: DictConfig) -> BuiltModel:
 
 def build_data(cfg: DictConfig, tokenizer, slots: list[MediaSlot] = ()) -> BuiltData:
     """Read, validate and tokenize the training set and every evaluation set."""
-    from mmit.data.tokenize import TokenizedDataset
+    from mmit.data.shards import shard_urls
+    from mmit.data.tokenize import StreamedDataset, TokenizedDataset, Tokenizer
     from mmit.training.loop import EvalSet
 
     files: DataFiles = instantiate(cfg.data.source, _convert_="all")
     if not isinstance(files, DataFiles):
         raise TypeError(f"data.source must produce a DataFiles, got {type(files).__name__}")
     d = cfg.data
-    skipped: dict[str, Counter] = {}
+    read_skips: dict[str, Counter] = {}
+
+    def tokenizer_for() -> Tokenizer:
+        return Tokenizer(tokenizer, d.max_length, d.overlength, d.on_error, list(slots))
 
     def load(name: str, paths: list[str], shuffle: bool) -> tuple[TokenizedDataset, list]:
-        skipped[name] = Counter()
-        convs = read_conversations(paths, on_error=d.on_error, skipped=skipped[name])
+        read_skips[name] = Counter()
+        convs = read_conversations(paths, on_error=d.on_error, skipped=read_skips[name])
         if d.get("tasks"):  # e.g. captions only, for projector alignment
             convs = [c for c in convs if set(c.meta.get("tasks", [])) <= set(d.tasks)]
         if shuffle:  # evaluation subsets (first batches, first generations) should mix tasks
             random.Random(0).shuffle(convs)
-        tokens = TokenizedDataset(convs, tokenizer, d.max_length, d.overlength, d.on_error, name=name, slots=slots)
-        skipped[name].update(tokens.skipped)
+        tokens = TokenizedDataset(convs, tokenizer_for(), name=name)
         kept = {s.id for s in tokens.samples}
         return tokens, [c for c in convs if c.id in kept]
 
-    train, _ = load("train", files.train, shuffle=False)
+    if d.get("stream"):
+        if d.get("tasks"):
+            raise ValueError("data.tasks filtering is not available with data.stream=true")
+        urls = [u for folder in files.train for u in shard_urls(folder)]
+        train = StreamedDataset(urls, tokenizer_for(), d.get("shuffle_buffer", 1000))
+    else:
+        train, _ = load("train", files.train, shuffle=False)
     eval_sets = {name: EvalSet(*load(name, paths, shuffle=True)) for name, paths in files.eval.items()}
-    truncated = {"train": train.truncated, **{n: e.tokens.truncated for n, e in eval_sets.items()}}
-    return BuiltData(train, eval_sets, files, skipped, truncated)
+    return BuiltData(train, eval_sets, files, read_skips)
 
 
 def build_trainer_config(cfg: DictConfig) -> TrainerConfig:

@@ -35,10 +35,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
     data = build_data(cfg, built.tokenizer, list(built.model.slots.values()))
     log.info(
-        "data: %d training samples (%d label tokens); eval sets: %s",
-        len(data.train),
-        data.train.num_label_tokens,
-        {n: len(e.tokens) for n, e in data.eval.items()},
+        "data: training %s; eval sets: %s", data.train.describe(), {n: len(e.tokens) for n, e in data.eval.items()}
     )
 
     trainer_cfg = build_trainer_config(cfg)
@@ -46,9 +43,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     summary.update(
         llm=built.source,
         parameters=built.table,
-        train_samples=len(data.train),
-        skipped={k: dict(v) for k, v in data.skipped.items()},
-        truncated=data.truncated,
+        train_samples=data.train.describe(),
+        skipped=data.skipped(),
+        truncated=data.truncated(),
     )
 
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))

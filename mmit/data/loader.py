@@ -7,6 +7,8 @@ samples of similar length share a batch, so little compute goes to padding.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import torch
 from torch.utils.data import Dataset
 
@@ -63,3 +65,79 @@ class BatchStream:
 
     def load_state(self, state: dict) -> None:
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
+
+
+class StreamingBatches:
+    """Batches tokenized on the fly from shards, for data too large to hold in memory.
+
+    Each epoch streams the shards through :class:`ShardStream` (seeded shuffle buffer, split by
+    rank), tokenizes, and groups windows of ``group_by_length`` batches by length. The
+    position is (epoch, batches taken); restoring it replays the epoch's deterministic stream
+    up to that batch, so no sample is repeated or skipped.
+    """
+
+    def __init__(
+        self,
+        urls: list[str],
+        tokenize: Callable,
+        batch_size: int,
+        collate: Collator,
+        seed: int = 0,
+        shuffle_buffer: int = 1000,
+        group_by_length: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.urls, self.tokenize, self.batch_size, self.collate = urls, tokenize, batch_size, collate
+        self.seed, self.shuffle_buffer, self.group_by_length = seed, shuffle_buffer, group_by_length
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.index = 0, 0
+        self._batches: Iterator[list] | None = None
+
+    def _epoch(self, epoch: int) -> Iterator[list]:
+        from mmit.data.shards import ShardStream
+
+        stream = ShardStream(self.urls, self.shuffle_buffer, self.seed, self.rank, self.world_size)
+        stream.set_epoch(epoch)
+        window_size = self.batch_size * max(self.group_by_length, 1)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        window: list = []
+        for conv in stream:
+            sample = self.tokenize(conv)  # None when the policy skips it
+            if sample is not None:
+                window.append(sample)
+            if len(window) == window_size:
+                yield from self._split(window, generator)
+                window = []
+        if window:
+            yield from self._split(window, generator)
+
+    def _split(self, window: list, generator: torch.Generator) -> Iterator[list]:
+        if self.group_by_length:
+            window = sorted(window, key=lambda s: -len(s.input_ids))
+        batches = [window[k : k + self.batch_size] for k in range(0, len(window), self.batch_size)]
+        for i in torch.randperm(len(batches), generator=generator).tolist():
+            yield batches[i]
+
+    def __iter__(self) -> StreamingBatches:
+        return self
+
+    def __next__(self) -> Batch:
+        if self._batches is None:
+            self._batches = self._epoch(self.epoch)
+            for _ in range(self.index):  # replay up to the restored position
+                next(self._batches)
+        batch = next(self._batches, None)
+        if batch is None:
+            self.epoch, self.index = self.epoch + 1, 0
+            self._batches = self._epoch(self.epoch)
+            batch = next(self._batches)
+        self.index += 1
+        return self.collate(batch)
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state(self, state: dict) -> None:
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+        self._batches = None

@@ -158,37 +158,52 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, chat: list[dict], slots: l
     return expand_media(ids, [IGNORE_INDEX] * len(ids), list(slots))[0]
 
 
-class TokenizedDataset(Dataset):
-    """Conversations tokenized once up front; bad ones raise or are counted per policy."""
+@dataclass
+class Tokenizer:
+    """Tokenization with the data policies; counts what it skips and truncates."""
 
-    def __init__(
-        self,
-        conversations: list[Conversation],
-        tokenizer: PreTrainedTokenizerBase,
-        max_length: int,
-        overlength: str = "truncate",
-        on_error: str = "raise",
-        name: str = "data",
-        slots: list[MediaSlot] = (),
-    ):
-        self.name = name
-        self.skipped: Counter = Counter()
-        self.truncated = 0
-        self.samples: list[TokenizedSample] = []
-        for conv in tqdm(conversations, desc=f"tokenize {name}", unit="sample", leave=False):
-            try:
-                sample, truncated = tokenize_conversation(conv, tokenizer, max_length, overlength, slots)
-            except SampleError as err:
-                # Over-long samples follow the overlength policy; every other fault on_error.
-                policy = {"drop": "skip", "raise": "raise"}[overlength] if err.reason == "too_long" else on_error
-                if policy == "raise":
-                    raise
-                self.skipped[err.reason] += 1
-                continue
-            self.truncated += truncated
-            self.samples.append(sample)
+    tokenizer: PreTrainedTokenizerBase
+    max_length: int
+    overlength: str = "truncate"
+    on_error: str = "raise"
+    slots: list[MediaSlot] = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)
+    truncated: int = 0
+
+    def __call__(self, conv: Conversation) -> TokenizedSample | None:
+        """The tokenized sample, or None when the policy skips it."""
+        try:
+            sample, truncated = tokenize_conversation(
+                conv, self.tokenizer, self.max_length, self.overlength, self.slots
+            )
+        except SampleError as err:
+            # Over-long samples follow the overlength policy; every other fault on_error.
+            policy = {"drop": "skip", "raise": "raise"}[self.overlength] if err.reason == "too_long" else self.on_error
+            if policy == "raise":
+                raise
+            self.skipped[err.reason] += 1
+            return None
+        self.truncated += truncated
+        return sample
+
+
+class TokenizedDataset(Dataset):
+    """Conversations tokenized once up front and held in memory."""
+
+    def __init__(self, conversations: list[Conversation], tokenize: Tokenizer, name: str = "data"):
+        self.name, self.tokenize = name, tokenize
+        samples = (tokenize(c) for c in tqdm(conversations, desc=f"tokenize {name}", unit="sample", leave=False))
+        self.samples: list[TokenizedSample] = [s for s in samples if s is not None]
         if not self.samples:
-            raise ValueError(f"{name}: no usable samples (skipped: {dict(self.skipped)})")
+            raise ValueError(f"{name}: no usable samples (skipped: {dict(tokenize.skipped)})")
+
+    @property
+    def skipped(self) -> Counter:
+        return self.tokenize.skipped
+
+    @property
+    def truncated(self) -> int:
+        return self.tokenize.truncated
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -199,3 +214,39 @@ class TokenizedDataset(Dataset):
     @property
     def num_label_tokens(self) -> int:
         return sum(s.num_labels for s in self.samples)
+
+    def describe(self) -> str:
+        return f"{len(self)} samples ({self.num_label_tokens} label tokens)"
+
+    def batches(self, batch_size: int, collate, seed: int = 0, group_by_length: int = 0, shuffle: bool = True):
+        from mmit.data.loader import BatchStream
+
+        return BatchStream(self, batch_size, collate, seed=seed, shuffle=shuffle, group_by_length=group_by_length)
+
+
+@dataclass
+class StreamedDataset:
+    """Training data streamed from shard folders and tokenized on the fly (nothing held in memory)."""
+
+    urls: list[str]
+    tokenize: Tokenizer
+    shuffle_buffer: int = 1000
+    name: str = "train"
+
+    @property
+    def skipped(self) -> Counter:
+        return self.tokenize.skipped
+
+    @property
+    def truncated(self) -> int:
+        return self.tokenize.truncated
+
+    def describe(self) -> str:
+        return f"streamed from {len(self.urls)} shards"
+
+    def batches(self, batch_size: int, collate, seed: int = 0, group_by_length: int = 0):
+        from mmit.data.loader import StreamingBatches
+
+        return StreamingBatches(
+            self.urls, self.tokenize, batch_size, collate, seed, self.shuffle_buffer, group_by_length
+        )

@@ -15,9 +15,8 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
 
 from mmit.data.collate import Collator
-from mmit.data.loader import BatchStream
 from mmit.data.samples import Conversation
-from mmit.data.tokenize import TokenizedDataset
+from mmit.data.tokenize import StreamedDataset, TokenizedDataset
 from mmit.generation import generate_answers, normalize_answer, prompt_and_reference
 from mmit.models.multimodal_lm import MultimodalLM
 from mmit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -114,7 +113,7 @@ def eval_loss(
     was_training = model.training
     model.eval()
     total, tokens = 0.0, 0
-    stream = BatchStream(dataset, cfg.batch_size, collate, shuffle=False)
+    stream = dataset.batches(cfg.batch_size, collate, shuffle=False)
     n_batches = math.ceil(len(dataset) / cfg.batch_size)
     for _ in range(min(n_batches, cfg.eval_batches or n_batches)):
         batch = next(stream).to(device)
@@ -156,7 +155,7 @@ def evaluate(model, tokenizer, eval_sets: dict[str, EvalSet], collate, cfg, devi
 def train(
     model: MultimodalLM,
     tokenizer: PreTrainedTokenizerBase,
-    train_set: TokenizedDataset,
+    train_set: TokenizedDataset | StreamedDataset,
     eval_sets: dict[str, EvalSet],
     cfg: TrainerConfig,
     run_dir: Path,
@@ -168,7 +167,7 @@ def train(
     log.info("device %s, precision %s", device, cfg.precision)
     model.to(device).train()
     collate = Collator(tokenizer.pad_token_id, preprocess={k: e.preprocess for k, e in model.encoders.items()})
-    stream = BatchStream(train_set, cfg.batch_size, collate, seed=cfg.seed, group_by_length=cfg.group_by_length)
+    stream = train_set.batches(cfg.batch_size, collate, cfg.seed, cfg.group_by_length)
     optimizer = torch.optim.AdamW(param_groups(model, cfg), weight_decay=cfg.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.max_steps)
 

@@ -12,7 +12,7 @@ def format_summary(summary: dict, run_dir: Path) -> str:
         f"- LLM: {summary['llm']}",
         f"- steps: {summary['steps']} (resumed from {summary['resumed_from_step']}) on {summary['device']}, "
         f"{summary['precision']}, {summary['train_seconds']:.1f} s, {summary['tokens_per_second']:.0f} tokens/s",
-        f"- training samples: {summary['train_samples']}; final training loss {summary['final_train_loss']:.4f}",
+        f"- training data: {summary['train_samples']}; final training loss {summary['final_train_loss']:.4f}",
     ]
     for name, counts in summary["skipped"].items():
         if counts:

@@ -416,3 +416,34 @@ def test_build_command_line(sources, tmp_path):
         [sys.executable, "-m", "mmit.build", "coco_vqav2"], capture_output=True, text=True, timeout=300
     )
     assert missing.returncode != 0 and "needs values for ['coco_root', 'out_dir']" in missing.stderr
+
+
+def test_streaming_batches_cover_each_sample_once_and_resume(built):
+    from mmit.data.loader import StreamingBatches
+
+    ids = [c.id for c in read_shards(built)]
+
+    class Tokenized:  # stands in for a TokenizedSample: an id and a length
+        def __init__(self, conv):
+            self.id, self.input_ids = conv.id, conv.id
+
+    def make():
+        # The first sample is skipped, as a tokenization policy would do.
+        tokenize = lambda c: None if c.id == ids[0] else Tokenized(c)  # noqa: E731
+        return StreamingBatches(
+            built, tokenize, 4, lambda b: [s.id for s in b], seed=2, shuffle_buffer=5, group_by_length=2
+        )
+
+    stream = make()
+    per_epoch = -(-(len(ids) - 1) // 4)
+    epoch0 = [i for _ in range(per_epoch) for i in next(stream)]
+    assert sorted(epoch0) == sorted(ids[1:]) and stream.state() == {"epoch": 0, "index": per_epoch}
+    epoch1 = [i for _ in range(per_epoch) for i in next(stream)]
+    assert sorted(epoch1) == sorted(epoch0) and epoch1 != epoch0
+    reference = make()
+    expected = [next(reference) for _ in range(per_epoch + 3)]
+    first = make()
+    head = [next(first) for _ in range(3)]
+    resumed = make()
+    resumed.load_state(first.state())
+    assert head + [next(resumed) for _ in range(per_epoch)] == expected

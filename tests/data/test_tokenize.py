@@ -6,7 +6,7 @@ import pytest
 
 from mmit.data.collate import Collator
 from mmit.data.samples import Conversation, Message, SampleError
-from mmit.data.tokenize import IGNORE_INDEX, TokenizedDataset, tokenize_conversation
+from mmit.data.tokenize import IGNORE_INDEX, TokenizedDataset, Tokenizer, tokenize_conversation
 
 CONV = Conversation(
     "c1",
@@ -74,12 +74,12 @@ def test_overlength_policies(tiny):
     assert err.value.reason == "no_labels_after_truncation"
 
     short = Conversation("short", [Message("user", "hi"), Message("assistant", "yo")])
-    dropped = TokenizedDataset([CONV, short], tiny.tokenizer, max_length=n - 3, overlength="drop")
+    dropped = TokenizedDataset([CONV, short], Tokenizer(tiny.tokenizer, max_length=n - 3, overlength="drop"))
     assert [s.id for s in dropped.samples] == ["short"] and dropped.skipped == {"too_long": 1}
-    kept = TokenizedDataset([CONV, short], tiny.tokenizer, max_length=n - 3, overlength="truncate")
+    kept = TokenizedDataset([CONV, short], Tokenizer(tiny.tokenizer, max_length=n - 3, overlength="truncate"))
     assert len(kept) == 2 and kept.truncated == 1
     with pytest.raises(SampleError):
-        TokenizedDataset([CONV, short], tiny.tokenizer, max_length=n - 3, overlength="raise", on_error="skip")
+        TokenizedDataset([CONV, short], Tokenizer(tiny.tokenizer, n - 3, overlength="raise", on_error="skip"))
 
 
 def test_collate_pads_right_and_counts_shifted_labels(tiny):

@@ -233,3 +233,22 @@ def test_init_from_copies_matching_trained_weights(compose, tmp_path):
     stage2 = build_model(compose([*overrides, f"init_from={tmp_path / 'ckpt'}"])).model
     for a, b in zip(stage1.projectors.parameters(), stage2.projectors.parameters()):
         torch.testing.assert_close(a, b)
+
+
+def test_training_streams_shards(compose, tmp_path):
+    out = tmp_path / "demo"
+    cfg = compose(
+        [
+            "+recipe=vqa_tiny",
+            "trainer.max_steps=4",
+            "trainer.generate_samples=0",
+            "trainer.save_every=4",
+            "data.stream=true",
+            "data.shuffle_buffer=16",
+            f"data.source.overrides=['prepare.n_images=40','out_dir={out}','prepare.out_dir={out}-src']",
+        ]
+    )
+    summary = run(cfg, tmp_path / "run")
+    assert summary["train_samples"].startswith("streamed from") and summary["steps"] == 4
+    state = json.loads((latest_checkpoint(tmp_path / "run") / "state.json").read_text())
+    assert state["data"] == {"epoch": 0, "index": 4}

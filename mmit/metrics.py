@@ -1,0 +1,440 @@
+"""Evaluation metrics for generated answers: VQAv2 accuracy, exact match, and the COCO caption
+metrics (BLEU, CIDEr-D, ROUGE-L), rewritten in plain Python from the official definitions."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+
+# ---------------------------------------------------------------------------------------------
+# VQAv2 accuracy (the official vqaEval.py of the VQA API)
+# ---------------------------------------------------------------------------------------------
+
+_VQA_PUNCTUATION = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
+_DIGIT_COMMA_DIGIT = re.compile(r"(\d)(,)(\d)")
+# The official "(?!<=\d)" is a lookahead for the text "<=digit", not a lookbehind, so in effect
+# this removes every period that is not followed by a digit ("3.5" keeps its period).
+_PERIOD_NOT_BEFORE_DIGIT = re.compile(r"(?!<=\d)(\.)(?!\d)")
+# The official script passes re.UNICODE (32) as the positional `count` of sub().
+_OFFICIAL_PERIOD_COUNT = 32
+
+_NUMBER_WORDS = {
+    "none": "0",
+    "zero": "0",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+    "ten": "10",
+}
+_ARTICLES = {"a", "an", "the"}
+
+# The official table, entry for entry. The capitalised keys ("Im", "Ive", ...) can never match
+# (words are lowercased first) and "somebody'd" maps the wrong way round; both kept for fidelity.
+_CONTRACTIONS = {
+    "aint": "ain't",
+    "arent": "aren't",
+    "cant": "can't",
+    "couldve": "could've",
+    "couldnt": "couldn't",
+    "couldn'tve": "couldn't've",
+    "couldnt've": "couldn't've",
+    "didnt": "didn't",
+    "doesnt": "doesn't",
+    "dont": "don't",
+    "hadnt": "hadn't",
+    "hadnt've": "hadn't've",
+    "hadn'tve": "hadn't've",
+    "hasnt": "hasn't",
+    "havent": "haven't",
+    "hed": "he'd",
+    "hed've": "he'd've",
+    "he'dve": "he'd've",
+    "hes": "he's",
+    "howd": "how'd",
+    "howll": "how'll",
+    "hows": "how's",
+    "Id've": "I'd've",
+    "I'dve": "I'd've",
+    "Im": "I'm",
+    "Ive": "I've",
+    "isnt": "isn't",
+    "itd": "it'd",
+    "itd've": "it'd've",
+    "it'dve": "it'd've",
+    "itll": "it'll",
+    "let's": "let's",
+    "maam": "ma'am",
+    "mightnt": "mightn't",
+    "mightnt've": "mightn't've",
+    "mightn'tve": "mightn't've",
+    "mightve": "might've",
+    "mustnt": "mustn't",
+    "mustve": "must've",
+    "neednt": "needn't",
+    "notve": "not've",
+    "oclock": "o'clock",
+    "oughtnt": "oughtn't",
+    "ow's'at": "'ow's'at",
+    "'ows'at": "'ow's'at",
+    "'ow'sat": "'ow's'at",
+    "shant": "shan't",
+    "shed've": "she'd've",
+    "she'dve": "she'd've",
+    "she's": "she's",
+    "shouldve": "should've",
+    "shouldnt": "shouldn't",
+    "shouldnt've": "shouldn't've",
+    "shouldn'tve": "shouldn't've",
+    "somebody'd": "somebodyd",
+    "somebodyd've": "somebody'd've",
+    "somebody'dve": "somebody'd've",
+    "somebodyll": "somebody'll",
+    "somebodys": "somebody's",
+    "someoned": "someone'd",
+    "someoned've": "someone'd've",
+    "someone'dve": "someone'd've",
+    "someonell": "someone'll",
+    "someones": "someone's",
+    "somethingd": "something'd",
+    "somethingd've": "something'd've",
+    "something'dve": "something'd've",
+    "somethingll": "something'll",
+    "thats": "that's",
+    "thered": "there'd",
+    "thered've": "there'd've",
+    "there'dve": "there'd've",
+    "therere": "there're",
+    "theres": "there's",
+    "theyd": "they'd",
+    "theyd've": "they'd've",
+    "they'dve": "they'd've",
+    "theyll": "they'll",
+    "theyre": "they're",
+    "theyve": "they've",
+    "twas": "'twas",
+    "wasnt": "wasn't",
+    "wed've": "we'd've",
+    "we'dve": "we'd've",
+    "weve": "we've",
+    "werent": "weren't",
+    "whatll": "what'll",
+    "whatre": "what're",
+    "whats": "what's",
+    "whatve": "what've",
+    "whens": "when's",
+    "whered": "where'd",
+    "wheres": "where's",
+    "whereve": "where've",
+    "whod": "who'd",
+    "whod've": "who'd've",
+    "who'dve": "who'd've",
+    "wholl": "who'll",
+    "whos": "who's",
+    "whove": "who've",
+    "whyll": "why'll",
+    "whyre": "why're",
+    "whys": "why's",
+    "wont": "won't",
+    "wouldve": "would've",
+    "wouldnt": "wouldn't",
+    "wouldnt've": "wouldn't've",
+    "wouldn'tve": "wouldn't've",
+    "yall": "y'all",
+    "yall'll": "y'all'll",
+    "y'allll": "y'all'll",
+    "yall'd've": "y'all'd've",
+    "y'alld've": "y'all'd've",
+    "y'all'dve": "y'all'd've",
+    "youd": "you'd",
+    "youd've": "you'd've",
+    "you'dve": "you'd've",
+    "youll": "you'll",
+    "youre": "you're",
+    "youve": "you've",
+}
+
+
+def _vqa_punctuation(text: str) -> str:
+    """The official processPunctuation: delete or space out punctuation, drop sentence periods."""
+    # Every decision looks at the original text: one "3,000" anywhere means all marks are deleted.
+    delete = _DIGIT_COMMA_DIGIT.search(text) is not None
+    out = text
+    for mark in _VQA_PUNCTUATION:
+        if delete or mark + " " in text or " " + mark in text:
+            out = out.replace(mark, "")
+        else:
+            out = out.replace(mark, " ")
+    return _PERIOD_NOT_BEFORE_DIGIT.sub("", out, count=_OFFICIAL_PERIOD_COUNT)
+
+
+def _vqa_digits_articles(text: str) -> str:
+    """The official processDigitArticle: lowercase, number words to digits, no articles, contractions."""
+    words = [_NUMBER_WORDS.get(word, word) for word in text.lower().split()]
+    return " ".join(_CONTRACTIONS.get(word, word) for word in words if word not in _ARTICLES)
+
+
+def normalize_vqa_answer(text: str) -> str:
+    """A predicted answer as the official VQAv2 evaluation sees it ("Two dogs." -> "2 dogs")."""
+    text = text.replace("\n", " ").replace("\t", " ").strip()
+    return _vqa_digits_articles(_vqa_punctuation(text))
+
+
+def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
+    """VQAv2 accuracy of one prediction against the human answers (usually ten), in [0, 1].
+
+    Each answer is left out in turn; the prediction scores min(1, matches among the rest / 3),
+    and the scores are averaged. As in the official script, the prediction is fully normalised
+    (normalize_vqa_answer) but the human answers only go through the punctuation step, and only
+    when they are not all identical: answers are compared as written otherwise (VQAv2's own
+    answers are already normalised, so this matters only for other data). With a single answer
+    there is nothing to leave out and the score is exact match.
+    """
+    if not answers:
+        raise ValueError("vqa_accuracy needs at least one answer")
+    predicted = normalize_vqa_answer(prediction)
+    if len(set(answers)) > 1:
+        answers = [_vqa_punctuation(answer) for answer in answers]
+    if len(answers) == 1:
+        return float(answers[0] == predicted)
+    # Leaving out answers[i] leaves `total - matches[i]` matching answers; left out by position,
+    # as the official script does (its answer records carry unique ids).
+    matches = [int(answer == predicted) for answer in answers]
+    total = sum(matches)
+    return sum(min(1.0, (total - match) / 3) for match in matches) / len(matches)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact match
+# ---------------------------------------------------------------------------------------------
+
+
+def _normalize_short_answer(text: str) -> str:
+    text = " ".join(text.lower().split())
+    return text.removesuffix(".").rstrip()
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    """1.0 when the texts agree ignoring case, spacing and one trailing full stop, else 0.0."""
+    return float(_normalize_short_answer(prediction) == _normalize_short_answer(reference))
+
+
+def yes_no_accuracy(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Exact-match accuracy over the samples whose reference is "yes" or "no" (NaN when none is)."""
+    _check_same_length(predictions, references)
+    pairs = [
+        (prediction, reference)
+        for prediction, reference in zip(predictions, references, strict=True)
+        if _normalize_short_answer(reference) in ("yes", "no")
+    ]
+    if not pairs:
+        return math.nan
+    return sum(exact_match(prediction, reference) for prediction, reference in pairs) / len(pairs)
+
+
+# ---------------------------------------------------------------------------------------------
+# COCO caption metrics (coco-caption / pycocoevalcap)
+# ---------------------------------------------------------------------------------------------
+
+# coco-caption runs the Stanford PTB tokenizer (lowercased) and then drops these tokens:
+# '' ' `` ` -LRB- -RRB- -LCB- -RCB- . ? ! , : - -- ... ;
+# Lowercasing turns the bracket escapes into -lrb- etc., which that list misses: brackets stay
+# in coco-caption's token streams, so they stay here too.
+_DROPPED_CAPTION_TOKENS = set("'`.?!,:-;\"")
+_BRACKET_TOKENS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
+# Words PTB splits in two, and clitics it splits off ("don't" -> "do n't", "dog's" -> "dog 's").
+_PTB_SPLITS = {"cannot": "can not", "gonna": "gon na", "gotta": "got ta", "wanna": "wan na", "lemme": "lem me"}
+_PTB_SPLIT_WORD = re.compile(r"\b(?:" + "|".join(_PTB_SPLITS) + r")\b")
+_CLITIC = re.compile(r"(\w)(n't|'(?:s|re|ve|ll|d|m))\b")
+_CAPTION_TOKEN = re.compile(
+    r"n't|'(?:s|re|ve|ll|d|m)\b"
+    r"|(?:[^\W\d_]\.){2,}"  # initialisms keep their periods: u.s., a.m., e.g.
+    r"|\b(?:mrs?|ms|dr|st|jr|sr|vs|etc|ft|mt|ave)\."  # common abbreviations PTB knows
+    r"|@?\w+(?:(?:[-'/.]|(?<=\d)[,:](?=\d))\w+)*"  # black-and-white, o'clock, 3,000, 10:30, @home
+    r"|\S"  # any other character is a token of its own
+)
+
+
+def tokenize_caption(text: str) -> list[str]:
+    """Lowercased PTB-style tokens without punctuation, approximating coco-caption's PTBTokenizer.
+
+    A regex stands in for the Stanford tokenizer (Java): clitics are split off, hyphenated words,
+    numbers, initialisms and a few abbreviations stay whole, and every other symbol is a token of
+    its own; then the punctuation coco-caption removes is dropped ("$", "%", "&" stay, as there).
+    """
+    text = _PTB_SPLIT_WORD.sub(lambda match: _PTB_SPLITS[match.group()], text.lower())
+    text = _CLITIC.sub(r"\1 \2", text)
+    tokens = (_BRACKET_TOKENS.get(token, token) for token in _CAPTION_TOKEN.findall(text))
+    return [token for token in tokens if token not in _DROPPED_CAPTION_TOKENS]
+
+
+def _ngram_counts(tokens: Sequence[str], max_n: int) -> Counter[tuple[str, ...]]:
+    counts: Counter[tuple[str, ...]] = Counter()
+    for n in range(1, max_n + 1):
+        counts.update(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+    return counts
+
+
+def _check_same_length(predictions: Sequence, references: Sequence) -> None:
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+
+
+def _check_captions(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> None:
+    _check_same_length(predictions, references)
+    if not predictions:
+        raise ValueError("no captions to score")
+    if any(isinstance(refs, str) or not refs for refs in references):
+        raise ValueError("every prediction needs a non-empty list of reference captions")
+
+
+# coco-caption's bleu_scorer adds these to the numerator and denominator of every ratio.
+_BLEU_TINY = 1e-15
+_BLEU_SMALL = 1e-9
+
+
+def bleu(predictions: Sequence[str], references: Sequence[Sequence[str]], n: int = 4) -> float:
+    """Corpus BLEU-n as coco-caption computes it (its "Bleu_4" for n=4).
+
+    n-gram matches are clipped by the largest count in any one reference and summed over the
+    corpus; the reference length of each sample is the one closest to the prediction's (the
+    shorter on a tie); the brevity penalty is applied once, to the corpus totals.
+    """
+    _check_captions(predictions, references)
+    matched, guessed = [0] * n, [0] * n
+    prediction_length = reference_length = 0
+    for prediction, refs in zip(predictions, references, strict=True):
+        tokens = tokenize_caption(prediction)
+        ref_tokens = [tokenize_caption(ref) for ref in refs]
+        max_ref_counts: Counter[tuple[str, ...]] = Counter()
+        for ref in ref_tokens:
+            max_ref_counts |= _ngram_counts(ref, n)
+        for ngram, count in _ngram_counts(tokens, n).items():
+            matched[len(ngram) - 1] += min(count, max_ref_counts[ngram])
+        for k in range(1, n + 1):
+            guessed[k - 1] += max(0, len(tokens) - k + 1)
+        prediction_length += len(tokens)
+        reference_length += min((abs(len(ref) - len(tokens)), len(ref)) for ref in ref_tokens)[1]
+    score = 1.0
+    for k in range(n):
+        score *= (matched[k] + _BLEU_TINY) / (guessed[k] + _BLEU_SMALL)
+    score **= 1.0 / n
+    ratio = (prediction_length + _BLEU_TINY) / (reference_length + _BLEU_SMALL)
+    if ratio < 1:
+        score *= math.exp(1 - 1 / ratio)
+    return score
+
+
+_CIDER_MAX_N = 4
+_CIDER_SIGMA = 6.0
+
+
+def _tfidf(
+    counts: Counter[tuple[str, ...]], doc_freq: Counter[tuple[str, ...]], log_num_images: float
+) -> tuple[list[dict[tuple[str, ...], float]], list[float], int]:
+    """Per-order TF-IDF vectors, their norms, and the length CIDEr-D's penalty uses."""
+    vectors: list[dict[tuple[str, ...], float]] = [{} for _ in range(_CIDER_MAX_N)]
+    for ngram, count in counts.items():
+        # An n-gram absent from every reference is weighted as if it occurred in one image.
+        vectors[len(ngram) - 1][ngram] = count * (log_num_images - math.log(max(1.0, doc_freq[ngram])))
+    norms = [math.sqrt(sum(w * w for w in vector.values())) for vector in vectors]
+    # coco-caption counts length in bigrams (an off-by-one in its code); kept so scores match.
+    length = sum(count for ngram, count in counts.items() if len(ngram) == 2)
+    return vectors, norms, length
+
+
+def cider_d_scores(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> list[float]:
+    """CIDEr-D of each prediction, as coco-caption computes it; cider_d is their mean.
+
+    Document frequencies come from the references of the samples scored together, so a score
+    depends on the whole set (a set of one image scores 0: every n-gram is in all its images).
+    For n = 1..4: cosine of TF-IDF vectors with the prediction's weights clipped by the
+    reference's, times exp(-(length difference)^2 / (2 * 6^2)); averaged over n and over the
+    references, times 10.
+    """
+    _check_captions(predictions, references)
+    prediction_counts = [_ngram_counts(tokenize_caption(p), _CIDER_MAX_N) for p in predictions]
+    reference_counts = [[_ngram_counts(tokenize_caption(r), _CIDER_MAX_N) for r in refs] for refs in references]
+    doc_freq: Counter[tuple[str, ...]] = Counter()
+    for refs in reference_counts:
+        doc_freq.update(set().union(*refs))
+    log_num_images = math.log(len(references))
+
+    scores = []
+    for counts, refs in zip(prediction_counts, reference_counts, strict=True):
+        vectors, norms, length = _tfidf(counts, doc_freq, log_num_images)
+        total = 0.0
+        for ref in refs:
+            ref_vectors, ref_norms, ref_length = _tfidf(ref, doc_freq, log_num_images)
+            penalty = math.exp(-((length - ref_length) ** 2) / (2 * _CIDER_SIGMA**2))
+            for vector, norm, ref_vector, ref_norm in zip(vectors, norms, ref_vectors, ref_norms, strict=True):
+                # The "-D" clipping: a repeated n-gram earns no more than the reference gives it.
+                dot = sum(min(w, ref_vector.get(g, 0.0)) * ref_vector.get(g, 0.0) for g, w in vector.items())
+                if norm and ref_norm:
+                    dot /= norm * ref_norm
+                total += dot * penalty
+        scores.append(10.0 * total / _CIDER_MAX_N / len(refs))
+    return scores
+
+
+def cider_d(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    """Corpus CIDEr-D (coco-caption's "CIDEr"): the mean of cider_d_scores."""
+    scores = cider_d_scores(predictions, references)
+    return sum(scores) / len(scores)
+
+
+_ROUGE_BETA = 1.2
+
+
+def _lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
+    if len(a) < len(b):
+        a, b = b, a
+    previous = [0] * (len(b) + 1)
+    for x in a:
+        current = [0]
+        for j, y in enumerate(b):
+            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
+        previous = current
+    return previous[-1]
+
+
+def _rouge_l_tokens(candidate: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    # Empty token lists score 0 (coco-caption's split(" ") would count "" as one token).
+    if not candidate:
+        return 0.0
+    lcs = [_lcs_length(ref, candidate) for ref in references]
+    # Precision and recall are maximised separately, possibly over different references.
+    precision = max(common / len(candidate) for common in lcs)
+    recall = max((common / len(ref) if ref else 0.0) for common, ref in zip(lcs, references, strict=True))
+    if precision == 0 or recall == 0:
+        return 0.0
+    return (1 + _ROUGE_BETA**2) * precision * recall / (recall + _ROUGE_BETA**2 * precision)
+
+
+def rouge_l(prediction: str, references: Sequence[str]) -> float:
+    """ROUGE-L of one caption as coco-caption computes it: LCS-based F-measure with beta = 1.2."""
+    if isinstance(references, str) or not references:
+        raise ValueError("rouge_l needs a non-empty list of reference captions")
+    return _rouge_l_tokens(tokenize_caption(prediction), [tokenize_caption(ref) for ref in references])
+
+
+def rouge_l_corpus(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    """coco-caption's "ROUGE_L": the mean of rouge_l over the samples."""
+    _check_captions(predictions, references)
+    scores = [rouge_l(prediction, refs) for prediction, refs in zip(predictions, references, strict=True)]
+    return sum(scores) / len(scores)
+
+
+_TEXT_TOKEN = re.compile(r"\w+")
+
+
+def text_rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L (beta = 1.2, as rouge_l) of a free-text answer, on lowercased word tokens."""
+    return _rouge_l_tokens(_TEXT_TOKEN.findall(prediction.lower()), [_TEXT_TOKEN.findall(reference.lower())])
