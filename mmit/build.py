@@ -201,29 +201,26 @@ def build(cfg: DictConfig, out_dir: Path | None = None) -> dict:
         instantiate_source(cfg.prepare)
     skipped: Counter = Counter()
     annotations = read_annotations(cfg, skipped)
-    sets = shape_all(cfg, annotations)
-
-    pending = []  # (path, samples) of shards not written yet
-    for name, convs in sets.items():
-        (out / name).mkdir(exist_ok=True)
-        for stale in (out / name).glob(".shard-*.tmp-*"):  # left by a killed build
-            stale.unlink()
-        for k in range(0, len(convs), cfg.shard_size):
-            pending.append((out / name / f"shard-{k // cfg.shard_size:06d}.tar", convs[k : k + cfg.shard_size]))
-    todo = [(p, c) for p, c in pending if not (p.exists() and p.with_suffix(".json").exists())]
-    # An image is used by several samples (captions, QA turns, held-out wordings): decode each once.
-    files = sorted({m.path for _, convs in todo for c in convs for m in c.media if m.path and m.kind == "image"})
+    # An image is used by several samples (captions, QA turns, held-out wordings): decode each
+    # once, in the workers, while this process applies the templates.
+    files = sorted({m.path for a in annotations for m in a.media if m.path and m.kind == "image"})
     workers = max(1, cfg.num_workers)
     with ProcessPoolExecutor(workers) if workers > 1 else _Inline() as pool:
-        checks = tqdm(
-            pool.map(validate_media_file, files, chunksize=64),
-            total=len(files),
-            desc="check media",
-            unit="image",
-            leave=False,
-        )
-        bad = {path: problem for path, problem in checks if problem}
-        jobs = [ShardJob(p, c, cfg.on_error, cfg.get("resize_max"), bad) for p, c in pending]
+        checks = pool.map(validate_media_file, files, chunksize=64)
+        sets = shape_all(cfg, annotations)
+        bad = {
+            path: problem
+            for path, problem in tqdm(checks, total=len(files), desc="check media", unit="image", leave=False)
+            if problem
+        }
+        jobs = []
+        for name, convs in sets.items():
+            (out / name).mkdir(exist_ok=True)
+            for stale in (out / name).glob(".shard-*.tmp-*"):  # left by a killed build
+                stale.unlink()
+            for k in range(0, len(convs), cfg.shard_size):
+                path = out / name / f"shard-{k // cfg.shard_size:06d}.tar"
+                jobs.append(ShardJob(path, convs[k : k + cfg.shard_size], cfg.on_error, cfg.get("resize_max"), bad))
         results = list(tqdm(pool.map(write_shard, jobs), total=len(jobs), desc="shards", unit="shard"))
 
     manifest = {

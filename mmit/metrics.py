@@ -12,7 +12,7 @@ from collections.abc import Sequence
 # VQAv2 accuracy (the official vqaEval.py of the VQA API)
 # ---------------------------------------------------------------------------------------------
 
-_VQA_PUNCTUATION = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
+_VQA_PUNCTUATION = ';/[]"{}()=+\\_-><@`,?!'  # the official list, in its order
 _DIGIT_COMMA_DIGIT = re.compile(r"(\d)(,)(\d)")
 # The official "(?!<=\d)" is a lookahead for the text "<=digit", not a lookbehind, so in effect
 # this removes every period that is not followed by a digit ("3.5" keeps its period).
@@ -197,8 +197,8 @@ def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
     answers are already normalised, so this matters only for other data). With a single answer
     there is nothing to leave out and the score is exact match.
     """
-    if not answers:
-        raise ValueError("vqa_accuracy needs at least one answer")
+    if isinstance(answers, str) or not answers:
+        raise ValueError("vqa_accuracy needs a non-empty list of answers")
     predicted = normalize_vqa_answer(prediction)
     if len(set(answers)) > 1:
         answers = [_vqa_punctuation(answer) for answer in answers]
@@ -354,7 +354,7 @@ def cider_d_scores(predictions: Sequence[str], references: Sequence[Sequence[str
     """CIDEr-D of each prediction, as coco-caption computes it; cider_d is their mean.
 
     Document frequencies come from the references of the samples scored together, so a score
-    depends on the whole set (a set of one image scores 0: every n-gram is in all its images).
+    depends on the whole set (a set of one image scores 0: its n-grams occur in every image).
     For n = 1..4: cosine of TF-IDF vectors with the prediction's weights clipped by the
     reference's, times exp(-(length difference)^2 / (2 * 6^2)); averaged over n and over the
     references, times 10.

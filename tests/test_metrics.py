@@ -1,0 +1,282 @@
+import math
+
+import pytest
+
+from mmit.metrics import (
+    bleu,
+    cider_d,
+    cider_d_scores,
+    exact_match,
+    normalize_vqa_answer,
+    rouge_l,
+    rouge_l_corpus,
+    text_rouge_l,
+    tokenize_caption,
+    vqa_accuracy,
+    yes_no_accuracy,
+)
+
+# --- VQAv2 ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Two", "2"),  # number words become digits
+        ("none", "0"),  # the official map has "none" -> "0" too
+        ("ten.", "10"),
+        ("the dog", "dog"),  # articles dropped
+        ("dont", "don't"),  # contractions restored
+        ("whats", "what's"),
+        ("oclock", "o'clock"),
+        ("yes.", "yes"),  # a period not followed by a digit goes
+        ("2.5", "2.5"),  # ... one followed by a digit stays
+        ("a.m.", "am"),
+        ("3,000", "3000"),  # digit,digit anywhere: every punctuation mark is deleted
+        ("3,000 (approx)", "3000 approx"),
+        ("red(ish)", "red ish"),  # otherwise a mark that touches no space becomes a space
+        ("a, b", "b"),  # ", " touches a space: deleted; then "a" is an article
+        ("black-and-white", "black and white"),
+        ("Hello, world!", "hello world"),  # "," touches a space (deleted), "!" does not (spaced)
+        ("It's a cat!", "it's cat"),  # the apostrophe is not in the official list
+        ("  Yes\n", "yes"),
+    ],
+)
+def test_normalize_vqa_answer(text, expected):
+    assert normalize_vqa_answer(text) == expected
+
+
+def _answers(matching: int, answer: str = "2", other: str = "3") -> list[str]:
+    return [answer] * matching + [other] * (10 - matching)
+
+
+@pytest.mark.parametrize(
+    "matching, expected",
+    [
+        # Leaving out each of the 10 answers: min(1, matches among the other 9 / 3), averaged.
+        (0, 0.0),
+        # 9 subsets keep the match (1/3), 1 loses it (0): 9 * 1/3 / 10 = 0.3
+        (1, 0.3),
+        # 8 subsets keep both (2/3), 2 keep one (1/3): (16/3 + 2/3) / 10 = 0.6
+        (2, 0.6),
+        # 7 subsets keep all three (1), 3 keep two (2/3): (7 + 3 * 2/3) / 10 = 0.9
+        (3, 0.9),
+        # every subset keeps at least 3 matches
+        (4, 1.0),
+        (10, 1.0),
+    ],
+)
+def test_vqa_accuracy_leave_one_out(matching, expected):
+    assert vqa_accuracy("2", _answers(matching)) == pytest.approx(expected)
+    assert vqa_accuracy("2", list(reversed(_answers(matching)))) == pytest.approx(expected)
+
+
+def test_vqa_accuracy_normalises_the_prediction():
+    assert vqa_accuracy("Two.", _answers(3)) == pytest.approx(0.9)
+    assert vqa_accuracy("The dog", ["dog"] * 10) == 1.0
+
+
+def test_vqa_accuracy_treats_human_answers_as_the_official_script_does():
+    # Identical answers are compared as written, so "yes." never matches the normalised "yes"...
+    assert vqa_accuracy("yes.", ["yes."] * 10) == 0.0
+    # ... but differing answers go through the punctuation step: 9 x "yes" match.
+    assert vqa_accuracy("yes.", ["yes."] * 9 + ["no"]) == 1.0
+    # The answers are never lowercased (VQAv2's are lowercase already).
+    assert vqa_accuracy("Yes", ["Yes"] * 5 + ["no"] * 5) == 0.0
+
+
+def test_vqa_accuracy_other_answer_counts():
+    assert vqa_accuracy("Two", ["2"]) == 1.0  # one answer: exact match after normalisation
+    assert vqa_accuracy("3", ["2"]) == 0.0
+    # 3 answers, 2 matching: leave out a match -> 1/3 (twice), leave out the other -> 2/3
+    assert vqa_accuracy("2", ["2", "2", "3"]) == pytest.approx((1 / 3 + 1 / 3 + 2 / 3) / 3)
+    with pytest.raises(ValueError):
+        vqa_accuracy("2", [])
+
+
+# --- exact match --------------------------------------------------------------------------------
+
+
+def test_exact_match():
+    assert exact_match("Yes.", "yes") == 1.0
+    assert exact_match("  A  red\ncar ", "a red car.") == 1.0
+    assert exact_match("red", "red car") == 0.0
+    assert exact_match("2.", "2.5") == 0.0
+
+
+def test_yes_no_accuracy_counts_only_yes_no_references():
+    predictions = ["yes", "No.", "blue", "maybe"]
+    references = ["Yes", "no", "red", "no"]
+    # yes/no references at 0, 1, 3: right, right, wrong -> 2/3; "red" is left out
+    assert yes_no_accuracy(predictions, references) == pytest.approx(2 / 3)
+    assert math.isnan(yes_no_accuracy(["blue"], ["red"]))
+    with pytest.raises(ValueError):
+        yes_no_accuracy(["yes"], ["yes", "no"])
+
+
+# --- caption tokenizer ------------------------------------------------------------------------
+
+
+def test_tokenize_caption_follows_the_ptb_tokenizer():
+    # What coco-caption's Stanford PTBTokenizer (-lowerCase) plus its punctuation removal give.
+    assert tokenize_caption("A man's dog doesn't run.") == ["a", "man", "'s", "dog", "does", "n't", "run"]
+    assert tokenize_caption('Black-and-white photo, "3,000" at 10:30 a.m.') == [
+        "black-and-white",
+        "photo",
+        "3,000",
+        "at",
+        "10:30",
+        "a.m.",
+    ]
+    # Lowercased bracket escapes miss coco-caption's punctuation list, so they stay.
+    assert tokenize_caption("A cat (black)") == ["a", "cat", "-lrb-", "black", "-rrb-"]
+    assert tokenize_caption("50% off; $5 -- cannot") == ["50", "%", "off", "$", "5", "can", "not"]
+
+
+# --- BLEU -------------------------------------------------------------------------------------
+
+
+def test_bleu_identical_caption_is_one():
+    # coco-caption's smoothing (+1e-15 / +1e-9 on every ratio) keeps it a hair under 1.
+    assert bleu(["A man riding a horse."], [["a man riding a horse"]]) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_bleu_hand_computed():
+    prediction = "a man riding a horse"  # 5 tokens
+    references = ["a man is riding a horse", "a man riding a brown horse on the beach"]  # 6 and 9 tokens
+    # clipped matches / n-grams of the prediction:
+    #   1-grams: a a man riding horse                       -> 5/5
+    #   2-grams: a man, man riding, riding a, a horse       -> 4/4
+    #   3-grams: a man riding, man riding a, riding a horse -> 3/3
+    #   4-grams: "a man riding a" (2nd ref), "man riding a horse" (in neither) -> 1/2
+    # closest reference length: 6 -> brevity penalty exp(1 - 6/5) = exp(-0.2)
+    # BLEU-4 = (1 * 1 * 1 * 1/2) ** (1/4) * exp(-0.2) = 0.84090 * 0.81873 = 0.68847
+    assert bleu([prediction], [references]) == pytest.approx(0.5**0.25 * math.exp(-0.2), rel=1e-6)
+    assert bleu([prediction], [references], n=1) == pytest.approx(math.exp(-0.2), rel=1e-6)
+
+
+def test_bleu_is_pooled_over_the_corpus():
+    predictions = ["a man riding a horse", "two dogs play in snow"]
+    references = [["a man is riding a horse", "a man riding a brown horse on the beach"], ["two dogs play in snow"]]
+    # matches / guesses summed: (5+5)/(5+5), (4+4)/(4+4), (3+3)/(3+3), (1+2)/(2+2)
+    # lengths summed: 10 predicted, 6 + 5 = 11 reference -> penalty exp(1 - 11/10)
+    expected = 0.75**0.25 * math.exp(1 - 11 / 10)
+    assert bleu(predictions, references) == pytest.approx(expected, rel=1e-6)
+
+
+def test_bleu_reference_length_ties_take_the_shorter():
+    # 5 predicted tokens, references of 4 and 6: both 1 away, the shorter (4) is used, so
+    # there is no brevity penalty; every unigram matches ("horse" only in the second).
+    refs = ["a man riding a", "a man riding a big horse"]
+    assert bleu(["a man riding a horse"], [refs], n=1) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_bleu_smoothing_as_coco_caption():
+    # A 3-token caption has no 4-grams: the 4-gram term is (0 + 1e-15) / (0 + 1e-9) = 1e-6,
+    # so even a perfect match scores (1e-6) ** (1/4) = 10 ** -1.5 = 0.0316.
+    assert bleu(["a red car"], [["a red car"]]) == pytest.approx(10**-1.5, rel=1e-6)
+    # No match at all: tiny, not zero.
+    assert 0 < bleu(["w x y z"], [["a b c d"]]) < 1e-14
+
+
+def test_caption_metrics_reject_malformed_inputs():
+    with pytest.raises(ValueError):
+        bleu(["a"], [["a"], ["b"]])
+    with pytest.raises(ValueError):
+        cider_d(["a cat"], ["a cat"])  # references must be lists, not strings
+    with pytest.raises(ValueError):
+        rouge_l_corpus(["a cat"], [[]])
+
+
+# --- CIDEr-D ----------------------------------------------------------------------------------
+
+DOGS = "two dogs play outside"
+
+
+def test_cider_d_identical_captions_score_ten():
+    # Two images with no shared words: every reference n-gram has df = 1 of N = 2 images, so all
+    # weights are log 2; each of n = 1..4 has cosine 1, no length penalty -> 10 * mean(1,1,1,1).
+    scores = cider_d_scores(["a red car parked here", DOGS], [["a red car parked here"], [DOGS]])
+    assert scores == pytest.approx([10.0, 10.0])
+
+
+def test_cider_d_of_a_single_image_is_zero():
+    # With one image every reference n-gram is in all (one) images: idf = log(1/1) = 0.
+    assert cider_d([DOGS], [[DOGS]]) == 0.0
+
+
+def test_cider_d_no_shared_ngram_scores_zero():
+    scores = cider_d_scores(["purple elephant flying", DOGS], [["a red car parked here"], [DOGS]])
+    assert scores[0] == 0.0
+    assert scores[1] == pytest.approx(10.0)
+
+
+def test_cider_d_hand_computed_clipping_and_length_penalty():
+    # Image 1: reference "red car", prediction "red car red car"; image 2 identical (score 10).
+    # All weights are w = log 2 (df 1 of 2 images; "car red" is in no reference: df taken as 1).
+    #   1-grams: prediction red:2w car:2w, reference red:w car:w.
+    #            clipped dot = min(2w, w) * w * 2 = 2w^2; norms sqrt(8) w * sqrt(2) w = 4w^2 -> 1/2
+    #   2-grams: prediction "red car":2w "car red":w, reference "red car":w.
+    #            clipped dot = min(2w, w) * w = w^2; norms sqrt(5) w * w -> 1/sqrt(5)
+    #   3-, 4-grams: none in the reference -> 0
+    # Length (coco-caption counts bigrams): 3 vs 1 -> penalty exp(-2^2 / (2 * 6^2)) = exp(-1/18)
+    # CIDEr-D = 10 * (1/2 + 1/sqrt(5) + 0 + 0) / 4 * exp(-1/18) = 2.2400
+    expected = 10 * (0.5 + 1 / math.sqrt(5)) / 4 * math.exp(-1 / 18)
+    scores = cider_d_scores(["red car red car", DOGS], [["red car"], [DOGS]])
+    assert scores == pytest.approx([expected, 10.0])
+    assert cider_d(["red car red car", DOGS], [["red car"], [DOGS]]) == pytest.approx((expected + 10) / 2)
+
+
+def test_cider_d_length_penalty_lowers_a_padded_caption():
+    # Appending words found in no reference adds unmatched weight (lower cosine) and a length
+    # penalty; each extra word costs more.
+    references = [["a red car parked here"], [DOGS]]
+    base, longer, longest = (
+        cider_d_scores([caption, DOGS], references)[0]
+        for caption in ("a red car parked here", "a red car parked here today", "a red car parked here today again")
+    )
+    assert base > longer > longest > 0
+
+
+def test_cider_d_symmetries():
+    predictions = ["a red car", "two dogs play", "a cat on a mat"]
+    references = [["a red car parked", "a car"], ["dogs playing", "two dogs in the park"], ["a cat sitting on a mat"]]
+    scores = cider_d_scores(predictions, references)
+    # Reordering the samples reorders the scores; reordering or repeating references changes nothing.
+    assert cider_d_scores(predictions[::-1], references[::-1]) == pytest.approx(scores[::-1])
+    assert cider_d_scores(predictions, [refs[::-1] for refs in references]) == pytest.approx(scores)
+    assert cider_d_scores(predictions, [refs * 2 for refs in references]) == pytest.approx(scores)
+    assert cider_d(predictions, references) == pytest.approx(sum(scores) / 3)
+
+
+# --- ROUGE-L ----------------------------------------------------------------------------------
+
+
+def test_rouge_l_hand_computed():
+    # LCS("a man riding a horse", "a man is riding a horse on the beach") = a man riding a horse = 5
+    # P = 5/5 = 1, R = 5/9; F = (1 + 1.2^2) P R / (R + 1.2^2 P) = 2.44 * 5/9 / (5/9 + 1.44)
+    #   = 12.2 / 17.96 = 0.67929
+    assert rouge_l("A man riding a horse.", ["a man is riding a horse on the beach"]) == pytest.approx(12.2 / 17.96)
+    # LCS("the cat sat on the mat", "the cat is on the mat") = the cat on the mat = 5 (not contiguous)
+    # P = R = 5/6, and with P = R the F-measure is P whatever beta: 5/6
+    assert rouge_l("the cat sat on the mat", ["the cat is on the mat"]) == pytest.approx(5 / 6)
+    assert rouge_l("purple elephant", ["a red car"]) == 0.0
+
+
+def test_rouge_l_maximises_precision_and_recall_separately():
+    # best P = 1 (first reference), best R = 2/2 = 1 ("a horse", second): F = 2.44 / 2.44 = 1
+    references = ["a man is riding a horse on the beach", "a horse"]
+    assert rouge_l("a man riding a horse", references) == pytest.approx(1.0)
+
+
+def test_rouge_l_corpus_is_the_mean():
+    predictions = ["the cat sat on the mat", "purple elephant"]
+    references = [["the cat is on the mat"], ["a red car"]]
+    assert rouge_l_corpus(predictions, references) == pytest.approx((5 / 6 + 0) / 2)
+
+
+def test_text_rouge_l():
+    # tokens: the answer is 42 / the answer 42 -> LCS 3, P = 3/4, R = 3/3
+    # F = 2.44 * 0.75 * 1 / (1 + 1.44 * 0.75) = 1.83 / 2.08 = 0.87981
+    assert text_rouge_l("The answer is 42.", "the answer: 42") == pytest.approx(1.83 / 2.08)
+    assert text_rouge_l("", "anything") == 0.0
