@@ -18,6 +18,7 @@ from mmit.data.collate import Collator
 from mmit.data.samples import Conversation
 from mmit.data.tokenize import StreamedDataset, TokenizedDataset
 from mmit.generation import generate_answers, normalize_answer, prompt_and_reference
+from mmit.metrics import vqa_accuracy
 from mmit.models.multimodal_lm import MultimodalLM
 from mmit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mmit.training.loss import next_token_loss_sum
@@ -138,6 +139,14 @@ def evaluate(model, tokenizer, eval_sets: dict[str, EvalSet], collate, cfg, devi
             )
             hits = [normalize_answer(p) == normalize_answer(r) for p, r in zip(preds, refs)]
             metrics[f"eval/{name}/exact_match"] = sum(hits) / len(hits)
+            # VQA questions: the official VQAv2 accuracy against all human answers.
+            vqa = [
+                vqa_accuracy(p, c.meta["answers"])
+                for p, c in zip(preds, convs)
+                if c.meta.get("tasks", [""])[-1].startswith("vqa") and c.meta.get("answers")
+            ]
+            if vqa:
+                metrics[f"eval/{name}/vqa_accuracy"] = sum(vqa) / len(vqa)
             answers[name] = [
                 {
                     "id": c.id,
