@@ -187,15 +187,10 @@ class Tokenizer:
         return sample
 
 
-class TokenizedDataset(Dataset):
-    """Conversations tokenized once up front and held in memory."""
+class _PolicyCounts:
+    """What the tokenization policy skipped and truncated for this data set."""
 
-    def __init__(self, conversations: list[Conversation], tokenize: Tokenizer, name: str = "data"):
-        self.name, self.tokenize = name, tokenize
-        samples = (tokenize(c) for c in tqdm(conversations, desc=f"tokenize {name}", unit="sample", leave=False))
-        self.samples: list[TokenizedSample] = [s for s in samples if s is not None]
-        if not self.samples:
-            raise ValueError(f"{name}: no usable samples (skipped: {dict(tokenize.skipped)})")
+    tokenize: Tokenizer
 
     @property
     def skipped(self) -> Counter:
@@ -204,6 +199,17 @@ class TokenizedDataset(Dataset):
     @property
     def truncated(self) -> int:
         return self.tokenize.truncated
+
+
+class TokenizedDataset(_PolicyCounts, Dataset):
+    """Conversations tokenized once up front and held in memory."""
+
+    def __init__(self, conversations: list[Conversation], tokenize: Tokenizer, name: str = "data"):
+        self.name, self.tokenize = name, tokenize
+        samples = (tokenize(c) for c in tqdm(conversations, desc=f"tokenize {name}", unit="sample", leave=False))
+        self.samples: list[TokenizedSample] = [s for s in samples if s is not None]
+        if not self.samples:
+            raise ValueError(f"{name}: no usable samples (skipped: {dict(tokenize.skipped)})")
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -225,21 +231,13 @@ class TokenizedDataset(Dataset):
 
 
 @dataclass
-class StreamedDataset:
+class StreamedDataset(_PolicyCounts):
     """Training data streamed from shard folders and tokenized on the fly (nothing held in memory)."""
 
     urls: list[str]
     tokenize: Tokenizer
     shuffle_buffer: int = 1000
     name: str = "train"
-
-    @property
-    def skipped(self) -> Counter:
-        return self.tokenize.skipped
-
-    @property
-    def truncated(self) -> int:
-        return self.tokenize.truncated
 
     def describe(self) -> str:
         return f"streamed from {len(self.urls)} shards"
