@@ -34,6 +34,9 @@ from mmit.paths import RECIPES_DIR, atomic_write_text
 log = logging.getLogger("mmit.build")
 
 
+SETS = ("train", "val_seen", "val_heldout_templates", "val_heldout_tasks")
+
+
 class BuildError(RuntimeError):
     """The build cannot go on; the message names the file and record."""
 
@@ -89,29 +92,30 @@ def read_annotations(cfg: DictConfig, skipped: Counter) -> list[Annotation]:
     return annotations
 
 
-def shape_all(cfg: DictConfig, annotations: list[Annotation]) -> dict[str, list[Conversation]]:
-    """Conversations per output set: train, val_seen, val_heldout_templates, val_heldout_tasks."""
-    templates = load_templates(cfg.templates)
+def shaping_config(cfg: DictConfig, templates: dict) -> ShapingConfig:
     shaping = ShapingConfig(seed=cfg.seed, **OmegaConf.to_container(cfg.shaping))
     unknown = set(shaping.held_out_tasks) - set(templates)
     if unknown:
         raise BuildError(f"shaping.held_out_tasks names unknown tasks {sorted(unknown)}")
-    pool = answer_pool(annotations)
-    sets: dict[str, list[Conversation]] = {
-        "train": [],
-        "val_seen": [],
-        "val_heldout_templates": [],
-        "val_heldout_tasks": [],
-    }
-    for ann in tqdm(annotations, desc="templates", unit="annotation", leave=False):
-        if split_of(ann.group, cfg.eval_fraction) == "train":
-            sets["train"] += shape_annotation(ann, templates, shaping, pool, "train")["seen"]
+    return shaping
+
+
+def shape_chunk(
+    annotations: list[Annotation], split: str, templates: dict, shaping: ShapingConfig, pool: dict[str, list[str]]
+) -> dict[str, list[Conversation]]:
+    """Conversations per output set: ``train``, or ``val_seen`` / ``val_heldout_templates`` /
+    ``val_heldout_tasks`` for evaluation annotations."""
+    sets: dict[str, list[Conversation]] = {}
+    for ann in annotations:
+        if split == "train":
+            sets.setdefault("train", []).extend(shape_annotation(ann, templates, shaping, pool, "train")["seen"])
             continue
         seen = shape_annotation(ann, templates, shaping, pool, "val")
-        sets["val_seen"] += seen["seen"]
-        sets["val_heldout_tasks"] += seen["heldout_tasks"]
+        sets.setdefault("val_seen", []).extend(seen["seen"])
+        sets.setdefault("val_heldout_tasks", []).extend(seen["heldout_tasks"])
         if ann.kind != "conversation":  # conversations carry their own wording
-            sets["val_heldout_templates"] += shape_annotation(ann, templates, shaping, pool, "val", True)["seen"]
+            held_out = shape_annotation(ann, templates, shaping, pool, "val", True)["seen"]
+            sets.setdefault("val_heldout_templates", []).extend(held_out)
     return {name: convs for name, convs in sets.items() if convs}
 
 
@@ -185,6 +189,42 @@ def write_shard(job: ShardJob) -> dict:
     return json.loads(stats_path.read_text())
 
 
+@dataclass
+class ChunkJob:
+    """``shard_size`` annotations of one split; they become shard ``index`` of each output set."""
+
+    index: int
+    split: str
+    annotations: list[Annotation]
+    out: Path
+    templates: dict
+    shaping: ShapingConfig
+    pool: dict[str, list[str]]
+    on_error: str
+    resize_max: int | None
+
+
+def build_chunk(job: ChunkJob) -> dict[str, dict]:
+    """Template, validate and write one chunk's shards (in a worker); finished shards are kept."""
+    marker = job.out / ".chunks" / f"{job.split}-{job.index:06d}.json"
+    if marker.exists():
+        done = json.loads(marker.read_text())
+        if all((job.out / name / f"shard-{job.index:06d}.tar").exists() for name in done):
+            return {name: json.loads((job.out / name / f"shard-{job.index:06d}.json").read_text()) for name in done}
+    sets = shape_chunk(job.annotations, job.split, job.templates, job.shaping, job.pool)
+    # An image is used by several samples (captions, QA turns, held-out wordings): decode it once.
+    files = sorted({m.path for a in job.annotations for m in a.media if m.path and m.kind == "image"})
+    bad = {path: problem for path, problem in map(validate_media_file, files) if problem}
+    stats = {
+        name: write_shard(
+            ShardJob(job.out / name / f"shard-{job.index:06d}.tar", convs, job.on_error, job.resize_max, bad)
+        )
+        for name, convs in sets.items()
+    }
+    atomic_write_text(marker, json.dumps(sorted(stats)))
+    return stats
+
+
 def build(cfg: DictConfig, out_dir: Path | None = None) -> dict:
     """Run a composed recipe; returns the manifest (also written as manifest.json)."""
     out = Path(out_dir or cfg.out_dir)
@@ -201,27 +241,42 @@ def build(cfg: DictConfig, out_dir: Path | None = None) -> dict:
         instantiate_source(cfg.prepare)
     skipped: Counter = Counter()
     annotations = read_annotations(cfg, skipped)
-    # An image is used by several samples (captions, QA turns, held-out wordings): decode each
-    # once, in the workers, while this process applies the templates.
-    files = sorted({m.path for a in annotations for m in a.media if m.path and m.kind == "image"})
-    workers = max(1, cfg.num_workers)
-    with ProcessPoolExecutor(workers) if workers > 1 else _Inline() as pool:
-        checks = pool.map(validate_media_file, files, chunksize=64)
-        sets = shape_all(cfg, annotations)
-        bad = {
-            path: problem
-            for path, problem in tqdm(checks, total=len(files), desc="check media", unit="image", leave=False)
-            if problem
-        }
-        jobs = []
-        for name, convs in sets.items():
-            (out / name).mkdir(exist_ok=True)
-            for stale in (out / name).glob(".shard-*.tmp-*"):  # left by a killed build
-                stale.unlink()
-            for k in range(0, len(convs), cfg.shard_size):
-                path = out / name / f"shard-{k // cfg.shard_size:06d}.tar"
-                jobs.append(ShardJob(path, convs[k : k + cfg.shard_size], cfg.on_error, cfg.get("resize_max"), bad))
-        results = list(tqdm(pool.map(write_shard, jobs), total=len(jobs), desc="shards", unit="shard"))
+    templates = load_templates(cfg.templates)
+    shaping = shaping_config(cfg, templates)
+    pool = answer_pool(annotations)
+    # All annotations of one image sit together, so a chunk decodes each image once.
+    by_split: dict[str, list[Annotation]] = {"train": [], "val": []}
+    for ann in sorted(annotations, key=lambda a: a.group):
+        by_split[split_of(ann.group, cfg.eval_fraction)].append(ann)
+    for name in (*SETS, ".chunks"):
+        (out / name).mkdir(exist_ok=True)
+        for stale in (out / name).glob(".*.tmp-*"):  # left by a killed build
+            stale.unlink()
+    jobs = [
+        ChunkJob(
+            k // cfg.shard_size,
+            split,
+            anns[k : k + cfg.shard_size],
+            out,
+            templates,
+            shaping,
+            pool,
+            cfg.on_error,
+            cfg.get("resize_max"),
+        )
+        for split, anns in by_split.items()
+        for k in range(0, len(anns), cfg.shard_size)
+    ]
+    workers = max(1, min(cfg.num_workers, len(jobs)))
+    with ProcessPoolExecutor(workers) if workers > 1 else _Inline() as executor:
+        results = list(tqdm(executor.map(build_chunk, jobs), total=len(jobs), desc="shards", unit="shard"))
+    sets: dict[str, list[dict]] = {}
+    for job, result in zip(jobs, results):
+        for name, stats in result.items():
+            sets.setdefault(name, []).append({**stats, "shard": f"shard-{job.index:06d}.tar"})
+    for name in SETS:
+        if name not in sets and not any((out / name).iterdir()):
+            (out / name).rmdir()
 
     manifest = {
         "mmit_version": mmit.__version__,
@@ -232,8 +287,8 @@ def build(cfg: DictConfig, out_dir: Path | None = None) -> dict:
         "skipped_annotations": dict(sorted(skipped.items())),
         "sets": {},
     }
-    for name in sets:
-        stats = [r for j, r in zip(jobs, results) if j.path.parent.name == name]
+    for name in (n for n in SETS if n in sets):
+        stats = sets[name]
         merged = {
             key: dict(sorted(sum((Counter(s[key]) for s in stats), Counter()).items()))
             for key in ("by_task", "by_template", "by_source", "skipped")
@@ -241,7 +296,7 @@ def build(cfg: DictConfig, out_dir: Path | None = None) -> dict:
         manifest["sets"][name] = {
             "samples": sum(s["samples"] for s in stats),
             "bytes": sum(s["bytes"] for s in stats),
-            "shards": [j.path.name for j in jobs if j.path.parent.name == name],
+            "shards": sorted(s["shard"] for s in stats),
             **merged,
         }
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
