@@ -126,8 +126,15 @@ def test_resume_continues_from_the_latest_checkpoint(trained_run, compose, tmp_p
 
 def test_vqa_runs_report_official_vqa_accuracy(compose, tmp_path):
     out = tmp_path / "demo"
-    cfg = compose(["+recipe=vqa_tiny", "trainer.max_steps=2", "trainer.generate_samples=6", "trainer.eval_batches=1",
-                   f"data.source.overrides=['prepare.n_images=40','out_dir={out}','prepare.out_dir={out}-src']"])
+    cfg = compose(
+        [
+            "+recipe=vqa_tiny",
+            "trainer.max_steps=2",
+            "trainer.generate_samples=6",
+            "trainer.eval_batches=1",
+            f"data.source.overrides=['prepare.n_images=40','out_dir={out}','prepare.out_dir={out}-src']",
+        ]
+    )
     summary = run(cfg, tmp_path / "run")
     assert 0.0 <= summary["after"]["eval/seen/vqa_accuracy"] <= 1.0
     assert "eval/heldout_tasks/vqa_accuracy" not in summary["after"]  # detailed captions are not VQA
