@@ -125,18 +125,19 @@ class ShardJob:
     samples: list[Conversation]
     on_error: str
     resize_max: int | None
-    bad_media: dict[str, tuple[str, str]]  # path -> (reason, message), from the validation pass
+    media: dict[str, bytes | tuple[str, str]]  # path -> checked bytes, or (reason, message) if unusable
 
 
-def validate_media_file(path: str) -> tuple[str, tuple[str, str] | None]:
-    """Read and fully decode one image file once, however many samples use it."""
+def read_media_file(path: str) -> bytes | tuple[str, str]:
+    """The bytes of an image file, read and fully decoded once; or (reason, message) if unusable."""
     try:
-        check_image(Path(path).read_bytes(), path)
+        data = Path(path).read_bytes()
+        check_image(data, path)
     except OSError as err:
-        return path, ("missing_media", f"cannot read {path} ({err})")
+        return "missing_media", f"cannot read {path} ({err})"
     except SampleError as err:
-        return path, (err.reason, str(err))
-    return path, None
+        return err.reason, str(err)
+    return data
 
 
 def write_shard(job: ShardJob) -> dict:
@@ -159,16 +160,17 @@ def write_shard(job: ShardJob) -> dict:
         try:
             media = []
             for ref in conv.media:
-                try:
-                    data = ref.read()
-                except OSError as err:
-                    raise SampleError("missing_media", f"sample {conv.id}: cannot read {ref.path} ({err})") from err
-                ext = ref.ext
-                if ref.path in job.bad_media:
-                    reason, message = job.bad_media[ref.path]
-                    raise SampleError(reason, f"sample {conv.id}: {message}")
-                if ref.kind == "image" and ref.path is None:  # in-memory bytes were not validated yet
+                data = job.media.get(ref.path) if ref.path else ref.data
+                if isinstance(data, tuple):  # the check found this file unusable
+                    raise SampleError(data[0], f"sample {conv.id}: {data[1]}")
+                if data is None:  # not an image: read as is
+                    try:
+                        data = ref.read()
+                    except OSError as err:
+                        raise SampleError("missing_media", f"sample {conv.id}: cannot read {ref.path} ({err})") from err
+                elif ref.kind == "image" and ref.path is None:  # in-memory bytes were not checked yet
                     check_image(data, f"sample {conv.id} (in-memory {ref.ext})")
+                ext = ref.ext
                 if ref.kind == "image" and job.resize_max:
                     data, ext = resize_image(data, job.resize_max)
                 media.append(type(ref)(ref.kind, ext, data=data))
@@ -214,10 +216,10 @@ def build_chunk(job: ChunkJob) -> dict[str, dict]:
     sets = shape_chunk(job.annotations, job.split, job.templates, job.shaping, job.pool)
     # An image is used by several samples (captions, QA turns, held-out wordings): decode it once.
     files = sorted({m.path for a in job.annotations for m in a.media if m.path and m.kind == "image"})
-    bad = {path: problem for path, problem in map(validate_media_file, files) if problem}
+    media = {path: read_media_file(path) for path in files}
     stats = {
         name: write_shard(
-            ShardJob(job.out / name / f"shard-{job.index:06d}.tar", convs, job.on_error, job.resize_max, bad)
+            ShardJob(job.out / name / f"shard-{job.index:06d}.tar", convs, job.on_error, job.resize_max, media)
         )
         for name, convs in sets.items()
     }
