@@ -140,10 +140,15 @@ def read_media_file(path: str) -> bytes | tuple[str, str]:
     return data
 
 
+def shard_done(path: Path) -> bool:
+    """A shard is finished once its stats sidecar exists (written after the tar is renamed in)."""
+    return path.exists() and path.with_suffix(".json").exists()
+
+
 def write_shard(job: ShardJob) -> dict:
     """Write one shard (media checked, optionally resized) and its stats sidecar; skip if done."""
     stats_path = job.path.with_suffix(".json")
-    if job.path.exists() and stats_path.exists():
+    if shard_done(job.path):
         return json.loads(stats_path.read_text())
     files, stats = (
         [],
@@ -209,27 +214,26 @@ class ChunkJob:
 def build_chunk(job: ChunkJob) -> dict[str, dict]:
     """Template, validate and write one chunk's shards (in a worker); finished shards are kept."""
     marker = job.out / ".chunks" / f"{job.split}-{job.index:06d}.json"
+    shard = f"shard-{job.index:06d}"
     if marker.exists():
         done = json.loads(marker.read_text())
-        if all((job.out / name / f"shard-{job.index:06d}.tar").exists() for name in done):
-            return {name: json.loads((job.out / name / f"shard-{job.index:06d}.json").read_text()) for name in done}
+        if all(shard_done(job.out / name / f"{shard}.tar") for name in done):
+            return {name: json.loads((job.out / name / f"{shard}.json").read_text()) for name in done}
     sets = shape_chunk(job.annotations, job.split, job.templates, job.shaping, job.pool)
     # An image is used by several samples (captions, QA turns, held-out wordings): decode it once.
     files = sorted({m.path for a in job.annotations for m in a.media if m.path and m.kind == "image"})
     media = {path: read_media_file(path) for path in files}
     stats = {
-        name: write_shard(
-            ShardJob(job.out / name / f"shard-{job.index:06d}.tar", convs, job.on_error, job.resize_max, media)
-        )
+        name: write_shard(ShardJob(job.out / name / f"{shard}.tar", convs, job.on_error, job.resize_max, media))
         for name, convs in sets.items()
     }
     atomic_write_text(marker, json.dumps(sorted(stats)))
     return stats
 
 
-def build(cfg: DictConfig, out_dir: Path | None = None) -> dict:
+def build(cfg: DictConfig) -> dict:
     """Run a composed recipe; returns the manifest (also written as manifest.json)."""
-    out = Path(out_dir or cfg.out_dir)
+    out = Path(cfg.out_dir)
     fingerprint = hashlib.sha256(OmegaConf.to_yaml(cfg, resolve=True).encode()).hexdigest()
     stamp = out / "build.json"
     if stamp.exists() and json.loads(stamp.read_text())["fingerprint"] != fingerprint:

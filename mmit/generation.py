@@ -63,8 +63,3 @@ def generate_answers(
         answers += [tokenizer.decode(row, skip_special_tokens=True).strip() for row in out]
     model.train(was_training)
     return answers
-
-
-def normalize_answer(text: str) -> str:
-    """Case, surrounding whitespace and a final full stop do not count for exact match."""
-    return text.strip().lower().rstrip(".").strip()

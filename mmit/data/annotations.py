@@ -126,9 +126,7 @@ def read_vqav2(
     questions = _load_json(questions_file)
     annotations = _load_json(annotations_file)
     subtype = questions.get("data_subtype", "")
-    by_qid = {}
-    for k, ann in enumerate(annotations.get("annotations", [])):
-        by_qid[ann.get("question_id")] = (k, ann)
+    by_qid = {ann.get("question_id"): ann for ann in annotations.get("annotations", [])}
     per_image: dict[int, list[QA]] = {}
     for k, q in enumerate(questions.get("questions", [])):
         where = f"{questions_file}:questions[{k}]"
@@ -136,7 +134,7 @@ def read_vqav2(
         if qid not in by_qid or "image_id" not in q or not _clean(q.get("question")):
             yield where, SampleError("missing_field", f"{where}: question {qid} lacks text, image or annotation")
             continue
-        _, ann = by_qid[qid]
+        ann = by_qid[qid]
         answers = [_clean(a.get("answer")) for a in ann.get("answers", [])]
         answers = [a for a in answers if a]
         target = _clean(ann.get("multiple_choice_answer")) or (Counter(answers).most_common(1)[0][0] if answers else "")
@@ -196,30 +194,32 @@ def read_caption_jsonl(path: str, images_dir: str, image_pattern: str = "{image_
         )
 
 
+def _conversation(
+    record: Any, where: str, source: str, id_prefix: str, names: list[str], root: Path, default_id: str | None = None
+) -> Annotation:
+    """A conversation record and its images as an Annotation; raises SampleError."""
+    conv = conversation_from_record(record, default_id=default_id or where)
+    media = [_image(root / name) for name in names]
+    group = names[0] if names else f"text:{conv.id}"
+    return Annotation(f"{id_prefix}{conv.id}", source, "conversation", media, group, messages=conv.messages)
+
+
+def _image_names(record: Any, keys: tuple[str, ...]) -> list[str]:
+    """The image paths a record names under the first present key (one name or a list)."""
+    value = next((record[k] for k in keys if isinstance(record, dict) and record.get(k)), [])
+    return [value] if isinstance(value, str) else list(value)
+
+
 def read_llava(json_file: str, images_dir: str | None = None) -> Item:
     """LLaVA instruct JSON: [{id, image?, conversations: [{from: human|gpt, value}]}] with ``<image>``."""
-    records = _load_json(json_file)
-    for k, record in enumerate(records):
+    for k, record in enumerate(_load_json(json_file)):
         where = f"{json_file}[{k}]"
+        names = _image_names(record, ("image",))
         try:
-            conv = conversation_from_record(record, default_id=where)
-            images = record.get("image") or []
-            names = [images] if isinstance(images, str) else list(images)
-            media = [_image(Path(images_dir or ".") / name) for name in names]
+            item = _conversation(record, where, "llava", "llava-", names, Path(images_dir or "."))
         except SampleError as err:
-            yield where, err
-            continue
-        yield (
-            where,
-            Annotation(
-                f"llava-{conv.id}",
-                "llava",
-                "conversation",
-                media,
-                names[0] if names else f"text:{conv.id}",
-                messages=conv.messages,
-            ),
-        )
+            item = err
+        yield where, item
 
 
 def read_jsonl(path: str, media_root: str | None = None) -> Item:
@@ -228,23 +228,11 @@ def read_jsonl(path: str, media_root: str | None = None) -> Item:
         try:
             if isinstance(record, SampleError):
                 raise record
-            conv = conversation_from_record(record, default_id=where)
-            names = record.get("images") or ([record["image"]] if record.get("image") else [])
-            media = [_image(Path(media_root or Path(path).parent) / n) for n in names]
+            names = _image_names(record, ("images", "image"))
+            item = _conversation(record, where, "jsonl", "", names, Path(media_root or Path(path).parent))
         except SampleError as err:
-            yield where, err
-            continue
-        yield (
-            where,
-            Annotation(
-                conv.id,
-                "jsonl",
-                "conversation",
-                media,
-                names[0] if names else f"text:{conv.id}",
-                messages=conv.messages,
-            ),
-        )
+            item = err
+        yield where, item
 
 
 def read_alpaca(json_file: str) -> Item:
@@ -252,11 +240,10 @@ def read_alpaca(json_file: str) -> Item:
     for k, record in enumerate(_load_json(json_file)):
         where = f"{json_file}[{k}]"
         try:
-            conv = conversation_from_record(record, default_id=f"alpaca-{k}")
+            item = _conversation(record, where, "alpaca", "", [], Path("."), default_id=f"alpaca-{k}")
         except SampleError as err:
-            yield where, err
-            continue
-        yield where, Annotation(conv.id, "alpaca", "conversation", [], f"text:{conv.id}", messages=conv.messages)
+            item = err
+        yield where, item
 
 
 def read_caption_shards(urls: list[str]) -> Item:

@@ -15,6 +15,13 @@ from torch.utils.data import Dataset
 from mmit.data.collate import Batch, Collator
 
 
+def split_batches(items: list, size: int, length: Callable | None = None) -> list[list]:
+    """Consecutive batches of ``size``; longest first when ``length`` is given (stable for ties)."""
+    if length is not None:
+        items = sorted(items, key=lambda item: -length(item))
+    return [items[k : k + size] for k in range(0, len(items), size)]
+
+
 class BatchStream:
     """An endless iterator of batches; ``state()`` / ``load_state()`` make resume exact."""
 
@@ -41,12 +48,13 @@ class BatchStream:
                 window = size * self.group_by_length
                 batches = []
                 for start in range(0, n, window):
-                    chunk = sorted(order[start : start + window], key=lambda i: -len(self.dataset[i].input_ids))
-                    batches += [chunk[k : k + size] for k in range(0, len(chunk), size)]
+                    batches += split_batches(
+                        order[start : start + window], size, length=lambda i: len(self.dataset[i].input_ids)
+                    )
                 shuffled = torch.randperm(len(batches), generator=generator).tolist()
                 batches = [batches[i] for i in shuffled]
             else:
-                batches = [order[k : k + size] for k in range(0, n, size)]
+                batches = split_batches(order, size)
             self._cached = (self.epoch, batches)
         return self._cached[1]
 
@@ -113,9 +121,8 @@ class StreamingBatches:
             yield from self._split(window, generator)
 
     def _split(self, window: list, generator: torch.Generator) -> Iterator[list]:
-        if self.group_by_length:
-            window = sorted(window, key=lambda s: -len(s.input_ids))
-        batches = [window[k : k + self.batch_size] for k in range(0, len(window), self.batch_size)]
+        length = (lambda s: len(s.input_ids)) if self.group_by_length else None
+        batches = split_batches(window, self.batch_size, length)
         for i in torch.randperm(len(batches), generator=generator).tolist():
             yield batches[i]
 

@@ -17,8 +17,8 @@ from transformers import PreTrainedTokenizerBase, get_cosine_schedule_with_warmu
 from mmit.data.collate import Collator
 from mmit.data.samples import Conversation
 from mmit.data.tokenize import StreamedDataset, TokenizedDataset
-from mmit.generation import generate_answers, normalize_answer, prompt_and_reference
-from mmit.metrics import vqa_accuracy
+from mmit.generation import generate_answers, prompt_and_reference
+from mmit.metrics import exact_match, vqa_accuracy
 from mmit.models.multimodal_lm import MultimodalLM
 from mmit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mmit.training.loss import next_token_loss_sum
@@ -137,7 +137,7 @@ def evaluate(model, tokenizer, eval_sets: dict[str, EvalSet], collate, cfg, devi
             preds = generate_answers(
                 model, tokenizer, convs, cfg.max_new_tokens, cfg.batch_size * 2, dtype, collate.preprocess
             )
-            hits = [normalize_answer(p) == normalize_answer(r) for p, r in zip(preds, refs)]
+            hits = [exact_match(p, r) for p, r in zip(preds, refs)]
             metrics[f"eval/{name}/exact_match"] = sum(hits) / len(hits)
             # VQA questions: the official VQAv2 accuracy against all human answers.
             vqa = [
