@@ -17,8 +17,10 @@ from omegaconf import DictConfig
 
 from mmit.factory import build_data, build_model, build_trainer_config, resolved_yaml
 from mmit.paths import CONF_DIR, atomic_write_text
+from mmit.plots import plot_training_curves
 from mmit.training.loop import train
 from mmit.training.report import format_summary
+from mmit.training.tracking import read_metrics
 
 log = logging.getLogger("mmit.train")
 
@@ -49,6 +51,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     )
 
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
+    plot_training_curves(read_metrics(run_dir / "metrics.jsonl"), run_dir / "training_curves.png")
     text = format_summary(summary, run_dir)
     atomic_write_text(run_dir / "summary.md", text)
     print(text)

@@ -12,6 +12,11 @@ if [ ! -x "$VENV/bin/python" ] && ! "$PYTHON" -m venv "$VENV"; then
     apt-get update && apt-get install -y python3-venv
     "$PYTHON" -m venv "$VENV"
 fi
+# Debian packages: chromium for the web demo's browser test, espeak-ng + sox to synthesise the
+# offline audio demo. Skipped where they are installed already or apt-get is not available.
+if ! { command -v chromium && command -v espeak-ng && command -v sox; } >/dev/null && command -v apt-get >/dev/null; then
+    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium espeak-ng sox
+fi
 pip() { "$VENV/bin/python" -m pip "$@"; }
 
 pip install --upgrade pip

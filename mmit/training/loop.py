@@ -17,11 +17,13 @@ from transformers import PreTrainedTokenizerBase, get_cosine_schedule_with_warmu
 from mmit.data.collate import Collator
 from mmit.data.samples import Conversation
 from mmit.data.tokenize import StreamedDataset, TokenizedDataset
-from mmit.generation import generate_answers, prompt_and_reference
-from mmit.metrics import exact_match, vqa_accuracy
+from mmit.generation import GenerationOptions, predict
 from mmit.models.multimodal_lm import MultimodalLM
+from mmit.paths import atomic_write_text
+from mmit.scoring import flat_metrics, score_predictions
 from mmit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mmit.training.loss import next_token_loss_sum
+from mmit.training.tracking import MetricsLog
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ class TrainerConfig:
     save_every: int = 100
     keep_last: int = 2
     resume: bool = True
+    tensorboard: bool = True  # event files in <run dir>/tensorboard, beside metrics.jsonl
     seed: int = 0
 
 
@@ -126,38 +129,27 @@ def eval_loss(
 
 
 def evaluate(model, tokenizer, eval_sets: dict[str, EvalSet], collate, cfg, device) -> tuple[dict, dict]:
-    """Loss (and exact match of generated answers) per evaluation set."""
-    metrics, answers = {}, {}
+    """Loss per evaluation set, and the scores of generated answers (mmit.scoring) on a prefix of each."""
+    metrics, predictions = {}, []
+    options = GenerationOptions(cfg.max_new_tokens)
+    dtype = torch.bfloat16 if cfg.precision == "bf16" else None
     for name, eval_set in eval_sets.items():
         metrics[f"eval/{name}/loss"] = eval_loss(model, eval_set.tokens, collate, cfg, device)
         if cfg.generate_samples:
             convs = eval_set.conversations[: cfg.generate_samples]
-            refs = [prompt_and_reference(c)[1] for c in convs]
-            dtype = torch.bfloat16 if cfg.precision == "bf16" else None
-            preds = generate_answers(
-                model, tokenizer, convs, cfg.max_new_tokens, cfg.batch_size * 2, dtype, collate.preprocess
+            predictions += predict(
+                model,
+                tokenizer,
+                name,
+                convs,
+                options,
+                batch_size=cfg.batch_size * 2,
+                autocast_dtype=dtype,
+                preprocess=collate.preprocess,
             )
-            hits = [exact_match(p, r) for p, r in zip(preds, refs)]
-            metrics[f"eval/{name}/exact_match"] = sum(hits) / len(hits)
-            # VQA questions: the official VQAv2 accuracy against all human answers.
-            vqa = [
-                vqa_accuracy(p, c.meta["answers"])
-                for p, c in zip(preds, convs)
-                if c.meta.get("tasks", [""])[-1].startswith("vqa") and c.meta.get("answers")
-            ]
-            if vqa:
-                metrics[f"eval/{name}/vqa_accuracy"] = sum(vqa) / len(vqa)
-            answers[name] = [
-                {
-                    "id": c.id,
-                    "tasks": c.meta.get("tasks"),
-                    "prompt": prompt_and_reference(c)[0][-1]["content"],
-                    "reference": r,
-                    "prediction": p,
-                    "correct": h,
-                }
-                for c, r, p, h in zip(convs, refs, preds, hits)
-            ]
+    if predictions:
+        metrics.update(flat_metrics(score_predictions(predictions)))
+    answers = {name: [p.to_json() for p in predictions if p.set == name] for name in eval_sets}
     return metrics, answers
 
 
@@ -180,6 +172,7 @@ def train(
     optimizer = torch.optim.AdamW(param_groups(model, cfg), weight_decay=cfg.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.max_steps)
 
+    tracker = MetricsLog(run_dir, cfg.tensorboard)
     start_step, before = 0, None
     resume_from = latest_checkpoint(run_dir) if cfg.resume else None
     if resume_from is not None:
@@ -190,7 +183,7 @@ def train(
     if before is None:
         before, before_answers = evaluate(model, tokenizer, eval_sets, collate, cfg, device)
         _write_json(run_dir / "answers_before.json", before_answers)
-        _log_metrics(run_dir, {"step": 0, **before})
+        tracker.log({"step": 0, **before})
 
     started, tokens_seen, last_loss = time.perf_counter(), 0, float("nan")
     bar = tqdm(range(start_step, cfg.max_steps), initial=start_step, total=cfg.max_steps, desc="train", unit="step")
@@ -214,8 +207,7 @@ def train(
         bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
 
         if done % cfg.log_every == 0 or done == cfg.max_steps:
-            _log_metrics(
-                run_dir,
+            tracker.log(
                 {
                     "step": done,
                     "train/loss": last_loss,
@@ -226,7 +218,7 @@ def train(
             )
         if done % cfg.eval_every == 0 and done != cfg.max_steps:
             metrics, _ = evaluate(model, tokenizer, eval_sets, collate, cfg, device)
-            _log_metrics(run_dir, {"step": done, **metrics})
+            tracker.log({"step": done, **metrics})
             bar.write(f"step {done}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         if done % cfg.save_every == 0 or done == cfg.max_steps:
             save_checkpoint(
@@ -237,7 +229,8 @@ def train(
 
     after, after_answers = evaluate(model, tokenizer, eval_sets, collate, cfg, device)
     _write_json(run_dir / "answers_after.json", after_answers)
-    _log_metrics(run_dir, {"step": cfg.max_steps, **after})
+    tracker.log({"step": cfg.max_steps, **after})
+    tracker.close()
     return {
         "steps": cfg.max_steps,
         "resumed_from_step": start_step,
@@ -251,10 +244,5 @@ def train(
     }
 
 
-def _log_metrics(run_dir: Path, record: dict) -> None:
-    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-
-
 def _write_json(path: Path, value) -> None:
-    path.write_text(json.dumps(value, indent=1, ensure_ascii=False), encoding="utf-8")
+    atomic_write_text(path, json.dumps(value, indent=1, ensure_ascii=False))

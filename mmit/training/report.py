@@ -35,5 +35,10 @@ def format_summary(summary: dict, run_dir: Path) -> str:
     ]
     for key in summary["after"]:
         lines.append(f"| {key} | {summary['before'].get(key, float('nan')):.4f} | {summary['after'][key]:.4f} |")
-    lines += ["", f"Metrics: {run_dir / 'metrics.jsonl'}; answers: answers_before.json, answers_after.json", ""]
+    lines += [
+        "",
+        f"Metrics: {run_dir / 'metrics.jsonl'} (and tensorboard/); curves: training_curves.png; "
+        "answers: answers_before.json, answers_after.json",
+        "",
+    ]
     return "\n".join(lines)

@@ -12,7 +12,7 @@ from mmit.data.collate import Collator
 from mmit.data.samples import Conversation, MediaRef, Message, SampleError
 from mmit.data.tokenize import IGNORE_INDEX, MediaSlot, tokenize_conversation
 from mmit.factory import build_model
-from mmit.generation import generate_answers
+from mmit.generation import GenerationOptions, generate_answers
 from mmit.models.encoders import (
     EfficientNetLite0Encoder,
     HFVisionEncoder,
@@ -146,8 +146,8 @@ def test_generation_with_and_without_kv_cache_agree(mm):
     model, tokenizer, _ = mm
     convs = [IMAGE_CONV, TEXT_CONV, TWO_IMAGES]
     pre = {"image": model.encoders["image"].preprocess}
-    cached = generate_answers(model, tokenizer, convs, max_new_tokens=8, preprocess=pre, use_cache=True)
-    uncached = generate_answers(model, tokenizer, convs, max_new_tokens=8, preprocess=pre, use_cache=False)
+    cached = generate_answers(model, tokenizer, convs, GenerationOptions(8), preprocess=pre, use_cache=True)
+    uncached = generate_answers(model, tokenizer, convs, GenerationOptions(8), preprocess=pre, use_cache=False)
     assert cached == uncached and len(cached) == 3
 
 

@@ -1,0 +1,98 @@
+"""Talk to a trained run from the terminal.
+
+One shot:     python -m mmit.chat RUN_DIR --image cat.png "What animal is this?"
+Interactive:  python -m mmit.chat RUN_DIR        (then /image PATH, /audio PATH, /reset, /quit)
+Base model:   python -m mmit.chat --base +recipe=vqa -- "Hello"
+
+Answers come from the same chat template and media splice as training (mmit.inference).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from mmit.eval import add_generation_args, generation_options
+from mmit.inference import ChatSession, load_base, load_run, media_ref
+
+HELP = """commands: /image PATH  /audio PATH  (attach to your next message)
+          /reset  (new conversation)   /quit  (or Ctrl-D)"""
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m mmit.chat", description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir", nargs="?", type=Path, help="a training run directory")
+    p.add_argument("prompt", nargs="?", help="ask once and exit (interactive when absent)")
+    p.add_argument("--base", nargs="+", metavar="OVERRIDE", help="chat with an untrained model composed from overrides")
+    p.add_argument("--checkpoint", default="latest", help="latest (default), none, a step number or a directory")
+    p.add_argument("--image", action="append", default=[], type=Path, help="attach an image (repeatable)")
+    p.add_argument("--audio", action="append", default=[], type=Path, help="attach an audio clip (repeatable)")
+    p.add_argument("--system", help="a system message")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
+    add_generation_args(p, max_new_tokens=128)
+    args = p.parse_intermixed_args(argv)  # the prompt may come after the options
+    if args.base is not None and args.run_dir is not None:
+        # `--base OVERRIDES -- "prompt"`: argparse puts the words after -- into the positionals
+        args.prompt, args.run_dir = str(args.run_dir), None
+    if (args.run_dir is None) == (args.base is None):
+        p.error("give either a run directory or --base OVERRIDE...")
+    return args
+
+
+def interact(session: ChatSession, read=input, write=print) -> None:
+    """The read-answer loop; media attached with /image or /audio go with the next message."""
+    pending = []
+    write(HELP)
+    while True:
+        try:
+            line = read("you> ").strip()
+        except EOFError:
+            return
+        if not line:
+            continue
+        command, _, rest = line.partition(" ")
+        try:
+            if command in ("/quit", "/exit"):
+                return
+            if command == "/reset":
+                session.reset()
+                pending = []
+                write("(new conversation)")
+            elif command in ("/image", "/audio"):
+                ref = media_ref(rest.strip())
+                if ref.kind != command[1:]:
+                    raise ValueError(f"{rest.strip()} is not an {command[1:]} file")
+                pending.append(ref)
+                write(f"(attached {rest.strip()})")
+            elif command.startswith("/"):
+                write(HELP)
+            else:
+                answer = session.ask(line, pending)
+                pending = []
+                write(f"assistant> {answer}")
+        except (ValueError, FileNotFoundError) as error:
+            write(f"error: {error}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    media = [media_ref(p) for p in [*args.image, *args.audio]]  # bad paths fail before loading the model
+    if args.base is not None:
+        loaded = load_base(args.base, args.device, args.precision)
+    else:
+        loaded = load_run(args.run_dir, args.checkpoint, args.device, args.precision)
+    session = ChatSession(loaded, generation_options(args), system=args.system)
+    if args.prompt is not None:
+        print(session.ask(args.prompt, media))
+        return
+    if media:
+        raise SystemExit("--image / --audio go with a prompt; in the interactive chat use /image PATH")
+    interact(session)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,260 @@
+"""Evaluate a run (or a base model) on held-out instruction sets.
+
+    python -m mmit.eval RUN_DIR [--checkpoint latest|none|STEP] [--sets NAME=PATH ...]
+    python -m mmit.eval --base +recipe=vqa [override ...] --out DIR
+
+Prompts come from the same code as training (chat template, media splice); answers are
+generated in batches with a KV cache (greedy by default; ``--num-beams`` or ``--sample``).
+Writes, atomically, into ``--out`` (default ``RUN_DIR/eval/<checkpoint>``): ``metrics.json``,
+``predictions.jsonl``, ``report.md`` and PNG plots (per-task scores seen vs held-out, and the
+run's training curves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from mmit.generation import GenerationOptions, predict
+from mmit.inference import LoadedModel, load_base, load_run
+from mmit.paths import atomic_dir
+from mmit.plots import plot_task_scores, plot_training_curves
+from mmit.scoring import Prediction, headline_metric, score_predictions
+
+log = logging.getLogger("mmit.eval")
+
+
+def eval_sets_of(loaded: LoadedModel, extra: dict[str, str]) -> dict[str, list[str]]:
+    """The run's own evaluation sets (its ``data.source``), plus or replaced by ``extra``."""
+    from mmit.factory import instantiate_source
+
+    sets = {}
+    if loaded.cfg.get("data") and loaded.cfg.data.get("source"):
+        sets = {name: list(paths) for name, paths in instantiate_source(loaded.cfg.data.source).eval.items()}
+    sets.update({name: [path] for name, path in extra.items()})
+    if not sets:
+        raise ValueError("no evaluation sets: the config names none; give some with --sets NAME=PATH")
+    return sets
+
+
+def run_eval(
+    loaded: LoadedModel,
+    sets: dict[str, list[str]],
+    options: GenerationOptions,
+    max_samples: int = 0,
+    batch_size: int = 16,
+    on_error: str = "raise",
+) -> tuple[list[Prediction], dict, dict]:
+    """Generate and score every set; returns predictions, scores and what was skipped per set."""
+    from mmit.data.sources import read_conversations
+
+    predictions, skipped = [], {}
+    for name, paths in sets.items():
+        counts = Counter()
+        convs = read_conversations(paths, on_error=on_error, skipped=counts)
+        usable = [c for c in convs if all(m.kind in loaded.model.slots for m in c.media)]
+        if len(usable) < len(convs):
+            counts["media without an encoder"] += len(convs) - len(usable)
+        if max_samples and len(usable) > max_samples:
+            random.Random(0).shuffle(usable)  # the same subset as training's in-loop evaluation
+            usable = usable[:max_samples]
+        log.info("%s: %d samples from %s", name, len(usable), ", ".join(map(str, paths)))
+        predictions += predict(
+            loaded.model,
+            loaded.tokenizer,
+            name,
+            usable,
+            options,
+            batch_size=batch_size,
+            autocast_dtype=loaded.autocast_dtype,
+            preprocess=loaded.preprocess,
+            progress=True,
+        )
+        skipped[name] = dict(counts)
+    return predictions, score_predictions(predictions), skipped
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return "–" if math.isnan(value) else f"{value:.4f}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows),
+    ]
+
+
+def format_report(title: str, facts: dict[str, str], scores: dict, plots: list[str]) -> str:
+    """The Markdown report: sets, tasks, the seen / held-out gap, then every template."""
+    lines = [f"# {title}", "", *(f"- {k}: {v}" for k, v in facts.items()), "", "## Sets", ""]
+    lines += _table(
+        ["set", "samples", "score (mean of task headlines)", "exact match", "VQA accuracy"],
+        [[s, v["n"], v["score"], v["exact_match"], v.get("vqa_accuracy", math.nan)] for s, v in scores["sets"].items()],
+    )
+    lines += ["", "## Tasks", ""]
+    for set_name, tasks in scores["tasks"].items():
+        for task, values in tasks.items():
+            shown = ", ".join(f"{k} {_fmt(v)}" for k, v in values.items() if k != "n")
+            lines.append(f"- **{set_name} / {task}** ({values['n']} samples): {shown}")
+    if scores["gaps"]:
+        lines += [
+            "",
+            "## Seen vs held-out",
+            "",
+            "Headline score on training wordings minus on held-out ones: a large gap means the model learned "
+            "the templates' surface rather than the task.",
+            "",
+        ]
+        rows = [
+            [set_name, task, g["metric"], g["seen"], g["heldout"], g["gap"], g["compared_with"]]
+            for set_name, tasks in scores["gaps"].items()
+            for task, g in tasks.items()
+        ]
+        lines += _table(["held-out set", "task", "metric", "seen", "held-out", "gap", "seen score from"], rows)
+    lines += ["", "## Templates", ""]
+    rows = [
+        [set_name, task, template or "(none)", values["n"], values["metric"], values[values["metric"]]]
+        for set_name, tasks in scores["templates"].items()
+        for task, templates in tasks.items()
+        for template, values in templates.items()
+    ]
+    lines += _table(["set", "task", "template", "samples", "metric", "score"], rows)
+    lines += ["", *(f"![{Path(p).stem}]({Path(p).name})" for p in plots), ""]
+    return "\n".join(lines)
+
+
+def write_outputs(out: Path, predictions: list[Prediction], scores: dict, info: dict, run_dir: Path | None) -> Path:
+    """metrics.json, predictions.jsonl, plots and report.md, all appearing at once."""
+    with atomic_dir(out) as tmp:
+        (tmp / "metrics.json").write_text(json.dumps({**info, "scores": scores}, indent=1), encoding="utf-8")
+        with open(tmp / "predictions.jsonl", "w", encoding="utf-8") as f:
+            for p in predictions:
+                f.write(json.dumps(p.to_json(), ensure_ascii=False) + "\n")
+        plots = [plot_task_scores(scores, tmp / "task_scores.png")]
+        if run_dir is not None and (run_dir / "metrics.jsonl").is_file():
+            from mmit.training.tracking import read_metrics
+
+            plots.append(plot_training_curves(read_metrics(run_dir / "metrics.jsonl"), tmp / "training_curves.png"))
+        facts = {k: v for k, v in info.items() if isinstance(v, str | int | float)}
+        report = format_report("mmit evaluation", facts, scores, [str(p) for p in plots if p])
+        (tmp / "report.md").write_text(report, encoding="utf-8")
+    return out
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m mmit.eval", description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir", nargs="?", type=Path, help="a training run directory")
+    p.add_argument("--base", nargs="+", metavar="OVERRIDE", help="evaluate an untrained model composed from overrides")
+    p.add_argument("--checkpoint", default="latest", help="latest (default), none, a step number or a directory")
+    p.add_argument("--sets", nargs="+", default=[], metavar="NAME=PATH", help="extra sets: shard dirs or JSONL files")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="evaluate only these sets")
+    p.add_argument("--max-samples", type=int, default=0, help="per set (0 = all)")
+    p.add_argument("--out", type=Path, help="output directory (default RUN_DIR/eval/<checkpoint>)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument(
+        "--on-error", choices=("raise", "skip"), default="raise", help="bad samples: stop, or skip and count"
+    )
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
+    add_generation_args(p)
+    args = p.parse_args(argv)
+    if (args.run_dir is None) == (args.base is None):
+        p.error("give either a run directory or --base OVERRIDE...")
+    if args.base is not None and args.out is None:
+        p.error("--base needs --out")
+    return args
+
+
+def add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int = 32) -> None:
+    g = p.add_argument_group("generation (greedy unless --num-beams or --sample)")
+    g.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    g.add_argument("--num-beams", type=int, default=1)
+    g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=50)
+    g.add_argument("--seed", type=int, default=0)
+
+
+def generation_options(args: argparse.Namespace) -> GenerationOptions:
+    return GenerationOptions(
+        args.max_new_tokens, args.num_beams, args.sample, args.temperature, args.top_p, args.top_k, args.seed
+    )
+
+
+def main(argv: list[str] | None = None) -> Path:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    options = generation_options(args)
+    if args.base is not None:
+        loaded = load_base(args.base, args.device, args.precision)
+    else:
+        loaded = load_run(args.run_dir, args.checkpoint, args.device, args.precision)
+    extra = {}
+    for item in args.sets:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"--sets takes NAME=PATH, not {item!r}")
+        extra[name] = path
+    sets = eval_sets_of(loaded, extra)
+    if args.only:
+        unknown = set(args.only) - set(sets)
+        if unknown:
+            raise SystemExit(f"--only names unknown set(s) {sorted(unknown)}; sets: {sorted(sets)}")
+        sets = {name: paths for name, paths in sets.items() if name in args.only}
+
+    started = time.perf_counter()
+    predictions, scores, skipped = run_eval(loaded, sets, options, args.max_samples, args.batch_size, args.on_error)
+    elapsed = time.perf_counter() - started
+    checkpoint = loaded.checkpoint.name if loaded.checkpoint else "none"
+    out = args.out or args.run_dir / "eval" / checkpoint
+    info = {
+        "model": str(args.run_dir) if args.run_dir else "base: " + " ".join(args.base),
+        "checkpoint": str(loaded.checkpoint or "none (no trained weights)"),
+        "llm": loaded.source,
+        "device": str(loaded.device),
+        "precision": loaded.precision,
+        "decoding": _decoding(options),
+        "samples": len(predictions),
+        "seconds": round(elapsed, 1),
+        "generation": options.to_json(),
+        "sets": sets,
+        "skipped": skipped,
+    }
+    write_outputs(out, predictions, scores, info, args.run_dir)
+    print(summary_text(scores, out))
+    return out
+
+
+def _decoding(options: GenerationOptions) -> str:
+    if options.do_sample:
+        return f"sampling (temperature {options.temperature}, top-p {options.top_p}, top-k {options.top_k})"
+    return f"beam search ({options.num_beams} beams)" if options.num_beams > 1 else "greedy"
+
+
+def summary_text(scores: dict, out: Path) -> str:
+    """What the terminal shows at the end: per-set and per-task headline scores."""
+    lines = [f"Evaluation written to {out} (report.md, metrics.json, predictions.jsonl, plots)"]
+    for set_name, values in scores["sets"].items():
+        tasks = scores["tasks"][set_name]
+        shown = ", ".join(f"{t} {headline_metric(t)}={_fmt(m[headline_metric(t)])}" for t, m in tasks.items())
+        lines.append(f"  {set_name} ({values['n']}): score {_fmt(values['score'])}; {shown}")
+    for set_name, tasks in scores["gaps"].items():
+        gaps = ", ".join(f"{t} {_fmt(g['gap'])}" for t, g in tasks.items())
+        lines.append(f"  gap seen - {set_name}: {gaps}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""PNG plots: training curves of a run, and per-task scores on seen vs held-out sets."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from mmit.paths import atomic_write_bytes  # noqa: E402
+from mmit.scoring import headline_metric  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buffer.getvalue())
+    return Path(path)
+
+
+def plot_training_curves(records: list[dict], path: Path) -> Path | None:
+    """Training loss and learning rate, evaluation losses and scores per set, against the step."""
+    panels = {
+        "training loss": [k for k in ("train/loss",) if any(k in r for r in records)],
+        "evaluation loss": sorted({k for r in records for k in r if k.startswith("eval/") and k.endswith("/loss")}),
+        "evaluation score": sorted(
+            {k for r in records for k in r if k.startswith("eval/") and k.count("/") == 2 and k.endswith("/score")}
+        ),
+        "learning rate": [k for k in ("lr",) if any(k in r for r in records)],
+    }
+    panels = {title: keys for title, keys in panels.items() if keys}
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for ax, (title, keys) in zip(axes[0], panels.items()):
+        for key in keys:
+            points = [(r["step"], r[key]) for r in records if key in r and math.isfinite(r[key])]
+            if points:
+                steps, values = zip(*points)
+                ax.plot(
+                    steps,
+                    values,
+                    marker="o" if len(points) < 12 else None,
+                    ms=3,
+                    label=key.split("/")[1] if key.startswith("eval/") else key,
+                )
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if title.startswith("evaluation"):
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_task_scores(scores: dict, path: Path) -> Path | None:
+    """Grouped bars: each task's headline score in every evaluation set (seen vs held-out)."""
+    tasks_by_set = scores["tasks"]
+    sets = list(tasks_by_set)
+    tasks = sorted({t for per_set in tasks_by_set.values() for t in per_set})
+    if not tasks:
+        return None
+    width = 0.8 / len(sets)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(tasks) + 1.5), 3.8))
+    for i, set_name in enumerate(sets):
+        values = [tasks_by_set[set_name].get(t, {}).get(headline_metric(t), math.nan) for t in tasks]
+        positions = [j + (i - (len(sets) - 1) / 2) * width for j in range(len(tasks))]
+        bars = ax.bar(positions, [0 if math.isnan(v) else v for v in values], width, label=set_name)
+        for bar, value in zip(bars, values):
+            if not math.isnan(value):
+                ax.annotate(
+                    f"{value:.2f}",
+                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                )
+    ax.set_xticks(range(len(tasks)), [f"{t}\n({headline_metric(t)})" for t in tasks], fontsize=8)
+    ax.set_ylabel("score")
+    ax.set_title("Per-task scores: seen vs held-out")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)

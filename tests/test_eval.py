@@ -1,0 +1,225 @@
+"""Scoring by task / template / set, the eval CLI's outputs, decoding options and the chat CLI."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from mmit.scoring import Prediction, flat_metrics, score_predictions, task_metrics
+
+TEN = ["2"] * 2 + ["3"] * 6 + ["4"] * 2  # ten human answers, normalised as VQAv2 ships them
+
+
+def _p(set_name, task, template, prediction, reference, references=None):
+    return Prediction(
+        set_name, f"{task}-{template}", task, template, "q", reference, references or [reference], prediction
+    )
+
+
+def test_vqa_scores_use_every_human_answer():
+    preds = [_p("seen", "vqa_short", "t1", "Two.", "three", TEN), _p("seen", "vqa_short", "t1", "three", "three", TEN)]
+    m = task_metrics("vqa_short", preds)
+    # "Two." normalises to "2": 2 of 10 answers match; leaving out one of the 8 others keeps both
+    # (2/3), leaving out a match keeps one (1/3): (8 * 2/3 + 2 * 1/3) / 10 = 0.6. "three" -> "3": 1.0
+    assert m["vqa_accuracy"] == pytest.approx((0.6 + 1.0) / 2)
+    assert m["exact_match"] == 0.5 and m["n"] == 2
+    assert list(m)[0] == "vqa_accuracy"  # the headline comes first
+
+
+def test_yes_no_multiple_choice_caption_and_text_tasks():
+    yn = task_metrics("vqa_yesno", [_p("s", "vqa_yesno", "t", "Yes", "yes"), _p("s", "vqa_yesno", "t", "no", "yes")])
+    assert yn["yes_no_accuracy"] == 0.5
+    mc = task_metrics(
+        "vqa_multiple_choice",
+        [_p("s", "vqa_multiple_choice", "t", "B", "B"), _p("s", "vqa_multiple_choice", "t", "C.", "B")],
+    )
+    assert mc == {"accuracy": 0.5, "n": 2}
+    caps = ["a red square on a white background", "two blue circles"]
+    cap = task_metrics("caption_brief", [_p("s", "caption_brief", "t", c, c, [c, "something else"]) for c in caps])
+    assert list(cap)[:3] == ["cider_d", "bleu_4", "rouge_l"] and cap["rouge_l"] == pytest.approx(1.0)
+    text = task_metrics("arithmetic", [_p("s", "arithmetic", "t", "the answer is 12", "12")])
+    # ROUGE-L on words: LCS 1, precision 1/4, recall 1; F with beta 1.2
+    p, r, b2 = 0.25, 1.0, 1.2**2
+    assert text["rouge_l"] == pytest.approx((1 + b2) * p * r / (r + b2 * p)) and text["exact_match"] == 0.0
+
+
+def test_scores_group_by_set_task_and_template_and_report_the_gap():
+    preds = [
+        _p("seen", "vqa_short", "a", "3", "3"),
+        _p("seen", "vqa_short", "b", "3", "3"),
+        _p("seen", "caption_brief", "c", "a red square", "a red square"),
+        _p("heldout_templates", "vqa_short", "h", "4", "3"),
+        _p("heldout_templates", "vqa_short", "h", "3", "3"),
+        _p("heldout_tasks", "caption_detailed", "c", "a square", "a big red square"),
+    ]
+    scores = score_predictions(preds)
+    assert scores["sets"]["seen"]["n"] == 3 and scores["sets"]["heldout_templates"]["vqa_accuracy"] == 0.5
+    assert set(scores["templates"]["seen"]["vqa_short"]) == {"a", "b"}
+    assert scores["templates"]["heldout_templates"]["vqa_short"]["h"]["n"] == 2
+    gap = scores["gaps"]["heldout_templates"]["vqa_short"]
+    assert (gap["seen"], gap["heldout"], gap["gap"]) == (1.0, 0.5, 0.5)
+    # A held-out task is compared with the seen tasks of its family that share its metric.
+    detailed = scores["gaps"]["heldout_tasks"]["caption_detailed"]
+    assert detailed["metric"] == "cider_d" and detailed["compared_with"] == "seen caption_brief"
+    flat = flat_metrics(scores)
+    assert flat["eval/heldout_templates/vqa_short/vqa_accuracy"] == 0.5 and "eval/seen/score" in flat
+    assert all(isinstance(v, float) for v in flat.values())
+
+
+def test_generation_options_are_checked_and_reach_generate(tiny):
+    from mmit.data.samples import Conversation, Message
+    from mmit.generation import GenerationOptions, generate_answers
+    from mmit.models.multimodal_lm import MultimodalLM
+
+    with pytest.raises(ValueError, match="not both"):
+        GenerationOptions(num_beams=2, do_sample=True)
+    model = MultimodalLM(tiny.model)
+    convs = [
+        Conversation(str(i), [Message("user", q), Message("assistant", "x")])
+        for i, q in enumerate(["one two", "three", "four five six"])
+    ]
+    greedy = generate_answers(model, tiny.tokenizer, convs, GenerationOptions(6))
+    assert generate_answers(model, tiny.tokenizer, convs, GenerationOptions(6, num_beams=1)) == greedy
+    beams = generate_answers(model, tiny.tokenizer, convs, GenerationOptions(6, num_beams=3))
+    assert len(beams) == 3 and all(isinstance(b, str) for b in beams)
+    sampled = [
+        generate_answers(model, tiny.tokenizer, convs, GenerationOptions(6, do_sample=True, seed=s)) for s in (1, 1, 2)
+    ]
+    assert sampled[0] == sampled[1]  # reseeded per call: reproducible
+    hot = GenerationOptions(6, do_sample=True, temperature=5.0, seed=3)
+    assert generate_answers(model, tiny.tokenizer, convs, hot) != greedy  # sampling really samples
+
+
+@pytest.fixture(scope="module")
+def vqa_run(tmp_path_factory):
+    from hydra import compose, initialize_config_dir
+
+    from mmit.paths import CONF_DIR
+    from mmit.train import run
+
+    root = tmp_path_factory.mktemp("eval")
+    overrides = [
+        "+recipe=vqa_tiny",
+        "trainer.max_steps=4",
+        "trainer.eval_every=2",
+        "trainer.save_every=2",
+        "trainer.log_every=1",
+        "trainer.generate_samples=4",
+        "trainer.eval_batches=1",
+        "trainer.precision=fp32",
+        f"data.source.overrides=['prepare.n_images=40','out_dir={root}/demo','prepare.out_dir={root}/demo-src']",
+    ]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    run(cfg, root / "run")
+    return root / "run", overrides
+
+
+def test_training_logs_in_loop_scores_tensorboard_and_curves(vqa_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, _ = vqa_run
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    in_loop = [r for r in records if r["step"] == 2 and "eval/seen/loss" in r]
+    assert in_loop and "eval/seen/score" in in_loop[0]
+    assert any(k.startswith("eval/seen/vqa_") and k.count("/") == 3 for k in in_loop[0])  # per-task scores
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
+    assert Image.open(run_dir / "training_curves.png").size[0] > 300
+
+
+def test_eval_cli_writes_every_output(vqa_run, tmp_path):
+    from mmit.eval import main
+
+    run_dir, _ = vqa_run
+    out = main([str(run_dir), "--max-samples", "5", "--max-new-tokens", "4"])
+    assert out == run_dir / "eval" / "step-0000004"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["scores"]["sets"]) == {"seen", "heldout_templates", "heldout_tasks"}
+    assert metrics["checkpoint"].endswith("step-0000004") and metrics["decoding"] == "greedy"
+    preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    counts = {name: s["n"] for name, s in metrics["scores"]["sets"].items()}
+    assert counts["seen"] == counts["heldout_templates"] == 5 and 0 < counts["heldout_tasks"] <= 5
+    assert len(preds) == sum(counts.values()) and {p["set"] for p in preds} == set(counts)
+    report = (out / "report.md").read_text()
+    for heading in ("## Sets", "## Tasks", "## Seen vs held-out", "## Templates", "![task_scores]"):
+        assert heading in report
+    for png in ("task_scores.png", "training_curves.png"):
+        with Image.open(out / png) as image:
+            assert image.format == "PNG" and image.size[0] > 300
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+
+    # The same prompts as training's in-loop evaluation: the same greedy answers on the same samples.
+    after = json.loads((run_dir / "answers_after.json").read_text())["seen"]
+    again = main(
+        [str(run_dir), "--only", "seen", "--max-samples", "4", "--max-new-tokens", "6", "--out", str(tmp_path / "e")]
+    )
+    again_preds = [json.loads(line) for line in (again / "predictions.jsonl").read_text().splitlines()]
+    assert [(p["id"], p["prediction"]) for p in again_preds] == [(a["id"], a["prediction"]) for a in after]
+
+
+def test_eval_of_base_model_extra_sets_and_beam_search(vqa_run, tmp_path):
+    from mmit.eval import main
+
+    run_dir, overrides = vqa_run
+    shards = run_dir.parent / "demo" / "val_seen"  # the build the run used (its data.source out_dir)
+    out = main(
+        [
+            "--base",
+            *overrides,
+            "--only",
+            "mine",
+            "--sets",
+            f"mine={shards}",
+            "--max-samples",
+            "3",
+            "--num-beams",
+            "2",
+            "--max-new-tokens",
+            "3",
+            "--out",
+            str(tmp_path / "base"),
+        ]
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["checkpoint"].startswith("none") and metrics["decoding"] == "beam search (2 beams)"
+    assert metrics["scores"]["sets"]["mine"]["n"] == 3
+    assert not (out / "training_curves.png").exists()  # a base model has no training curves
+    with pytest.raises(SystemExit, match="unknown set"):
+        main([str(run_dir), "--only", "nope"])
+
+
+def test_chat_one_shot_and_interactive(vqa_run, tmp_path, capsys):
+    from mmit.chat import interact, main
+    from mmit.generation import GenerationOptions
+    from mmit.inference import ChatSession, load_run, media_ref
+
+    run_dir, _ = vqa_run
+    png = tmp_path / "red.png"
+    Image.new("RGB", (40, 40), "red").save(png)
+    main([str(run_dir), "--image", str(png), "--max-new-tokens", "5", "What colour is this?"])
+    printed = capsys.readouterr().out.strip()
+    session = ChatSession(load_run(run_dir), GenerationOptions(5))
+    assert printed == session.ask("What colour is this?", [media_ref(png)])
+    assert session.chat[0]["content"] == "<image>\nWhat colour is this?" and len(session.media) == 1
+
+    lines = iter([f"/image {png}", "What is it?", "/audio nothing.txt", "And now?", "/reset", "/quit"])
+    shown = []
+    interact(ChatSession(load_run(run_dir), GenerationOptions(5)), read=lambda _: next(lines), write=shown.append)
+    assert shown[1] == f"(attached {png})" and shown[2].startswith("assistant> ")
+    assert shown[3].startswith("error: ") and "unknown media type" in shown[3]
+    assert shown[4].startswith("assistant> ") and shown[5] == "(new conversation)"
+
+
+def test_media_errors_are_clear(tiny, tmp_path):
+    from mmit.inference import ChatSession, LoadedModel, media_ref
+    from mmit.models.multimodal_lm import MultimodalLM
+
+    png = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(png)
+    loaded = LoadedModel(MultimodalLM(tiny.model), tiny.tokenizer, None, torch.device("cpu"), "fp32", None)
+    with pytest.raises(ValueError, match="no image encoder"):
+        ChatSession(loaded).ask("hi", [media_ref(png)])
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        media_ref(tmp_path / "missing.png")
