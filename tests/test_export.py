@@ -1,0 +1,241 @@
+"""Exports load back in plain transformers / peft and compute what mmit computes."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from mmit.data.collate import Batch
+from mmit.data.tokenize import MediaSlot, encode_prompt
+from mmit.export import (
+    MULTIMODAL_JSON,
+    MULTIMODAL_WEIGHTS,
+    ExportError,
+    export_adapter,
+    export_llava,
+    export_loaded,
+    export_merged,
+    main,
+)
+from mmit.inference import compose_config, load_run
+from mmit.models.encoders import HFVisionEncoder, build_tiny_clip_dir
+from mmit.models.llm import load_tiny
+from mmit.models.multimodal_lm import MultimodalLM
+from mmit.models.projectors import build_projector
+from mmit.models.tuning import apply_tuning
+from mmit.train import run
+
+IMAGE_CHAT = [{"role": "user", "content": "<image>\nWhat color is the square?"}]
+TEXT_CHAT = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """Two training steps of the tiny VQA recipe: tiny CLIP tower + MLP projector + tiny Llama with LoRA."""
+    root = tmp_path_factory.mktemp("export-run")
+    data = root / "data"
+    cfg = compose_config(
+        [
+            "+recipe=vqa_tiny",
+            "trainer.max_steps=2",
+            "trainer.generate_samples=0",
+            "trainer.eval_every=100",
+            "trainer.save_every=2",
+            "trainer.batch_size=2",
+            "trainer.eval_batches=1",
+            "~data.source.eval.heldout_templates",
+            "~data.source.eval.heldout_tasks",
+            f"data.source.overrides=['prepare.n_images=40','out_dir={data}','prepare.out_dir={data}-src']",
+        ]
+    )
+    run(cfg, root / "run")
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def loaded(trained_run):
+    loaded = load_run(trained_run, device="cpu", precision="fp32")
+    # Two steps move the LoRA only a little; random B matrices give it a delta no test could miss.
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, param in loaded.model.llm.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def exported(loaded, tmp_path_factory):
+    return export_loaded(loaded, tmp_path_factory.mktemp("export-out"))
+
+
+def _image() -> Image.Image:
+    image = Image.new("RGB", (40, 30), "red")
+    image.paste((0, 90, 255), (5, 5, 20, 20))
+    return image
+
+
+def _mmit_logits(model: MultimodalLM, ids: list[int], pixels: torch.Tensor | None = None) -> torch.Tensor:
+    input_ids = torch.tensor([ids])
+    media = {} if pixels is None else {"image": pixels}
+    with torch.no_grad():
+        return model.logits(Batch(input_ids, torch.ones_like(input_ids), input_ids, ["x"], media))
+
+
+def _llava_vs_mmit(model: MultimodalLM, tokenizer, out_dir) -> float:
+    """Export to LLaVA, load it with AutoProcessor, run image + prompt both ways: the max abs logit difference."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    export_llava(model, tokenizer, out_dir)
+    llava = LlavaForConditionalGeneration.from_pretrained(out_dir).eval()
+    processor = AutoProcessor.from_pretrained(out_dir)
+    prompt = tokenizer.apply_chat_template(IMAGE_CHAT, add_generation_prompt=True, tokenize=False)
+    inputs = processor(images=_image(), text=prompt, return_tensors="pt")
+    ids = encode_prompt(tokenizer, IMAGE_CHAT, list(model.slots.values()))
+    pixels = model.encoders["image"].preprocess([_image()])
+    assert inputs["input_ids"][0].tolist() == ids  # the processor expands <image> exactly as mmit does
+    assert torch.equal(inputs["pixel_values"], pixels)
+    ours = _mmit_logits(model, ids, pixels)
+    with torch.no_grad():
+        theirs = llava(**inputs).logits
+    return float((theirs[..., : ours.shape[-1]] - ours).abs().max())
+
+
+def _hand_built(
+    encoder_tuning="frozen", projector_tuning="full", projector="mlp", path=None, vocab_size=512, **encoder_options
+):
+    """A MultimodalLM wired as mmit.factory does, with any LoRA layers given random (non-zero) B matrices."""
+    llm = load_tiny(vocab_size=vocab_size)
+    torch.manual_seed(0)
+    encoder = apply_tuning(HFVisionEncoder(str(path or build_tiny_clip_dir()), **encoder_options), encoder_tuning)
+    proj = apply_tuning(build_projector(projector, encoder.output_dim, llm.model.config.hidden_size), projector_tuning)
+    with torch.no_grad():
+        for name, param in [*encoder.named_parameters(), *proj.named_parameters()]:
+            if "lora_B" in name:
+                param.normal_(0, 0.1)
+    llm.tokenizer.add_tokens(["<image>"], special_tokens=True)
+    slot = MediaSlot("<image>", llm.tokenizer.convert_tokens_to_ids("<image>"), proj.num_tokens(encoder.num_tokens))
+    return MultimodalLM(llm.model, {"image": encoder}, {"image": proj}, {"image": slot}).eval(), llm.tokenizer
+
+
+def test_adapter_reloads_with_peft(loaded, exported):
+    from peft import PeftModel
+
+    ids = encode_prompt(loaded.tokenizer, TEXT_CHAT)
+    ours = _mmit_logits(loaded.model, ids)
+    base = load_tiny().model.eval()
+    with torch.no_grad():
+        bare = base(input_ids=torch.tensor([ids])).logits
+        assert (bare - ours).abs().max() > 1e-2  # the adapter does change the model
+        reloaded = PeftModel.from_pretrained(base, exported["adapter"]).eval()
+        theirs = reloaded(input_ids=torch.tensor([ids])).logits
+    torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-5)
+
+    info = json.loads((exported["adapter"] / MULTIMODAL_JSON).read_text())
+    image = info["media"]["image"]
+    assert image["placeholder"] == "<image>" and image["tokens_per_item"] == loaded.model.slots["image"].count
+    assert image["encoder"]["layer"] == -2 and info["config"]["projector"]["kind"] == "mlp"
+    weights = load_file(exported["adapter"] / MULTIMODAL_WEIGHTS)
+    for name, tensor in loaded.model.projectors.state_dict().items():
+        torch.testing.assert_close(weights[f"projectors.{name}"], tensor, rtol=0, atol=0)
+
+
+def test_merged_llm_gives_mmit_logits_on_text(loaded, exported):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    merged = AutoModelForCausalLM.from_pretrained(exported["merged"]).eval()
+    tokenizer = AutoTokenizer.from_pretrained(exported["merged"])
+    base_tokenizer = load_tiny().tokenizer
+    # The LLM's own vocabulary: no <image> token, and "<image>" in text is ordinary text again.
+    assert "<image>" not in tokenizer.get_added_vocab() and len(tokenizer) == len(base_tokenizer)
+    assert tokenizer("see <image> here")["input_ids"] == base_tokenizer("see <image> here")["input_ids"]
+    prompt = tokenizer.apply_chat_template(TEXT_CHAT, add_generation_prompt=True, tokenize=False)
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    assert ids == encode_prompt(loaded.tokenizer, TEXT_CHAT)
+    with torch.no_grad():
+        theirs = merged(input_ids=torch.tensor([ids])).logits
+    ours = _mmit_logits(loaded.model, ids)
+    assert float((theirs - ours).abs().max()) <= 1e-5
+
+
+def test_llava_gives_mmit_logits_on_image_and_prompt(loaded, exported):
+    from transformers import LlavaConfig
+
+    config = LlavaConfig.from_pretrained(exported["llava"])
+    assert (config.vision_feature_layer, config.vision_feature_select_strategy) == (-2, "default")
+    assert config.image_token_id == loaded.model.slots["image"].token_id
+    assert _llava_vs_mmit(loaded.model, loaded.tokenizer, exported["llava"]) <= 1e-4
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        # CLS + patches of the last layer ("full"), with LoRA folded into the encoder and the projector
+        dict(encoder_tuning="lora", projector_tuning="lora", layer=-1, tokens="all"),
+        dict(siglip=True, layer=-2, tokens="patch"),  # no CLS token: "full" keeps every patch
+        dict(vocab_size=400),  # <image> gets id 400, past the 400 embedding rows: LLaVA's get one more
+    ],
+    ids=["clip-all-lora", "siglip-patch", "image-token-past-the-vocabulary"],
+)
+def test_llava_maps_other_feature_selections(options, tmp_path):
+    if options.pop("siglip", False):
+        from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+
+        torch.manual_seed(0)
+        config = SiglipVisionConfig(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+        )
+        SiglipVisionModel(config).save_pretrained(tmp_path / "siglip")
+        SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "siglip")
+        options["path"] = tmp_path / "siglip"
+    model, tokenizer = _hand_built(**options)
+    assert _llava_vs_mmit(model, tokenizer, tmp_path / "llava") <= 1e-4
+    rows = model.base_llm.get_input_embeddings().num_embeddings
+    config = json.loads((tmp_path / "llava" / "config.json").read_text())
+    assert config["text_config"]["vocab_size"] == max(rows, model.slots["image"].token_id + 1)
+
+
+@pytest.mark.parametrize(
+    "options, reason",
+    [
+        (dict(pool_to=2), "cannot pool"),
+        (dict(tokens="cls"), "tokens='cls'"),
+        (dict(projector="resampler"), "this one is ResamplerProjector"),
+        (dict(projector="linear"), "this one is LinearProjector"),
+    ],
+)
+def test_llava_refuses_what_it_cannot_express(options, reason, tmp_path):
+    model, tokenizer = _hand_built(**options)
+    with pytest.raises(ExportError, match=reason):
+        export_llava(model, tokenizer, tmp_path / "llava")
+    assert not (tmp_path / "llava").exists()
+
+
+def test_adapter_and_merged_refuse_llms_they_cannot_hold(tmp_path):
+    llm = load_tiny()
+    plain = MultimodalLM(llm.model)  # peft=full: nothing for PeftModel to load
+    with pytest.raises(ExportError, match="no peft adapter"):
+        export_adapter(plain, tmp_path / "adapter")
+    adapted = MultimodalLM(apply_tuning(load_tiny().model, "adapter", name="llm"))
+    with pytest.raises(ExportError, match="bottleneck adapters"):
+        export_merged(adapted, llm.tokenizer, tmp_path / "merged")
+    export_merged(plain, llm.tokenizer, tmp_path / "merged")  # a fully tuned LLM is already "merged"
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
+
+
+def test_cli_writes_every_format(trained_run, tmp_path, capsys):
+    written = main([str(trained_run), "--out", str(tmp_path / "out"), "--format", "all"])
+    assert set(written) == {"adapter", "merged", "llava"}
+    out = tmp_path / "out"
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert (out / "merged" / "model.safetensors").is_file() and (out / "merged" / "tokenizer.json").is_file()
+    assert (out / "llava" / "model.safetensors").is_file() and (out / "llava" / "processor_config.json").is_file()
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "llava", "merged"]  # no temporary directories left
+    assert "llava" in capsys.readouterr().out
