@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from mmit.factory import build_data, build_model, build_trainer_config, resolved_yaml
 from mmit.paths import CONF_DIR, atomic_write_text
 from mmit.plots import plot_training_curves
+from mmit.training import distributed
 from mmit.training.loop import train
 from mmit.training.report import format_summary
 from mmit.training.tracking import read_metrics
@@ -26,16 +27,26 @@ log = logging.getLogger("mmit.train")
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """The whole job for a composed config; returns the summary dict."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", resolved_yaml(cfg))
+    """The whole job for a composed config; returns the summary dict.
+
+    Under torchrun every process runs it; the first one writes the run directory's files and
+    builds any missing dataset while the others wait.
+    """
+    d, _ = distributed.setup(cfg.trainer.device)
+    if d.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", resolved_yaml(cfg))
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
     built = build_model(cfg)
     log.info("model: %s\n%s", built.source, built.table)
 
+    if not d.is_main:
+        distributed.barrier(d)  # the first process builds the dataset (on first use) meanwhile
     data = build_data(cfg, built.tokenizer, list(built.model.slots.values()))
+    if d.is_main:
+        distributed.barrier(d)
     log.info(
         "data: training %s; eval sets: %s", data.train.describe(), {n: len(e.tokens) for n, e in data.eval.items()}
     )
@@ -49,6 +60,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         skipped=data.skipped(),
         truncated=data.truncated(),
     )
+    if not d.is_main:
+        return summary
 
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
     plot_training_curves(read_metrics(run_dir / "metrics.jsonl"), run_dir / "training_curves.png")
@@ -60,7 +73,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    try:
+        run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    finally:
+        distributed.teardown()
 
 
 if __name__ == "__main__":

@@ -33,9 +33,14 @@ class BatchStream:
         seed: int = 0,
         shuffle: bool = True,
         group_by_length: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ):
-        self.dataset, self.batch_size, self.collate = dataset, batch_size, collate
+        # Every process computes the same global batches of batch_size x world_size samples and
+        # takes every world_size-th sample of each: together they see each sample once per epoch.
+        self.dataset, self.batch_size, self.collate = dataset, batch_size * world_size, collate
         self.seed, self.shuffle, self.group_by_length = seed, shuffle, group_by_length
+        self.rank, self.world_size = rank, world_size
         self.epoch, self.index = 0, 0
         self._cached: tuple[int, list[list[int]]] | None = None
 
@@ -64,7 +69,7 @@ class BatchStream:
     def __next__(self) -> Batch:
         if self.index >= len(self._batches()):
             self.epoch, self.index = self.epoch + 1, 0
-        chosen = self._batches()[self.index]
+        chosen = self._batches()[self.index][self.rank :: self.world_size]
         self.index += 1
         return self.collate([self.dataset[i] for i in chosen])
 

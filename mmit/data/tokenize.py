@@ -224,10 +224,19 @@ class TokenizedDataset(_PolicyCounts, Dataset):
     def describe(self) -> str:
         return f"{len(self)} samples ({self.num_label_tokens} label tokens)"
 
-    def batches(self, batch_size: int, collate, seed: int = 0, group_by_length: int = 0, shuffle: bool = True):
+    def batches(
+        self,
+        batch_size: int,
+        collate,
+        seed: int = 0,
+        group_by_length: int = 0,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         from mmit.data.loader import BatchStream
 
-        return BatchStream(self, batch_size, collate, seed=seed, shuffle=shuffle, group_by_length=group_by_length)
+        return BatchStream(self, batch_size, collate, seed, shuffle, group_by_length, rank, world_size)
 
 
 @dataclass
@@ -242,9 +251,12 @@ class StreamedDataset(_PolicyCounts):
     def describe(self) -> str:
         return f"streamed from {len(self.urls)} shards"
 
-    def batches(self, batch_size: int, collate, seed: int = 0, group_by_length: int = 0):
+    def batches(
+        self, batch_size: int, collate, seed: int = 0, group_by_length: int = 0, rank: int = 0, world_size: int = 1
+    ):
         from mmit.data.loader import StreamingBatches
 
+        # Each process streams its own shards (split by rank and loader worker).
         return StreamingBatches(
-            self.urls, self.tokenize, batch_size, collate, seed, self.shuffle_buffer, group_by_length
+            self.urls, self.tokenize, batch_size, collate, seed, self.shuffle_buffer, group_by_length, rank, world_size
         )

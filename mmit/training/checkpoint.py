@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -21,13 +22,29 @@ TRAINABLE = "trainable.safetensors"
 ADAPTER_DIR = "adapter"
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors from a safetensors file; anything else (a pickle above all) is refused, never unpickled."""
+    path = Path(path)
+    if path.suffix in PICKLE_SUFFIXES:
+        raise ValueError(f"{path}: mmit loads only safetensors checkpoints and never unpickles a file")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as error:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such checkpoint file") from None
+        raise ValueError(f"{path}: not a safetensors file ({error}); mmit never unpickles checkpoints") from None
+
+
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def load_trainable(model: nn.Module, ckpt_dir: str | Path) -> None:
     """Load the trained weights of a checkpoint into a model built from the same config."""
-    state = load_file(Path(ckpt_dir) / TRAINABLE)
+    state = read_safetensors(Path(ckpt_dir) / TRAINABLE)
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in state]
     unknown = [n for n in state if n not in params]
@@ -44,10 +61,14 @@ def load_matching(model: nn.Module, run_or_ckpt: str | Path) -> list[str]:
     """Start from another run (e.g. stage-1 projector): copy every trained tensor whose name
     and shape match this model; returns the names copied."""
     path = Path(run_or_ckpt)
-    ckpt = path if (path / TRAINABLE).exists() else latest_checkpoint(path)
-    if ckpt is None:
-        raise FileNotFoundError(f"init_from: {path} is neither a checkpoint nor a run directory with one")
-    state = load_file(ckpt / TRAINABLE)
+    if path.is_file():
+        state = read_safetensors(path)  # a bare weights file: safetensors only
+        ckpt = path
+    else:
+        ckpt = path if (path / TRAINABLE).exists() else latest_checkpoint(path)
+        if ckpt is None:
+            raise FileNotFoundError(f"init_from: {path} is neither a checkpoint nor a run directory with one")
+        state = read_safetensors(ckpt / TRAINABLE)
     params = dict(model.named_parameters())
     copied = [n for n, t in state.items() if n in params and params[n].shape == t.shape]
     if not copied:
@@ -107,8 +128,14 @@ def save_checkpoint(
     """Write ``checkpoints/step-NNNNNNN`` atomically, point ``latest`` at it, prune old ones."""
     root = Path(run_dir) / "checkpoints"
     final = root / f"step-{step:07d}"
+    weights = trainable_state(model)
+    broken = [name for name, t in weights.items() if not torch.isfinite(t).all()]
+    if broken:
+        raise ValueError(f"step {step}: not saving a checkpoint with NaN / inf weights ({broken[:3]}...)")
+    for stale in root.glob(".step-*.tmp-*"):  # left by a process killed while saving
+        shutil.rmtree(stale, ignore_errors=True)
     with atomic_dir(final) as tmp:
-        save_file(trainable_state(model), tmp / TRAINABLE)
+        save_file(weights, tmp / TRAINABLE)
         llm = getattr(model, "llm", None)
         if hasattr(llm, "peft_config"):
             llm.save_pretrained(tmp / ADAPTER_DIR)  # peft writes adapter_model.safetensors
@@ -143,7 +170,9 @@ def load_checkpoint(ckpt_dir: Path, model: nn.Module, optimizer: torch.optim.Opt
     ckpt_dir = Path(ckpt_dir)
     state = json.loads((ckpt_dir / "state.json").read_text())
     load_trainable(model, ckpt_dir)
-    optimizer.load_state_dict(_optimizer_from_files(load_file(ckpt_dir / "optimizer.safetensors"), state["optimizer"]))
+    optimizer.load_state_dict(
+        _optimizer_from_files(read_safetensors(ckpt_dir / "optimizer.safetensors"), state["optimizer"])
+    )
     scheduler.load_state_dict(state["scheduler"])
-    _set_rng_state(load_file(ckpt_dir / "rng.safetensors"), state["rng"])
+    _set_rng_state(read_safetensors(ckpt_dir / "rng.safetensors"), state["rng"])
     return state

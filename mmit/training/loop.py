@@ -21,6 +21,7 @@ from mmit.generation import GenerationOptions, predict
 from mmit.models.multimodal_lm import MultimodalLM
 from mmit.paths import atomic_write_text
 from mmit.scoring import flat_metrics, score_predictions
+from mmit.training import distributed
 from mmit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mmit.training.loss import next_token_loss_sum
 from mmit.training.tracking import MetricsLog
@@ -49,6 +50,9 @@ class TrainerConfig:
     save_every: int = 100
     keep_last: int = 2
     resume: bool = True
+    deterministic: bool = False  # torch.use_deterministic_algorithms: bitwise-repeatable runs (CPU)
+    on_nonfinite: str = "skip"  # NaN / inf loss or gradient: skip the update, or stop
+    max_nonfinite_skips: int = 5  # stop after more skipped steps than this in a row
     tensorboard: bool = True  # event files in <run dir>/tensorboard, beside metrics.jsonl
     seed: int = 0
 
@@ -153,6 +157,10 @@ def evaluate(model, tokenizer, eval_sets: dict[str, EvalSet], collate, cfg, devi
     return metrics, answers
 
 
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss or gradient and the policy says stop."""
+
+
 def train(
     model: MultimodalLM,
     tokenizer: PreTrainedTokenizerBase,
@@ -161,87 +169,157 @@ def train(
     cfg: TrainerConfig,
     run_dir: Path,
 ) -> dict:
-    """Train ``model`` in place; returns the run's summary (also written to the run dir)."""
+    """Train ``model`` in place; returns the run's summary (also written to the run dir).
+
+    Under torchrun every process runs this; only the first evaluates and writes files.
+    """
     run_dir = Path(run_dir)
-    device = pick_device(cfg.device)
+    if cfg.on_nonfinite not in ("skip", "stop"):
+        raise ValueError(f"trainer.on_nonfinite must be skip or stop, not {cfg.on_nonfinite!r}")
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+    d, device = distributed.setup(cfg.device)
+    if len(set(distributed.gather_objects(d, str(run_dir.resolve())))) > 1:
+        raise ValueError("processes disagree on the run directory: give torchrun runs hydra.run.dir=<dir>")
     cfg.precision = resolve_precision(cfg.precision, device)
     log.info("device %s, precision %s", device, cfg.precision)
     model.to(device).train()
     collate = Collator(tokenizer.pad_token_id, preprocess={k: e.preprocess for k, e in model.encoders.items()})
-    stream = train_set.batches(cfg.batch_size, collate, cfg.seed, cfg.group_by_length)
+    stream = train_set.batches(
+        cfg.batch_size, collate, cfg.seed, cfg.group_by_length, rank=d.rank, world_size=d.world_size
+    )
     optimizer = torch.optim.AdamW(param_groups(model, cfg), weight_decay=cfg.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.max_steps)
+    trainable = [p for p in model.parameters() if p.requires_grad]
 
-    tracker = MetricsLog(run_dir, cfg.tensorboard)
     start_step, before = 0, None
     resume_from = latest_checkpoint(run_dir) if cfg.resume else None
     if resume_from is not None:
         state = load_checkpoint(resume_from, model, optimizer, scheduler)
         start_step, before = state["step"], state["extra"].get("before")
-        stream.load_state(state["data"])
+        stream.load_state(data_state_for(state, d))
         log.info("resumed from %s at step %d", resume_from, start_step)
-    if before is None:
+    tracker = MetricsLog(run_dir, cfg.tensorboard, resume_step=start_step) if d.is_main else None
+    if before is None and d.is_main:
         before, before_answers = evaluate(model, tokenizer, eval_sets, collate, cfg, device)
         _write_json(run_dir / "answers_before.json", before_answers)
         tracker.log({"step": 0, **before})
+    ddp_model = distributed.wrap(model, d, "ddp")
 
     started, tokens_seen, last_loss = time.perf_counter(), 0, float("nan")
-    bar = tqdm(range(start_step, cfg.max_steps), initial=start_step, total=cfg.max_steps, desc="train", unit="step")
+    skipped_steps, skipped_in_a_row = 0, 0
+    bar = tqdm(
+        range(start_step, cfg.max_steps),
+        initial=start_step,
+        total=cfg.max_steps,
+        desc="train",
+        unit="step",
+        disable=not d.is_main,
+    )
     for step in bar:
         micro_batches = [next(stream).to(device) for _ in range(cfg.grad_accum)]
-        # Normalise by the label tokens of the whole step, not per micro-batch: long and
-        # short answers then weigh the same however the step is split.
-        step_tokens = sum(b.num_label_tokens for b in micro_batches)
+        # Normalise by the label tokens of the whole step (all processes, all micro-batches),
+        # not per micro-batch: long and short answers then weigh the same however the step is
+        # split. DDP averages gradients over processes, hence the factor world_size.
+        step_tokens = distributed.sum_across(d, sum(b.num_label_tokens for b in micro_batches), device)
         loss_sum = 0.0
-        for batch in micro_batches:
-            with autocast(device, cfg.precision):
-                loss = next_token_loss_sum(model(batch), batch.labels, model.output_head) / max(step_tokens, 1)
-            loss.backward()
+        for i, batch in enumerate(micro_batches):
+            sync = i == len(micro_batches) - 1
+            with ddp_model.no_sync() if d.active and not sync else nullcontext(), autocast(device, cfg.precision):
+                loss = next_token_loss_sum(ddp_model(batch), batch.labels, model.output_head) / max(step_tokens, 1)
+                # Every trainable parameter gets a gradient, zero when the batch did not use it (no
+                # image in it, say): optimizer updates then do not depend on how a step's samples
+                # are spread over processes, and DDP never waits for a gradient that is not coming.
+                loss = loss + distributed.touch_all(trainable)
+            (loss * d.world_size).backward()
             loss_sum += loss.item()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
+        loss_sum = distributed.sum_across(d, loss_sum, device)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm))
+        done = step + 1
+        if math.isfinite(loss_sum) and math.isfinite(grad_norm):
+            optimizer.step()
+            scheduler.step()
+            skipped_in_a_row = 0
+            last_loss = loss_sum
+        else:
+            skipped_steps, skipped_in_a_row = skipped_steps + 1, skipped_in_a_row + 1
+            message = f"step {done}: non-finite loss ({loss_sum}) or gradient norm ({grad_norm})"
+            if cfg.on_nonfinite == "stop" or skipped_in_a_row > cfg.max_nonfinite_skips:
+                raise NonFiniteLossError(
+                    f"{message}; stopping (trainer.on_nonfinite={cfg.on_nonfinite}, "
+                    f"{skipped_in_a_row} in a row). The last checkpoint is intact: lower trainer.lr, "
+                    "check the data, or use trainer.precision=fp32, then run again to resume."
+                )
+            log.warning("%s: update skipped (%d in a row)", message, skipped_in_a_row)
         optimizer.zero_grad(set_to_none=True)
         tokens_seen += sum(int(b.attention_mask.sum()) for b in micro_batches)
-        last_loss, done = loss_sum, step + 1
         bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
 
-        if done % cfg.log_every == 0 or done == cfg.max_steps:
+        if d.is_main and (done % cfg.log_every == 0 or done == cfg.max_steps):
             tracker.log(
                 {
                     "step": done,
-                    "train/loss": last_loss,
-                    "train/grad_norm": float(grad_norm),
+                    "train/loss": loss_sum,
+                    "train/grad_norm": grad_norm,
+                    "train/skipped_steps": skipped_steps,
                     "lr": scheduler.get_last_lr()[0],
-                    "tokens/s": tokens_seen / (time.perf_counter() - started),
+                    "tokens/s": d.world_size * tokens_seen / (time.perf_counter() - started),
                 },
             )
-        if done % cfg.eval_every == 0 and done != cfg.max_steps:
+        if done % cfg.eval_every == 0 and done != cfg.max_steps and d.is_main:
             metrics, _ = evaluate(model, tokenizer, eval_sets, collate, cfg, device)
             tracker.log({"step": done, **metrics})
             bar.write(f"step {done}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         if done % cfg.save_every == 0 or done == cfg.max_steps:
-            save_checkpoint(
-                run_dir, done, model, optimizer, scheduler, stream.state(), cfg.keep_last, extra={"before": before}
-            )
+            data_states = distributed.gather_objects(d, stream.state())
+            if d.is_main:
+                save_checkpoint(
+                    run_dir,
+                    done,
+                    model,
+                    optimizer,
+                    scheduler,
+                    data_states[0] if len(data_states) == 1 else {"per_rank": data_states},
+                    cfg.keep_last,
+                    extra={"before": before},
+                )
+            distributed.barrier(d)
     bar.close()
     elapsed = time.perf_counter() - started
 
-    after, after_answers = evaluate(model, tokenizer, eval_sets, collate, cfg, device)
-    _write_json(run_dir / "answers_after.json", after_answers)
-    tracker.log({"step": cfg.max_steps, **after})
-    tracker.close()
+    after = {}
+    if d.is_main:
+        after, after_answers = evaluate(model, tokenizer, eval_sets, collate, cfg, device)
+        _write_json(run_dir / "answers_after.json", after_answers)
+        tracker.log({"step": cfg.max_steps, **after})
+        tracker.close()
+    distributed.barrier(d)
     return {
         "steps": cfg.max_steps,
         "resumed_from_step": start_step,
+        "processes": d.world_size,
         "device": str(device),
         "precision": cfg.precision,
         "train_seconds": elapsed,
-        "tokens_per_second": tokens_seen / max(elapsed, 1e-9),
+        "tokens_per_second": d.world_size * tokens_seen / max(elapsed, 1e-9),
         "final_train_loss": last_loss,
+        "skipped_steps": skipped_steps,
         "before": before,
         "after": after,
     }
+
+
+def data_state_for(state: dict, d: distributed.Dist) -> dict:
+    """This process's data position from a checkpoint (written by as many processes as this run has)."""
+    data = state["data"]
+    if "per_rank" not in data:
+        return data
+    if len(data["per_rank"]) != d.world_size:
+        raise ValueError(
+            f"the checkpoint was written by {len(data['per_rank'])} processes and this run has {d.world_size}: "
+            "resume with the same number of processes"
+        )
+    return data["per_rank"][d.rank]
 
 
 def _write_json(path: Path, value) -> None:

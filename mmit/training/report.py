@@ -14,6 +14,10 @@ def format_summary(summary: dict, run_dir: Path) -> str:
         f"{summary['precision']}, {summary['train_seconds']:.1f} s, {summary['tokens_per_second']:.0f} tokens/s",
         f"- training data: {summary['train_samples']}; final training loss {summary['final_train_loss']:.4f}",
     ]
+    if summary.get("processes", 1) > 1:
+        lines.append(f"- processes: {summary['processes']} (torch.distributed)")
+    if summary.get("skipped_steps"):
+        lines.append(f"- updates skipped for a NaN / inf loss or gradient: {summary['skipped_steps']}")
     for name, counts in summary["skipped"].items():
         if counts:
             lines.append(f"- skipped in {name}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))

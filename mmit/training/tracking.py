@@ -7,15 +7,23 @@ import json
 import math
 from pathlib import Path
 
+from mmit.paths import atomic_write_text
+
 
 class MetricsLog:
-    def __init__(self, run_dir: Path, tensorboard: bool = True):
+    """Appends records; resuming at step N first drops what a killed run logged after N."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None):
         self.path = Path(run_dir) / "metrics.jsonl"
+        if resume_step is not None and self.path.exists():
+            kept = [r for r in read_metrics(self.path) if r["step"] <= resume_step]
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+            # purge_step hides events a killed run wrote after the checkpoint it resumes from.
+            self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"), purge_step=resume_step or None)
 
     def log(self, record: dict) -> None:
         """One record: ``step`` and named numbers (``train/loss``, ``eval/seen/loss``, ...)."""
