@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from mmit.paths import atomic_dir, atomic_write_text
 
@@ -38,8 +40,16 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path}: not a safetensors file ({error}); mmit never unpickles checkpoints") from None
 
 
+def full(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor on the CPU; a tensor sharded over processes (FSDP2) is gathered first,
+    so under FSDP2 every process must call this, in the same order."""
+    if isinstance(tensor, DTensor):
+        tensor = tensor.full_tensor()
+    return tensor.detach().contiguous().cpu()
+
+
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    return {n: full(p) for n, p in model.named_parameters() if p.requires_grad}
 
 
 def load_trainable(model: nn.Module, ckpt_dir: str | Path) -> None:
@@ -85,7 +95,7 @@ def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, tor
     for index, slots in sd["state"].items():
         for key, value in slots.items():
             if torch.is_tensor(value):
-                tensors[f"{index}.{key}"] = value.contiguous().cpu()
+                tensors[f"{index}.{key}"] = full(value)
             else:
                 scalars[f"{index}.{key}"] = value
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
@@ -115,6 +125,20 @@ def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
+@dataclass
+class Payload:
+    """The tensors of a checkpoint, gathered whole (a collective under FSDP2)."""
+
+    weights: dict[str, torch.Tensor]
+    optimizer_tensors: dict[str, torch.Tensor]
+    optimizer_meta: dict
+
+
+def gather_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer) -> Payload:
+    """Every process calls this under FSDP2; on one process it is a plain copy to the CPU."""
+    return Payload(trainable_state(model), *_optimizer_to_files(optimizer))
+
+
 def save_checkpoint(
     run_dir: Path,
     step: int,
@@ -124,28 +148,32 @@ def save_checkpoint(
     data_state: dict,
     keep_last: int = 2,
     extra: dict | None = None,
+    payload: Payload | None = None,
 ) -> Path:
-    """Write ``checkpoints/step-NNNNNNN`` atomically, point ``latest`` at it, prune old ones."""
+    """Write ``checkpoints/step-NNNNNNN`` atomically, point ``latest`` at it, prune old ones.
+
+    ``payload`` is what ``gather_checkpoint`` returned when the weights are sharded.
+    """
+    payload = payload or gather_checkpoint(model, optimizer)
     root = Path(run_dir) / "checkpoints"
     final = root / f"step-{step:07d}"
-    weights = trainable_state(model)
-    broken = [name for name, t in weights.items() if not torch.isfinite(t).all()]
+    broken = [name for name, t in payload.weights.items() if not torch.isfinite(t).all()]
     if broken:
         raise ValueError(f"step {step}: not saving a checkpoint with NaN / inf weights ({broken[:3]}...)")
     for stale in root.glob(".step-*.tmp-*"):  # left by a process killed while saving
         shutil.rmtree(stale, ignore_errors=True)
     with atomic_dir(final) as tmp:
-        save_file(weights, tmp / TRAINABLE)
+        save_file(payload.weights, tmp / TRAINABLE)
         llm = getattr(model, "llm", None)
-        if hasattr(llm, "peft_config"):
-            llm.save_pretrained(tmp / ADAPTER_DIR)  # peft writes adapter_model.safetensors
-        opt_tensors, opt_meta = _optimizer_to_files(optimizer)
-        save_file(opt_tensors, tmp / "optimizer.safetensors")
+        if hasattr(llm, "peft_config"):  # peft writes adapter_model.safetensors from the whole tensors
+            adapter = {n.removeprefix("llm."): t for n, t in payload.weights.items() if n.startswith("llm.")}
+            llm.save_pretrained(tmp / ADAPTER_DIR, state_dict=adapter)
+        save_file(payload.optimizer_tensors, tmp / "optimizer.safetensors")
         rng_tensors, rng_meta = _rng_state()
         save_file(rng_tensors, tmp / "rng.safetensors")
         state = {
             "step": step,
-            "optimizer": opt_meta,
+            "optimizer": payload.optimizer_meta,
             "scheduler": scheduler.state_dict(),
             "data": data_state,
             "rng": rng_meta,
@@ -165,14 +193,25 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return pointer.parent / pointer.read_text().strip()
 
 
-def load_checkpoint(ckpt_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler) -> dict:
-    """Restore everything ``save_checkpoint`` wrote; returns the saved state (step, data...)."""
+def read_state(ckpt_dir: Path) -> dict:
+    return json.loads((Path(ckpt_dir) / "state.json").read_text())
+
+
+def load_training_state(ckpt_dir: Path, state: dict, optimizer: torch.optim.Optimizer, scheduler) -> None:
+    """Optimizer, scheduler and RNG of a checkpoint (the weights go in first, with ``load_trainable``).
+
+    Optimizer moments of sharded (FSDP2) parameters are sharded the same way as they load.
+    """
     ckpt_dir = Path(ckpt_dir)
-    state = json.loads((ckpt_dir / "state.json").read_text())
-    load_trainable(model, ckpt_dir)
     optimizer.load_state_dict(
         _optimizer_from_files(read_safetensors(ckpt_dir / "optimizer.safetensors"), state["optimizer"])
     )
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            if isinstance(param, DTensor):
+                slots = optimizer.state.get(param, {})
+                for key, value in slots.items():
+                    if torch.is_tensor(value) and not isinstance(value, DTensor) and value.shape == param.shape:
+                        slots[key] = distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
     scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(read_safetensors(ckpt_dir / "rng.safetensors"), state["rng"])
-    return state

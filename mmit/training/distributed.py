@@ -1,6 +1,6 @@
 """Several processes, one run: torch.distributed set up from torchrun's environment.
 
-    torchrun --nproc_per_node=N -m mmit.train +recipe=...
+    torchrun --nproc_per_node=N -m mmit.train +recipe=... hydra.run.dir=runs/<name> [trainer.distributed=fsdp2]
 
 gloo on CPU, NCCL on GPU (one device per process: ``cuda:LOCAL_RANK``). Multi-node runs use
 torchrun's rendezvous (``--nnodes``, ``--rdzv-endpoint``); nothing here depends on the node.
@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("ddp",)
+STRATEGIES = ("ddp", "fsdp2")
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,8 @@ def gather_objects(d: Dist, value) -> list:
 
 
 def wrap(model: nn.Module, d: Dist, strategy: str) -> nn.Module:
-    """The model each process trains: itself on one process, else DDP around it."""
+    """The module each process calls: the model itself on one process, DDP around it, or the
+    model sharded in place by FSDP2 (every decoder layer a unit of its own, then the rest)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"trainer.distributed must be one of {STRATEGIES}, not {strategy!r}")
     if not d.active:
@@ -99,12 +102,84 @@ def wrap(model: nn.Module, d: Dist, strategy: str) -> nn.Module:
         # Inputs are already on the device; parameters a batch leaves unused get a zero
         # gradient in the loop (touch_all), so no process ever waits for a missing one.
         return DistributedDataParallel(model, device_ids=None, broadcast_buffers=False)
-    raise AssertionError(strategy)
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in model.base_llm.get_decoder().layers:
+        fully_shard(layer)
+    # The root stays gathered after forward: the loss applies the output head outside forward.
+    # Encoders and projectors are small and some batches do not use them: they stay whole on
+    # every process, their gradients averaged by all_reduce_replicated, as DDP would.
+    fully_shard(model, reshard_after_forward=False, ignored_params=set(replicated_params(model)))
+    return model
 
 
-def touch_all(params: list[nn.Parameter]) -> torch.Tensor:
+def replicated_params(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters FSDP2 leaves whole on every process: the encoders' and projectors'."""
+    return [p for part in (model.encoders, model.projectors) for p in part.parameters()]
+
+
+def all_reduce_replicated(model: nn.Module, d: Dist) -> None:
+    """Average the gradients of the parameters FSDP2 does not manage, over all processes."""
+    for p in replicated_params(model):
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= d.world_size
+
+
+@contextmanager
+def gradient_sync(train_model: nn.Module, d: Dist, sync: bool):
+    """Gradient accumulation: reduce gradients over processes only on the last micro-batch."""
+    if not d.active or sync:
+        if hasattr(train_model, "set_requires_gradient_sync"):
+            train_model.set_requires_gradient_sync(True)
+        yield
+    elif hasattr(train_model, "no_sync"):  # DDP
+        with train_model.no_sync():
+            yield
+    else:  # FSDP2
+        train_model.set_requires_gradient_sync(False)
+        yield
+
+
+@contextmanager
+def whole(model: nn.Module, sharded: bool):
+    """Evaluation and generation outside ``forward`` under FSDP2: the root's parameters
+    (embeddings, projectors, output head) gathered for the duration; every process must enter."""
+    if not sharded:
+        yield
+        return
+    model.unshard()
+    try:
+        yield
+    finally:
+        model.reshard()
+
+
+def touch_all(model: nn.Module) -> torch.Tensor:
     """A zero that depends on every trainable parameter: added to the loss, it gives each one a
     gradient even when this process's batch had no image (or no audio), so collective gradient
     reduction never waits on a parameter that another process did use, and the optimizer
-    treats such a parameter alike on one process or many (zero gradient, never a missing one)."""
+    treats such a parameter alike on one process or many (zero gradient, never a missing one).
+    Under FSDP2 the decoder layers' parameters (sharded DTensors here) are used by every batch."""
+    params = [p for p in model.parameters() if p.requires_grad and not isinstance(p, DTensor)]
     return sum(p.reshape(-1)[:1].sum() for p in params) * 0.0
+
+
+def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
+    """Clip the trainable gradients to ``max_norm`` together; returns their total norm before.
+
+    Under FSDP2 sharded (DTensor) and whole gradients are measured apart, then combined.
+    """
+    grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+    if not grads:
+        return 0.0
+    norms = []
+    for group in ([g for g in grads if isinstance(g, DTensor)], [g for g in grads if not isinstance(g, DTensor)]):
+        if group:
+            norm = torch.nn.utils.get_total_norm(group)
+            norms.append(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+    total = torch.linalg.vector_norm(torch.stack(norms))
+    scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for g in grads:
+        g.mul_(scale.to(g.device) if not isinstance(g, DTensor) else scale.item())
+    return float(total)

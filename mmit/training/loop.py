@@ -22,7 +22,14 @@ from mmit.models.multimodal_lm import MultimodalLM
 from mmit.paths import atomic_write_text
 from mmit.scoring import flat_metrics, score_predictions
 from mmit.training import distributed
-from mmit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from mmit.training.checkpoint import (
+    gather_checkpoint,
+    latest_checkpoint,
+    load_trainable,
+    load_training_state,
+    read_state,
+    save_checkpoint,
+)
 from mmit.training.loss import next_token_loss_sum
 from mmit.training.tracking import MetricsLog
 
@@ -53,6 +60,7 @@ class TrainerConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms: bitwise-repeatable runs (CPU)
     on_nonfinite: str = "skip"  # NaN / inf loss or gradient: skip the update, or stop
     max_nonfinite_skips: int = 5  # stop after more skipped steps than this in a row
+    distributed: str = "ddp"  # under torchrun: ddp (replicas) | fsdp2 (weights sharded over processes)
     tensorboard: bool = True  # event files in <run dir>/tensorboard, beside metrics.jsonl
     seed: int = 0
 
@@ -188,23 +196,42 @@ def train(
     stream = train_set.batches(
         cfg.batch_size, collate, cfg.seed, cfg.group_by_length, rank=d.rank, world_size=d.world_size
     )
-    optimizer = torch.optim.AdamW(param_groups(model, cfg), weight_decay=cfg.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.max_steps)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-
-    start_step, before = 0, None
+    state, start_step, before = None, 0, None
     resume_from = latest_checkpoint(run_dir) if cfg.resume else None
     if resume_from is not None:
-        state = load_checkpoint(resume_from, model, optimizer, scheduler)
+        state = read_state(resume_from)
+        load_trainable(model, resume_from)  # before any sharding: whole tensors into whole parameters
         start_step, before = state["step"], state["extra"].get("before")
         stream.load_state(data_state_for(state, d))
         log.info("resumed from %s at step %d", resume_from, start_step)
     tracker = MetricsLog(run_dir, cfg.tensorboard, resume_step=start_step) if d.is_main else None
-    if before is None and d.is_main:
-        before, before_answers = evaluate(model, tokenizer, eval_sets, collate, cfg, device)
-        _write_json(run_dir / "answers_before.json", before_answers)
-        tracker.log({"step": 0, **before})
-    ddp_model = distributed.wrap(model, d, "ddp")
+    if before is None:
+        if d.is_main:
+            before, before_answers = evaluate(model, tokenizer, eval_sets, collate, cfg, device)
+            _write_json(run_dir / "answers_before.json", before_answers)
+            tracker.log({"step": 0, **before})
+        distributed.barrier(d)
+    # Every trainable parameter gets a gradient, zero when the batch did not use it (no image in
+    # it, say): updates then do not depend on how a step's samples are spread over processes, and
+    # no process waits for a gradient that is not coming. Added inside forward, where FSDP2 has
+    # the parameters gathered.
+    touch = model.register_forward_hook(lambda module, args, hidden: hidden + distributed.touch_all(module))
+    # DDP wraps the model; FSDP2 shards it in place (its parameters become DTensors), so the
+    # optimizer is made after this, from the parameters as they now are.
+    train_model = distributed.wrap(model, d, cfg.distributed)
+    sharded = d.active and cfg.distributed == "fsdp2"
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), weight_decay=cfg.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.max_steps)
+    if state is not None:
+        load_training_state(resume_from, state, optimizer, scheduler)
+
+    def run_evaluation() -> dict:
+        """In-loop evaluation: the first process alone, or every process in step when sharded."""
+        if not (d.is_main or sharded):
+            return {}
+        with distributed.whole(model, sharded):
+            metrics, _ = evaluate(model, tokenizer, eval_sets, collate, cfg, device)
+        return metrics
 
     started, tokens_seen, last_loss = time.perf_counter(), 0, float("nan")
     skipped_steps, skipped_in_a_row = 0, 0
@@ -225,16 +252,14 @@ def train(
         loss_sum = 0.0
         for i, batch in enumerate(micro_batches):
             sync = i == len(micro_batches) - 1
-            with ddp_model.no_sync() if d.active and not sync else nullcontext(), autocast(device, cfg.precision):
-                loss = next_token_loss_sum(ddp_model(batch), batch.labels, model.output_head) / max(step_tokens, 1)
-                # Every trainable parameter gets a gradient, zero when the batch did not use it (no
-                # image in it, say): optimizer updates then do not depend on how a step's samples
-                # are spread over processes, and DDP never waits for a gradient that is not coming.
-                loss = loss + distributed.touch_all(trainable)
+            with distributed.gradient_sync(train_model, d, sync), autocast(device, cfg.precision):
+                loss = next_token_loss_sum(train_model(batch), batch.labels, model.output_head) / max(step_tokens, 1)
             (loss * d.world_size).backward()
             loss_sum += loss.item()
+        if sharded:
+            distributed.all_reduce_replicated(model, d)
         loss_sum = distributed.sum_across(d, loss_sum, device)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm))
+        grad_norm = distributed.clip_grad_norm(model, cfg.max_grad_norm)
         done = step + 1
         if math.isfinite(loss_sum) and math.isfinite(grad_norm):
             optimizer.step()
@@ -266,12 +291,14 @@ def train(
                     "tokens/s": d.world_size * tokens_seen / (time.perf_counter() - started),
                 },
             )
-        if done % cfg.eval_every == 0 and done != cfg.max_steps and d.is_main:
-            metrics, _ = evaluate(model, tokenizer, eval_sets, collate, cfg, device)
-            tracker.log({"step": done, **metrics})
-            bar.write(f"step {done}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        if done % cfg.eval_every == 0 and done != cfg.max_steps:
+            metrics = run_evaluation()
+            if d.is_main:
+                tracker.log({"step": done, **metrics})
+                bar.write(f"step {done}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         if done % cfg.save_every == 0 or done == cfg.max_steps:
             data_states = distributed.gather_objects(d, stream.state())
+            payload = gather_checkpoint(model, optimizer) if sharded else None  # every process gathers
             if d.is_main:
                 save_checkpoint(
                     run_dir,
@@ -282,14 +309,18 @@ def train(
                     data_states[0] if len(data_states) == 1 else {"per_rank": data_states},
                     cfg.keep_last,
                     extra={"before": before},
+                    payload=payload,
                 )
             distributed.barrier(d)
     bar.close()
+    touch.remove()
     elapsed = time.perf_counter() - started
 
     after = {}
+    if d.is_main or sharded:
+        with distributed.whole(model, sharded):
+            after, after_answers = evaluate(model, tokenizer, eval_sets, collate, cfg, device)
     if d.is_main:
-        after, after_answers = evaluate(model, tokenizer, eval_sets, collate, cfg, device)
         _write_json(run_dir / "answers_after.json", after_answers)
         tracker.log({"step": cfg.max_steps, **after})
         tracker.close()

@@ -1,4 +1,4 @@
-"""Faults and scale: kill -9 then resume (bitwise), NaN losses, pickles refused, 2-process DDP."""
+"""Faults and scale: kill -9 then resume (bitwise), NaN losses, pickles refused, 2 processes (DDP, FSDP2)."""
 
 import json
 import os
@@ -165,7 +165,8 @@ def test_a_malicious_pickle_is_refused_and_never_executed(tmp_path):
     assert not marker.exists()
 
 
-def test_two_process_ddp_matches_one_process_and_survives_mixed_batches(compose, tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_two_processes_match_one_and_survive_mixed_batches(strategy, compose, tmp_path):
     from mmit.factory import instantiate_source
 
     demo = tmp_path / "demo"
@@ -199,7 +200,7 @@ def test_two_process_ddp_matches_one_process_and_survives_mixed_batches(compose,
     two = tmp_path / "two"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        _train_command(two, [*common, "trainer.batch_size=1"], processes=2),
+        _train_command(two, [*common, "trainer.batch_size=1", f"trainer.distributed={strategy}"], processes=2),
         capture_output=True,
         text=True,
         timeout=300,
