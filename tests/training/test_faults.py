@@ -216,3 +216,37 @@ def test_two_processes_match_one_and_survive_mixed_batches(strategy, compose, tm
     # Only the first process wrote the run directory; the checkpoint holds one data position per process.
     state = json.loads((latest_checkpoint(two) / "state.json").read_text())
     assert len(state["data"]["per_rank"]) == 2
+
+
+def test_tar_member_names_never_escape(tmp_path):
+    """Shards from elsewhere are read in memory; what mmit writes has names of its own making."""
+    import io
+    import re
+    import tarfile
+
+    from PIL import Image
+
+    from mmit.data.annotations import read_caption_shards
+    from mmit.data.samples import Conversation, Message
+    from mmit.data.shards import encode_sample, write_tar
+
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(png, format="PNG")
+    evil = tmp_path / "in" / "evil.tar"
+    evil.parent.mkdir()
+    with tarfile.open(evil, "w") as tar:
+        for name, data in (("../../escaped.png", png.getvalue()), ("../../escaped.txt", b"a red square")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    [(where, annotation)] = list(read_caption_shards([str(evil)]))
+    assert annotation.captions == ["a red square"] and annotation.media[0].ext == "png"
+    assert not list(tmp_path.rglob("escaped*"))  # nothing was extracted anywhere
+
+    conv = Conversation("../../x", [Message("user", "<image>\nhi"), Message("assistant", "ok")], {}, annotation.media)
+    out = tmp_path / "out" / "shard-000000.tar"
+    out.parent.mkdir()
+    write_tar(out, encode_sample(conv, "shard-000000-000000"))
+    with tarfile.open(out) as tar:
+        names = tar.getnames()
+    assert names and all(re.fullmatch(r"shard-\d{6}-\d{6}\.[\w.]+", n) for n in names), names
