@@ -34,3 +34,31 @@ def tiny():
     from mmit.models.llm import load_tiny
 
     return load_tiny()
+
+
+@pytest.fixture(scope="session")
+def tiny_vqa_run(tmp_path_factory):
+    """One tiny trained vision run shared by the eval, chat, export and web-demo tests.
+
+    Four steps of the tiny VQA recipe (tiny CLIP tower + MLP projector + tiny Llama with LoRA)
+    on 40 demo images, checkpoints at steps 2 and 4, in-loop evaluation at step 2. Tests only
+    read it (they may add an ``eval/`` folder). Returns (run dir, the overrides used).
+    """
+    from mmit.inference import compose_config
+    from mmit.train import run
+
+    root = tmp_path_factory.mktemp("tiny-vqa")
+    overrides = [
+        "+recipe=vqa_tiny",
+        "trainer.max_steps=4",
+        "trainer.eval_every=2",
+        "trainer.save_every=2",
+        "trainer.log_every=1",
+        "trainer.batch_size=4",
+        "trainer.generate_samples=4",
+        "trainer.eval_batches=1",
+        "trainer.precision=fp32",
+        f"data.source.overrides=['prepare.n_images=40','out_dir={root}/demo','prepare.out_dir={root}/demo-src']",
+    ]
+    run(compose_config(overrides), root / "run")
+    return root / "run", overrides

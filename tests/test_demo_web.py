@@ -14,8 +14,7 @@ from PIL import Image
 
 from mmit.demo import EMPTY_ANSWER, build_app, chat_turn, generation_options
 from mmit.generation import GenerationOptions
-from mmit.inference import ChatSession, compose_config, load_base, load_run, media_ref
-from mmit.train import run
+from mmit.inference import ChatSession, load_base, load_run, media_ref
 
 CHROMIUM = "/usr/bin/chromium"
 # Without these, chromium waits on connections this offline machine refuses.
@@ -36,23 +35,8 @@ OPTIONS = GenerationOptions(max_new_tokens=8)
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo-web")
-    cfg = compose_config(
-        [
-            "+recipe=vqa_tiny",
-            "trainer.max_steps=2",
-            "trainer.save_every=2",
-            "trainer.eval_every=100",
-            "trainer.eval_batches=1",
-            "trainer.batch_size=2",
-            "trainer.generate_samples=0",
-            "trainer.precision=fp32",
-            f"data.source.overrides=['prepare.n_images=40','out_dir={out}/data','prepare.out_dir={out}/data-src']",
-        ]
-    )
-    run(cfg, out / "run")
-    return out / "run"
+def run_dir(tiny_vqa_run):
+    return tiny_vqa_run[0]
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +86,7 @@ def test_browser_chat_shows_the_models_answer_and_clear_empties_it(browser, demo
     page.on("request", lambda request: None if request.url.startswith(demo_url) else outside.append(request.url))
     page.goto(demo_url)
     expect(page.locator("#send")).to_be_visible(timeout=WAIT_MS)
-    expect(page.get_by_text("step-0000002")).to_be_visible()  # the header names the checkpoint
+    expect(page.get_by_text("step-0000004")).to_be_visible()  # the header names the checkpoint
     expect(page.locator("#audio")).to_be_hidden()  # this model has no audio encoder
 
     page.locator("#image input[type=file]").set_input_files(picture)

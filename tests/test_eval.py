@@ -91,29 +91,9 @@ def test_generation_options_are_checked_and_reach_generate(tiny):
     assert generate_answers(model, tiny.tokenizer, convs, hot) != greedy  # sampling really samples
 
 
-@pytest.fixture(scope="module")
-def vqa_run(tmp_path_factory):
-    from hydra import compose, initialize_config_dir
-
-    from mmit.paths import CONF_DIR
-    from mmit.train import run
-
-    root = tmp_path_factory.mktemp("eval")
-    overrides = [
-        "+recipe=vqa_tiny",
-        "trainer.max_steps=4",
-        "trainer.eval_every=2",
-        "trainer.save_every=2",
-        "trainer.log_every=1",
-        "trainer.generate_samples=4",
-        "trainer.eval_batches=1",
-        "trainer.precision=fp32",
-        f"data.source.overrides=['prepare.n_images=40','out_dir={root}/demo','prepare.out_dir={root}/demo-src']",
-    ]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
-    run(cfg, root / "run")
-    return root / "run", overrides
+@pytest.fixture
+def vqa_run(tiny_vqa_run):
+    return tiny_vqa_run
 
 
 def test_training_logs_in_loop_scores_tensorboard_and_curves(vqa_run):

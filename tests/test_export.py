@@ -19,39 +19,21 @@ from mmit.export import (
     export_merged,
     main,
 )
-from mmit.inference import compose_config, load_run
+from mmit.inference import load_run
 from mmit.models.encoders import HFVisionEncoder, build_tiny_clip_dir
 from mmit.models.llm import load_tiny
 from mmit.models.multimodal_lm import MultimodalLM
 from mmit.models.projectors import build_projector
 from mmit.models.tuning import apply_tuning
-from mmit.train import run
 
 IMAGE_CHAT = [{"role": "user", "content": "<image>\nWhat color is the square?"}]
 TEXT_CHAT = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    """Two training steps of the tiny VQA recipe: tiny CLIP tower + MLP projector + tiny Llama with LoRA."""
-    root = tmp_path_factory.mktemp("export-run")
-    data = root / "data"
-    cfg = compose_config(
-        [
-            "+recipe=vqa_tiny",
-            "trainer.max_steps=2",
-            "trainer.generate_samples=0",
-            "trainer.eval_every=100",
-            "trainer.save_every=2",
-            "trainer.batch_size=2",
-            "trainer.eval_batches=1",
-            "~data.source.eval.heldout_templates",
-            "~data.source.eval.heldout_tasks",
-            f"data.source.overrides=['prepare.n_images=40','out_dir={data}','prepare.out_dir={data}-src']",
-        ]
-    )
-    run(cfg, root / "run")
-    return root / "run"
+def trained_run(tiny_vqa_run):
+    """The shared tiny VQA run: tiny CLIP tower + MLP projector + tiny Llama with LoRA."""
+    return tiny_vqa_run[0]
 
 
 @pytest.fixture(scope="module")
