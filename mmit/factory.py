@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -49,6 +50,18 @@ class BuiltData:
         return {"train": self.train.truncated, **{name: e.tokens.truncated for name, e in self.eval.items()}}
 
 
+def reseed(cfg: DictConfig, component: str) -> None:
+    """Seed the global generator for what is initialised after ``component`` was loaded.
+
+    Loading may or may not consume random numbers (a tiny model is built on first use and
+    read from the cache after), so new weights (LoRA, projectors) are seeded from the run's
+    seed and the component's name alone: the same config always starts from the same weights.
+    """
+    import torch
+
+    torch.manual_seed(zlib.crc32(f"{cfg.get('seed', 0)}:{component}".encode()))
+
+
 def build_model(cfg: DictConfig) -> BuiltModel:
     """LLM (+ tuning), and for each configured encoder its projector and placeholder token."""
     from mmit.data.tokenize import MediaSlot
@@ -58,18 +71,22 @@ def build_model(cfg: DictConfig) -> BuiltModel:
     from mmit.training.checkpoint import load_matching
 
     loaded = instantiate(cfg.llm)
+    reseed(cfg, "llm")
     method = cfg.peft.method
-    peft_config = instantiate(cfg.peft.config, _convert_="all") if method == "lora" else None
-    llm = apply_tuning(loaded.model, method, peft_config, name="llm")
+    # A peft config (lora, dora, ia3) or one of ours (prompt_tuning, bitfit, adapter); none for full / frozen.
+    peft_config = instantiate(cfg.peft.config, _convert_="all") if cfg.peft.get("config") else None
+    llm = apply_tuning(loaded.model, method, peft_config, name="llm", tokenizer=loaded.tokenizer)
     components = {"llm": (llm, method)}
     encoders, projectors, slots = {}, {}, {}
     hidden = loaded.model.get_input_embeddings().embedding_dim
-    for kind, group in (("image", "vision_encoder"),):
+    for kind, group in (("image", "vision_encoder"), ("audio", "audio_encoder")):
         if not cfg.get(group):
             continue
         if not cfg.get("projector"):
             raise ValueError(f"{group} is set but no projector is: add projector=mlp (or linear, resampler)")
-        encoder = apply_tuning(instantiate(cfg[group]), cfg.tuning[group], name=group)
+        encoder = instantiate(cfg[group])
+        reseed(cfg, group)
+        encoder = apply_tuning(encoder, cfg.tuning[group], name=group)
         options = OmegaConf.to_container(cfg.projector)
         projector = build_projector(options.pop("kind"), encoder.output_dim, hidden, **options)
         projector = apply_tuning(projector, cfg.tuning.projector, name="projector")

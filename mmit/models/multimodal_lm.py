@@ -5,6 +5,8 @@ those positions get the projected encoder features in one masked assignment. Wit
 in a batch no encoder runs, and the model is exactly the LLM (text-only instruction tuning
 is this same path). ``forward`` returns the final hidden states; the loss applies the
 output head itself, so full-vocabulary logits are only computed where a label needs them.
+With prompt tuning, the LLM's soft prompt goes before every sequence (``prepare_inputs``,
+shared with generation) and its positions are dropped from the hidden states again.
 """
 
 from __future__ import annotations
@@ -70,13 +72,29 @@ class MultimodalLM(nn.Module):
             embeds = embeds.masked_scatter(mask.unsqueeze(-1), features.to(embeds.dtype))
         return embeds
 
+    @property
+    def soft_prompt(self) -> nn.Module | None:
+        """Prompt tuning's learned embeddings (``mmit.models.tuning.SoftPrompt``), if the LLM has them."""
+        return getattr(self.base_llm, "soft_prompt", None)
+
+    def prepare_inputs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, media: dict[str, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the decoder reads: input embeddings and attention mask, after any soft prompt."""
+        embeds = self.embed(input_ids, media)
+        if self.soft_prompt is None:
+            return embeds, attention_mask
+        prompt = self.soft_prompt(embeds.shape[0]).to(embeds.dtype)
+        # Before any left padding too: generation derives positions from the mask, so the prompt
+        # takes positions 0..N-1 and the text follows it as in training.
+        prompt_mask = attention_mask.new_ones(prompt.shape[:2])
+        return torch.cat([prompt, embeds], dim=1), torch.cat([prompt_mask, attention_mask], dim=1)
+
     def forward(self, batch: Batch) -> torch.Tensor:
-        """Final hidden states, (B, T, hidden)."""
-        decoder = self.base_llm.get_decoder()
-        out = decoder(
-            inputs_embeds=self.embed(batch.input_ids, batch.media), attention_mask=batch.attention_mask, use_cache=False
-        )
-        return out.last_hidden_state
+        """Final hidden states, (B, T, hidden): one per input token, in line with the labels."""
+        embeds, attention_mask = self.prepare_inputs(batch.input_ids, batch.attention_mask, batch.media)
+        out = self.base_llm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)
+        return out.last_hidden_state[:, embeds.shape[1] - batch.input_ids.shape[1] :]
 
     def logits(self, batch: Batch) -> torch.Tensor:
         """Full logits, (B, T, vocab); for evaluation and tests, not the training loss."""

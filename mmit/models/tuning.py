@@ -1,31 +1,79 @@
-"""What happens to each component during training: frozen | lora | full.
+"""What happens to each component during training: frozen | lora | full, and for the LLM also the
+other efficient-tuning methods of the literature (dora, ia3, prompt_tuning, bitfit, adapter).
 
 Also the table of trainable and frozen parameters per component logged at start.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
 from torch import nn
 
-TUNING = ("frozen", "lora", "full")
+TUNING = ("frozen", "lora", "full")  # any component
+LLM_TUNING = (*TUNING, "dora", "ia3", "prompt_tuning", "bitfit", "adapter")  # the LLM (`peft=...`)
+PEFT_WRAPPED = ("lora", "dora", "ia3")  # the LLM gets peft's wrapper; its adapter saves with peft's tools
 
 
-def apply_tuning(module: nn.Module, mode: str, lora_config=None, name: str = "module") -> nn.Module:
-    """Freeze, fully unfreeze, or add LoRA to ``module``. Returns the module to use.
+@dataclass
+class SoftPromptConfig:
+    """Prompt tuning (Lester et al., 2021): learned embeddings read before every sequence."""
 
-    The LLM gets a peft wrapper (its adapter saves and loads with peft's own tools); any other
-    component gets LoRA layers injected in place into its linear and convolution layers.
+    num_virtual_tokens: int = 20
+    init_text: str | None = None  # start from this text's token embeddings (repeated); None: random vocabulary rows
+    seed: int = 0  # picks the vocabulary rows when init_text is None
+
+
+@dataclass
+class BitFitConfig:
+    """BitFit (Ben Zaken et al., 2022): only bias terms train.
+
+    An LLM with bias parameters trains exactly those. A bias-free LLM (the Llama family) gets
+    zero-initialised biases on ``target_modules``, so it computes the same function at the start.
     """
-    if mode not in TUNING:
-        raise ValueError(f"{name}: tuning must be one of {TUNING}, not {mode!r}")
-    if mode == "lora" and name == "llm":
-        if lora_config is None:
-            raise ValueError(f"{name}: tuning 'lora' needs a peft config (the `peft` config group)")
+
+    target_modules: list[str] | str = "all-linear"  # names of linear layers, or every linear but the output head
+
+
+@dataclass
+class AdapterConfig:
+    """Bottleneck adapters (Houlsby et al., 2019; Pfeiffer et al., 2021) in every decoder layer."""
+
+    bottleneck: int = 64
+    after: list[str] = field(default_factory=lambda: ["mlp"])  # sub-layers followed by an adapter; Houlsby: + self_attn
+
+
+def apply_tuning(module: nn.Module, mode: str, config=None, name: str = "module", tokenizer=None) -> nn.Module:
+    """Freeze, fully unfreeze, or add trainable weights of the given method to ``module``.
+    Returns the module to use.
+
+    With LoRA, DoRA or IA3 the LLM gets a peft wrapper (its adapter saves and loads with peft's
+    own tools); any other component gets LoRA layers injected in place into its linear and
+    convolution layers. ``config`` is the peft config (lora, dora, ia3) or ours (the rest);
+    ``tokenizer`` is needed only by a soft prompt initialised from text.
+    """
+    allowed = LLM_TUNING if name == "llm" else TUNING
+    if mode not in allowed:
+        raise ValueError(f"{name}: tuning must be one of {allowed}, not {mode!r}")
+    if name == "llm" and mode in PEFT_WRAPPED:
+        if config is None:
+            raise ValueError(f"{name}: tuning {mode!r} needs a peft config (the `peft` config group)")
+        if mode == "dora" and not getattr(config, "use_dora", False):
+            raise ValueError(f"{name}: tuning 'dora' needs a LoraConfig with use_dora=True")
         from peft import get_peft_model
 
-        return get_peft_model(module, lora_config)
+        return get_peft_model(module, config)
     if mode == "lora":
         return inject_lora(module, rank=8)
+    if mode == "prompt_tuning":
+        return add_soft_prompt(module, config or SoftPromptConfig(), tokenizer)
+    if mode == "bitfit":
+        return add_bitfit(module, config or BitFitConfig())
+    if mode == "adapter":
+        return add_adapters(module, config or AdapterConfig())
     module.requires_grad_(mode == "full")
     if mode == "frozen":
         module.eval()
@@ -44,6 +92,121 @@ def inject_lora(module: nn.Module, rank: int = 8) -> nn.Module:
     for param_name, param in module.named_parameters():
         param.requires_grad = "lora_" in param_name
     return module
+
+
+# --- prompt tuning ---------------------------------------------------------------------------
+
+
+class SoftPrompt(nn.Module):
+    """Learned input embeddings that ``MultimodalLM.prepare_inputs`` puts before every sequence.
+
+    It lives on the LLM (``llm.soft_prompt``) rather than in a peft wrapper, because
+    MultimodalLM calls the decoder itself and a wrapper's forward would never run.
+    """
+
+    def __init__(self, init: torch.Tensor):
+        super().__init__()
+        self.embeddings = nn.Parameter(init.detach().clone())
+
+    @property
+    def num_tokens(self) -> int:
+        return self.embeddings.shape[0]
+
+    def forward(self, batch_size: int) -> torch.Tensor:
+        """(batch_size, num_tokens, hidden)."""
+        return self.embeddings.unsqueeze(0).expand(batch_size, -1, -1)
+
+
+def add_soft_prompt(llm: nn.Module, config: SoftPromptConfig, tokenizer=None) -> nn.Module:
+    """Freeze the LLM and give it a soft prompt started from real token embeddings."""
+    table = llm.get_input_embeddings().weight
+    n = config.num_virtual_tokens
+    if config.init_text:
+        if tokenizer is None:
+            raise ValueError("a soft prompt initialised from init_text needs the tokenizer")
+        ids = tokenizer(config.init_text, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor((ids * math.ceil(n / len(ids)))[:n])
+    else:
+        ids = torch.randint(table.shape[0], (n,), generator=torch.Generator().manual_seed(config.seed))
+    llm.requires_grad_(False)
+    llm.soft_prompt = SoftPrompt(table[ids.to(table.device)])
+    return llm
+
+
+# --- BitFit ----------------------------------------------------------------------------------
+
+
+def target_linears(model: nn.Module, targets: list[str] | str) -> list[nn.Linear]:
+    """Linear layers named (last name part) in ``targets``; "all-linear": all but the output head."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    found = [
+        m
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and m is not head and (targets == "all-linear" or n.rsplit(".", 1)[-1] in targets)
+    ]
+    if not found:
+        raise ValueError(f"{type(model).__name__} has no linear layer among {targets}")
+    return found
+
+
+def add_bitfit(llm: nn.Module, config: BitFitConfig) -> nn.Module:
+    """Train the LLM's biases only; a bias-free LLM first gets zero biases on the target layers."""
+    llm.requires_grad_(False)
+    biases = [p for n, p in llm.named_parameters() if n.rsplit(".", 1)[-1] == "bias"]
+    if not biases:
+        for linear in target_linears(llm, config.target_modules):
+            w = linear.weight
+            linear.bias = nn.Parameter(torch.zeros(linear.out_features, dtype=w.dtype, device=w.device))
+            biases.append(linear.bias)
+    for bias in biases:
+        bias.requires_grad_(True)
+    return llm
+
+
+# --- bottleneck adapters ---------------------------------------------------------------------
+
+
+class BottleneckAdapter(nn.Module):
+    """x + up(relu(down(x))); ``up`` starts at zero, so the adapter starts as the identity."""
+
+    def __init__(self, hidden: int, bottleneck: int):
+        super().__init__()
+        self.down = nn.Linear(hidden, bottleneck)
+        self.up = nn.Linear(bottleneck, hidden)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.up(F.relu(self.down(x)))
+
+
+def _run_adapter(sublayer: nn.Module, args, output):
+    """Forward hook: the sub-layer's output (before the decoder layer's residual add) goes through its adapter."""
+    if isinstance(output, tuple):  # attention returns (output, weights)
+        return (sublayer.adapter(output[0]), *output[1:])
+    return sublayer.adapter(output)
+
+
+def add_adapters(llm: nn.Module, config: AdapterConfig) -> nn.Module:
+    """Freeze the LLM and add an adapter after each named sub-layer of every decoder layer.
+
+    Each adapter is a child of its sub-layer (``...layers.3.mlp.adapter.down.weight``) and runs
+    in a forward hook, so the pretrained weights keep their names and the model's own code.
+    """
+    llm.requires_grad_(False)
+    embeddings = llm.get_input_embeddings()
+    w = embeddings.weight
+    for i, layer in enumerate(llm.get_decoder().layers):
+        for name in config.after:
+            sublayer = getattr(layer, name, None)
+            if sublayer is None:
+                raise ValueError(f"decoder layer {i} ({type(layer).__name__}) has no sub-layer {name!r}")
+            sublayer.adapter = BottleneckAdapter(embeddings.embedding_dim, config.bottleneck).to(w.device, w.dtype)
+            sublayer.register_forward_hook(_run_adapter)
+    return llm
+
+
+# --- reporting -------------------------------------------------------------------------------
 
 
 def count_parameters(module: nn.Module) -> tuple[int, int]:
