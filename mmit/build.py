@@ -1,14 +1,17 @@
 """Dataset building: ``python -m mmit.build <recipe> [key=value ...]``.
 
 A recipe (``data_recipes/<name>.yaml``) names its annotation sources, templates and shaping.
-The build reads every annotation, splits by image, applies templates and writes webdataset
-shards plus a manifest. Finished shards are kept, so an interrupted build run again only
-writes what is missing; the same inputs and seed give byte-identical shards.
+The build reads every annotation, splits by image or clip, applies templates and writes
+webdataset shards plus a manifest. Each media file is read and checked once: images decode;
+audio decodes, is complete and not silent, and long clips follow the recipe's
+``audio.long_clips`` policy (``mmit.data.audio``). Finished shards are kept, so an interrupted
+build run again only writes what is missing; the same inputs and seed give byte-identical shards.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -24,8 +27,9 @@ from tqdm.auto import tqdm
 
 import mmit
 from mmit.data.annotations import Annotation
+from mmit.data.audio import AudioPolicy, CheckedAudio, prepare_audio
 from mmit.data.instructions import ShapingConfig, answer_pool, shape_annotation
-from mmit.data.samples import Conversation, SampleError
+from mmit.data.samples import Conversation, MediaRef, SampleError
 from mmit.data.shards import check_image, encode_sample, resize_image, write_tar
 from mmit.data.sources import DataFiles
 from mmit.data.templates import load_templates
@@ -34,7 +38,8 @@ from mmit.paths import RECIPES_DIR, atomic_write_text
 log = logging.getLogger("mmit.build")
 
 
-SETS = ("train", "val_seen", "val_heldout_templates", "val_heldout_tasks")
+# val_heldout_sources: every annotation of the recipe's ``heldout_sources`` (e.g. unseen voices), training wordings.
+SETS = ("train", "val_seen", "val_heldout_templates", "val_heldout_tasks", "val_heldout_sources")
 
 
 class BuildError(RuntimeError):
@@ -69,11 +74,13 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_annotations(cfg: DictConfig, skipped: Counter) -> list[Annotation]:
+def read_annotations(
+    cfg: DictConfig, skipped: Counter, key: str = "sources", seen: set | None = None
+) -> list[Annotation]:
     from mmit.factory import instantiate_source
 
-    annotations, seen = [], set()
-    for source_cfg in cfg.sources:
+    annotations, seen = [], set() if seen is None else seen
+    for source_cfg in cfg.get(key) or []:
         for where, item in tqdm(
             instantiate_source(source_cfg),
             desc=f"read {source_cfg._target_.rsplit('.', 1)[-1]}",
@@ -100,15 +107,32 @@ def shaping_config(cfg: DictConfig, templates: dict) -> ShapingConfig:
     return shaping
 
 
+def load_template_files(paths: str | list[str]) -> dict:
+    """One template file, or several (e.g. vision + audio) merged; a task may appear in one file only."""
+    templates: dict = {}
+    for path in [paths] if isinstance(paths, str) else list(paths):
+        loaded = load_templates(path)
+        twice = set(templates) & set(loaded)
+        if twice:
+            raise BuildError(f"tasks {sorted(twice)} have templates in more than one file")
+        templates.update(loaded)
+    return templates
+
+
 def shape_chunk(
     annotations: list[Annotation], split: str, templates: dict, shaping: ShapingConfig, pool: dict[str, list[str]]
 ) -> dict[str, list[Conversation]]:
     """Conversations per output set: ``train``, or ``val_seen`` / ``val_heldout_templates`` /
-    ``val_heldout_tasks`` for evaluation annotations."""
+    ``val_heldout_tasks`` for evaluation annotations, or ``val_heldout_sources``."""
     sets: dict[str, list[Conversation]] = {}
     for ann in annotations:
         if split == "train":
             sets.setdefault("train", []).extend(shape_annotation(ann, templates, shaping, pool, "train")["seen"])
+            continue
+        if split == "heldout_sources":  # new sources, training wordings; held-out tasks are not repeated here
+            sets.setdefault("val_heldout_sources", []).extend(
+                shape_annotation(ann, templates, shaping, pool, "val")["seen"]
+            )
             continue
         seen = shape_annotation(ann, templates, shaping, pool, "val")
         sets.setdefault("val_seen", []).extend(seen["seen"])
@@ -119,25 +143,47 @@ def shape_chunk(
     return {name: convs for name, convs in sets.items() if convs}
 
 
+Checked = bytes | CheckedAudio | tuple[str, str]  # image bytes, audio to store, or (reason, message) if unusable
+
+
 @dataclass
 class ShardJob:
     path: Path
     samples: list[Conversation]
     on_error: str
     resize_max: int | None
-    media: dict[str, bytes | tuple[str, str]]  # path -> checked bytes, or (reason, message) if unusable
+    media: dict[str, Checked]  # path -> what the check found
+    audio: AudioPolicy = dataclasses.field(default_factory=AudioPolicy)
 
 
-def read_media_file(path: str) -> bytes | tuple[str, str]:
-    """The bytes of an image file, read and fully decoded once; or (reason, message) if unusable."""
+def read_media_file(path: str, kind: str = "image", audio: AudioPolicy | None = None) -> Checked:
+    """A media file read and fully decoded once: image bytes, audio after the long-clip policy,
+    or (reason, message) if unusable."""
     try:
         data = Path(path).read_bytes()
+        if kind == "audio":
+            return prepare_audio(data, Path(path).suffix.lstrip(".").lower(), path, audio or AudioPolicy())
         check_image(data, path)
     except OSError as err:
         return "missing_media", f"cannot read {path} ({err})"
     except SampleError as err:
         return err.reason, str(err)
     return data
+
+
+def with_audio_windows(ann: Annotation, media: dict[str, Checked]) -> Annotation:
+    """An annotation whose long clips the policy split: one audio item per window, in order."""
+    if not any(isinstance(media.get(m.path), CheckedAudio) and len(media[m.path].items) > 1 for m in ann.media):
+        return ann
+    refs = []
+    for ref in ann.media:
+        checked = media.get(ref.path)
+        if isinstance(checked, CheckedAudio) and len(checked.items) > 1:
+            # The windows keep the clip's path (for the split and the counts) and carry their checked bytes.
+            refs += [MediaRef("audio", ext, path=ref.path, data=data) for ext, data in checked.items]
+        else:
+            refs.append(ref)
+    return dataclasses.replace(ann, media=refs)
 
 
 def shard_done(path: Path) -> bool:
@@ -159,13 +205,18 @@ def write_shard(job: ShardJob) -> dict:
             "by_template": Counter(),
             "by_source": Counter(),
             "skipped": Counter(),
+            "long_audio": Counter(),
         },
     )
     for index, conv in enumerate(job.samples):
         try:
-            media = []
+            media, long_clips = [], {}
             for ref in conv.media:
-                data = job.media.get(ref.path) if ref.path else ref.data
+                ext = ref.ext
+                if ref.path and ref.data is not None:  # a window of a split clip: checked with its clip
+                    data, long_clips[ref.path] = ref.data, job.media[ref.path].long
+                else:
+                    data = job.media.get(ref.path) if ref.path else ref.data
                 if isinstance(data, tuple):  # the check found this file unusable
                     raise SampleError(data[0], f"sample {conv.id}: {data[1]}")
                 if data is None:  # not an image: read as is
@@ -175,7 +226,15 @@ def write_shard(job: ShardJob) -> dict:
                         raise SampleError("missing_media", f"sample {conv.id}: cannot read {ref.path} ({err})") from err
                 elif ref.kind == "image" and ref.path is None:  # in-memory bytes were not checked yet
                     check_image(data, f"sample {conv.id} (in-memory {ref.ext})")
-                ext = ref.ext
+                elif ref.kind == "audio" and ref.path is None:  # in-memory audio: checked; a long clip is truncated
+                    where = f"sample {conv.id} (in-memory {ref.ext})"
+                    policy = job.audio
+                    if policy.long_clips == "split":  # too late to add placeholders: keep the first window
+                        policy = dataclasses.replace(policy, long_clips="truncate")
+                    data = prepare_audio(data, ref.ext, where, policy)
+                if isinstance(data, CheckedAudio):
+                    long_clips[ref.path or id(ref)] = data.long
+                    ext, data = data.items[0]
                 if ref.kind == "image" and job.resize_max:
                     data, ext = resize_image(data, job.resize_max)
                 media.append(type(ref)(ref.kind, ext, data=data))
@@ -190,6 +249,7 @@ def write_shard(job: ShardJob) -> dict:
         stats["by_task"].update(conv.meta.get("tasks", []))
         stats["by_template"].update(conv.meta.get("templates", []))
         stats["by_source"][conv.meta.get("source", "")] += 1
+        stats["long_audio"].update(tag for tag in long_clips.values() if tag)
     write_tar(job.path, files)
     stats["bytes"] = job.path.stat().st_size
     atomic_write_text(stats_path, json.dumps(stats, sort_keys=True))
@@ -209,6 +269,7 @@ class ChunkJob:
     pool: dict[str, list[str]]
     on_error: str
     resize_max: int | None
+    audio: AudioPolicy = dataclasses.field(default_factory=AudioPolicy)
 
 
 def build_chunk(job: ChunkJob) -> dict[str, dict]:
@@ -219,12 +280,18 @@ def build_chunk(job: ChunkJob) -> dict[str, dict]:
         done = json.loads(marker.read_text())
         if all(shard_done(job.out / name / f"{shard}.tar") for name in done):
             return {name: json.loads((job.out / name / f"{shard}.json").read_text()) for name in done}
-    sets = shape_chunk(job.annotations, job.split, job.templates, job.shaping, job.pool)
-    # An image is used by several samples (captions, QA turns, held-out wordings): decode it once.
-    files = sorted({m.path for a in job.annotations for m in a.media if m.path and m.kind == "image"})
-    media = {path: read_media_file(path) for path in files}
+    # A file is used by several samples (captions, QA turns, held-out wordings): decode it once.
+    # Audio is checked before shaping: a clip the policy splits needs one placeholder per window.
+    files = sorted(
+        {(m.path, m.kind) for a in job.annotations for m in a.media if m.path and m.kind in ("image", "audio")}
+    )
+    media = {path: read_media_file(path, kind, job.audio) for path, kind in files}
+    annotations = [with_audio_windows(ann, media) for ann in job.annotations]
+    sets = shape_chunk(annotations, job.split, job.templates, job.shaping, job.pool)
     stats = {
-        name: write_shard(ShardJob(job.out / name / f"{shard}.tar", convs, job.on_error, job.resize_max, media))
+        name: write_shard(
+            ShardJob(job.out / name / f"{shard}.tar", convs, job.on_error, job.resize_max, media, job.audio)
+        )
         for name, convs in sets.items()
     }
     atomic_write_text(marker, json.dumps(sorted(stats)))
@@ -246,14 +313,27 @@ def build(cfg: DictConfig) -> dict:
 
         instantiate_source(cfg.prepare)
     skipped: Counter = Counter()
-    annotations = read_annotations(cfg, skipped)
-    templates = load_templates(cfg.templates)
+    seen_ids: set = set()
+    annotations = read_annotations(cfg, skipped, seen=seen_ids)
+    heldout = read_annotations(cfg, skipped, "heldout_sources", seen=seen_ids)
+    templates = load_template_files(
+        OmegaConf.to_container(cfg.templates) if OmegaConf.is_list(cfg.templates) else cfg.templates
+    )
     shaping = shaping_config(cfg, templates)
+    audio = AudioPolicy(**OmegaConf.to_container(cfg.audio)) if cfg.get("audio") else AudioPolicy()
     pool = answer_pool(annotations)
-    # All annotations of one image sit together, so a chunk decodes each image once.
-    by_split: dict[str, list[Annotation]] = {"train": [], "val": []}
+    # All annotations of one image (or clip) sit together, so a chunk decodes each file once.
+    by_split: dict[str, list[Annotation]] = {"train": [], "val": [], "heldout_sources": []}
     for ann in sorted(annotations, key=lambda a: a.group):
         by_split[split_of(ann.group, cfg.eval_fraction)].append(ann)
+    groups = {ann.group for ann in annotations}
+    for ann in sorted(heldout, key=lambda a: a.group):
+        if ann.group in groups:  # the same file in training would leak into the held-out set
+            if cfg.on_error == "raise":
+                raise BuildError(f"{ann.id}: held-out source names {ann.group!r}, which the training sources use too")
+            skipped["heldout_overlap"] += 1
+            continue
+        by_split["heldout_sources"].append(ann)
     for name in (*SETS, ".chunks"):
         (out / name).mkdir(exist_ok=True)
         for stale in (out / name).glob(".*.tmp-*"):  # left by a killed build
@@ -269,6 +349,7 @@ def build(cfg: DictConfig) -> dict:
             pool,
             cfg.on_error,
             cfg.get("resize_max"),
+            audio,
         )
         for split, anns in by_split.items()
         for k in range(0, len(anns), cfg.shard_size)
@@ -296,8 +377,8 @@ def build(cfg: DictConfig) -> dict:
     for name in (n for n in SETS if n in sets):
         stats = sets[name]
         merged = {
-            key: dict(sorted(sum((Counter(s[key]) for s in stats), Counter()).items()))
-            for key in ("by_task", "by_template", "by_source", "skipped")
+            key: dict(sorted(sum((Counter(s.get(key, {})) for s in stats), Counter()).items()))
+            for key in ("by_task", "by_template", "by_source", "skipped", "long_audio")
         }
         manifest["sets"][name] = {
             "samples": sum(s["samples"] for s in stats),
@@ -324,7 +405,7 @@ class _Inline:
 
 def _source_hashes(cfg: DictConfig) -> dict[str, str]:
     hashes = {}
-    for source in cfg.sources:
+    for source in [*cfg.sources, *(cfg.get("heldout_sources") or [])]:
         for key, value in source.items():
             if key != "_target_" and isinstance(value, str) and os.path.isfile(value):
                 hashes[value] = _sha256(Path(value))
@@ -357,6 +438,8 @@ def format_manifest(manifest: dict, out: Path) -> str:
         )
         if s["skipped"]:
             lines.append(f"  {'':<22} skipped: {s['skipped']}")
+        if s.get("long_audio"):
+            lines.append(f"  {'':<22} samples with clips longer than audio.max_seconds: {s['long_audio']}")
     if manifest["skipped_annotations"]:
         lines.append(f"  skipped annotations: {manifest['skipped_annotations']}")
     return "\n".join(lines)

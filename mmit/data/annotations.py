@@ -1,13 +1,16 @@
 """Readers for the annotation formats people have, in their official layouts.
 
-Each reader yields ``(location, Annotation | SampleError)``: one annotation per image (all of
-its captions, or all of its question-answer pairs) or per conversation. Errors are yielded,
-not raised, so the builder's ``on_error`` policy decides; a location names the file and
-record.
+Each reader yields ``(location, Annotation | SampleError)``: one annotation per image or audio
+clip (all of its captions, all of its question-answer pairs, or its transcript) or per
+conversation. Errors are yielded, not raised, so the builder's ``on_error`` policy decides; a
+location names the file and record. Audio readers: Clotho and AudioCaps caption CSVs, audio
+caption / QA / transcript JSONL, and LibriSpeech transcripts.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import tarfile
 from collections import Counter
@@ -20,6 +23,7 @@ from mmit.data.samples import MediaRef, Message, SampleError, conversation_from_
 from mmit.data.sources import jsonl_records
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
+AUDIO_EXTENSIONS = ("wav", "flac", "mp3", "ogg", "opus")
 
 
 @dataclass
@@ -41,13 +45,14 @@ class Annotation:
 
     id: str
     source: str
-    kind: str  # caption | vqa | conversation
+    kind: str  # caption | vqa | conversation | transcript
     media: list[MediaRef]
     group: str
     captions: list[str] = field(default_factory=list)
     qas: list[QA] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)
     detailed: bool = False  # captions are long descriptions (caption_detailed task)
+    transcript: str = ""  # what is said in the audio (transcript annotations)
 
 
 Item = Iterator[tuple[str, "Annotation | SampleError"]]
@@ -67,6 +72,12 @@ def _image(path: Path) -> MediaRef:
     if not path.is_file():
         raise SampleError("missing_media", f"image file {path} does not exist")
     return MediaRef("image", path.suffix.lstrip(".").lower(), path=str(path))
+
+
+def _audio(path: Path) -> MediaRef:
+    if not path.is_file():
+        raise SampleError("missing_media", f"audio file {path} does not exist")
+    return MediaRef("audio", path.suffix.lstrip(".").lower(), path=str(path))
 
 
 def _clean(text: Any) -> str:
@@ -195,17 +206,24 @@ def read_caption_jsonl(path: str, images_dir: str, image_pattern: str = "{image_
 
 
 def _conversation(
-    record: Any, where: str, source: str, id_prefix: str, names: list[str], root: Path, default_id: str | None = None
+    record: Any,
+    where: str,
+    source: str,
+    id_prefix: str,
+    names: list[str],
+    root: Path,
+    default_id: str | None = None,
+    audio_names: list[str] = (),
 ) -> Annotation:
-    """A conversation record and its images as an Annotation; raises SampleError."""
+    """A conversation record, its images and its audio clips as an Annotation; raises SampleError."""
     conv = conversation_from_record(record, default_id=default_id or where)
-    media = [_image(root / name) for name in names]
-    group = names[0] if names else f"text:{conv.id}"
+    media = [_image(root / name) for name in names] + [_audio(root / name) for name in audio_names]
+    group = names[0] if names else audio_names[0] if audio_names else f"text:{conv.id}"
     return Annotation(f"{id_prefix}{conv.id}", source, "conversation", media, group, messages=conv.messages)
 
 
-def _image_names(record: Any, keys: tuple[str, ...]) -> list[str]:
-    """The image paths a record names under the first present key (one name or a list)."""
+def _media_names(record: Any, keys: tuple[str, ...]) -> list[str]:
+    """The media paths a record names under the first present key (one name or a list)."""
     value = next((record[k] for k in keys if isinstance(record, dict) and record.get(k)), [])
     return [value] if isinstance(value, str) else list(value)
 
@@ -214,7 +232,7 @@ def read_llava(json_file: str, images_dir: str | None = None) -> Item:
     """LLaVA instruct JSON: [{id, image?, conversations: [{from: human|gpt, value}]}] with ``<image>``."""
     for k, record in enumerate(_load_json(json_file)):
         where = f"{json_file}[{k}]"
-        names = _image_names(record, ("image",))
+        names = _media_names(record, ("image",))
         try:
             item = _conversation(record, where, "llava", "llava-", names, Path(images_dir or "."))
         except SampleError as err:
@@ -223,13 +241,15 @@ def read_llava(json_file: str, images_dir: str | None = None) -> Item:
 
 
 def read_jsonl(path: str, media_root: str | None = None) -> Item:
-    """Generic JSONL: messages / conversations / Alpaca fields, plus ``image`` or ``images`` paths."""
+    """Generic JSONL: messages / conversations / Alpaca fields, plus ``image(s)`` and ``audio(s)`` paths."""
     for where, record in jsonl_records(path):
         try:
             if isinstance(record, SampleError):
                 raise record
-            names = _image_names(record, ("images", "image"))
-            item = _conversation(record, where, "jsonl", "", names, Path(media_root or Path(path).parent))
+            names = _media_names(record, ("images", "image"))
+            audio = _media_names(record, ("audios", "audio"))
+            root = Path(media_root or Path(path).parent)
+            item = _conversation(record, where, "jsonl", "", names, root, audio_names=audio)
         except SampleError as err:
             item = err
         yield where, item
@@ -282,3 +302,175 @@ def read_caption_shards(urls: list[str]) -> Item:
                         captions=[caption],
                     ),
                 )
+
+
+# --- Audio ---
+
+
+def _read_csv(path: str | Path, required: tuple[str, ...]) -> list[dict[str, str]]:
+    """The rows of a UTF-8 CSV with a header naming at least ``required``; raises SampleError."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise SampleError("not_utf8", f"{path}: not UTF-8 at byte {err.start}") from err
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    missing = [c for c in required if c not in (reader.fieldnames or [])]
+    if missing:
+        raise SampleError(
+            "missing_field", f"{path}: the CSV header lacks column(s) {missing} (has {reader.fieldnames})"
+        )
+    return list(reader)
+
+
+def _captioned_clip(where: str, source: str, id_prefix: str, audio_dir: Path, name: str, captions: list[str]):
+    """(where, Annotation | SampleError) for one clip and its captions."""
+    captions = [c for c in captions if c]
+    if not captions:
+        return where, SampleError("empty_answer", f"{where}: no caption for {name}")
+    try:
+        media = _audio(audio_dir / name)
+    except SampleError as err:
+        return where, err
+    return where, Annotation(f"{id_prefix}{name}", source, "caption", [media], name, captions=captions)
+
+
+def read_clotho_captions(csv_file: str, audio_dir: str) -> Item:
+    """Clotho ``clotho_captions_<split>.csv``: ``file_name,caption_1,...,caption_5``; clips in ``audio_dir``."""
+    rows = _read_csv(csv_file, ("file_name", "caption_1"))
+    seen: set[str] = set()
+    for k, row in enumerate(rows, start=2):  # line numbers: the header is line 1
+        where, name = f"{csv_file}:{k}", _clean(row.get("file_name"))
+        if not name:
+            yield where, SampleError("missing_field", f"{where}: no file_name")
+            continue
+        if name in seen:
+            yield where, SampleError("duplicate_id", f"{where}: {name} appears twice")
+            continue
+        seen.add(name)
+        captions = [_clean(row.get(f"caption_{i}")) for i in range(1, 6)]
+        yield _captioned_clip(where, "clotho", "clotho-", Path(audio_dir), name, captions)
+
+
+def read_audiocaps(csv_file: str, audio_dir: str, audio_pattern: str = "{youtube_id}.wav") -> Item:
+    """AudioCaps ``<split>.csv``: ``audiocap_id,youtube_id,start_time,caption``, one row per caption.
+
+    Rows of one clip (same ``youtube_id`` and ``start_time``; validation and test have five)
+    become one annotation. Clips are found by ``audio_pattern`` over the row's fields, e.g.
+    ``Y{youtube_id}.wav`` or ``{youtube_id}_{start_time}.flac``, as your download named them.
+    """
+    by_clip: dict[tuple[str, str], list[str]] = {}
+    first_line: dict[tuple[str, str], int] = {}
+    for k, row in enumerate(_read_csv(csv_file, ("audiocap_id", "youtube_id", "start_time", "caption")), start=2):
+        where, clip = f"{csv_file}:{k}", (_clean(row.get("youtube_id")), _clean(row.get("start_time")))
+        if not clip[0]:
+            yield where, SampleError("missing_field", f"{where}: no youtube_id")
+            continue
+        caption = _clean(row.get("caption"))
+        if not caption:
+            yield where, SampleError("empty_answer", f"{where}: empty caption")
+            continue
+        by_clip.setdefault(clip, []).append(caption)
+        first_line.setdefault(clip, k)
+    for (youtube_id, start), captions in by_clip.items():
+        where = f"{csv_file}:{first_line[(youtube_id, start)]}"
+        name = audio_pattern.format(youtube_id=youtube_id, start_time=start)
+        yield _captioned_clip(where, "audiocaps", "audiocaps-", Path(audio_dir), name, captions)
+
+
+def _audio_records(path: str, needed: tuple[str, ...]) -> Iterator[tuple[str, dict | SampleError]]:
+    """JSONL records that name an ``audio`` file and every field in ``needed``, or their errors."""
+    for where, record in jsonl_records(path):
+        if isinstance(record, SampleError):
+            yield where, record
+        elif not isinstance(record, dict) or not _clean(record.get("audio")):
+            yield where, SampleError("missing_field", f"{where}: needs an 'audio' path")
+        elif any(not _clean(record.get(k)) for k in needed):
+            empty = [k for k in needed if not _clean(record.get(k))]
+            reason = "missing_field" if any(k not in record for k in empty) else "empty_answer"
+            yield where, SampleError(reason, f"{where}: needs non-empty {empty}")
+        else:
+            yield where, record
+
+
+def read_audio_caption_jsonl(path: str, audio_dir: str | None = None) -> Item:
+    """Audio captions as JSONL lines ``{"audio": "clip.wav", "caption": "..."}`` (several lines per clip allowed)."""
+    by_clip: dict[str, list[str]] = {}
+    for where, record in _audio_records(path, ("caption",)):
+        if isinstance(record, SampleError):
+            yield where, record
+            continue
+        by_clip.setdefault(record["audio"].strip(), []).append(_clean(record["caption"]))
+    root = Path(audio_dir or Path(path).parent)
+    for name in sorted(by_clip):
+        yield _captioned_clip(f"{path}:{name}", "audio_caption_jsonl", "audiocaption-", root, name, by_clip[name])
+
+
+def read_audio_qa_jsonl(path: str, audio_dir: str | None = None) -> Item:
+    """Questions about audio as JSONL lines ``{"audio", "question", "answer"}``, optionally with
+    ``answers`` (all acceptable answers), ``answer_type`` (yes/no | number | other) and ``question_id``.
+    The questions of one clip become one annotation."""
+    by_clip: dict[str, list[QA]] = {}
+    for where, record in _audio_records(path, ("question", "answer")):
+        if isinstance(record, SampleError):
+            yield where, record
+            continue
+        answer = _clean(record["answer"])
+        answers = [_clean(a) for a in record.get("answers") or [] if _clean(a)] or [answer]
+        qa = QA(
+            _clean(record["question"]),
+            answers,
+            answer,
+            record.get("answer_type", "other"),
+            str(record.get("question_id", where)),
+        )
+        by_clip.setdefault(record["audio"].strip(), []).append(qa)
+    root = Path(audio_dir or Path(path).parent)
+    for name in sorted(by_clip):
+        where = f"{path}:{name}"
+        try:
+            media = _audio(root / name)
+        except SampleError as err:
+            yield where, err
+            continue
+        yield where, Annotation(f"audioqa-{name}", "audio_qa_jsonl", "vqa", [media], name, qas=by_clip[name])
+
+
+def _transcribed_clip(where: str, source: str, id_prefix: str, path: Path, name: str, text: str):
+    try:
+        media = _audio(path)
+    except SampleError as err:
+        return where, err
+    return where, Annotation(f"{id_prefix}{name}", source, "transcript", [media], name, transcript=text)
+
+
+def read_transcript_jsonl(path: str, audio_dir: str | None = None) -> Item:
+    """Transcribed speech as JSONL lines ``{"audio": "clip.wav", "text": "what is said"}``."""
+    root, seen = Path(audio_dir or Path(path).parent), set()
+    for where, record in _audio_records(path, ("text",)):
+        if isinstance(record, SampleError):
+            yield where, record
+            continue
+        name = record["audio"].strip()
+        if name in seen:
+            yield where, SampleError("duplicate_id", f"{where}: {name} has a second transcript")
+            continue
+        seen.add(name)
+        yield _transcribed_clip(where, "transcript_jsonl", "transcript-", root / name, name, _clean(record["text"]))
+
+
+def read_librispeech(root: str, audio_ext: str = "flac") -> Item:
+    """LibriSpeech-style ``<speaker>/<chapter>/<speaker>-<chapter>.trans.txt`` lines ``ID TEXT``; audio ``ID.flac``."""
+    base = Path(root)
+    for listing in sorted(base.rglob("*.trans.txt")):
+        for k, line in enumerate(listing.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            where = f"{listing}:{k}"
+            utterance, _, text = line.strip().partition(" ")
+            if not text.strip():
+                yield where, SampleError("empty_answer", f"{where}: no transcript for {utterance}")
+                continue
+            path = listing.parent / f"{utterance}.{audio_ext}"
+            name = str(path.relative_to(base))
+            yield _transcribed_clip(where, "librispeech", "librispeech-", path, name, text.strip())

@@ -1,4 +1,4 @@
-"""Tokenized samples -> a padded batch of tensors, with media decoded and preprocessed."""
+"""Tokenized samples -> a padded batch of tensors, with media decoded (per kind) and preprocessed."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
+from mmit.data.audio import load_audio
 from mmit.data.samples import MediaRef
 from mmit.data.tokenize import IGNORE_INDEX, TokenizedSample
 
@@ -42,11 +43,17 @@ def decode_image(ref: MediaRef) -> Image.Image:
         return image.convert("RGB")
 
 
+# How each modality's bytes become what its encoder's ``preprocess`` takes.
+DECODERS: dict[str, Callable] = {"image": decode_image, "audio": load_audio}
+
+
 def preprocess_media(refs: list[MediaRef], preprocess: dict[str, Callable]) -> dict[str, torch.Tensor]:
     """Decode and preprocess the media of a batch, grouped by modality in order."""
     out = {}
     for kind, fn in preprocess.items():
-        items = [decode_image(r) for r in refs if r.kind == kind]
+        if kind not in DECODERS:
+            raise ValueError(f"no decoder for {kind} media (known: {sorted(DECODERS)})")
+        items = [DECODERS[kind](r) for r in refs if r.kind == kind]
         if items:
             out[kind] = fn(items)
     return out

@@ -1,7 +1,9 @@
-"""Annotations -> conversations: templates applied to captions and question-answer pairs.
+"""Annotations -> conversations: templates applied to captions, question-answer pairs and transcripts.
 
-Training conversations may chain several QA pairs of one image (as LLaVA does); evaluation
-samples are single-turn so each answer is scored on its own. Every choice (template,
+Training conversations may chain several QA pairs of one image or clip (as LLaVA does);
+evaluation samples are single-turn so each answer is scored on its own. Audio annotations
+become the tasks ``audio_caption``, ``audio_qa`` and ``audio_transcription``, with one
+``<audio>`` placeholder per clip (per window, when the build split a long clip). Every choice (template,
 caption, distractors, grouping) comes from a generator seeded by the sample, so a rebuild is
 identical whatever the order or number of workers.
 """
@@ -12,10 +14,11 @@ import random
 from dataclasses import dataclass, field
 
 from mmit.data.annotations import QA, Annotation
-from mmit.data.samples import Conversation, Message
+from mmit.data.samples import Conversation, MediaRef, Message
 from mmit.data.templates import Template, choose_template, sample_rng
 
 IMAGE_TOKEN = "<image>"
+AUDIO_TOKEN = "<audio>"
 LETTERS = "ABCDEFGH"
 
 
@@ -49,13 +52,18 @@ def _qa_turn(
         listing = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
         return template.render({"question": qa.question, "options": listing}), LETTERS[options.index(qa.answer)]
     prompt = template.render({"question": qa.question})
-    if task == "vqa_short" and cfg.short_answer_hint:
+    if task in ("vqa_short", "audio_qa") and cfg.short_answer_hint:
         prompt = f"{prompt}\n{cfg.short_answer_hint}"
     return prompt, qa.answer
 
 
-def _with_image(prompt: str, n_images: int) -> str:
-    return "\n".join([IMAGE_TOKEN] * n_images + [prompt])
+def _with_media(prompt: str, media: list[MediaRef]) -> str:
+    """One placeholder per media item (``<image>``, ``<audio>``), each on its own line, before the prompt."""
+    return "\n".join([f"<{m.kind}>" for m in media] + [prompt])
+
+
+def _is_audio(ann: Annotation) -> bool:
+    return bool(ann.media) and all(m.kind == "audio" for m in ann.media)
 
 
 def shape_annotation(
@@ -83,7 +91,7 @@ def shape_annotation(
         messages = []
         for i, (_, _, prompt, answer) in enumerate(turns):
             messages += [
-                Message("user", _with_image(prompt, len(ann.media)) if i == 0 else prompt),
+                Message("user", _with_media(prompt, ann.media) if i == 0 else prompt),
                 Message("assistant", answer),
             ]
         n = len(out["seen"]) + len(out["heldout_tasks"])
@@ -103,7 +111,7 @@ def shape_annotation(
         return choose_template(templates[task], rng, held_out=wanted)
 
     if ann.kind == "caption":
-        task = "caption_detailed" if ann.detailed else "caption_brief"
+        task = "audio_caption" if _is_audio(ann) else "caption_detailed" if ann.detailed else "caption_brief"
         if train:
             count = len(ann.captions) if cfg.captions_per_image == 0 else min(cfg.captions_per_image, len(ann.captions))
             chosen = rng.sample(ann.captions, count)
@@ -120,7 +128,7 @@ def shape_annotation(
         for start in range(0, len(qas), group):
             turns, answers = [], []
             for qa in qas[start : start + group]:
-                task = qa_task(qa, rng, cfg, pool)
+                task = "audio_qa" if _is_audio(ann) else qa_task(qa, rng, cfg, pool)
                 if train and task in cfg.held_out_tasks:
                     continue  # keep the rest of the conversation
                 template = template_for(task)
@@ -129,12 +137,19 @@ def shape_annotation(
                 answers = [answer] if task == "vqa_multiple_choice" else qa.answers
             if turns:
                 emit(turns, answers)
-    else:  # conversation: already instructions; make sure each image has a placeholder
+    elif ann.kind == "transcript":
+        task = "audio_transcription"
+        template = template_for(task)
+        emit([(task, template.id, template.render({}), ann.transcript)], [ann.transcript])
+    else:  # conversation: already instructions; make sure each image and clip has a placeholder
         messages = list(ann.messages)
-        missing = len(ann.media) - sum(m.content.count(IMAGE_TOKEN) for m in messages)
-        if missing > 0:
+        missing = []
+        for kind in dict.fromkeys(m.kind for m in ann.media):
+            count = sum(m.kind == kind for m in ann.media) - sum(m.content.count(f"<{kind}>") for m in messages)
+            missing += [m for m in ann.media if m.kind == kind][: max(0, count)]
+        if missing:
             first = next(i for i, m in enumerate(messages) if m.role == "user")
-            messages[first] = Message("user", _with_image(messages[first].content, missing))
+            messages[first] = Message("user", _with_media(messages[first].content, missing))
         last = [m.content for m in messages if m.role == "assistant"][-1]
         out["seen"].append(
             Conversation(
@@ -155,9 +170,11 @@ def shape_annotation(
 
 
 def answer_pool(annotations: list[Annotation]) -> dict[str, list[str]]:
-    """Distinct answers per answer type, sorted: the distractors for multiple choice."""
+    """Distinct answers per answer type, sorted: the distractors for multiple choice (image questions only)."""
     pool: dict[str, set[str]] = {}
     for ann in annotations:
+        if _is_audio(ann):
+            continue
         for qa in ann.qas:
             pool.setdefault(qa.answer_type, set()).add(qa.answer)
     return {k: sorted(v) for k, v in pool.items()}

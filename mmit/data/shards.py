@@ -1,8 +1,9 @@
 """Webdataset shards: written byte-for-byte reproducibly and atomically; streamed for training.
 
 A sample is ``<key>.json`` (id, messages, meta) plus ``<key>.<i>.<ext>`` for its i-th media
-file, stored as the original encoded bytes. Shards hold messages, never token ids, so one
-shard set serves any LLM.
+file (image or audio), stored as the original encoded bytes; only a long clip that the build
+split (``audio.long_clips=split``) is stored as its WAV windows. Shards hold messages, never
+token ids, so one shard set serves any LLM.
 """
 
 from __future__ import annotations
