@@ -11,12 +11,14 @@ import random
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mmit.data.sources import DataFiles, read_conversations
+from mmit.paths import cache_dir
 
 if TYPE_CHECKING:
     from mmit.data.tokenize import MediaSlot, StreamedDataset, TokenizedDataset
@@ -142,8 +144,50 @@ def build_data(cfg: DictConfig, tokenizer, slots: list[MediaSlot] = ()) -> Built
     return BuiltData(train, eval_sets, files, read_skips)
 
 
+def prepare_feature_caches(cfg: DictConfig, model, data: BuiltData, device: str = "cpu") -> dict:
+    """``feature_cache``: null (encoders run every step) | auto (under the mmit cache, one folder
+    per encoder fingerprint) | a directory. Encodes whatever media are not cached yet, for the
+    training and evaluation sets, and returns modality -> FeatureStore."""
+    from mmit.data.collate import DECODERS
+    from mmit.data.features import build_feature_cache, fingerprint, fingerprint_id
+    from mmit.data.shards import ShardStream
+    from mmit.data.tokenize import StreamedDataset
+
+    if not cfg.get("feature_cache") or not model.encoders:
+        return {}
+    stores = {}
+    for kind, group in (("image", "vision_encoder"), ("audio", "audio_encoder")):
+        if kind not in model.encoders:
+            continue
+        if cfg.tuning[group] != "frozen":
+            raise ValueError(f"feature_cache needs a frozen {group}, but tuning.{group}={cfg.tuning[group]}")
+        encoder, config = model.encoders[kind], OmegaConf.to_container(cfg[group], resolve=True)
+        if cfg.feature_cache == "auto":
+            root = cache_dir("features") / f"{kind}-{fingerprint_id(fingerprint(kind, encoder, config))}"
+        else:
+            root = Path(cfg.feature_cache) / kind
+        sets = [data.train, *(e.tokens for e in data.eval.values())]
+
+        def refs(sets=sets):
+            for dataset in sets:
+                if isinstance(dataset, StreamedDataset):  # one unshuffled pass over the shards
+                    yield from (m for conv in ShardStream(dataset.urls, shuffle_buffer=0) for m in conv.media)
+                else:
+                    yield from (m for sample in dataset.samples for m in sample.media)
+
+        stores[kind] = build_feature_cache(root, kind, encoder, config, refs(), DECODERS[kind], device=device)
+    return stores
+
+
 def build_trainer_config(cfg: DictConfig) -> TrainerConfig:
-    return instantiate(cfg.trainer, _convert_="all")
+    trainer = instantiate(cfg.trainer, _convert_="all")
+    max_length = cfg.data.get("max_length")
+    if trainer.pack_length and max_length and trainer.pack_length < max_length:
+        raise ValueError(
+            f"trainer.pack_length={trainer.pack_length} is shorter than data.max_length={max_length}: "
+            "a sample must fit in one packed row"
+        )
+    return trainer
 
 
 def instantiate_source(cfg: DictConfig):

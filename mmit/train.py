@@ -15,7 +15,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from mmit.factory import build_data, build_model, build_trainer_config, resolved_yaml
+from mmit.factory import build_data, build_model, build_trainer_config, prepare_feature_caches, resolved_yaml
 from mmit.paths import CONF_DIR, atomic_write_text
 from mmit.plots import plot_training_curves
 from mmit.training import distributed
@@ -42,9 +42,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     built = build_model(cfg)
     log.info("model: %s\n%s", built.source, built.table)
 
+    # The first process builds the dataset and encodes any feature cache (on first use) while the
+    # others wait; they then find both done and only read them.
     if not d.is_main:
-        distributed.barrier(d)  # the first process builds the dataset (on first use) meanwhile
+        distributed.barrier(d)
     data = build_data(cfg, built.tokenizer, list(built.model.slots.values()))
+    features = prepare_feature_caches(cfg, built.model, data, "cuda" if torch.cuda.is_available() else "cpu")
     if d.is_main:
         distributed.barrier(d)
     log.info(
@@ -52,7 +55,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     )
 
     trainer_cfg = build_trainer_config(cfg)
-    summary = train(built.model, built.tokenizer, data.train, data.eval, trainer_cfg, run_dir)
+    summary = train(built.model, built.tokenizer, data.train, data.eval, trainer_cfg, run_dir, features)
     summary.update(
         llm=built.source,
         parameters=built.table,

@@ -1,4 +1,9 @@
-"""Tokenized samples -> a padded batch of tensors, with media decoded (per kind) and preprocessed."""
+"""Tokenized samples -> a batch of tensors, with media decoded (per kind) and preprocessed.
+
+Samples are either right-padded, one per row, or packed several to a row: then each sample
+restarts its position ids at 0, which is what tells the LLM's attention to keep them apart
+(a block-diagonal causal mask; flash-attention's varlen path on GPU).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import torch
 from PIL import Image
 
 from mmit.data.audio import load_audio
+from mmit.data.features import FeatureStore
 from mmit.data.samples import MediaRef
 from mmit.data.tokenize import IGNORE_INDEX, TokenizedSample
 
@@ -22,6 +28,10 @@ class Batch:
     ids: list[str]
     # modality -> preprocessed items of the whole batch, in placeholder order; absent when none
     media: dict[str, torch.Tensor] = field(default_factory=dict)
+    # (B, T) long, per-sample positions of packed rows; None for padded rows (one sample each)
+    position_ids: torch.Tensor | None = None
+    # modality -> cached encoder outputs (N, tokens, dim), in place of ``media`` (mmit.data.features)
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(
@@ -30,6 +40,8 @@ class Batch:
             self.labels.to(device),
             self.ids,
             {k: v.to(device) for k, v in self.media.items()},
+            None if self.position_ids is None else self.position_ids.to(device),
+            {k: v.to(device) for k, v in self.features.items()},
         )
 
     @property
@@ -60,12 +72,34 @@ def preprocess_media(refs: list[MediaRef], preprocess: dict[str, Callable]) -> d
 
 
 class Collator:
-    """Right-pads to the longest sample (rounded up to ``pad_to_multiple_of``)."""
+    """Right-pads to the longest sample (rounded up to ``pad_to_multiple_of``), or packs rows.
 
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int = 8, preprocess: dict[str, Callable] | None = None):
+    With feature caches, a modality whose items are all cached comes as encoder outputs
+    (``Batch.features``) and is neither decoded nor encoded.
+    """
+
+    def __init__(
+        self,
+        pad_token_id: int,
+        pad_to_multiple_of: int = 8,
+        preprocess: dict[str, Callable] | None = None,
+        features: dict[str, FeatureStore] | None = None,
+    ):
         self.pad_token_id = pad_token_id
         self.multiple = pad_to_multiple_of
         self.preprocess = preprocess or {}
+        self.features = features or {}
+
+    def media_inputs(self, samples: list[TokenizedSample]) -> tuple[dict, dict]:
+        """(decoded and preprocessed media, cached features) of the samples' media, per modality."""
+        refs = [m for s in samples for m in s.media]
+        cached = {}
+        for kind, store in self.features.items():
+            items = [r for r in refs if r.kind == kind]
+            if items and all(r in store for r in items):
+                cached[kind] = store.features(items)
+        live = {kind: fn for kind, fn in self.preprocess.items() if kind not in cached}
+        return preprocess_media(refs, live), cached
 
     def __call__(self, samples: list[TokenizedSample]) -> Batch:
         longest = max(len(s.input_ids) for s in samples)
@@ -78,5 +112,32 @@ class Collator:
             input_ids[row, :n] = torch.tensor(s.input_ids)
             labels[row, :n] = torch.tensor(s.labels)
             attention_mask[row, :n] = 1
-        media = preprocess_media([m for s in samples for m in s.media], self.preprocess)
-        return Batch(input_ids, attention_mask, labels, [s.id for s in samples], media)
+        media, features = self.media_inputs(samples)
+        return Batch(input_ids, attention_mask, labels, [s.id for s in samples], media, features=features)
+
+    def pack(self, rows: list[list[TokenizedSample]], length: int) -> Batch:
+        """Rows of ``length`` tokens, each holding whole samples back to back, then padding.
+
+        The first label of each sample is dropped: it would be predicted from the previous
+        sample's last token. Padding gets positions of its own, so it is a block of its own too.
+        """
+        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        position_ids = torch.zeros((len(rows), length), dtype=torch.long)
+        for r, row in enumerate(rows):
+            start = 0
+            for s in row:
+                end = start + len(s.input_ids)
+                if end > length:
+                    raise ValueError(f"samples {[x.id for x in row]} need more than {length} tokens in one row")
+                input_ids[r, start:end] = torch.tensor(s.input_ids)
+                labels[r, start:end] = torch.tensor(s.labels)
+                labels[r, start] = IGNORE_INDEX
+                attention_mask[r, start:end] = 1
+                position_ids[r, start:end] = torch.arange(end - start)
+                start = end
+            position_ids[r, start:] = torch.arange(length - start)
+        samples = [s for row in rows for s in row]
+        media, features = self.media_inputs(samples)
+        return Batch(input_ids, attention_mask, labels, [s.id for s in samples], media, position_ids, features)

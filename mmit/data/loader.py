@@ -1,12 +1,17 @@
 """Batches in a seeded order that changes every epoch, with a position that can be saved.
 
-With ``group_by_length`` the epoch's shuffled order is cut into windows of that many batches,
-each window is sorted by length and split into batches, and the batches are shuffled again:
-samples of similar length share a batch, so little compute goes to padding.
+A batch is planned as rows of sample indices. Padded (the default): one sample per row. With
+``group_by_length`` the epoch's shuffled order is cut into windows of that many batches, each
+window is sorted by length and split into batches, and the batches are shuffled again: samples
+of similar length share a batch, so little compute goes to padding. Packed (``pack_length``):
+samples are packed best-fit into rows of that many tokens, and the rows are shuffled.
 """
 
 from __future__ import annotations
 
+import bisect
+import queue
+import threading
 from collections.abc import Callable, Iterator
 
 import torch
@@ -14,12 +19,47 @@ from torch.utils.data import Dataset
 
 from mmit.data.collate import Batch, Collator
 
+# Samples packed together at a time when streaming (in memory, a whole epoch is packed at once).
+PACK_WINDOW = 2048
+
 
 def split_batches(items: list, size: int, length: Callable | None = None) -> list[list]:
     """Consecutive batches of ``size``; longest first when ``length`` is given (stable for ties)."""
     if length is not None:
         items = sorted(items, key=lambda item: -length(item))
     return [items[k : k + size] for k in range(0, len(items), size)]
+
+
+def pack_rows(items: list, length: Callable, row_length: int) -> list[list]:
+    """Best-fit decreasing: longest first, each into the fullest row it still fits (stable for ties)."""
+    rows: list[list] = []
+    free: list[tuple[int, int]] = []  # (tokens left, row), sorted
+    for item in sorted(items, key=lambda item: -length(item)):
+        n = length(item)
+        if n > row_length:
+            raise ValueError(f"a sample of {n} tokens does not fit rows of {row_length} (trainer.pack_length)")
+        k = bisect.bisect_left(free, (n, -1))
+        if k == len(free):
+            rows.append([item])
+            left, row = row_length - n, len(rows) - 1
+        else:
+            left, row = free.pop(k)
+            rows[row].append(item)
+            left -= n
+        if left:
+            bisect.insort(free, (left, row))
+    return rows
+
+
+def shuffled(items: list, generator: torch.Generator) -> list:
+    return [items[i] for i in torch.randperm(len(items), generator=generator).tolist()]
+
+
+def collate_rows(collate: Collator, rows: list[list], pack_length: int) -> Batch:
+    """Packed rows, or one padded row per sample."""
+    if pack_length:
+        return collate.pack(rows, pack_length)
+    return collate([s for row in rows for s in row])
 
 
 class BatchStream:
@@ -35,31 +75,36 @@ class BatchStream:
         group_by_length: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        pack_length: int = 0,
     ):
-        # Every process computes the same global batches of batch_size x world_size samples and
-        # takes every world_size-th sample of each: together they see each sample once per epoch.
+        # Every process computes the same global batches of batch_size x world_size rows and
+        # takes every world_size-th row of each: together they see each sample once per epoch.
         self.dataset, self.batch_size, self.collate = dataset, batch_size * world_size, collate
         self.seed, self.shuffle, self.group_by_length = seed, shuffle, group_by_length
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.pack_length = rank, world_size, pack_length
         self.epoch, self.index = 0, 0
-        self._cached: tuple[int, list[list[int]]] | None = None
+        self._cached: tuple[int, list[list[list[int]]]] | None = None
 
-    def _batches(self) -> list[list[int]]:
+    def _length(self, i: int) -> int:
+        return len(self.dataset[i].input_ids)
+
+    def _batches(self) -> list[list[list[int]]]:
+        """This epoch's batches, each a list of rows of sample indices."""
         if self._cached is None or self._cached[0] != self.epoch:
             n, size = len(self.dataset), self.batch_size
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             order = torch.randperm(n, generator=generator).tolist() if self.shuffle else list(range(n))
-            if self.group_by_length and self.shuffle:
+            if self.pack_length:
+                rows = pack_rows(order, self._length, self.pack_length)
+                batches = split_batches(shuffled(rows, generator) if self.shuffle else rows, size)
+            elif self.group_by_length and self.shuffle:
                 window = size * self.group_by_length
                 batches = []
                 for start in range(0, n, window):
-                    batches += split_batches(
-                        order[start : start + window], size, length=lambda i: len(self.dataset[i].input_ids)
-                    )
-                shuffled = torch.randperm(len(batches), generator=generator).tolist()
-                batches = [batches[i] for i in shuffled]
+                    batches += split_batches(order[start : start + window], size, length=self._length)
+                batches = [[[i] for i in b] for b in shuffled(batches, generator)]
             else:
-                batches = split_batches(order, size)
+                batches = [[[i] for i in b] for b in split_batches(order, size)]
             self._cached = (self.epoch, batches)
         return self._cached[1]
 
@@ -69,9 +114,9 @@ class BatchStream:
     def __next__(self) -> Batch:
         if self.index >= len(self._batches()):
             self.epoch, self.index = self.epoch + 1, 0
-        chosen = self._batches()[self.index][self.rank :: self.world_size]
+        rows = self._batches()[self.index][self.rank :: self.world_size]
         self.index += 1
-        return self.collate([self.dataset[i] for i in chosen])
+        return collate_rows(self.collate, [[self.dataset[i] for i in row] for row in rows], self.pack_length)
 
     def state(self) -> dict:
         return {"epoch": self.epoch, "index": self.index}
@@ -100,10 +145,11 @@ class StreamingBatches:
         group_by_length: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        pack_length: int = 0,
     ):
         self.urls, self.tokenize, self.batch_size, self.collate = urls, tokenize, batch_size, collate
         self.seed, self.shuffle_buffer, self.group_by_length = seed, shuffle_buffer, group_by_length
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.pack_length = rank, world_size, pack_length
         self.epoch, self.index = 0, 0
         self._batches: Iterator[list] | None = None
 
@@ -112,7 +158,7 @@ class StreamingBatches:
 
         stream = ShardStream(self.urls, self.shuffle_buffer, self.seed, self.rank, self.world_size)
         stream.set_epoch(epoch)
-        window_size = self.batch_size * max(self.group_by_length, 1)
+        window_size = PACK_WINDOW if self.pack_length else self.batch_size * max(self.group_by_length, 1)
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         window: list = []
         for conv in stream:
@@ -125,11 +171,15 @@ class StreamingBatches:
         if window:
             yield from self._split(window, generator)
 
-    def _split(self, window: list, generator: torch.Generator) -> Iterator[list]:
+    def _split(self, window: list, generator: torch.Generator) -> Iterator[list[list]]:
+        """Batches of rows of samples."""
+        if self.pack_length:
+            rows = pack_rows(window, lambda s: len(s.input_ids), self.pack_length)
+            yield from split_batches(shuffled(rows, generator), self.batch_size)
+            return
         length = (lambda s: len(s.input_ids)) if self.group_by_length else None
-        batches = split_batches(window, self.batch_size, length)
-        for i in torch.randperm(len(batches), generator=generator).tolist():
-            yield batches[i]
+        for batch in shuffled(split_batches(window, self.batch_size, length), generator):
+            yield [[s] for s in batch]
 
     def __iter__(self) -> StreamingBatches:
         return self
@@ -145,7 +195,7 @@ class StreamingBatches:
             self._batches = self._epoch(self.epoch)
             batch = next(self._batches)
         self.index += 1
-        return self.collate(batch)
+        return collate_rows(self.collate, batch, self.pack_length)
 
     def state(self) -> dict:
         return {"epoch": self.epoch, "index": self.index}
@@ -153,3 +203,60 @@ class StreamingBatches:
     def load_state(self, state: dict) -> None:
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
         self._batches = None
+
+
+class Prefetch:
+    """Prepares the next ``depth`` batches in a background thread while the model trains.
+
+    Decoding images and audio mostly releases the GIL, so it overlaps the step. ``state()`` is
+    the position after the last batch handed out, not the last one prepared, so resume is exact.
+    """
+
+    _DONE = object()
+
+    def __init__(self, stream: BatchStream | StreamingBatches, depth: int = 2):
+        self.stream, self.depth = stream, depth
+        self._state = stream.state()
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _fill(self) -> None:
+        try:
+            while not self._stop.is_set():
+                item = (next(self.stream), self.stream.state())
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as error:  # handed to the consumer, raised there
+            self._queue.put((self._DONE, error))
+
+    def __iter__(self) -> Prefetch:
+        return self
+
+    def __next__(self) -> Batch:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._fill, name="mmit-prefetch", daemon=True)
+            self._thread.start()
+        batch, state = self._queue.get()
+        if batch is self._DONE:
+            raise state
+        self._state = state
+        return batch
+
+    def state(self) -> dict:
+        return self._state
+
+    def load_state(self, state: dict) -> None:
+        if self._thread is not None:
+            raise RuntimeError("load the data position before the first batch")
+        self.stream.load_state(state)
+        self._state = self.stream.state()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()

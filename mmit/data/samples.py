@@ -7,7 +7,9 @@ chat templates expect), LLaVA-style ``conversations`` (from: human | gpt) and Al
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 ROLES = ("system", "user", "assistant")
@@ -42,6 +44,11 @@ class MediaRef:
             return self.data
         with open(self.path, "rb") as f:
             return f.read()
+
+    @cached_property
+    def sha256(self) -> str:
+        """The encoded bytes' hash: the item's key in a feature cache."""
+        return hashlib.sha256(self.read()).hexdigest()
 
 
 @dataclass

@@ -233,10 +233,11 @@ class TokenizedDataset(_PolicyCounts, Dataset):
         shuffle: bool = True,
         rank: int = 0,
         world_size: int = 1,
+        pack_length: int = 0,
     ):
         from mmit.data.loader import BatchStream
 
-        return BatchStream(self, batch_size, collate, seed, shuffle, group_by_length, rank, world_size)
+        return BatchStream(self, batch_size, collate, seed, shuffle, group_by_length, rank, world_size, pack_length)
 
 
 @dataclass
@@ -252,11 +253,27 @@ class StreamedDataset(_PolicyCounts):
         return f"streamed from {len(self.urls)} shards"
 
     def batches(
-        self, batch_size: int, collate, seed: int = 0, group_by_length: int = 0, rank: int = 0, world_size: int = 1
+        self,
+        batch_size: int,
+        collate,
+        seed: int = 0,
+        group_by_length: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        pack_length: int = 0,
     ):
         from mmit.data.loader import StreamingBatches
 
         # Each process streams its own shards (split by rank and loader worker).
         return StreamingBatches(
-            self.urls, self.tokenize, batch_size, collate, seed, self.shuffle_buffer, group_by_length, rank, world_size
+            self.urls,
+            self.tokenize,
+            batch_size,
+            collate,
+            seed,
+            self.shuffle_buffer,
+            group_by_length,
+            rank,
+            world_size,
+            pack_length,
         )

@@ -53,23 +53,36 @@ class MultimodalLM(nn.Module):
     def output_head(self) -> nn.Module:
         return self.base_llm.get_output_embeddings()
 
-    def embed(self, input_ids: torch.Tensor, media: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """Token embeddings with media features spliced in at their placeholder positions."""
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        media: dict[str, torch.Tensor] | None = None,
+        features: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Token embeddings with media features spliced in at their placeholder positions.
+
+        ``media`` go through their encoder; ``features`` are encoder outputs already (a cache).
+        """
         is_media = {kind: input_ids == slot.token_id for kind, slot in self.slots.items()}
         any_media = torch.zeros_like(input_ids, dtype=torch.bool)
         for mask in is_media.values():
             any_media |= mask
         # Placeholder ids may lie outside the LLM's vocabulary; they are overwritten below.
         embeds = self.base_llm.get_input_embeddings()(input_ids.masked_fill(any_media, 0))
-        for kind, pixels in (media or {}).items():
-            features = self.projectors[kind](self.encoders[kind](pixels))
+        encoded = {kind: self.encoders[kind](inputs) for kind, inputs in (media or {}).items()}
+        for kind, cached in (features or {}).items():
+            if kind in encoded:
+                raise ValueError(f"{kind} media given both raw and as cached features")
+            encoded[kind] = cached.to(embeds.dtype)
+        for kind, outputs in encoded.items():
+            projected = self.projectors[kind](outputs)
             mask = is_media[kind]
-            if int(mask.sum()) != features.shape[0] * features.shape[1]:
+            if int(mask.sum()) != projected.shape[0] * projected.shape[1]:
                 raise ValueError(
-                    f"{int(mask.sum())} {kind} placeholder tokens for {features.shape[0]} item(s) "
-                    f"of {features.shape[1]} tokens"
+                    f"{int(mask.sum())} {kind} placeholder tokens for {projected.shape[0]} item(s) "
+                    f"of {projected.shape[1]} tokens"
                 )
-            embeds = embeds.masked_scatter(mask.unsqueeze(-1), features.to(embeds.dtype))
+            embeds = embeds.masked_scatter(mask.unsqueeze(-1), projected.to(embeds.dtype))
         return embeds
 
     @property
@@ -78,10 +91,14 @@ class MultimodalLM(nn.Module):
         return getattr(self.base_llm, "soft_prompt", None)
 
     def prepare_inputs(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, media: dict[str, torch.Tensor] | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        media: dict[str, torch.Tensor] | None = None,
+        features: dict[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """What the decoder reads: input embeddings and attention mask, after any soft prompt."""
-        embeds = self.embed(input_ids, media)
+        embeds = self.embed(input_ids, media, features)
         if self.soft_prompt is None:
             return embeds, attention_mask
         prompt = self.soft_prompt(embeds.shape[0]).to(embeds.dtype)
@@ -92,8 +109,17 @@ class MultimodalLM(nn.Module):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Final hidden states, (B, T, hidden): one per input token, in line with the labels."""
-        embeds, attention_mask = self.prepare_inputs(batch.input_ids, batch.attention_mask, batch.media)
-        out = self.base_llm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)
+        decoder = self.base_llm.get_decoder()
+        if batch.position_ids is not None:
+            if self.soft_prompt is not None:
+                raise ValueError("prompt tuning prepends one prompt per row: it cannot train on packed rows")
+            # No 2-D mask: transformers reads the sample boundaries from where positions restart
+            # and builds the block-diagonal causal mask (or the varlen call) itself.
+            embeds = self.embed(batch.input_ids, batch.media, batch.features)
+            out = decoder(inputs_embeds=embeds, position_ids=batch.position_ids, use_cache=False)
+            return out.last_hidden_state
+        embeds, attention_mask = self.prepare_inputs(batch.input_ids, batch.attention_mask, batch.media, batch.features)
+        out = decoder(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)
         return out.last_hidden_state[:, embeds.shape[1] - batch.input_ids.shape[1] :]
 
     def logits(self, batch: Batch) -> torch.Tensor:

@@ -15,6 +15,8 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
 
 from mmit.data.collate import Collator
+from mmit.data.features import FeatureStore
+from mmit.data.loader import Prefetch
 from mmit.data.samples import Conversation
 from mmit.data.tokenize import StreamedDataset, TokenizedDataset
 from mmit.generation import GenerationOptions, predict
@@ -41,6 +43,9 @@ class TrainerConfig:
     max_steps: int = 200
     batch_size: int = 8
     group_by_length: int = 16  # batches per length-sorted window (0 = plain shuffle)
+    pack_length: int = 0  # > 0: pack samples into rows of this many tokens (batch_size rows a batch)
+    prefetch: int = 2  # batches prepared ahead in a background thread (0 = in the loop)
+    gradient_checkpointing: bool = False  # recompute the LLM's activations in backward: less memory
     grad_accum: int = 1
     lr: float = 2e-4
     lr_per_component: dict[str, float] = field(default_factory=dict)
@@ -176,8 +181,11 @@ def train(
     eval_sets: dict[str, EvalSet],
     cfg: TrainerConfig,
     run_dir: Path,
+    features: dict[str, FeatureStore] | None = None,
 ) -> dict:
     """Train ``model`` in place; returns the run's summary (also written to the run dir).
+
+    ``features``: caches of frozen encoders' outputs, used in place of running those encoders.
 
     Under torchrun every process runs this; only the first evaluates and writes files.
     """
@@ -192,10 +200,22 @@ def train(
     cfg.precision = resolve_precision(cfg.precision, device)
     log.info("device %s, precision %s", device, cfg.precision)
     model.to(device).train()
-    collate = Collator(tokenizer.pad_token_id, preprocess={k: e.preprocess for k, e in model.encoders.items()})
-    stream = train_set.batches(
-        cfg.batch_size, collate, cfg.seed, cfg.group_by_length, rank=d.rank, world_size=d.world_size
+    if cfg.gradient_checkpointing:
+        model.base_llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    collate = Collator(
+        tokenizer.pad_token_id, preprocess={k: e.preprocess for k, e in model.encoders.items()}, features=features
     )
+    stream = train_set.batches(
+        cfg.batch_size,
+        collate,
+        cfg.seed,
+        cfg.group_by_length,
+        rank=d.rank,
+        world_size=d.world_size,
+        pack_length=cfg.pack_length,
+    )
+    if cfg.prefetch:
+        stream = Prefetch(stream, cfg.prefetch)
     state, start_step, before = None, 0, None
     resume_from = latest_checkpoint(run_dir) if cfg.resume else None
     if resume_from is not None:
@@ -314,6 +334,8 @@ def train(
             distributed.barrier(d)
     bar.close()
     touch.remove()
+    if cfg.prefetch:
+        stream.close()
     elapsed = time.perf_counter() - started
 
     after = {}

@@ -26,6 +26,7 @@ from mmit.models.projectors import build_projector
 from mmit.models.tuning import apply_tuning
 from mmit.train import run
 from mmit.training.checkpoint import latest_checkpoint, trainable_state
+from mmit.training.loss import next_token_loss_sum
 
 
 def _png(color, size=(40, 30)) -> MediaRef:
@@ -252,3 +253,46 @@ def test_training_streams_shards(compose, tmp_path):
     assert summary["train_samples"].startswith("streamed from") and summary["steps"] == 4
     state = json.loads((latest_checkpoint(tmp_path / "run") / "state.json").read_text())
     assert state["data"] == {"epoch": 0, "index": 4}
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_rows_give_each_sample_its_unpacked_logits_and_loss(mm, attention):
+    model, tokenizer, slot = mm
+    model.base_llm.set_attn_implementation(attention)
+    collate = Collator(tokenizer.pad_token_id, preprocess={"image": model.encoders["image"].preprocess})
+    samples = [tokenize_conversation(c, tokenizer, 512, slots=[slot])[0] for c in (IMAGE_CONV, TEXT_CONV, TWO_IMAGES)]
+    rows = [[samples[0], samples[1]], [samples[2]]]
+    padded = collate(samples)
+    packed = collate.pack(rows, length=len(samples[2].input_ids) + 8)
+    assert packed.position_ids[0, len(samples[0].input_ids)] == 0  # the second sample starts afresh
+    with torch.no_grad():
+        padded_logits, packed_logits = model.logits(padded), model.logits(packed)
+        padded_loss = next_token_loss_sum(model(padded), padded.labels, model.output_head)
+        packed_loss = next_token_loss_sum(model(packed), packed.labels, model.output_head)
+    where = {0: (0, 0), 1: (0, len(samples[0].input_ids)), 2: (1, 0)}
+    for i, sample in enumerate(samples):
+        row, start = where[i]
+        n = len(sample.input_ids)
+        torch.testing.assert_close(packed_logits[row, start : start + n], padded_logits[i, :n], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(packed_loss, padded_loss, atol=1e-4, rtol=1e-5)
+    assert packed.num_label_tokens == padded.num_label_tokens
+    model.base_llm.set_attn_implementation("sdpa")
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny):
+    model = MultimodalLM(apply_tuning(load_tiny().model, "full")).train()
+    samples = [tokenize_conversation(c, tiny.tokenizer, 512)[0] for c in (TEXT_CONV, TEXT_CONV)]
+    batch = Collator(tiny.tokenizer.pad_token_id)(samples)
+
+    def grads():
+        model.zero_grad()
+        next_token_loss_sum(model(batch), batch.labels, model.output_head).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    plain = grads()
+    model.base_llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert model.base_llm.is_gradient_checkpointing
+    checkpointed = grads()
+    assert plain.keys() == checkpointed.keys() and plain
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-5)

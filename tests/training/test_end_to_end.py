@@ -124,7 +124,16 @@ def test_resume_continues_from_the_latest_checkpoint(trained_run, compose, tmp_p
     assert latest_checkpoint(run_dir).name == "step-0000045"
 
 
-def test_vqa_runs_report_official_vqa_accuracy(compose, tmp_path):
+FAST_PATHS = [
+    "trainer.pack_length=384",
+    "trainer.gradient_checkpointing=true",
+    "trainer.prefetch=0",
+    "feature_cache=auto",
+]
+
+
+@pytest.mark.parametrize("fast_paths", [[], FAST_PATHS])
+def test_vqa_runs_report_official_vqa_accuracy(compose, tmp_path, fast_paths):
     out = tmp_path / "demo"
     cfg = compose(
         [
@@ -133,8 +142,23 @@ def test_vqa_runs_report_official_vqa_accuracy(compose, tmp_path):
             "trainer.generate_samples=6",
             "trainer.eval_batches=1",
             f"data.source.overrides=['prepare.n_images=40','out_dir={out}','prepare.out_dir={out}-src']",
+            *fast_paths,
         ]
     )
     summary = run(cfg, tmp_path / "run")
+    assert summary["final_train_loss"] == summary["final_train_loss"]  # finite, not NaN
+    if fast_paths:
+        from mmit.data.features import FeatureStore
+        from mmit.paths import cache_dir
+
+        (root,) = cache_dir("features").glob("image-*")
+        assert len(FeatureStore(root)) == 40  # every demo image, encoded once for all splits
     assert 0.0 <= summary["after"]["eval/seen/vqa_accuracy"] <= 1.0
     assert "eval/heldout_tasks/vqa_accuracy" not in summary["after"]  # detailed captions are not VQA
+
+
+def test_pack_length_shorter_than_samples_is_refused(compose):
+    from mmit.factory import build_trainer_config
+
+    with pytest.raises(ValueError, match="pack_length=64 is shorter than data.max_length"):
+        build_trainer_config(compose(["+recipe=vqa_tiny", "trainer.pack_length=64"]))
