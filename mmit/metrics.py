@@ -239,6 +239,22 @@ def yes_no_accuracy(predictions: Sequence[str], references: Sequence[str]) -> fl
     return sum(exact_match(prediction, reference) for prediction, reference in pairs) / len(pairs)
 
 
+def word_error_rate(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus WER: word substitutions + deletions + insertions over reference words, on
+    lowercased word tokens (punctuation ignored), as speech recognition reports it."""
+    _check_same_length(predictions, references)
+    errors, words = 0, 0
+    for prediction, reference in zip(predictions, references, strict=True):
+        hyp, ref = re.findall(r"\w+", prediction.lower()), re.findall(r"\w+", reference.lower())
+        row = list(range(len(hyp) + 1))  # edit distance, one reference word at a time
+        for i, word in enumerate(ref, 1):
+            previous, row[0] = row[0], i
+            for j, guess in enumerate(hyp, 1):
+                previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (word != guess))
+        errors, words = errors + row[-1], words + len(ref)
+    return errors / max(words, 1)
+
+
 # ---------------------------------------------------------------------------------------------
 # COCO caption metrics (coco-caption / pycocoevalcap)
 # ---------------------------------------------------------------------------------------------
@@ -405,7 +421,7 @@ def _lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
     return previous[-1]
 
 
-def _rouge_l_tokens(candidate: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+def _rouge_l_tokens(candidate: Sequence[str], references: Sequence[Sequence[str]], beta: float = _ROUGE_BETA) -> float:
     # Empty token lists score 0 (coco-caption's split(" ") would count "" as one token).
     if not candidate:
         return 0.0
@@ -415,7 +431,7 @@ def _rouge_l_tokens(candidate: Sequence[str], references: Sequence[Sequence[str]
     recall = max((common / len(ref) if ref else 0.0) for common, ref in zip(lcs, references, strict=True))
     if precision == 0 or recall == 0:
         return 0.0
-    return (1 + _ROUGE_BETA**2) * precision * recall / (recall + _ROUGE_BETA**2 * precision)
+    return (1 + beta**2) * precision * recall / (recall + beta**2 * precision)
 
 
 def rouge_l(prediction: str, references: Sequence[str]) -> float:
@@ -435,6 +451,19 @@ def rouge_l_corpus(predictions: Sequence[str], references: Sequence[Sequence[str
 _TEXT_TOKEN = re.compile(r"\w+")
 
 
-def text_rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L (beta = 1.2, as rouge_l) of a free-text answer, on lowercased word tokens."""
-    return _rouge_l_tokens(_TEXT_TOKEN.findall(prediction.lower()), [_TEXT_TOKEN.findall(reference.lower())])
+def text_tokens(text: str) -> list[str]:
+    """Lowercased word tokens, as text_rouge_l splits them."""
+    return _TEXT_TOKEN.findall(text.lower())
+
+
+def text_rouge_l(prediction: str, reference: str, beta: float = _ROUGE_BETA) -> float:
+    """ROUGE-L (beta = 1.2, as rouge_l) of a free-text answer, on lowercased word tokens.
+
+    ``beta=1`` gives the plain F1 that rouge-score (and so Self-Instruct's 0.7 filter) reports.
+    """
+    return rouge_l_tokens(text_tokens(prediction), text_tokens(reference), beta)
+
+
+def rouge_l_tokens(candidate: Sequence[str], reference: Sequence[str], beta: float = _ROUGE_BETA) -> float:
+    """ROUGE-L of two token lists already split (e.g. by text_tokens), for callers that cache tokens."""
+    return _rouge_l_tokens(candidate, [reference], beta)

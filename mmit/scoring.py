@@ -21,7 +21,14 @@ from dataclasses import asdict, dataclass
 from mmit import metrics
 from mmit.data.samples import Conversation
 
-HEADLINE = {"vqa_short": "vqa_accuracy", "vqa_yesno": "yes_no_accuracy", "vqa_multiple_choice": "accuracy"}
+HEADLINE = {
+    "vqa_short": "vqa_accuracy",
+    "vqa_yesno": "yes_no_accuracy",
+    "vqa_multiple_choice": "accuracy",
+    "audio_caption": "cider_d",
+    "audio_qa": "accuracy",
+    "audio_transcription": "word_accuracy",
+}
 
 
 @dataclass
@@ -58,7 +65,7 @@ def task_metrics(task: str, preds: list[Prediction]) -> dict[str, float]:
     """The metrics of one task over its predictions (headline first), plus the count ``n``."""
     hyps = [p.prediction for p in preds]
     exact = _mean([metrics.exact_match(p.prediction, p.reference) for p in preds])
-    if task.startswith("caption"):
+    if task.startswith("caption") or task == "audio_caption":
         refs = [p.references for p in preds]
         scores = {
             "cider_d": metrics.cider_d(hyps, refs),
@@ -74,6 +81,11 @@ def task_metrics(task: str, preds: list[Prediction]) -> dict[str, float]:
         }
         if task == "vqa_yesno":
             scores = {"yes_no_accuracy": metrics.yes_no_accuracy(hyps, [p.reference for p in preds]), **scores}
+    elif task == "audio_qa":  # spoken-content questions with one short answer
+        scores = {"accuracy": exact, "rouge_l": _mean([metrics.text_rouge_l(p.prediction, p.reference) for p in preds])}
+    elif task == "audio_transcription":  # headline 1 - WER, so that higher is better like the others
+        wer = metrics.word_error_rate(hyps, [p.reference for p in preds])
+        scores = {"word_accuracy": max(0.0, 1.0 - wer), "wer": wer, "exact_match": exact}
     else:
         scores = {
             "rouge_l": _mean([metrics.text_rouge_l(p.prediction, p.reference) for p in preds]),

@@ -25,7 +25,12 @@ def small_data(cfg, tmp_path) -> list[str]:
     if cfg.data.source._target_.endswith("prepare_text_skills"):
         return ["data.source.n_train=16", "data.source.n_eval=4"]
     out = tmp_path / "demo"
-    return [f"data.source.overrides=['prepare.n_images=60','out_dir={out}','prepare.out_dir={out}-src']"]
+    size = (
+        "'prepare.n_clips=16','prepare.n_heldout_clips=6'"
+        if cfg.data.source.recipe == "demo_audio"
+        else "'prepare.n_images=60'"
+    )
+    return [f"data.source.overrides=[{size},'out_dir={out}','prepare.out_dir={out}-src']"]
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -37,6 +42,8 @@ def test_every_recipe_composes_and_instantiates(recipe, compose, tmp_path):
     assert "llm" in built.table and built.tokenizer.chat_template
     if cfg.get("vision_encoder"):
         assert "vision_encoder" in built.table and set(built.model.slots) == {"image"}
+    if cfg.get("audio_encoder"):
+        assert "audio_encoder" in built.table and set(built.model.slots) == {"audio"}
     data = build_data(cfg, built.tokenizer, list(built.model.slots.values()))
     assert len(data.train) > 0 and len(data.eval) >= 2
     trainer = build_trainer_config(cfg)

@@ -13,6 +13,7 @@ from mmit.metrics import (
     text_rouge_l,
     tokenize_caption,
     vqa_accuracy,
+    word_error_rate,
     yes_no_accuracy,
 )
 
@@ -280,3 +281,32 @@ def test_text_rouge_l():
     # F = 2.44 * 0.75 * 1 / (1 + 1.44 * 0.75) = 1.83 / 2.08 = 0.87981
     assert text_rouge_l("The answer is 42.", "the answer: 42") == pytest.approx(1.83 / 2.08)
     assert text_rouge_l("", "anything") == 0.0
+
+
+def test_word_error_rate_counts_edits_over_reference_words():
+    # "a cat sat on" vs "the cat sat": one substitution (the -> a) and one insertion (on) = 2 / 3.
+    assert word_error_rate(["a cat sat on"], ["the cat sat"]) == pytest.approx(2 / 3)
+    # Corpus level: (0 + 1 deletion) / (3 + 2) reference words; case and punctuation ignored.
+    assert word_error_rate(["The cat, sat.", "two"], ["the cat sat", "one two"]) == pytest.approx(1 / 5)
+    assert word_error_rate([""], ["one two"]) == 1.0
+
+
+def test_audio_tasks_have_their_own_headlines():
+    from mmit.scoring import Prediction, task_metrics
+
+    def pred(task, prediction, reference):
+        return Prediction("s", "x", task, "t", "prompt", reference, [reference], prediction)
+
+    qa = task_metrics("audio_qa", [pred("audio_qa", "Three.", "three"), pred("audio_qa", "red", "blue")])
+    assert list(qa)[0] == "accuracy" and qa["accuracy"] == 0.5
+    asr = task_metrics("audio_transcription", [pred("audio_transcription", "the cat sat", "the cat sat down")])
+    assert list(asr)[0] == "word_accuracy" and asr["wer"] == pytest.approx(0.25)
+    assert asr["word_accuracy"] == pytest.approx(0.75)
+
+
+def test_every_task_family_reports_its_headline_first():
+    from mmit.scoring import Prediction, headline_metric, task_metrics
+
+    for task in ("caption_brief", "vqa_short", "vqa_yesno", "audio_caption", "audio_qa", "audio_transcription", "x"):
+        scores = task_metrics(task, [Prediction("s", "1", task, "t", "p", "yes", ["yes"], "yes")])
+        assert list(scores)[0] == headline_metric(task), task
