@@ -1,0 +1,73 @@
+"""tools/bench_perf.py: a --quick run writes the report and the raw numbers (no speed assertions)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    environ = dict(os.environ)  # the tool sets defaults (OMP_WAIT_POLICY, ...) for its own runs
+    spec = importlib.util.spec_from_file_location("bench_perf", REPO / "tools" / "bench_perf.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_perf"] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("bench_perf", None)
+    os.environ.clear()
+    os.environ.update(environ)
+
+
+def test_quick_run_writes_tables_and_json(bench, tmp_path):
+    out = tmp_path / "BENCHMARKS.md"
+    results = bench.main(["--quick", "--only", "B1,B3,B6", "--device", "cpu", "--out", str(out)])
+    assert [r.id for r in results] == ["B1", "B3", "B6"]
+
+    text = out.read_text()
+    for heading in ("## Machine", "## Summary", "## B1:", "## B3:", "## B6:"):
+        assert heading in text
+    assert "| CPU |" in text and "torch" in text
+    assert "| variant | step (s, median) |" in text
+    assert "| variant | trainable parameters | training memory (MiB) |" in text
+
+    raw = json.loads(out.with_suffix(".json").read_text())
+    assert raw["machine"]["cores"] >= 1
+    by_id = {r["id"]: r for r in raw["results"]}
+    assert by_id["B1"]["status"] == "not implemented" and by_id["B1"]["ratio"] is None
+    for bench_id in ("B3", "B6"):
+        r = by_id[bench_id]
+        assert r["status"] == "ok", r["notes"]
+        assert r["ratio"] > 0 and len(r["rows"]) == 2
+        assert all(v >= 0 for row in r["rows"] for v in row[1:] if isinstance(v, (int, float)))
+    for row in by_id["B3"]["rows"]:  # step time, ..., training memory (the weights at least)
+        assert row[1] > 0 and row[-1] > 0
+    for row in by_id["B6"]["rows"]:  # trainable parameters, training memory, process peak
+        assert row[1] > 0 and row[2] > 0 and row[3] > row[2]
+    b3 = by_id["B3"]["raw"]
+    assert b3["loss_values"]["labelled"] == pytest.approx(b3["loss_values"]["full"], rel=1e-4)
+    lora, full = (by_id["B6"]["raw"][v] for v in ("lora", "full"))
+    assert 0 < lora["trainable_parameters"] < full["trainable_parameters"]
+    assert by_id["B6"]["met"] in (True, False)
+
+
+def test_lora_step_flops_counts_each_weight_once(bench):
+    model = bench.text_model(bench.TINY_LLM, "lora", "cpu")
+    count = bench.lora_step_flops(model, batch=2, seq=16, labelled=8)
+    decoder = model.base_llm.get_decoder()
+    lora = sum(p.numel() for n, p in decoder.named_parameters() if "lora_" in n)
+    linear = sum(m.weight.numel() for m in decoder.modules() if isinstance(m, torch.nn.Linear))
+    assert count["lora_params"] == lora > 0
+    assert count["frozen_linear_params"] + count["lora_params"] == linear
+    shape = bench.TINY_LLM
+    d_attn = shape["num_attention_heads"] * shape["head_dim"]
+    per_token = 4 * count["frozen_linear_params"] + 6 * lora + 6 * shape["num_hidden_layers"] * 16 * d_attn
+    assert count["flops"] == 32 * per_token + 4 * shape["vocab_size"] * shape["hidden_size"] * 8
