@@ -29,11 +29,11 @@ def bench():
 
 def test_quick_run_writes_tables_and_json(bench, tmp_path):
     out = tmp_path / "BENCHMARKS.md"
-    results = bench.main(["--quick", "--only", "B1,B3,B6", "--device", "cpu", "--out", str(out)])
-    assert [r.id for r in results] == ["B1", "B3", "B6"]
+    results = bench.main(["--quick", "--only", "B1,B2,B3,B6", "--device", "cpu", "--out", str(out)])
+    assert [r.id for r in results] == ["B1", "B2", "B3", "B6"]
 
     text = out.read_text()
-    for heading in ("## Machine", "## Summary", "## B1:", "## B3:", "## B6:"):
+    for heading in ("## Machine", "## Summary", "## B1:", "## B2:", "## B3:", "## B6:"):
         assert heading in text
     assert "| CPU |" in text and "torch" in text
     assert "| variant | step (s, median) |" in text
@@ -42,7 +42,19 @@ def test_quick_run_writes_tables_and_json(bench, tmp_path):
     raw = json.loads(out.with_suffix(".json").read_text())
     assert raw["machine"]["cores"] >= 1
     by_id = {r["id"]: r for r in raw["results"]}
-    assert by_id["B1"]["status"] == "not implemented" and by_id["B1"]["ratio"] is None
+    for bench_id in ("B1", "B2"):  # the same set through mmit's loop on both sides
+        r = by_id[bench_id]
+        assert r["status"] == "ok", r["notes"]
+        assert [row[0] for row in r["rows"]] == list(r["raw"]["epoch_stats"])
+        stats = list(r["raw"]["epoch_stats"].values())
+        assert all(s["samples"] == 8 for s in stats)  # one epoch each, every sample once
+        assert stats[0]["real_tokens"] == stats[1]["real_tokens"] > 0
+        assert r["raw"]["ideal_gain"] >= 1 and r["ratio"] > 0 and r["met"] in (True, False)
+    assert by_id["B1"]["raw"]["ideal_gain"] == pytest.approx(
+        by_id["B1"]["raw"]["epoch_stats"]["padded"]["computed_tokens"]
+        / by_id["B1"]["raw"]["epoch_stats"]["padded"]["real_tokens"]
+    )
+    assert 0 < by_id["B2"]["raw"]["encoder_share"] < 1
     for bench_id in ("B3", "B6"):
         r = by_id[bench_id]
         assert r["status"] == "ok", r["notes"]
