@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -300,6 +301,8 @@ def build_chunk(job: ChunkJob) -> dict[str, dict]:
 
 def build(cfg: DictConfig) -> dict:
     """Run a composed recipe; returns the manifest (also written as manifest.json)."""
+    if cfg.get("mode"):
+        raise BuildError(f"recipe {cfg.get('name', '')!r} generates data with an LLM: run python -m mmit.synth")
     out = Path(cfg.out_dir)
     fingerprint = hashlib.sha256(OmegaConf.to_yaml(cfg, resolve=True).encode()).hexdigest()
     stamp = out / "build.json"
@@ -370,24 +373,29 @@ def build(cfg: DictConfig) -> dict:
         "recipe": cfg.get("name", ""),
         "seed": cfg.seed,
         "config": OmegaConf.to_container(cfg, resolve=True),
-        "sources": _source_hashes(cfg),
+        "sources": source_hashes(cfg),
         "skipped_annotations": dict(sorted(skipped.items())),
-        "sets": {},
+        "sets": summarize_sets({n: sets[n] for n in SETS if n in sets}),
     }
-    for name in (n for n in SETS if n in sets):
-        stats = sets[name]
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
+    return manifest
+
+
+def summarize_sets(sets: dict[str, list[dict]]) -> dict[str, dict]:
+    """The manifest's per-set entries from the stats of each set's shards (each with its ``shard`` name)."""
+    summary = {}
+    for name, stats in sets.items():
         merged = {
             key: dict(sorted(sum((Counter(s.get(key, {})) for s in stats), Counter()).items()))
             for key in ("by_task", "by_template", "by_source", "skipped", "long_audio")
         }
-        manifest["sets"][name] = {
+        summary[name] = {
             "samples": sum(s["samples"] for s in stats),
             "bytes": sum(s["bytes"] for s in stats),
             "shards": sorted(s["shard"] for s in stats),
             **merged,
         }
-    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
-    return manifest
+    return summary
 
 
 class _Inline:
@@ -403,9 +411,10 @@ class _Inline:
         return map(fn, items)
 
 
-def _source_hashes(cfg: DictConfig) -> dict[str, str]:
+def source_hashes(cfg: DictConfig) -> dict[str, str]:
+    """The sha256 of every file a recipe's annotation sources name."""
     hashes = {}
-    for source in [*cfg.sources, *(cfg.get("heldout_sources") or [])]:
+    for source in [*(cfg.get("sources") or []), *(cfg.get("heldout_sources") or [])]:
         for key, value in source.items():
             if key != "_target_" and isinstance(value, str) and os.path.isfile(value):
                 hashes[value] = _sha256(Path(value))
@@ -445,18 +454,29 @@ def format_manifest(manifest: dict, out: Path) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mmit.build", description=__doc__.splitlines()[0])
+def recipe_command(
+    prog: str,
+    description: str,
+    run: Callable[[DictConfig], dict],
+    report: Callable[[dict, Path], str],
+    argv: list[str] | None,
+) -> None:
+    """The command line of ``python -m mmit.build`` and ``mmit.synth``: a recipe, overrides, a summary."""
+    parser = argparse.ArgumentParser(prog=f"python -m {prog}", description=description)
     parser.add_argument("recipe", help="a recipe name in data_recipes/ or a path to a recipe .yaml")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. out_dir=/data/demo shard_size=1000")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         cfg = compose_recipe(args.recipe, args.overrides)
-        manifest = build(cfg)
+        manifest = run(cfg)
     except BuildError as err:
-        sys.exit(f"mmit.build: {err}")
-    print(format_manifest(manifest, Path(cfg.out_dir)))
+        sys.exit(f"{prog}: {err}")
+    print(report(manifest, Path(cfg.out_dir)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    recipe_command("mmit.build", __doc__.splitlines()[0], build, format_manifest, argv)
 
 
 if __name__ == "__main__":

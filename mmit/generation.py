@@ -30,10 +30,13 @@ class GenerationOptions:
     top_p: float = 1.0
     top_k: int = 50
     seed: int = 0  # for sampling; each call reseeds, so answers are reproducible
+    repetition_penalty: float = 1.0  # > 1 discourages repeating tokens (CTRL's penalty); 1 = off
 
     def __post_init__(self):
         if self.max_new_tokens < 1 or self.num_beams < 1:
             raise ValueError("max_new_tokens and num_beams must be at least 1")
+        if self.repetition_penalty <= 0:
+            raise ValueError("repetition_penalty must be > 0")
         if self.do_sample and self.num_beams > 1:
             raise ValueError("choose beam search (num_beams > 1) or sampling (do_sample), not both")
         if self.do_sample and self.temperature <= 0:
@@ -45,6 +48,8 @@ class GenerationOptions:
             kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
         else:  # keep a model's generation_config sampling defaults from leaking into greedy / beam runs
             kwargs.update(temperature=None, top_p=None, top_k=None)
+        if self.repetition_penalty != 1.0:
+            kwargs["repetition_penalty"] = self.repetition_penalty
         return kwargs
 
     def to_json(self) -> dict:
@@ -77,8 +82,13 @@ def generate(
     preprocess: dict | None = None,
     use_cache: bool = True,
     progress: bool = False,
+    finished: list[bool] | None = None,
 ) -> list[str]:
-    """One answer per prompt, generated in left-padded batches with a KV cache."""
+    """One answer per prompt, generated in left-padded batches with a KV cache.
+
+    ``finished``, when given, receives per answer whether it ended by itself (an end-of-turn
+    token) rather than at ``max_new_tokens``.
+    """
     options = options or GenerationOptions()
     device = next(model.parameters()).device
     was_training = model.training
@@ -113,6 +123,8 @@ def generate(
                 **options.generate_kwargs(),
             )
         answers += [tokenizer.decode(row, skip_special_tokens=True).strip() for row in out]
+        if finished is not None:
+            finished += (out == tokenizer.eos_token_id).any(dim=1).tolist()
     model.train(was_training)
     return answers
 
