@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from mmit.models import attention  # registers packed_sdpa
 from mmit.paths import atomic_dir, cache_dir
 
 log = logging.getLogger(__name__)
@@ -65,11 +66,13 @@ def load_pretrained(
     dtype: str = "float32",
     trust_remote_code: bool = False,
     chat_template: str | None = None,
-    attn_implementation: str | None = "sdpa",
+    attn_implementation: str | None = attention.NAME,
 ) -> LoadedLLM:
     """Load a HF causal LM and tokenizer from a local directory or a hub id.
 
-    ``chat_template`` is used only when the tokenizer has none of its own.
+    ``chat_template`` is used only when the tokenizer has none of its own. ``attn_implementation``:
+    ``packed_sdpa`` (``mmit.models.attention``: SDPA, packed rows sample by sample), or any of
+    transformers' (``sdpa``, ``eager``, ``flash_attention_2`` ...).
     """
     local = Path(name_or_path).expanduser()
     is_local = local.is_dir()

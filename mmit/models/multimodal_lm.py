@@ -17,6 +17,7 @@ from transformers import PreTrainedModel
 
 from mmit.data.collate import Batch
 from mmit.data.tokenize import MediaSlot
+from mmit.models import attention
 
 
 class MultimodalLM(nn.Module):
@@ -116,7 +117,10 @@ class MultimodalLM(nn.Module):
             # No 2-D mask: transformers reads the sample boundaries from where positions restart
             # and builds the block-diagonal causal mask (or the varlen call) itself.
             embeds = self.embed(batch.input_ids, batch.media, batch.features)
-            out = decoder(inputs_embeds=embeds, position_ids=batch.position_ids, use_cache=False)
+            extra = {}
+            if decoder.config._attn_implementation == attention.NAME:  # each sample's attention on its own
+                extra["packed_spans"] = attention.sample_spans(batch.position_ids)
+            out = decoder(inputs_embeds=embeds, position_ids=batch.position_ids, use_cache=False, **extra)
             return out.last_hidden_state
         embeds, attention_mask = self.prepare_inputs(batch.input_ids, batch.attention_mask, batch.media, batch.features)
         out = decoder(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)

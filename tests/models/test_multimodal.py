@@ -255,10 +255,17 @@ def test_training_streams_shards(compose, tmp_path):
     assert state["data"] == {"epoch": 0, "index": 4}
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_packed_rows_give_each_sample_its_unpacked_logits_and_loss(mm, attention):
+@pytest.mark.parametrize("attention", ["packed_sdpa", "sdpa", "eager"])
+def test_packed_rows_give_each_sample_its_unpacked_logits_and_loss(mm, attention, monkeypatch):
+    from mmit.models import attention as packed_sdpa
+
     model, tokenizer, slot = mm
     model.base_llm.set_attn_implementation(attention)
+    lengths = []  # query lengths of packed_sdpa's per-sample calls
+    real_sdpa = packed_sdpa.sdpa_attention_forward
+    monkeypatch.setattr(
+        packed_sdpa, "sdpa_attention_forward", lambda *a, **k: lengths.append(a[1].shape[2]) or real_sdpa(*a, **k)
+    )
     collate = Collator(tokenizer.pad_token_id, preprocess={"image": model.encoders["image"].preprocess})
     samples = [tokenize_conversation(c, tokenizer, 512, slots=[slot])[0] for c in (IMAGE_CONV, TEXT_CONV, TWO_IMAGES)]
     rows = [[samples[0], samples[1]], [samples[2]]]
@@ -276,7 +283,10 @@ def test_packed_rows_give_each_sample_its_unpacked_logits_and_loss(mm, attention
         torch.testing.assert_close(packed_logits[row, start : start + n], padded_logits[i, :n], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(packed_loss, padded_loss, atol=1e-4, rtol=1e-5)
     assert packed.num_label_tokens == padded.num_label_tokens
-    model.base_llm.set_attn_implementation("sdpa")
+    if attention == "packed_sdpa":  # the packed forwards ran each sample (and the row's padded tail) alone
+        spans = [e - s for row in packed_sdpa.sample_spans(packed.position_ids) for s, e in row]
+        assert len(spans) == 5 and lengths.count(spans[0]) >= 2 * len(model.base_llm.get_decoder().layers)
+    model.base_llm.set_attn_implementation("packed_sdpa")
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tiny):
@@ -296,3 +306,38 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny):
     assert plain.keys() == checkpointed.keys() and plain
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-5)
+
+
+def test_packed_sdpa_runs_each_sample_alone_and_matches_masked_sdpa(monkeypatch):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mmit.models import attention
+
+    positions = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 0, 1, 2, 3], [*range(7), 0, 1, 2, 3, 4]])
+    spans = attention.sample_spans(positions)
+    assert spans == [[(0, 5), (5, 8), (8, 12)], [(0, 7), (7, 12)]]
+    config = LlamaConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64
+    )
+    config.vocab_size = 100
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    ids = torch.randint(100, (2, 12))
+    calls = []
+    real_sdpa = attention.sdpa_attention_forward
+    monkeypatch.setattr(
+        attention, "sdpa_attention_forward", lambda *a, **k: calls.append(a[1].shape[2]) or real_sdpa(*a, **k)
+    )
+    results = {}
+    for implementation in ("packed_sdpa", "sdpa"):
+        model.set_attn_implementation(implementation)
+        model.zero_grad()
+        extra = {"packed_spans": spans} if implementation == "packed_sdpa" else {}
+        logits = model(input_ids=ids, position_ids=positions, use_cache=False, **extra).logits
+        logits.square().mean().backward()
+        results[implementation] = (logits.detach(), [p.grad.clone() for p in model.parameters()])
+    # Five samples in two layers, each on its own span of the row; sdpa's one masked call per layer is not counted.
+    assert calls == [5, 3, 4, 7, 5] * 2
+    torch.testing.assert_close(results["packed_sdpa"][0], results["sdpa"][0], atol=1e-5, rtol=1e-5)
+    for packed, masked in zip(results["packed_sdpa"][1], results["sdpa"][1], strict=True):
+        torch.testing.assert_close(packed, masked, atol=1e-5, rtol=1e-5)
