@@ -8,7 +8,7 @@ chat templates expect), LLaVA-style ``conversations`` (from: human | gpt) and Al
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -61,7 +61,7 @@ class Conversation:
     media: list[MediaRef] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "messages": [asdict(m) for m in self.messages], "meta": self.meta}
+        return {"id": self.id, "messages": self.as_chat(), "meta": self.meta}
 
     def as_chat(self) -> list[dict[str, str]]:
         return [{"role": m.role, "content": m.content} for m in self.messages]

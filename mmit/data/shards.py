@@ -40,16 +40,25 @@ def decode_sample(sample: dict) -> Conversation:
 
 
 def write_tar(path: Path, files: list[tuple[str, bytes]]) -> None:
-    """A tar with fixed metadata (so equal inputs give equal bytes), renamed into place when complete."""
+    """A tar with fixed metadata (so equal inputs give equal bytes), renamed into place when complete.
+
+    tarfile formats each header; the members are written straight to the file, which is several
+    times faster than ``TarFile.addfile`` for many small members.
+    """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tar:
+        with open(tmp, "wb") as out:
+            written = 0
             for name, data in files:
                 info = tarfile.TarInfo(name)
                 info.size, info.mtime, info.mode = len(data), 0, 0o644
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                tar.addfile(info, io.BytesIO(data))
+                header = info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+                padding = -len(data) % tarfile.BLOCKSIZE
+                out.write(header + data + bytes(padding))
+                written += len(header) + len(data) + padding
+            # The end: two zero blocks, then zeros up to a whole record, as tarfile closes an archive.
+            end = written + 2 * tarfile.BLOCKSIZE
+            out.write(bytes(2 * tarfile.BLOCKSIZE + (-end % tarfile.RECORDSIZE)))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -21,7 +21,7 @@ from mmit.data.annotations import (
     read_vqav2,
 )
 from mmit.data.samples import SampleError
-from mmit.data.shards import ShardStream, read_shards, shard_urls
+from mmit.data.shards import ShardStream, read_shards, shard_urls, write_tar
 from mmit.data.templates import load_templates
 from mmit.paths import RECIPES_DIR
 
@@ -447,3 +447,18 @@ def test_streaming_batches_cover_each_sample_once_and_resume(built):
     resumed = make()
     resumed.load_state(first.state())
     assert head + [next(resumed) for _ in range(per_epoch)] == expected
+
+
+def test_write_tar_gives_the_bytes_tarfile_writes(tmp_path):
+
+    files = [("s-000000.json", b'{"id": 1}'), ("s-000000.0.png", bytes(range(256)) * 5), ("x" * 120 + ".json", b"")]
+    write_tar(tmp_path / "ours.tar", files)
+    with tarfile.open(tmp_path / "tarfile.tar", "w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in files:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            tar.addfile(info, io.BytesIO(data))
+    assert (tmp_path / "ours.tar").read_bytes() == (tmp_path / "tarfile.tar").read_bytes()
+    with tarfile.open(tmp_path / "ours.tar") as tar:  # the long name comes back whole
+        assert [(m.name, m.size) for m in tar.getmembers()] == [(n, len(d)) for n, d in files]
+    assert not list(tmp_path.glob(".*tmp*"))
