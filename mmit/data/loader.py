@@ -10,6 +10,7 @@ samples are packed best-fit into rows of that many tokens, and the rows are shuf
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mmit.data.collate import Batch, Collator
+from mmit.data.tokenize import IGNORE_INDEX
 
 # Samples packed together at a time when streaming (in memory, a whole epoch is packed at once).
 PACK_WINDOW = 2048
@@ -60,6 +62,13 @@ def collate_rows(collate: Collator, rows: list[list], pack_length: int) -> Batch
     if pack_length:
         return collate.pack(rows, pack_length)
     return collate([s for row in rows for s in row])
+
+
+def without_loss(batch: Batch) -> Batch:
+    """A stand-in for a process that a short global batch leaves without rows: it runs forward
+    and backward with the others, so their collective calls stay in step, but every label is
+    ignored, so it adds nothing to the loss, the gradients or the label count of the step."""
+    return dataclasses.replace(batch, labels=torch.full_like(batch.labels, IGNORE_INDEX), ids=[])
 
 
 class BatchStream:
@@ -114,8 +123,14 @@ class BatchStream:
     def __next__(self) -> Batch:
         if self.index >= len(self._batches()):
             self.epoch, self.index = self.epoch + 1, 0
-        rows = self._batches()[self.index][self.rank :: self.world_size]
+        global_rows = self._batches()[self.index]
+        rows = global_rows[self.rank :: self.world_size]
         self.index += 1
+        if not rows:  # a short last batch has no row for this process: it steps on a stand-in
+            return without_loss(self._collate(global_rows[:1]))
+        return self._collate(rows)
+
+    def _collate(self, rows: list[list[int]]) -> Batch:
         return collate_rows(self.collate, [[self.dataset[i] for i in row] for row in rows], self.pack_length)
 
     def state(self) -> dict:

@@ -94,3 +94,25 @@ def test_prefetch_raises_the_streams_error_in_the_consumer():
     ahead = Prefetch(BatchStream([Item(0, [1])], 1, broken), depth=2)
     with pytest.raises(OSError, match="shard unreadable"):
         next(ahead)
+
+
+@pytest.mark.parametrize("pack_length", [0, 8])
+def test_a_process_left_without_rows_steps_on_a_stand_in_without_loss(pack_length):
+    from mmit.data.collate import Collator
+    from mmit.data.tokenize import IGNORE_INDEX, TokenizedSample
+
+    # 5 samples, 2 a process, 2 processes: the epoch's second global batch has one row only.
+    data = [TokenizedSample(f"s{i}", [1 + i] * 6, [IGNORE_INDEX] * 3 + [1 + i] * 3) for i in range(5)]
+    labelled, steps = {}, []
+    for rank in (0, 1):
+        stream = BatchStream(data, 2, Collator(0), seed=0, rank=rank, world_size=2, pack_length=pack_length)
+        assert len(stream._batches()) == 2
+        batches = [next(stream) for _ in range(2)]
+        steps.append([b.num_label_tokens for b in batches])
+        for batch in batches:
+            assert batch.input_ids.shape[0] >= 1  # never an empty batch: every process runs the model
+            for sample in batch.ids:
+                labelled[sample] = labelled.get(sample, 0) + 1
+            assert int((batch.labels != IGNORE_INDEX).sum()) == 3 * len(batch.ids)  # stand-ins carry none
+    assert labelled == {f"s{i}": 1 for i in range(5)}  # every sample's loss counted once, none twice
+    assert 0 in (steps[0][1], steps[1][1]) and steps[0][1] + steps[1][1] > 0

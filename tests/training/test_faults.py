@@ -218,6 +218,27 @@ def test_two_processes_match_one_and_survive_mixed_batches(strategy, compose, tm
     assert len(state["data"]["per_rank"]) == 2
 
 
+def test_a_short_last_batch_with_fewer_rows_than_processes_completes_and_matches(compose, tmp_path):
+    # 9 samples in global batches of 4: the epoch's last batch has one row, so the second process
+    # has none and steps on a stand-in without loss; the losses equal one process's.
+    common = [*TEXT, "data.source.n_train=9", "trainer.max_steps=3", "trainer.save_every=3"]
+    one = tmp_path / "one"
+    run(compose([*common, "trainer.batch_size=4"]), one)
+    two = tmp_path / "two"
+    result = subprocess.run(
+        _train_command(two, [*common, "trainer.batch_size=2", "trainer.distributed=ddp"], processes=2),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    one_losses, two_losses = _losses(one), _losses(two)
+    assert one_losses.keys() == two_losses.keys() == {1, 2, 3}
+    for step in one_losses:
+        assert two_losses[step] == pytest.approx(one_losses[step], rel=1e-5), step
+
+
 def test_tar_member_names_never_escape(tmp_path):
     """Shards from elsewhere are read in memory; what mmit writes has names of its own making."""
     import io
