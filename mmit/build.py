@@ -357,6 +357,7 @@ def build(cfg: DictConfig) -> dict:
         for split, anns in by_split.items()
         for k in range(0, len(anns), cfg.shard_size)
     ]
+    jobs.sort(key=lambda job: -len(job.annotations))  # largest first: the workers finish together
     workers = max(1, min(cfg.num_workers, len(jobs)))
     with ProcessPoolExecutor(workers) if workers > 1 else _Inline() as executor:
         results = list(tqdm(executor.map(build_chunk, jobs), total=len(jobs), desc="shards", unit="shard"))
