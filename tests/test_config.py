@@ -102,3 +102,13 @@ def test_packaging_lists_every_config_folder():
     for path in [*(REPO / "conf").rglob("*.*"), *(REPO / "data_recipes").rglob("*.*")]:
         if "__pycache__" not in path.parts:
             assert f"*{path.suffix}" in shipped, f"{path} would not ship: add *{path.suffix} to package-data"
+
+
+def test_importing_mmit_makes_openmp_wait_passively_unless_the_user_chose():
+    def policy(env):
+        code = "import mmit, os; print(os.environ['OMP_WAIT_POLICY'])"
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip()
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    assert policy(env) == "PASSIVE"
+    assert policy({**env, "OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
