@@ -19,7 +19,7 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -357,10 +357,7 @@ def build(cfg: DictConfig) -> dict:
         for split, anns in by_split.items()
         for k in range(0, len(anns), cfg.shard_size)
     ]
-    jobs.sort(key=lambda job: -len(job.annotations))  # largest first: the workers finish together
-    workers = max(1, min(cfg.num_workers, len(jobs)))
-    with ProcessPoolExecutor(workers) if workers > 1 else _Inline() as executor:
-        results = list(tqdm(executor.map(build_chunk, jobs), total=len(jobs), desc="shards", unit="shard"))
+    results = run_chunks(jobs, max(1, min(cfg.num_workers, len(jobs))))
     sets: dict[str, list[dict]] = {}
     for job, result in zip(jobs, results):
         for name, stats in result.items():
@@ -399,17 +396,24 @@ def summarize_sets(sets: dict[str, list[dict]]) -> dict[str, dict]:
     return summary
 
 
-class _Inline:
-    """A stand-in for a process pool when one worker is enough."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def map(self, fn, items, chunksize: int = 1):
-        return map(fn, items)
+def run_chunks(jobs: list[ChunkJob], workers: int) -> list[dict]:
+    """Each chunk's stats, in job order. Workers take the largest chunks first, so they finish
+    together; a failed chunk raises once all are done, the first failure in job order, so which
+    error a bad input gives does not depend on scheduling."""
+    bar = tqdm(total=len(jobs), desc="shards", unit="shard")
+    if workers == 1:
+        results = []
+        for job in jobs:
+            results.append(build_chunk(job))
+            bar.update()
+        bar.close()
+        return results
+    with ProcessPoolExecutor(workers) as pool:
+        futures = {id(job): pool.submit(build_chunk, job) for job in sorted(jobs, key=lambda j: -len(j.annotations))}
+        for _ in as_completed(futures.values()):
+            bar.update()
+    bar.close()
+    return [futures[id(job)].result() for job in jobs]
 
 
 def source_hashes(cfg: DictConfig) -> dict[str, str]:
