@@ -100,9 +100,13 @@ def decode_audio(data: bytes, where: str = "audio") -> Waveform:
             samples = sound.read(dtype="float32", always_2d=True)
         except Exception as err:
             raise SampleError("audio_truncated", f"{where}: audio stops mid-stream ({err})") from err
-    if len(samples) < declared or _wav_truncated(data) or "lacks an end-of-stream" in log:
+    if len(samples) < declared:
         raise SampleError(
             "audio_truncated", f"{where}: audio file is truncated ({len(samples)} of {declared} frames decode)"
+        )
+    if _wav_truncated(data) or "lacks an end-of-stream" in log:
+        raise SampleError(
+            "audio_truncated", f"{where}: audio file is truncated (its header promises more data than it holds)"
         )
     if len(samples) == 0:
         raise SampleError("audio_empty", f"{where}: the audio has no samples")
