@@ -67,7 +67,7 @@ def split_of(group: str, eval_fraction: float) -> str:
     return "val" if bucket < eval_fraction else "train"
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -400,20 +400,15 @@ def run_chunks(jobs: list[ChunkJob], workers: int) -> list[dict]:
     """Each chunk's stats, in job order. Workers take the largest chunks first, so they finish
     together; a failed chunk raises once all are done, the first failure in job order, so which
     error a bad input gives does not depend on scheduling."""
-    bar = tqdm(total=len(jobs), desc="shards", unit="shard")
+    progress = {"total": len(jobs), "desc": "shards", "unit": "shard"}
     if workers == 1:
-        results = []
-        for job in jobs:
-            results.append(build_chunk(job))
-            bar.update()
-        bar.close()
-        return results
+        return [build_chunk(job) for job in tqdm(jobs, **progress)]
     with ProcessPoolExecutor(workers) as pool:
-        futures = {id(job): pool.submit(build_chunk, job) for job in sorted(jobs, key=lambda j: -len(j.annotations))}
-        for _ in as_completed(futures.values()):
-            bar.update()
-    bar.close()
-    return [futures[id(job)].result() for job in jobs]
+        largest_first = sorted(range(len(jobs)), key=lambda i: -len(jobs[i].annotations))
+        futures = {i: pool.submit(build_chunk, jobs[i]) for i in largest_first}
+        for _ in tqdm(as_completed(futures.values()), **progress):
+            pass
+    return [futures[i].result() for i in range(len(jobs))]
 
 
 def source_hashes(cfg: DictConfig) -> dict[str, str]:
@@ -422,7 +417,7 @@ def source_hashes(cfg: DictConfig) -> dict[str, str]:
     for source in [*(cfg.get("sources") or []), *(cfg.get("heldout_sources") or [])]:
         for key, value in source.items():
             if key != "_target_" and isinstance(value, str) and os.path.isfile(value):
-                hashes[value] = _sha256(Path(value))
+                hashes[value] = file_sha256(Path(value))
     return hashes
 
 

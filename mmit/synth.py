@@ -37,6 +37,7 @@ import mmit
 from mmit.build import (
     BuildError,
     ShardJob,
+    file_sha256,
     format_manifest,
     load_template_files,
     read_annotations,
@@ -128,7 +129,7 @@ class LLMCalls:
         directory.mkdir(parents=True, exist_ok=True)
 
     def _key(self, prompts: list[Prompt], options: GenerationOptions) -> str:
-        media = [[hashlib.sha256(m.read()).hexdigest() for m in p.media] for p in prompts]
+        media = [[m.sha256 for m in p.media] for p in prompts]
         blob = {"model": self.model_key, "options": options.to_json(), "chats": [p.chat for p in prompts]}
         text = json.dumps({**blob, "media": media}, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -647,7 +648,7 @@ def synthesize(cfg: DictConfig, generate: GenerateFn | None = None) -> dict:
     hashes = source_hashes(cfg)
     for key in ("seed_tasks", "topics"):
         if cfg.get(key):
-            hashes[cfg[key]] = hashlib.sha256(Path(cfg[key]).read_bytes()).hexdigest()
+            hashes[cfg[key]] = file_sha256(Path(cfg[key]))
     manifest = {
         "mmit_version": mmit.__version__,
         "recipe": cfg.get("name", ""),

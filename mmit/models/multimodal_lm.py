@@ -115,7 +115,8 @@ class MultimodalLM(nn.Module):
             if self.soft_prompt is not None:
                 raise ValueError("prompt tuning prepends one prompt per row: it cannot train on packed rows")
             # No 2-D mask: transformers reads the sample boundaries from where positions restart
-            # and builds the block-diagonal causal mask (or the varlen call) itself.
+            # and builds the block-diagonal causal mask (or the varlen call) itself; packed_sdpa
+            # is handed the samples' spans instead and attends within each on its own.
             embeds = self.embed(batch.input_ids, batch.media, batch.features)
             extra = {}
             if decoder.config._attn_implementation == attention.NAME:  # each sample's attention on its own
