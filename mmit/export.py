@@ -32,6 +32,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from mmit.models.multimodal_lm import MultimodalLM
+from mmit.models.tuning import NARROW_CLASSES, widen_frozen
 from mmit.paths import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ def folded_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
     if any(isinstance(m, BaseTunerLayer) for m in module.modules()):
         module = copy.deepcopy(module)  # merging writes into the weights; leave the caller's model alone
+        widen_frozen(module)  # fold LoRA into full-width weights
         for layer in (m for m in module.modules() if isinstance(m, BaseTunerLayer)):
             layer.merge()
     state = {}
@@ -76,7 +78,12 @@ def merged_llm(model: MultimodalLM) -> PreTrainedModel:
     adapters, a soft prompt, BitFit biases added to a bias-free model): no transformers
     checkpoint could hold them.
     """
-    llm = copy.deepcopy(model.llm).merge_and_unload() if _is_peft(model.llm) else model.base_llm
+    llm = model.llm  # the transformers model itself unless peft wraps it
+    if _is_peft(llm) or any(isinstance(m, NARROW_CLASSES) for m in llm.modules()):
+        llm = copy.deepcopy(llm)  # merging and widening write into the weights; leave the caller's model alone
+        widen_frozen(llm)  # frozen weights back in the dtype they were loaded in, LoRA folded in at that width
+        if _is_peft(llm):
+            llm = llm.merge_and_unload()
     with torch.device("meta"):
         plain = type(llm)(copy.deepcopy(llm.config))
     extra = sorted(set(llm.state_dict()) - set(plain.state_dict()))

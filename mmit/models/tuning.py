@@ -206,6 +206,100 @@ def add_adapters(llm: nn.Module, config: AdapterConfig) -> nn.Module:
     return llm
 
 
+# --- frozen weights in 16 bits ---------------------------------------------------------------
+
+
+def resolve_frozen_dtype(setting: str, stored: torch.dtype | None) -> torch.dtype | None:
+    """The dtype frozen LLM weights are kept in, or None to keep them as loaded.
+
+    ``auto``: the checkpoint's own dtype when it is a 16-bit one (hub LLMs are mostly published in
+    bf16), so keeping them there loses nothing; ``float32``: as loaded; ``bfloat16`` / ``float16``.
+    """
+    choices = {"auto": None, "float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if setting not in choices:
+        raise ValueError(f"frozen_dtype must be one of {sorted(choices)}, not {setting!r}")
+    if setting == "auto":
+        return stored if stored in (torch.bfloat16, torch.float16) else None
+    return choices[setting]
+
+
+class _NarrowLinearFunction(torch.autograd.Function):
+    """``F.linear`` with a frozen weight stored narrower than the compute dtype.
+
+    The weight is widened for each call and saved for backward as stored: autograd on the widened
+    copy would keep a full-width copy of every layer alive until backward, as large as the weights.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        on = x.device.type
+        dtype = torch.get_autocast_dtype(on) if torch.is_autocast_enabled(on) else x.dtype
+        return F.linear(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (weight,) = ctx.saved_tensors
+        grad_bias = grad.flatten(0, -2).sum(0) if ctx.needs_input_grad[2] else None  # BitFit trains biases
+        return grad @ weight.to(grad.dtype), None, grad_bias
+
+
+class NarrowFrozenLinear(nn.Linear):
+    """A frozen ``nn.Linear`` whose weight is stored in 16 bits and computed in the input's dtype."""
+
+    wide_dtype: torch.dtype = torch.float32  # what the weight was loaded in
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _NarrowLinearFunction.apply(x, self.weight, self.bias)
+
+
+class NarrowFrozenEmbedding(nn.Embedding):
+    """A frozen ``nn.Embedding`` stored in 16 bits; its output comes back in the dtype it was loaded in."""
+
+    wide_dtype: torch.dtype = torch.float32
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return super().forward(ids).to(self.wide_dtype)
+
+
+_NARROW = {nn.Linear: NarrowFrozenLinear, nn.Embedding: NarrowFrozenEmbedding}
+NARROW_CLASSES = tuple(_NARROW.values())
+
+
+def narrow_frozen(llm: nn.Module, dtype: torch.dtype) -> int:
+    """Keep the LLM's frozen linear and embedding weights in ``dtype``; returns how many were narrowed.
+
+    Trainable weights (LoRA, adapters, biases under BitFit, everything under full tuning) stay as they
+    are; a weight shared by two modules (tied embeddings and output head) is narrowed once. Each
+    module's class changes in place, as ``torch.nn.utils.parametrize`` does, so names, hooks and
+    peft's wrappers around it stay. ``widen_frozen`` undoes it.
+    """
+    loaded = {id(p): p.dtype for p in llm.parameters()}  # before a tied weight is narrowed by its first module
+    narrowed = 0
+    for module in llm.modules():
+        kind = _NARROW.get(type(module))
+        if kind is None or module.weight.requires_grad:
+            continue
+        module.__class__ = kind
+        module.wide_dtype = loaded[id(module.weight)]
+        if module.weight.dtype != dtype:
+            module.weight.data = module.weight.data.to(dtype)
+            narrowed += 1
+    return narrowed
+
+
+def widen_frozen(llm: nn.Module) -> bool:
+    """Undo ``narrow_frozen`` in place (before folding LoRA into the weights, say); True if anything was narrow."""
+    plain = {narrow: wide for wide, narrow in _NARROW.items()}
+    found = False
+    for module in llm.modules():
+        if type(module) in plain:
+            module.weight.data = module.weight.data.to(module.wide_dtype)
+            module.__class__ = plain[type(module)]
+            found = True
+    return found
+
+
 # --- reporting -------------------------------------------------------------------------------
 
 

@@ -48,6 +48,7 @@ def test_smollm2_conversion_answers_and_masks(tmp_path):
     model, tokenizer = loaded.model, loaded.tokenizer
     assert type(model).__name__ == "LlamaForCausalLM" and model.config.hidden_size == 576
     assert getattr(model.config, "quantization_config", None) is None
+    assert loaded.stored_dtype == torch.bfloat16 and model.dtype == torch.float32  # stored as published, loaded wide
     prompt = encode_prompt(tokenizer, [{"role": "user", "content": "What is the capital of France?"}])
     out = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)
     answer = tokenizer.decode(out[0, len(prompt) :], skip_special_tokens=True)

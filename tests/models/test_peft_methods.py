@@ -2,6 +2,7 @@
 what trains, what a step changes, the start as the untuned model, the checkpoint round trip,
 and (prompt tuning) generation reading the same soft prompt as training."""
 
+import copy
 import io
 import re
 
@@ -51,13 +52,13 @@ CONVS = [
 ]
 
 
-def _build(method: str):
+def _build(method: str, *overrides: str):
     from hydra import compose, initialize_config_dir
 
     from mmit.paths import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["+recipe=vqa_tiny", f"peft={method}"])
+        cfg = compose(config_name="train", overrides=["+recipe=vqa_tiny", f"peft={method}", *overrides])
     torch.manual_seed(0)  # the random starts (projector, LoRA, adapters), as `mmit.train.run` seeds them
     return build_model(cfg)
 
@@ -249,3 +250,114 @@ def test_a_tiny_run_trains_and_reloads(method, compose, tmp_path):
     load_trainable(rebuilt, ckpt)
     trained = {n for n, p in rebuilt.named_parameters() if p.requires_grad}
     assert trained and all(INTENDED[method][0](n) for n in trained)
+
+
+# --- frozen weights kept in bf16 (frozen_dtype) --------------------------------------------------
+
+
+def _frozen_llm_weights(model) -> dict[str, torch.Tensor]:
+    return {
+        n: p
+        for n, p in model.llm.named_parameters()
+        if not p.requires_grad and n.endswith("weight") and ("_proj." in n or "embed_tokens" in n)
+    }
+
+
+@pytest.mark.parametrize("method", INTENDED)
+def test_frozen_weights_in_bf16_compute_what_the_rounded_fp32_model_computes(method, build):
+    narrow = build(method, "frozen_dtype=bfloat16").model
+    wide = build(method, "frozen_dtype=float32").model
+    frozen = _frozen_llm_weights(narrow)
+    assert (method == "full") == (not frozen)
+    assert all(p.dtype == torch.bfloat16 for p in frozen.values())
+    assert all(p.dtype == torch.float32 for p in narrow.parameters() if p.requires_grad)
+    with torch.no_grad():  # the reference: the same bf16 values, held in fp32 by ordinary modules
+        for name, p in _frozen_llm_weights(wide).items():
+            p.copy_(frozen[name].float())
+    batch = _batch(build(method))
+    torch.testing.assert_close(_logits(narrow, batch), _logits(wide, batch), rtol=1e-5, atol=1e-5)
+
+    grads = []
+    for model in (narrow, wide):
+        model.train()
+        next_token_loss_sum(model(batch), batch.labels, model.output_head).backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_backward_keeps_the_narrow_weights_not_wide_copies(build):
+    model = build("lora", "frozen_dtype=bfloat16").model.train()
+    batch = _batch(build("lora"))
+    frozen = _frozen_llm_weights(model)
+    shapes = {tuple(p.shape) for p in frozen.values()}
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        loss = next_token_loss_sum(model(batch), batch.labels, model.output_head)
+    wide_copies = [t for t in saved if t.dtype == torch.float32 and tuple(t.shape) in shapes and not t.requires_grad]
+    narrow_kept = {t.data_ptr() for t in saved if t.dtype == torch.bfloat16}
+    assert not wide_copies  # no fp32 copy of a frozen weight waits for backward
+    assert narrow_kept <= {p.data_ptr() for p in frozen.values()}  # what is kept is the stored weight itself
+    loss.backward()
+
+
+def test_auto_keeps_frozen_weights_in_the_checkpoints_own_dtype(tiny, tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from mmit.paths import CONF_DIR
+
+    published = tmp_path / "bf16-llm"
+    copy.deepcopy(tiny.model).to(torch.bfloat16).save_pretrained(published)  # as most hub LLMs are published
+    tiny.tokenizer.save_pretrained(published)
+    built = {}
+    for name, path in (("bf16", published), ("fp32", tiny.source)):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=["+recipe=text_tiny", "llm=hf", f"llm.name_or_path={path}"])
+        built[name] = build_model(cfg).model
+    assert {p.dtype for p in _frozen_llm_weights(built["bf16"]).values()} == {torch.bfloat16}
+    assert {p.dtype for p in built["fp32"].parameters()} == {torch.float32}
+    head = built["bf16"].output_head
+    assert head.weight is built["bf16"].base_llm.get_input_embeddings().weight  # still tied, narrowed once
+    ids = torch.tensor([[1, 2, 3]])
+    assert built["bf16"].base_llm.get_input_embeddings()(ids).dtype == torch.float32  # computed at full width
+
+
+def test_bad_frozen_dtype_is_refused():
+    from mmit.models.tuning import resolve_frozen_dtype
+
+    with pytest.raises(ValueError, match="frozen_dtype must be one of"):
+        resolve_frozen_dtype("int8", None)
+    assert resolve_frozen_dtype("auto", torch.float16) == torch.float16
+    assert resolve_frozen_dtype("auto", torch.float32) is None
+
+
+@pytest.mark.parametrize("frozen_dtype", ["float32", "bfloat16"])
+def test_export_folds_lora_into_full_width_weights_and_leaves_the_model_narrow(frozen_dtype, build):
+    from mmit.export import merged_llm
+    from mmit.models.tuning import NARROW_CLASSES
+
+    built = build("lora", f"frozen_dtype={frozen_dtype}")
+    model, batch = built.model, _batch(built)
+    _train_steps(model, batch)
+    merged = merged_llm(model)
+    assert {p.dtype for p in merged.parameters()} == {torch.float32}
+    assert not any(isinstance(m, NARROW_CLASSES) for m in merged.modules())
+    assert all(p.dtype == getattr(torch, frozen_dtype) for p in _frozen_llm_weights(model).values())  # untouched
+    text = Collator(built.tokenizer.pad_token_id)([tokenize_conversation(CONVS[1], built.tokenizer, 512)[0]])
+    with torch.no_grad():
+        expected = model.eval().logits(text)
+        got = merged.eval()(input_ids=text.input_ids, attention_mask=text.attention_mask).logits
+    real = text.attention_mask.bool()  # the collator pads the row to a multiple of 8
+    torch.testing.assert_close(got[real], expected[real], rtol=1e-4, atol=1e-4)
+
+
+def test_frozen_weights_in_bf16_under_bf16_autocast(build):
+    built = build("lora", "frozen_dtype=bfloat16")
+    model, batch = built.model.train(), _batch(built)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = next_token_loss_sum(model(batch), batch.labels, model.output_head) / batch.num_label_tokens
+    loss.backward()
+    assert torch.isfinite(loss)
+    grads = [p.grad for n, p in model.named_parameters() if p.requires_grad and ".lora_B." in n]
+    assert grads and all(g is not None and g.dtype == torch.float32 and g.abs().sum() > 0 for g in grads)
