@@ -81,6 +81,7 @@ def read_annotations(
     from mmit.factory import instantiate_source
 
     annotations, seen = [], set() if seen is None else seen
+    on_error = cfg.on_error  # read once: an OmegaConf lookup per record costs more than the record
     for source_cfg in cfg.get(key) or []:
         for where, item in tqdm(
             instantiate_source(source_cfg),
@@ -91,7 +92,7 @@ def read_annotations(
             if isinstance(item, Annotation) and item.id in seen:
                 item = SampleError("duplicate_id", f"{where}: annotation id {item.id!r} appears twice")
             if isinstance(item, SampleError):
-                if cfg.on_error == "raise":
+                if on_error == "raise":
                     raise BuildError(f"{where}: {item}" if where not in str(item) else str(item))
                 skipped[item.reason] += 1
                 continue
@@ -327,8 +328,9 @@ def build(cfg: DictConfig) -> dict:
     pool = answer_pool(annotations)
     # All annotations of one image (or clip) sit together, so a chunk decodes each file once.
     by_split: dict[str, list[Annotation]] = {"train": [], "val": [], "heldout_sources": []}
+    eval_fraction = cfg.eval_fraction  # read once: OmegaConf lookups are slow per annotation
     for ann in sorted(annotations, key=lambda a: a.group):
-        by_split[split_of(ann.group, cfg.eval_fraction)].append(ann)
+        by_split[split_of(ann.group, eval_fraction)].append(ann)
     groups = {ann.group for ann in annotations}
     for ann in sorted(heldout, key=lambda a: a.group):
         if ann.group in groups:  # the same file in training would leak into the held-out set

@@ -11,6 +11,7 @@ identical whatever the order or number of workers.
 from __future__ import annotations
 
 import random
+from bisect import bisect_left
 from dataclasses import dataclass, field
 
 from mmit.data.annotations import QA, Annotation
@@ -33,11 +34,25 @@ class ShapingConfig:
     held_out_tasks: list[str] = field(default_factory=list)  # never in training; own eval set
 
 
+def _without(answers: list[str], answer: str) -> tuple[int, int]:
+    """(how many of the sorted, distinct ``answers`` are not ``answer``, the index of ``answer`` or len)."""
+    i = bisect_left(answers, answer)
+    found = i < len(answers) and answers[i] == answer
+    return len(answers) - found, i if found else len(answers)
+
+
+def distractors(answers: list[str], answer: str, k: int, rng: random.Random) -> list[str]:
+    """``rng.sample`` of the sorted, distinct ``answers`` other than ``answer``: the same picks as
+    sampling that list, without building it (VQAv2 has ~100k distinct answers per type)."""
+    count, skip = _without(answers, answer)
+    return [answers[j + (j >= skip)] for j in rng.sample(range(count), k)]
+
+
 def qa_task(qa: QA, rng: random.Random, cfg: ShapingConfig, pool: dict[str, list[str]]) -> str:
     if qa.answer_type == "yes/no" or qa.answer.lower() in ("yes", "no"):
         return "vqa_yesno"
-    distractors = [a for a in pool.get(qa.answer_type, []) if a != qa.answer]
-    if len(distractors) >= cfg.num_choices - 1 and rng.random() < cfg.multiple_choice_fraction:
+    count, _ = _without(pool.get(qa.answer_type, []), qa.answer)
+    if count >= cfg.num_choices - 1 and rng.random() < cfg.multiple_choice_fraction:
         return "vqa_multiple_choice"
     return "vqa_short"
 
@@ -46,8 +61,7 @@ def _qa_turn(
     qa: QA, task: str, template: Template, rng: random.Random, cfg: ShapingConfig, pool: dict[str, list[str]]
 ) -> tuple[str, str]:
     if task == "vqa_multiple_choice":
-        distractors = rng.sample(sorted({a for a in pool[qa.answer_type] if a != qa.answer}), cfg.num_choices - 1)
-        options = distractors + [qa.answer]
+        options = distractors(pool[qa.answer_type], qa.answer, cfg.num_choices - 1, rng) + [qa.answer]
         rng.shuffle(options)
         listing = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
         return template.render({"question": qa.question, "options": listing}), LETTERS[options.index(qa.answer)]
@@ -170,7 +184,8 @@ def shape_annotation(
 
 
 def answer_pool(annotations: list[Annotation]) -> dict[str, list[str]]:
-    """Distinct answers per answer type, sorted: the distractors for multiple choice (image questions only)."""
+    """Distinct answers per answer type, sorted (``distractors`` relies on it): the distractors for
+    multiple choice (image questions only)."""
     pool: dict[str, set[str]] = {}
     for ann in annotations:
         if _is_audio(ann):

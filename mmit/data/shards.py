@@ -39,20 +39,47 @@ def decode_sample(sample: dict) -> Conversation:
     return Conversation(record["id"], messages, record["meta"], media)
 
 
+def _member_template() -> tuple[bytes, int]:
+    """The GNU header tarfile writes for an empty, nameless member with mmit's fixed metadata, and
+    its checksum over everything but the name, size and checksum fields."""
+    info = tarfile.TarInfo("")
+    info.mtime, info.mode = 0, 0o644
+    header = info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+    assert len(header) == tarfile.BLOCKSIZE
+    blank = header[:124] + bytes(12) + header[136:148] + b" " * 8 + header[156:]
+    return blank, sum(blank)
+
+
+_TEMPLATE, _TEMPLATE_SUM = _member_template()
+
+
+def member_header(name: str, size: int) -> bytes:
+    """The header ``TarInfo.tobuf`` writes for a member with mmit's fixed metadata, byte for byte;
+    short names are patched into one template, as formatting every field costs ~50 us a member."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) >= 100 or size >= 8**11:  # a GNU long-name record, or a size in base-256: tarfile's own
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = size, 0, 0o644
+        return info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+    size_field = b"%011o\0" % size
+    checksum = _TEMPLATE_SUM + sum(raw) + sum(size_field)
+    return b"".join(
+        (raw, _TEMPLATE[len(raw) : 124], size_field, _TEMPLATE[136:148], b"%06o\0 " % checksum, _TEMPLATE[156:])
+    )
+
+
 def write_tar(path: Path, files: list[tuple[str, bytes]]) -> None:
     """A tar with fixed metadata (so equal inputs give equal bytes), renamed into place when complete.
 
-    tarfile formats each header; the members are written straight to the file, which is several
-    times faster than ``TarFile.addfile`` for many small members.
+    The bytes are those of ``tarfile`` in GNU format; headers and members are written straight to
+    the file, which is several times faster than ``TarFile.addfile`` for many small members.
     """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as out:
             written = 0
             for name, data in files:
-                info = tarfile.TarInfo(name)
-                info.size, info.mtime, info.mode = len(data), 0, 0o644
-                header = info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+                header = member_header(name, len(data))
                 padding = -len(data) % tarfile.BLOCKSIZE
                 out.write(header + data + bytes(padding))
                 written += len(header) + len(data) + padding

@@ -38,7 +38,7 @@ class Template:
 def load_templates(path: str | Path) -> dict[str, list[Template]]:
     """Read a template file; ids must be unique and every task needs a training template."""
     path = Path(path)
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    raw = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a mapping of task -> list of templates")
     by_task: dict[str, list[Template]] = {}

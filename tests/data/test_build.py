@@ -452,6 +452,7 @@ def test_streaming_batches_cover_each_sample_once_and_resume(built):
 def test_write_tar_gives_the_bytes_tarfile_writes(tmp_path):
 
     files = [("s-000000.json", b'{"id": 1}'), ("s-000000.0.png", bytes(range(256)) * 5), ("x" * 120 + ".json", b"")]
+    files += [("ñandú-é.json", b"x" * 511), ("y" * 99, b"z" * 513), ("y" * 100, b""), ("a.b", b"q" * 70000)]
     write_tar(tmp_path / "ours.tar", files)
     with tarfile.open(tmp_path / "tarfile.tar", "w", format=tarfile.GNU_FORMAT) as tar:
         for name, data in files:
@@ -462,3 +463,19 @@ def test_write_tar_gives_the_bytes_tarfile_writes(tmp_path):
     with tarfile.open(tmp_path / "ours.tar") as tar:  # the long name comes back whole
         assert [(m.name, m.size) for m in tar.getmembers()] == [(n, len(d)) for n, d in files]
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_distractors_pick_what_sampling_the_pool_without_the_answer_picks():
+    import random
+
+    from mmit.data.instructions import distractors
+
+    words = sorted({f"w{random.Random(0).randrange(10**6)}-{i}" for i in range(300)})
+    for trial in range(200):
+        rng = random.Random(trial)
+        pool = sorted(rng.sample(words, rng.randrange(3, 60)))
+        answer = rng.choice(pool) if trial % 3 else "not in the pool"
+        k = rng.randrange(1, 3)
+        a, b = random.Random(trial), random.Random(trial)
+        assert distractors(pool, answer, k, a) == b.sample(sorted({w for w in pool if w != answer}), k)
+        assert a.random() == b.random()  # the generator moved on the same way
