@@ -1266,35 +1266,38 @@ def lora_step_flops(model, batch: int, seq: int, labelled: int) -> dict:
     }
 
 
-def lora_mfu(plan: Plan, shape: dict, precisions: list[str], sizes: dict) -> dict:
-    """Per precision: step seconds, achieved FLOP/s and the fp32 / bf16 matmul peaks of each repetition."""
+def lora_mfu(plan: Plan, shape: dict, variants: dict[str, tuple[str, str]], sizes: dict) -> dict:
+    """Per variant (label -> (precision, frozen_dtype)): step seconds, achieved FLOP/s and the fp32 / bf16
+    matmul peaks of each repetition. Variants alternate within every repetition."""
     device = plan.device
     batch, seq = plan.b5_tokens
-    model = text_model(shape, "lora", device)
     data = text_batch(batch, seq, shape["vocab_size"], device)
-    optimizer = make_optimizer(model)
-    count = lora_step_flops(model, batch, seq, data.num_label_tokens)
+    models = {frozen: text_model(shape, "lora", device, frozen) for _, frozen in variants.values()}
+    optimizers = {frozen: make_optimizer(model) for frozen, model in models.items()}
+    count = lora_step_flops(next(iter(models.values())), batch, seq, data.num_label_tokens)
 
-    def step(precision: str) -> float:
-        return training_step(model, data, "labelled", precision, device, optimizer)
+    def step(label: str) -> float:
+        precision, frozen = variants[label]
+        return training_step(models[frozen], data, "labelled", precision, device, optimizers[frozen])
 
-    for precision in precisions:
-        step(precision)  # warm-up
+    labels = list(variants)
+    for label in labels:
+        step(label)  # warm-up
     peaks: dict[str, list[float]] = {"fp32": [], "bf16": []}
-    seconds: dict[str, list[float]] = {p: [] for p in precisions}
+    seconds: dict[str, list[float]] = {label: [] for label in labels}
     for rep in range(plan.reps):
         # The peaks are measured next to the steps they are compared with, every repetition.
-        for label, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-            rate, sizes[label] = matmul_peak(dtype, device, sizes[label] and [sizes[label]], plan.quick)
-            peaks[label].append(rate)
-        for precision in precisions if rep % 2 == 0 else precisions[::-1]:
-            seconds[precision].append(timed(lambda p=precision: step(p), device))
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            rate, sizes[name] = matmul_peak(dtype, device, sizes[name] and [sizes[name]], plan.quick)
+            peaks[name].append(rate)
+        for label in labels if rep % 2 == 0 else labels[::-1]:
+            seconds[label].append(timed(lambda label=label: step(label), device))
     out = {}
-    for precision in precisions:
-        achieved = [count["flops"] / s for s in seconds[precision]]
-        out[precision] = {
-            "step_seconds": seconds[precision],
-            "tokens_per_second": batch * seq / median(seconds[precision]),
+    for label in labels:
+        achieved = [count["flops"] / s for s in seconds[label]]
+        out[label] = {
+            "step_seconds": seconds[label],
+            "tokens_per_second": batch * seq / median(seconds[label]),
             "achieved_flops": achieved,
             "peak_fp32": peaks["fp32"],
             "peak_bf16": peaks["bf16"],
@@ -1308,6 +1311,9 @@ def lora_mfu(plan: Plan, shape: dict, precisions: list[str], sizes: dict) -> dic
     return out
 
 
+WIDE = "frozen weights fp32"  # B5's comparison variant: frozen_dtype=float32 instead of mmit's auto
+
+
 def bench_b5(plan: Plan) -> Result:
     device = plan.device
     batch, seq = plan.b5_tokens
@@ -1316,11 +1322,14 @@ def bench_b5(plan: Plan) -> Result:
     sizes: dict[str, int | None] = {"fp32": None, "bf16": None}  # matmul sizes, found in the first repetition
     rows, raw, notes = [], {}, []
     for name, shape in shapes.items():
-        for precision, m in lora_mfu(plan, shape, precisions, sizes).items():
-            raw[f"{name} {precision}"] = m
+        variants = {p: (p, "auto") for p in precisions}
+        if name == plan.text_shape_name and precisions == ["fp32"]:  # frozen bf16 weights widened for fp32 matmuls
+            variants[f"fp32, {WIDE}"] = ("fp32", "float32")
+        for label, m in lora_mfu(plan, shape, variants, sizes).items():
+            raw[f"{name} {label}"] = m
             rows.append(
                 [
-                    f"{name.split(' (')[0]}, {precision}",
+                    f"{name.split(' (')[0]}, {label}",
                     m["tokens_per_second"],
                     median(m["achieved_flops"]) / 1e9,
                     median(m["peak_fp32"]) / 1e9,
@@ -1370,6 +1379,15 @@ def bench_b5(plan: Plan) -> Result:
             "trains in fp32 here, the bf16 step was not run (it would take minutes), and the "
             "'MFU vs bf16 peak' column is far above 100%: the goal is judged against the fp32 peak, the "
             "faster one."
+        )
+    wide = raw.get(f"{plan.text_shape_name} fp32, {WIDE}")
+    if wide:
+        paired = median([a / b for a, b in zip(main_fp32["step_seconds"], wide["step_seconds"])])
+        notes.append(
+            f"The `{WIDE}` row keeps the frozen weights as fp32 (`frozen_dtype=float32`); mmit's default keeps "
+            "them in bf16, as SmolLM2 is published, and widens each for its fp32 matmul. Step time bf16 / fp32 "
+            f"frozen weights, paired per repetition: {paired:.3f} (the price of B6's memory saving on a CPU "
+            "without fast bf16; under bf16 autocast the matmuls read the bf16 weights as they are)."
         )
     result.notes = notes
     return result

@@ -7,6 +7,7 @@ Also the table of trainable and frozen parameters per component logged at start.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -223,11 +224,34 @@ def resolve_frozen_dtype(setting: str, stored: torch.dtype | None) -> torch.dtyp
     return choices[setting]
 
 
+_workspace = threading.local()
+WORKSPACE_MAX = 16 * 2**20  # elements: larger weights (vocabulary-sized output heads) are widened into new tensors
+
+
+def _widened(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``weight`` in ``dtype``, as a view of this thread's one reused buffer (one widened weight at a time).
+
+    A new tensor for every call would be allocated and paged in again each time: on a CPU that made a
+    LoRA step of SmolLM2-135M ~8% slower than with fp32 weights; with the buffer it is within noise.
+    """
+    if weight.dtype == dtype:
+        return weight
+    n = weight.numel()
+    if n > WORKSPACE_MAX:
+        return weight.to(dtype)
+    buffers = _workspace.__dict__.setdefault("buffers", {})
+    buffer = buffers.get((weight.device, dtype))
+    if buffer is None or buffer.numel() < n:
+        buffer = buffers[weight.device, dtype] = torch.empty(n, dtype=dtype, device=weight.device)
+    return buffer[:n].view(weight.shape).copy_(weight)
+
+
 class _NarrowLinearFunction(torch.autograd.Function):
     """``F.linear`` with a frozen weight stored narrower than the compute dtype.
 
     The weight is widened for each call and saved for backward as stored: autograd on the widened
     copy would keep a full-width copy of every layer alive until backward, as large as the weights.
+    The widened weight lives only during its matmul, so every layer can share one buffer.
     """
 
     @staticmethod
@@ -235,13 +259,13 @@ class _NarrowLinearFunction(torch.autograd.Function):
         ctx.save_for_backward(weight)
         on = x.device.type
         dtype = torch.get_autocast_dtype(on) if torch.is_autocast_enabled(on) else x.dtype
-        return F.linear(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
+        return F.linear(x.to(dtype), _widened(weight, dtype), None if bias is None else bias.to(dtype))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (weight,) = ctx.saved_tensors
         grad_bias = grad.flatten(0, -2).sum(0) if ctx.needs_input_grad[2] else None  # BitFit trains biases
-        return grad @ weight.to(grad.dtype), None, grad_bias
+        return grad @ _widened(weight, grad.dtype), None, grad_bias
 
 
 class NarrowFrozenLinear(nn.Linear):
