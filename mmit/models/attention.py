@@ -54,7 +54,7 @@ def packed_sdpa_attention(
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     rows = []
     # Split, not slice: the backward of a split is one concatenation, while every slice's backward
-    # would write its gradient into a zero tensor the size of the whole row.
+    # would write its gradient into a zero tensor the size of the whole batch of rows.
     for r, (q, k, v) in enumerate(zip(*(t.split(1) for t in (query, key, value)))):
         sizes = [e - s for s, e in packed_spans[r]]
         # No mask: a span is one whole sample, causal on its own (SDPA's is_causal kernel).
