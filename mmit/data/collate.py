@@ -32,6 +32,9 @@ class Batch:
     position_ids: torch.Tensor | None = None
     # modality -> cached encoder outputs (N, tokens, dim), in place of ``media`` (mmit.data.features)
     features: dict[str, torch.Tensor] = field(default_factory=dict)
+    # per packed row, the (start, end) of each sample and of the padding: read by packed_sdpa, kept on
+    # the host so that no device sync is needed to find them
+    spans: list[list[tuple[int, int]]] | None = None
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(
@@ -42,6 +45,7 @@ class Batch:
             {k: v.to(device) for k, v in self.media.items()},
             None if self.position_ids is None else self.position_ids.to(device),
             {k: v.to(device) for k, v in self.features.items()},
+            self.spans,
         )
 
     @property
@@ -125,6 +129,7 @@ class Collator:
         labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
         position_ids = torch.zeros((len(rows), length), dtype=torch.long)
+        spans = [[] for _ in rows]
         for r, row in enumerate(rows):
             start = 0
             for s in row:
@@ -136,8 +141,12 @@ class Collator:
                 labels[r, start] = IGNORE_INDEX
                 attention_mask[r, start:end] = 1
                 position_ids[r, start:end] = torch.arange(end - start)
+                spans[r].append((start, end))
                 start = end
             position_ids[r, start:] = torch.arange(length - start)
+            if start < length:
+                spans[r].append((start, length))
         samples = [s for row in rows for s in row]
         media, features = self.media_inputs(samples)
-        return Batch(input_ids, attention_mask, labels, [s.id for s in samples], media, position_ids, features)
+        ids = [s.id for s in samples]
+        return Batch(input_ids, attention_mask, labels, ids, media, position_ids, features, spans)

@@ -6,8 +6,9 @@ the blocks between samples: attention work grows with the row, not with the samp
 flash-attention (CPU, or a GPU without flash-attn installed) this attention takes each sample's
 span of the row (where the position restarts at 0) and runs causal SDPA on it alone, so its work
 is the sum of the squared sample lengths, as flash-attention's variable-length kernel would do.
-``MultimodalLM.forward`` passes the spans of packed rows (``packed_spans``); every other call
-(padded batches, generation) is transformers' own SDPA.
+``MultimodalLM.forward`` passes the spans of packed rows (``packed_spans``: those ``Collator.pack``
+recorded on the batch, so finding them needs no device sync); every other call (padded batches,
+generation) is transformers' own SDPA.
 
 Registered under the name ``packed_sdpa`` when this module is imported; ``mmit.models.llm``
 loads LLMs with it by default (``llm.attn_implementation``).

@@ -120,7 +120,8 @@ class MultimodalLM(nn.Module):
             embeds = self.embed(batch.input_ids, batch.media, batch.features)
             extra = {}
             if decoder.config._attn_implementation == attention.NAME:  # each sample's attention on its own
-                extra["packed_spans"] = attention.sample_spans(batch.position_ids)
+                spans = batch.spans if batch.spans is not None else attention.sample_spans(batch.position_ids)
+                extra["packed_spans"] = spans
             out = decoder(inputs_embeds=embeds, position_ids=batch.position_ids, use_cache=False, **extra)
             return out.last_hidden_state
         embeds, attention_mask = self.prepare_inputs(batch.input_ids, batch.attention_mask, batch.media, batch.features)

@@ -272,6 +272,11 @@ def test_packed_rows_give_each_sample_its_unpacked_logits_and_loss(mm, attention
     padded = collate(samples)
     packed = collate.pack(rows, length=len(samples[2].input_ids) + 8)
     assert packed.position_ids[0, len(samples[0].input_ids)] == 0  # the second sample starts afresh
+    # The spans the collator records (no device sync) are those the positions imply, padding included.
+    third = len(samples[2].input_ids)
+    assert packed.spans == packed_sdpa.sample_spans(packed.position_ids)
+    assert packed.spans[1] == [(0, third), (third, third + 8)]
+    assert packed.to("cpu").spans == packed.spans
     with torch.no_grad():
         padded_logits, packed_logits = model.logits(padded), model.logits(packed)
         padded_loss = next_token_loss_sum(model(padded), padded.labels, model.output_head)
