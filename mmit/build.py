@@ -368,17 +368,23 @@ def build(cfg: DictConfig) -> dict:
         if name not in sets and not any((out / name).iterdir()):
             (out / name).rmdir()
 
-    manifest = {
+    manifest = recipe_manifest(cfg, source_hashes(cfg), skipped, {n: sets[n] for n in SETS if n in sets})
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
+    return manifest
+
+
+def recipe_manifest(cfg: DictConfig, sources: dict[str, str], skipped: dict, sets: dict[str, list[dict]]) -> dict:
+    """What ``mmit.build`` and ``mmit.synth`` manifests hold: version, recipe, seed, config, source
+    hashes, skipped annotations by reason and the per-set summary of the shards' stats."""
+    return {
         "mmit_version": mmit.__version__,
         "recipe": cfg.get("name", ""),
         "seed": cfg.seed,
         "config": OmegaConf.to_container(cfg, resolve=True),
-        "sources": source_hashes(cfg),
+        "sources": sources,
         "skipped_annotations": dict(sorted(skipped.items())),
-        "sets": summarize_sets({n: sets[n] for n in SETS if n in sets}),
+        "sets": summarize_sets(sets),
     }
-    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
-    return manifest
 
 
 def summarize_sets(sets: dict[str, list[dict]]) -> dict[str, dict]:

@@ -33,7 +33,6 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-import mmit
 from mmit.build import (
     BuildError,
     ShardJob,
@@ -43,9 +42,9 @@ from mmit.build import (
     read_annotations,
     read_media_file,
     recipe_command,
+    recipe_manifest,
     source_hashes,
     split_of,
-    summarize_sets,
     write_shard,
 )
 from mmit.data.annotations import Annotation
@@ -650,13 +649,7 @@ def synthesize(cfg: DictConfig, generate: GenerateFn | None = None) -> dict:
         if cfg.get(key):
             hashes[cfg[key]] = file_sha256(Path(cfg[key]))
     manifest = {
-        "mmit_version": mmit.__version__,
-        "recipe": cfg.get("name", ""),
-        "seed": cfg.seed,
-        "config": OmegaConf.to_container(cfg, resolve=True),
-        "sources": hashes,
-        "skipped_annotations": generation.pop("skipped_annotations", {}),
-        "sets": summarize_sets(stats),
+        **recipe_manifest(cfg, hashes, generation.pop("skipped_annotations", {}), stats),
         "generation": {
             "mode": cfg.mode,
             "model": json.loads(model_key),

@@ -891,6 +891,14 @@ class LoopSetup:
             summary = train(self.model, self.tokenizer, self.dataset, {}, config, run_dir, **extra)
         return summary["train_seconds"]
 
+    def timed_sides(self, variants: list[MmitFastPaths]) -> tuple[dict, dict[str, Callable[[], float]]]:
+        """Each variant's epoch stats and a two-step warm-up; then, per variant, a ``loop_reps`` side that
+        times one epoch. The warm-up trains the model: call this after anything that needs it untrained."""
+        stats = {v.name: self.epoch_stats(v) for v in variants}
+        for v in variants:
+            self.epoch(v, steps=2)  # warm-up (and the feature cache, for a variant that reads it)
+        return stats, {v.name: (lambda v=v: self.epoch(v)) for v in variants}
+
 
 def loop_setup(plan: Plan) -> LoopSetup:
     """B1, B2 and B4's setup, built by the first of them and kept in the plan."""
@@ -934,7 +942,6 @@ def bench_b4(plan: Plan) -> Result:
     real_tokens = loop.real_tokens
     naive_computed = sum(len(b) * max(loop.lengths[i] for i in b) for b in naive.batches)
     variants = [loop.resolve(v) for v in plan.b4_variants]
-    stats = {v.name: loop.epoch_stats(v) for v in variants}
 
     # Same weights, same function: the first naive batch's loss through both, before any training.
     first = naive.collate(naive.batches[0])
@@ -950,13 +957,9 @@ def bench_b4(plan: Plan) -> Result:
     if any(v.feature_cache for v in variants):
         loop.features()
     optimizer = torch.optim.AdamW(llava_trainable, lr=2e-4)
-    sides: dict[str, Callable[[], float]] = {
-        "naive": lambda: naive_epoch(llava, naive, optimizer, llava_trainable, precision, device),
-        **{v.name: (lambda v=v: loop.epoch(v)) for v in variants},
-    }
     naive_epoch(llava, naive, optimizer, llava_trainable, precision, device, steps=2)  # warm-up
-    for v in variants:
-        loop.epoch(v, steps=2)
+    stats, mmit_sides = loop.timed_sides(variants)  # after the loss check: the warm-up trains the model
+    sides = {"naive": lambda: naive_epoch(llava, naive, optimizer, llava_trainable, precision, device), **mmit_sides}
     seconds = loop_reps(plan, "B4", sides)
     batch_sizes = {v.name: loop.batch_size(v) for v in variants}
 
@@ -1113,10 +1116,8 @@ def bench_b1(plan: Plan) -> Result:
     padded = MmitFastPaths("padded", group_by_length=0, feature_cache=True)
     packed = loop.resolve(MmitFastPaths("packed", pack_length=-1, feature_cache=True))
     variants = [padded, packed]
-    stats = {v.name: loop.epoch_stats(v) for v in variants}
-    for v in variants:
-        loop.epoch(v, steps=2)  # warm-up (and the feature cache)
-    seconds = loop_reps(plan, "B1", {v.name: (lambda v=v: loop.epoch(v)) for v in variants})
+    stats, sides = loop.timed_sides(variants)
+    seconds = loop_reps(plan, "B1", sides)
     useful = {v.name: stats[v.name]["real_tokens"] / median(seconds[v.name]) for v in variants}
     ideal = stats["padded"]["computed_tokens"] / stats["padded"]["real_tokens"]
     gain = useful["packed"] / useful["padded"]
@@ -1182,11 +1183,8 @@ def bench_b2(plan: Plan) -> Result:
     live = MmitFastPaths("encoder every step", feature_cache=False)
     cached = MmitFastPaths("cached features", feature_cache=True)
     variants = [live, cached]
-    stats = {v.name: loop.epoch_stats(v) for v in variants}
-    for v in variants:
-        loop.epoch(v, steps=2)
-    encoder_epoch_seconds(loop)
-    sides = {v.name: (lambda v=v: loop.epoch(v)) for v in variants}
+    stats, sides = loop.timed_sides(variants)
+    encoder_epoch_seconds(loop)  # warm-up
     seconds = loop_reps(plan, "B2", {**sides, "encoder alone": lambda: encoder_epoch_seconds(loop)})
     encoder_share = median(seconds["encoder alone"]) / median(seconds[live.name])
     ideal = 1 / (1 - min(encoder_share, 0.99))

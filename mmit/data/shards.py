@@ -39,12 +39,17 @@ def decode_sample(sample: dict) -> Conversation:
     return Conversation(record["id"], messages, record["meta"], media)
 
 
+def _tarfile_header(name: str, size: int) -> bytes:
+    """The GNU header ``tarfile`` writes for a member with mmit's fixed metadata (mtime 0, mode 644)."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, 0, 0o644
+    return info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+
+
 def _member_template() -> tuple[bytes, int]:
-    """The GNU header tarfile writes for an empty, nameless member with mmit's fixed metadata, and
-    its checksum over everything but the name, size and checksum fields."""
-    info = tarfile.TarInfo("")
-    info.mtime, info.mode = 0, 0o644
-    header = info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+    """The header of an empty, nameless member, and its checksum over everything but the name,
+    size and checksum fields."""
+    header = _tarfile_header("", 0)
     assert len(header) == tarfile.BLOCKSIZE
     blank = header[:124] + bytes(12) + header[136:148] + b" " * 8 + header[156:]
     return blank, sum(blank)
@@ -58,9 +63,7 @@ def member_header(name: str, size: int) -> bytes:
     short names are patched into one template, as formatting every field costs ~50 us a member."""
     raw = name.encode("utf-8", "surrogateescape")
     if len(raw) >= 100 or size >= 8**11:  # a GNU long-name record, or a size in base-256: tarfile's own
-        info = tarfile.TarInfo(name)
-        info.size, info.mtime, info.mode = size, 0, 0o644
-        return info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+        return _tarfile_header(name, size)
     size_field = b"%011o\0" % size
     checksum = _TEMPLATE_SUM + sum(raw) + sum(size_field)
     return b"".join(

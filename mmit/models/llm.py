@@ -85,11 +85,12 @@ def load_pretrained(
         kwargs["local_files_only"] = True
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        stored_dtype = AutoConfig.from_pretrained(source, **kwargs).dtype  # loading overwrites it with `dtype`
+        config = AutoConfig.from_pretrained(source, **kwargs)
+        stored_dtype = config.dtype  # read before loading, which sets it to `dtype`
         if isinstance(stored_dtype, str):
             stored_dtype = getattr(torch, stored_dtype, None)
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=_dtype(dtype), attn_implementation=attn_implementation, **kwargs
+            source, config=config, dtype=_dtype(dtype), attn_implementation=attn_implementation, **kwargs
         )
     except OSError as err:
         if is_local:
