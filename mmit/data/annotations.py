@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import tarfile
 from collections import Counter
 from collections.abc import Iterator
@@ -68,16 +69,12 @@ def _load_json(path: str | Path) -> Any:
         raise SampleError("bad_json", f"{path}:{err.lineno}: bad JSON ({err.msg})") from err
 
 
-def _image(path: Path) -> MediaRef:
-    if not path.is_file():
-        raise SampleError("missing_media", f"image file {path} does not exist")
-    return MediaRef("image", path.suffix.lstrip(".").lower(), path=str(path))
-
-
-def _audio(path: Path) -> MediaRef:
-    if not path.is_file():
-        raise SampleError("missing_media", f"audio file {path} does not exist")
-    return MediaRef("audio", path.suffix.lstrip(".").lower(), path=str(path))
+def _media(kind: str, root: str | Path, name: str) -> MediaRef:
+    """The file ``name`` under ``root`` (string paths: pathlib costs more than the record here)."""
+    path = os.path.join(root, name)
+    if not os.path.isfile(path):
+        raise SampleError("missing_media", f"{kind} file {path} does not exist")
+    return MediaRef(kind, os.path.splitext(path)[1][1:].lower(), path=path)
 
 
 def _clean(text: Any) -> str:
@@ -109,7 +106,7 @@ def read_coco_captions(annotations_file: str, images_dir: str, detailed: bool = 
         if image_id not in by_image:
             continue  # an image without captions is simply not annotated
         try:
-            media = _image(Path(images_dir) / image["file_name"])
+            media = _media("image", images_dir, image["file_name"])
         except (SampleError, KeyError) as err:
             yield where, err if isinstance(err, SampleError) else SampleError("missing_field", f"{where}: no file_name")
             continue
@@ -159,7 +156,7 @@ def read_vqav2(
         where = f"{questions_file}:image {image_id}"
         name = image_pattern.format(data_subtype=subtype, image_id=image_id)
         try:
-            media = _image(Path(images_dir) / name)
+            media = _media("image", images_dir, name)
         except SampleError as err:
             yield where, err
             continue
@@ -187,7 +184,7 @@ def read_caption_jsonl(path: str, images_dir: str, image_pattern: str = "{image_
     for name in sorted(by_image):
         where = f"{path}:{name}"
         try:
-            media = _image(Path(images_dir) / name)
+            media = _media("image", images_dir, name)
         except SampleError as err:
             yield where, err
             continue
@@ -217,7 +214,7 @@ def _conversation(
 ) -> Annotation:
     """A conversation record, its images and its audio clips as an Annotation; raises SampleError."""
     conv = conversation_from_record(record, default_id=default_id or where)
-    media = [_image(root / name) for name in names] + [_audio(root / name) for name in audio_names]
+    media = [_media("image", root, name) for name in names] + [_media("audio", root, name) for name in audio_names]
     group = names[0] if names else audio_names[0] if audio_names else f"text:{conv.id}"
     return Annotation(f"{id_prefix}{conv.id}", source, "conversation", media, group, messages=conv.messages)
 
@@ -329,7 +326,7 @@ def _captioned_clip(where: str, source: str, id_prefix: str, audio_dir: Path, na
     if not captions:
         return where, SampleError("empty_answer", f"{where}: no caption for {name}")
     try:
-        media = _audio(audio_dir / name)
+        media = _media("audio", audio_dir, name)
     except SampleError as err:
         return where, err
     return where, Annotation(f"{id_prefix}{name}", source, "caption", [media], name, captions=captions)
@@ -429,16 +426,16 @@ def read_audio_qa_jsonl(path: str, audio_dir: str | None = None) -> Item:
     for name in sorted(by_clip):
         where = f"{path}:{name}"
         try:
-            media = _audio(root / name)
+            media = _media("audio", root, name)
         except SampleError as err:
             yield where, err
             continue
         yield where, Annotation(f"audioqa-{name}", "audio_qa_jsonl", "vqa", [media], name, qas=by_clip[name])
 
 
-def _transcribed_clip(where: str, source: str, id_prefix: str, path: Path, name: str, text: str):
+def _transcribed_clip(where: str, source: str, id_prefix: str, root: str | Path, name: str, text: str):
     try:
-        media = _audio(path)
+        media = _media("audio", root, name)
     except SampleError as err:
         return where, err
     return where, Annotation(f"{id_prefix}{name}", source, "transcript", [media], name, transcript=text)
@@ -456,7 +453,7 @@ def read_transcript_jsonl(path: str, audio_dir: str | None = None) -> Item:
             yield where, SampleError("duplicate_id", f"{where}: {name} has a second transcript")
             continue
         seen.add(name)
-        yield _transcribed_clip(where, "transcript_jsonl", "transcript-", root / name, name, _clean(record["text"]))
+        yield _transcribed_clip(where, "transcript_jsonl", "transcript-", root, name, _clean(record["text"]))
 
 
 def read_librispeech(root: str, audio_ext: str = "flac") -> Item:
@@ -471,6 +468,5 @@ def read_librispeech(root: str, audio_ext: str = "flac") -> Item:
             if not text.strip():
                 yield where, SampleError("empty_answer", f"{where}: no transcript for {utterance}")
                 continue
-            path = listing.parent / f"{utterance}.{audio_ext}"
-            name = str(path.relative_to(base))
-            yield _transcribed_clip(where, "librispeech", "librispeech-", path, name, text.strip())
+            name = str((listing.parent / f"{utterance}.{audio_ext}").relative_to(base))
+            yield _transcribed_clip(where, "librispeech", "librispeech-", base, name, text.strip())

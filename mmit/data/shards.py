@@ -23,10 +23,13 @@ from webdataset import tariterators
 from mmit.data.samples import Conversation, MediaRef, Message, SampleError
 
 
+_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False)  # one encoder: json.dumps with options makes one a call
+
+
 def encode_sample(conv: Conversation, key: str) -> list[tuple[str, bytes]]:
     """The files of one sample, in a fixed order."""
     record = {**conv.to_json(), "media": [{"kind": m.kind, "ext": m.ext} for m in conv.media]}
-    files = [(f"{key}.json", json.dumps(record, sort_keys=True, ensure_ascii=False).encode("utf-8"))]
+    files = [(f"{key}.json", _JSON.encode(record).encode("utf-8"))]
     files += [(f"{key}.{i}.{m.ext}", m.read()) for i, m in enumerate(conv.media)]
     return files
 
@@ -56,6 +59,7 @@ def _member_template() -> tuple[bytes, int]:
 
 
 _TEMPLATE, _TEMPLATE_SUM = _member_template()
+_ZEROS = bytes(tarfile.BLOCKSIZE)
 
 
 def member_header(name: str, size: int) -> bytes:
@@ -82,9 +86,12 @@ def write_tar(path: Path, files: list[tuple[str, bytes]]) -> None:
         with open(tmp, "wb") as out:
             written = 0
             for name, data in files:
-                header = member_header(name, len(data))
                 padding = -len(data) % tarfile.BLOCKSIZE
-                out.write(header + data + bytes(padding))
+                # Three writes rather than one joined buffer: no copy of the (often large) media bytes.
+                header = member_header(name, len(data))
+                out.write(header)
+                out.write(data)
+                out.write(_ZEROS[:padding])
                 written += len(header) + len(data) + padding
             # The end: two zero blocks, then zeros up to a whole record, as tarfile closes an archive.
             end = written + 2 * tarfile.BLOCKSIZE

@@ -29,10 +29,10 @@ class Template:
         return {name for _, name, _, _ in string.Formatter().parse(self.text) if name}
 
     def render(self, values: Mapping[str, Any]) -> str:
-        missing = self.fields - set(values)
-        if missing:
-            raise KeyError(f"template {self.id!r} needs field(s) {sorted(missing)}")
-        return self.text.format_map(values)
+        try:
+            return self.text.format_map(values)
+        except KeyError:
+            raise KeyError(f"template {self.id!r} needs field(s) {sorted(self.fields - set(values))}") from None
 
 
 def load_templates(path: str | Path) -> dict[str, list[Template]]:

@@ -479,3 +479,26 @@ def test_distractors_pick_what_sampling_the_pool_without_the_answer_picks():
         a, b = random.Random(trial), random.Random(trial)
         assert distractors(pool, answer, k, a) == b.sample(sorted({w for w in pool if w != answer}), k)
         assert a.random() == b.random()  # the generator moved on the same way
+
+
+def test_template_without_a_needed_field_names_the_template_and_field():
+    from mmit.data.templates import Template
+
+    template = Template("vqa-7", "vqa_short", "Q: {question} ({options})")
+    assert template.render({"question": "why?", "options": "A"}) == "Q: why? (A)"
+    with pytest.raises(KeyError, match=r"'vqa-7' needs field\(s\) \['options'\]"):
+        template.render({"question": "why?"})
+
+
+def test_build_pauses_garbage_collection_and_restores_it(sources, tmp_path):
+    import gc
+
+    assert gc.isenabled()
+    build(recipe(sources, tmp_path / "a"))
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        build(recipe(sources, tmp_path / "b"))
+        assert not gc.isenabled()  # a caller's own setting is kept
+    finally:
+        gc.enable()

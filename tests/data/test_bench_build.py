@@ -1,0 +1,42 @@
+"""tools/bench_build.py: a tiny run of each image case measures both sides (no speed assertions)."""
+
+import importlib.util
+from pathlib import Path
+
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_build", REPO / "tools" / "bench_build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_each_case_decodes_and_builds_the_same_images(tmp_path, capsys):
+    bench = load_bench()
+    rows = bench.main(["--images", "12", "--repeat", "1", "--workers", "1", "--cases", "demo", "photo"])
+    assert [r["case"] for r in rows] == ["demo", "photo"]
+    for row in rows:
+        assert row["images"] == 12 and row["samples"] > 12  # several samples per image
+        assert row["decode_s"] > 0 and row["build_s"] > 0
+    # Photos carry a photo's detail: far larger files than the flat drawn scenes.
+    assert rows[1]["mean_image_kb"] > 20 * rows[0]["mean_image_kb"]
+    table = capsys.readouterr().out
+    assert "| 640x480 JPEG, photo-like | 1 | " in table and "overhead beyond decoding" in table
+
+
+def test_photos_are_640x480_jpegs_that_the_annotations_name(tmp_path):
+    bench = load_bench()
+    from mmit.data.demo_scenes import write_demo_scenes
+
+    scenes = write_demo_scenes(tmp_path / "scenes", n_images=3, image_size=64)
+    images = bench.as_photos(scenes, tmp_path / "photos")
+    jpegs = sorted(images.glob("*.jpg"))
+    assert len(jpegs) == 3
+    with Image.open(jpegs[0]) as image:
+        assert image.format == "JPEG" and image.size == (640, 480)
+    captions = (tmp_path / "photos" / "annotations" / scenes.captions_file.name).read_text()
+    assert ".png" not in captions and jpegs[0].name in captions
