@@ -22,7 +22,6 @@ from webdataset import tariterators
 
 from mmit.data.samples import Conversation, MediaRef, Message, SampleError
 
-
 _JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False)  # one encoder: json.dumps with options makes one a call
 
 
