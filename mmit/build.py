@@ -261,12 +261,10 @@ def write_shard(job: ShardJob) -> dict:
 
 
 @dataclass
-class ChunkJob:
-    """``shard_size`` annotations of one split; they become shard ``index`` of each output set."""
+class BuildPlan:
+    """What every chunk of one build shares; a worker process receives it once, not with each chunk
+    (VQAv2's answer pool alone is ~100k strings)."""
 
-    index: int
-    split: str
-    annotations: list[Annotation]
     out: Path
     templates: dict
     shaping: ShapingConfig
@@ -276,30 +274,51 @@ class ChunkJob:
     audio: AudioPolicy = dataclasses.field(default_factory=AudioPolicy)
 
 
-def build_chunk(job: ChunkJob) -> dict[str, dict]:
+@dataclass
+class ChunkJob:
+    """``shard_size`` annotations of one split; they become shard ``index`` of each output set."""
+
+    index: int
+    split: str
+    annotations: list[Annotation]
+
+
+def build_chunk(job: ChunkJob, plan: BuildPlan) -> dict[str, dict]:
     """Template, validate and write one chunk's shards (in a worker); finished shards are kept."""
-    marker = job.out / ".chunks" / f"{job.split}-{job.index:06d}.json"
+    marker = plan.out / ".chunks" / f"{job.split}-{job.index:06d}.json"
     shard = f"shard-{job.index:06d}"
     if marker.exists():
         done = json.loads(marker.read_text())
-        if all(shard_done(job.out / name / f"{shard}.tar") for name in done):
-            return {name: json.loads((job.out / name / f"{shard}.json").read_text()) for name in done}
+        if all(shard_done(plan.out / name / f"{shard}.tar") for name in done):
+            return {name: json.loads((plan.out / name / f"{shard}.json").read_text()) for name in done}
     # A file is used by several samples (captions, QA turns, held-out wordings): decode it once.
     # Audio is checked before shaping: a clip the policy splits needs one placeholder per window.
     files = sorted(
         {(m.path, m.kind) for a in job.annotations for m in a.media if m.path and m.kind in ("image", "audio")}
     )
-    media = {path: read_media_file(path, kind, job.audio) for path, kind in files}
+    media = {path: read_media_file(path, kind, plan.audio) for path, kind in files}
     annotations = [with_audio_windows(ann, media) for ann in job.annotations]
-    sets = shape_chunk(annotations, job.split, job.templates, job.shaping, job.pool)
+    sets = shape_chunk(annotations, job.split, plan.templates, plan.shaping, plan.pool)
     stats = {
         name: write_shard(
-            ShardJob(job.out / name / f"{shard}.tar", convs, job.on_error, job.resize_max, media, job.audio)
+            ShardJob(plan.out / name / f"{shard}.tar", convs, plan.on_error, plan.resize_max, media, plan.audio)
         )
         for name, convs in sets.items()
     }
     atomic_write_text(marker, json.dumps(sorted(stats)))
     return stats
+
+
+_worker_plan: BuildPlan | None = None  # a worker process's copy, set by the pool's initializer
+
+
+def _set_worker_plan(plan: BuildPlan) -> None:
+    global _worker_plan
+    _worker_plan = plan
+
+
+def _build_chunk_in_worker(job: ChunkJob) -> dict[str, dict]:
+    return build_chunk(job, _worker_plan)
 
 
 @contextmanager
@@ -364,23 +383,13 @@ def _build(cfg: DictConfig) -> dict:
         (out / name).mkdir(exist_ok=True)
         for stale in (out / name).glob(".*.tmp-*"):  # left by a killed build
             stale.unlink()
+    plan = BuildPlan(out, templates, shaping, pool, cfg.on_error, cfg.get("resize_max"), audio)
     jobs = [
-        ChunkJob(
-            k // cfg.shard_size,
-            split,
-            anns[k : k + cfg.shard_size],
-            out,
-            templates,
-            shaping,
-            pool,
-            cfg.on_error,
-            cfg.get("resize_max"),
-            audio,
-        )
+        ChunkJob(k // cfg.shard_size, split, anns[k : k + cfg.shard_size])
         for split, anns in by_split.items()
         for k in range(0, len(anns), cfg.shard_size)
     ]
-    results = run_chunks(jobs, max(1, min(cfg.num_workers, len(jobs))))
+    results = run_chunks(jobs, plan, max(1, min(cfg.num_workers, len(jobs))))
     sets: dict[str, list[dict]] = {}
     for job, result in zip(jobs, results):
         for name, stats in result.items():
@@ -425,16 +434,16 @@ def summarize_sets(sets: dict[str, list[dict]]) -> dict[str, dict]:
     return summary
 
 
-def run_chunks(jobs: list[ChunkJob], workers: int) -> list[dict]:
+def run_chunks(jobs: list[ChunkJob], plan: BuildPlan, workers: int) -> list[dict]:
     """Each chunk's stats, in job order. Workers take the largest chunks first, so they finish
     together; a failed chunk raises once all are done, the first failure in job order, so which
     error a bad input gives does not depend on scheduling."""
     progress = {"total": len(jobs), "desc": "shards", "unit": "shard"}
     if workers == 1:
-        return [build_chunk(job) for job in tqdm(jobs, **progress)]
-    with ProcessPoolExecutor(workers) as pool:
+        return [build_chunk(job, plan) for job in tqdm(jobs, **progress)]
+    with ProcessPoolExecutor(workers, initializer=_set_worker_plan, initargs=(plan,)) as pool:
         largest_first = sorted(range(len(jobs)), key=lambda i: -len(jobs[i].annotations))
-        futures = {i: pool.submit(build_chunk, jobs[i]) for i in largest_first}
+        futures = {i: pool.submit(_build_chunk_in_worker, jobs[i]) for i in largest_first}
         for _ in tqdm(as_completed(futures.values()), **progress):
             pass
     return [futures[i].result() for i in range(len(jobs))]

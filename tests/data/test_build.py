@@ -502,3 +502,26 @@ def test_build_pauses_garbage_collection_and_restores_it(sources, tmp_path):
         assert not gc.isenabled()  # a caller's own setting is kept
     finally:
         gc.enable()
+
+
+def test_two_workers_write_the_shards_one_worker_writes(sources, tmp_path):
+    import pickle
+
+    import mmit.build as build_module
+
+    manifests = {n: build(recipe(sources, tmp_path / f"w{n}", num_workers=n, shard_size=2)) for n in (1, 2)}
+    one, two = tmp_path / "w1", tmp_path / "w2"
+    files = sorted(p.relative_to(one) for p in one.rglob("shard-*"))
+    assert len(files) > 4 and files == sorted(p.relative_to(two) for p in two.rglob("shard-*"))
+    for rel in files:
+        assert (one / rel).read_bytes() == (two / rel).read_bytes(), rel
+    assert manifests[1]["sets"] == manifests[2]["sets"]
+    # The templates and the answer pool reach each worker once (pool initializer), not with every chunk.
+    job = build_module.ChunkJob(0, "train", [])
+    assert b"Template" not in pickle.dumps(job)
+
+
+def test_a_worker_process_reports_a_bad_image_by_name(sources, tmp_path):
+    (sources["images"] / "COCO_train2014_000000000002.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
+    with pytest.raises(BuildError, match=r"000000000002\.png: image does not decode"):
+        build(recipe(sources, tmp_path / "out", num_workers=2, shard_size=2))
