@@ -29,7 +29,8 @@ def render(conv: Conversation) -> str:
     media = ", ".join(f"{m.kind}/{m.ext} {len(m.data or b'') / 1024:.1f} KiB" for m in conv.media) or "no media"
     lines = [f"--- {conv.id}  [{media}]  tasks={conv.meta.get('tasks')} templates={conv.meta.get('templates')}"]
     for m in conv.messages:
-        lines.append(textwrap.indent(m.content, f"{m.role:>9}: ").replace("\n", "\n" + " " * 11))
+        # The role labels the first line; the message's further lines align under its text.
+        lines.append(f"{m.role:>9}: " + m.content.replace("\n", "\n" + " " * 11))
     return "\n".join(lines)
 
 

@@ -393,6 +393,8 @@ def test_show_prints_counts_and_draws_a_contact_sheet(sources, tmp_path, capsys)
     show([str(tmp_path / "out"), "--samples", "1", "--sheet", str(tmp_path / "sheet.png")])
     printed = capsys.readouterr().out
     assert "recipe 'fixture'" in printed and "=== train" in printed and "assistant:" in printed
+    # A multi-line user turn: the role once, the next line aligned under the text.
+    assert "     user: <image>\n           " in printed and printed.count("user:") == printed.count("assistant:")
     with Image.open(tmp_path / "sheet.png") as sheet:
         assert sheet.size[0] == 4 * 160 and sheet.size[1] >= 160
 
