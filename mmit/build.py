@@ -263,7 +263,7 @@ def write_shard(job: ShardJob) -> dict:
 @dataclass
 class BuildPlan:
     """What every chunk of one build shares; a worker process receives it once, not with each chunk
-    (VQAv2's answer pool alone is ~100k strings)."""
+    (VQAv2's answer pool alone is tens of thousands of strings)."""
 
     out: Path
     templates: dict
@@ -435,15 +435,16 @@ def summarize_sets(sets: dict[str, list[dict]]) -> dict[str, dict]:
 
 
 def run_chunks(jobs: list[ChunkJob], plan: BuildPlan, workers: int) -> list[dict]:
-    """Each chunk's stats, in job order. Workers take the largest chunks first, so they finish
-    together; a failed chunk raises once all are done, the first failure in job order, so which
+    """Each chunk's stats, in job order. Workers take the costliest chunks first, so they finish
+    together: evaluation chunks (an annotation there yields samples for up to three sets), then
+    the largest. A failed chunk raises once all are done, the first failure in job order, so which
     error a bad input gives does not depend on scheduling."""
     progress = {"total": len(jobs), "desc": "shards", "unit": "shard"}
     if workers == 1:
         return [build_chunk(job, plan) for job in tqdm(jobs, **progress)]
     with ProcessPoolExecutor(workers, initializer=_set_worker_plan, initargs=(plan,)) as pool:
-        largest_first = sorted(range(len(jobs)), key=lambda i: -len(jobs[i].annotations))
-        futures = {i: pool.submit(_build_chunk_in_worker, jobs[i]) for i in largest_first}
+        costliest_first = sorted(range(len(jobs)), key=lambda i: (jobs[i].split != "val", -len(jobs[i].annotations)))
+        futures = {i: pool.submit(_build_chunk_in_worker, jobs[i]) for i in costliest_first}
         for _ in tqdm(as_completed(futures.values()), **progress):
             pass
     return [futures[i].result() for i in range(len(jobs))]

@@ -36,8 +36,8 @@ METHODS: dict[str, list[str]] = {
     "full": ["trainer.lr=5e-5"],
 }
 VQA_MODELS = (
-    ": SmolLM2-135M-Instruct, frozen EfficientNet-Lite0 (16 tokens per image) and the MLP projector"
-    " (1.07M parameters, trained in every row)"
+    ": SmolLM2-135M-Instruct (the weights a method leaves frozen kept in bf16, `frozen_dtype=auto`),"
+    " frozen EfficientNet-Lite0 (16 tokens per image) and the MLP projector (1.07M parameters, trained in every row)"
 )
 HELD_OUT = "heldout_templates"  # the one evaluation set kept: instructions worded as never in training
 
@@ -141,7 +141,7 @@ def markdown(results: list[Result], args: argparse.Namespace, load: tuple[float,
 
 Written by `python tools/compare_peft.py` ({time.strftime("%Y-%m-%d")}). Each row is one
 `python -m mmit.train +recipe={args.recipe} peft=<method>` run{VQA_MODELS if args.recipe == "vqa" else ""},
-on {_cpu_name()} ({os.cpu_count()} cores), fp32. The whole comparison took {total:.0f} minutes.
+on {_cpu_name()} ({os.cpu_count()} cores), fp32 compute. The whole comparison took {total:.0f} minutes.
 
 **A reduced budget, not the recipe's:** {args.steps} steps of 8 conversations instead of 150, and
 evaluation only on `val_heldout_templates` (instructions worded as never in training): loss on
@@ -159,8 +159,8 @@ ends up; `python tools/compare_peft.py --steps 150 --samples 96` is closer to th
 - **Peak RSS**: the high-water resident memory of the run's process (`wait4` rusage): model,
   optimizer state, data and evaluation. On a GPU it would count host memory only.
 - **Step**: training seconds per step, including the one checkpoint written at the end. The
-  machine was shared with other jobs (load average {load[0]:.1f} at the start, {load[1]:.1f} at the
-  end), so step times vary by tens of percent between runs; compare them only roughly.
+  1-minute load average was {load[0]:.1f} at the start and {load[1]:.1f} at the end; on this shared
+  machine step times vary by tens of percent between runs, so compare them only roughly.
 - **Exact match** over all generated answers; **VQA accuracy** (official VQAv2 measure) over the
   short-answer and yes/no questions among them. With this few samples a difference of a few
   points is noise.

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +41,23 @@ from mmit.training.tracking import MetricsLog
 log = logging.getLogger(__name__)
 
 
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    return getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only
+
+
+def release_freed_memory() -> bool:
+    """Hand the heap pages that malloc keeps free back to the OS; False where that is not possible.
+
+    glibc keeps freed memory for reuse, but a training step frees tensors of many sizes (every
+    batch has its own shapes) and later requests fit the gaps badly: in the main job on a CPU,
+    about 2 GB of the 3.5 GB resident set is such free heap. Doing this after every step lowered
+    the job's peak RSS by 0.8-1.0 GB but made steps ~25% slower, as the pages are faulted in again.
+    """
+    trim = _malloc_trim()
+    return trim is not None and bool(trim(0))
+
+
 @dataclass
 class TrainerConfig:
     max_steps: int = 200
@@ -46,6 +66,7 @@ class TrainerConfig:
     pack_length: int = 0  # > 0: pack samples into rows of this many tokens (batch_size rows a batch)
     prefetch: int = 2  # batches prepared ahead in a background thread (0 = in the loop)
     gradient_checkpointing: bool = False  # recompute the LLM's activations in backward: less memory
+    release_memory: bool = False  # after each step, return freed heap memory to the OS: less RSS, slower steps
     grad_accum: int = 1
     lr: float = 2e-4
     lr_per_component: dict[str, float] = field(default_factory=dict)
@@ -297,6 +318,8 @@ def train(
                 )
             log.warning("%s: update skipped (%d in a row)", message, skipped_in_a_row)
         optimizer.zero_grad(set_to_none=True)
+        if cfg.release_memory:
+            release_freed_memory()
         tokens_seen += sum(int(b.attention_mask.sum()) for b in micro_batches)
         bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
 
