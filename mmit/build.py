@@ -335,13 +335,9 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+@gc_paused()
 def build(cfg: DictConfig) -> dict:
     """Run a composed recipe; returns the manifest (also written as manifest.json)."""
-    with gc_paused():
-        return _build(cfg)
-
-
-def _build(cfg: DictConfig) -> dict:
     if cfg.get("mode"):
         raise BuildError(f"recipe {cfg.get('name', '')!r} generates data with an LLM: run python -m mmit.synth")
     out = Path(cfg.out_dir)
