@@ -158,6 +158,7 @@ class ShardJob:
     resize_max: int | None
     media: dict[str, Checked]  # path -> what the check found
     audio: AudioPolicy = dataclasses.field(default_factory=AudioPolicy)
+    share_media: bool = True  # consecutive conversations about the same media files share one shard sample
 
 
 def read_media_file(path: str, kind: str = "image", audio: AudioPolicy | None = None) -> Checked:
@@ -195,8 +196,63 @@ def shard_done(path: Path) -> bool:
     return path.exists() and path.with_suffix(".json").exists()
 
 
+def shard_samples(convs: list[Conversation], share_media: bool = True) -> Iterator[list[Conversation]]:
+    """Conversations grouped into shard samples: with ``share_media``, consecutive ones about the same
+    media files (a caption, VQA turns, held-out wordings) form one sample, so each file is stored
+    once. Conversations without media stay one per sample."""
+    group: list[Conversation] = []
+    for conv in convs:
+        if group and share_media and conv.media and _media_key(conv) == _media_key(group[0]):
+            group.append(conv)
+            continue
+        if group:
+            yield group
+        group = [conv]
+    if group:
+        yield group
+
+
+def _media_key(conv: Conversation) -> tuple:
+    return tuple((m.kind, m.ext, m.path, m.data) for m in conv.media)
+
+
+def stored_media(conv: Conversation, job: ShardJob) -> tuple[list[MediaRef], dict]:
+    """The media bytes a sample stores (checked, optionally resized), and the long-clip tag of each
+    clip; raises SampleError if a file is unusable."""
+    media, long_clips = [], {}
+    for ref in conv.media:
+        ext = ref.ext
+        if ref.path and ref.data is not None:  # a window of a split clip: checked with its clip
+            data, long_clips[ref.path] = ref.data, job.media[ref.path].long
+        else:
+            data = job.media.get(ref.path) if ref.path else ref.data
+        if isinstance(data, tuple):  # the check found this file unusable
+            raise SampleError(data[0], f"sample {conv.id}: {data[1]}")
+        if data is None:  # not an image: read as is
+            try:
+                data = ref.read()
+            except OSError as err:
+                raise SampleError("missing_media", f"sample {conv.id}: cannot read {ref.path} ({err})") from err
+        elif ref.kind == "image" and ref.path is None:  # in-memory bytes were not checked yet
+            check_image(data, f"sample {conv.id} (in-memory {ref.ext})")
+        elif ref.kind == "audio" and ref.path is None:  # in-memory audio: checked; a long clip is truncated
+            where = f"sample {conv.id} (in-memory {ref.ext})"
+            policy = job.audio
+            if policy.long_clips == "split":  # too late to add placeholders: keep the first window
+                policy = dataclasses.replace(policy, long_clips="truncate")
+            data = prepare_audio(data, ref.ext, where, policy)
+        if isinstance(data, CheckedAudio):
+            long_clips[ref.path or id(ref)] = data.long
+            ext, data = data.items[0]
+        if ref.kind == "image" and job.resize_max:
+            data, ext = resize_image(data, job.resize_max)
+        media.append(type(ref)(ref.kind, ext, data=data))
+    return media, long_clips
+
+
 def write_shard(job: ShardJob) -> dict:
-    """Write one shard (media checked, optionally resized) and its stats sidecar; skip if done."""
+    """Write one shard (media checked, optionally resized) and its stats sidecar; skip if done.
+    ``samples`` counts conversations, ``records`` the shard samples that hold them."""
     stats_path = job.path.with_suffix(".json")
     if shard_done(job.path):
         return json.loads(stats_path.read_text())
@@ -204,6 +260,7 @@ def write_shard(job: ShardJob) -> dict:
         [],
         {
             "samples": 0,
+            "records": 0,
             "bytes": 0,
             "by_task": Counter(),
             "by_template": Counter(),
@@ -212,48 +269,22 @@ def write_shard(job: ShardJob) -> dict:
             "long_audio": Counter(),
         },
     )
-    for index, conv in enumerate(job.samples):
+    for index, convs in enumerate(shard_samples(job.samples, job.share_media)):
         try:
-            media, long_clips = [], {}
-            for ref in conv.media:
-                ext = ref.ext
-                if ref.path and ref.data is not None:  # a window of a split clip: checked with its clip
-                    data, long_clips[ref.path] = ref.data, job.media[ref.path].long
-                else:
-                    data = job.media.get(ref.path) if ref.path else ref.data
-                if isinstance(data, tuple):  # the check found this file unusable
-                    raise SampleError(data[0], f"sample {conv.id}: {data[1]}")
-                if data is None:  # not an image: read as is
-                    try:
-                        data = ref.read()
-                    except OSError as err:
-                        raise SampleError("missing_media", f"sample {conv.id}: cannot read {ref.path} ({err})") from err
-                elif ref.kind == "image" and ref.path is None:  # in-memory bytes were not checked yet
-                    check_image(data, f"sample {conv.id} (in-memory {ref.ext})")
-                elif ref.kind == "audio" and ref.path is None:  # in-memory audio: checked; a long clip is truncated
-                    where = f"sample {conv.id} (in-memory {ref.ext})"
-                    policy = job.audio
-                    if policy.long_clips == "split":  # too late to add placeholders: keep the first window
-                        policy = dataclasses.replace(policy, long_clips="truncate")
-                    data = prepare_audio(data, ref.ext, where, policy)
-                if isinstance(data, CheckedAudio):
-                    long_clips[ref.path or id(ref)] = data.long
-                    ext, data = data.items[0]
-                if ref.kind == "image" and job.resize_max:
-                    data, ext = resize_image(data, job.resize_max)
-                media.append(type(ref)(ref.kind, ext, data=data))
+            media, long_clips = stored_media(convs[0], job)
         except SampleError as err:
             if job.on_error == "raise":
                 raise BuildError(str(err)) from err
-            stats["skipped"][err.reason] += 1
+            stats["skipped"][err.reason] += len(convs)
             continue
-        sample = Conversation(conv.id, conv.messages, conv.meta, media)
-        files += encode_sample(sample, f"{job.path.stem}-{index:06d}")
-        stats["samples"] += 1
-        stats["by_task"].update(conv.meta.get("tasks", []))
-        stats["by_template"].update(conv.meta.get("templates", []))
-        stats["by_source"][conv.meta.get("source", "")] += 1
-        stats["long_audio"].update(tag for tag in long_clips.values() if tag)
+        files += encode_sample(f"{job.path.stem}-{index:06d}", convs, media)
+        stats["records"] += 1
+        stats["samples"] += len(convs)
+        for conv in convs:
+            stats["by_task"].update(conv.meta.get("tasks", []))
+            stats["by_template"].update(conv.meta.get("templates", []))
+            stats["by_source"][conv.meta.get("source", "")] += 1
+            stats["long_audio"].update(tag for tag in long_clips.values() if tag)
     write_tar(job.path, files)
     stats["bytes"] = job.path.stat().st_size
     atomic_write_text(stats_path, json.dumps(stats, sort_keys=True))
@@ -272,6 +303,7 @@ class BuildPlan:
     on_error: str
     resize_max: int | None
     audio: AudioPolicy = dataclasses.field(default_factory=AudioPolicy)
+    share_media: bool = True
 
 
 @dataclass
@@ -301,7 +333,15 @@ def build_chunk(job: ChunkJob, plan: BuildPlan) -> dict[str, dict]:
     sets = shape_chunk(annotations, job.split, plan.templates, plan.shaping, plan.pool)
     stats = {
         name: write_shard(
-            ShardJob(plan.out / name / f"{shard}.tar", convs, plan.on_error, plan.resize_max, media, plan.audio)
+            ShardJob(
+                plan.out / name / f"{shard}.tar",
+                convs,
+                plan.on_error,
+                plan.resize_max,
+                media,
+                plan.audio,
+                plan.share_media,
+            )
         )
         for name, convs in sets.items()
     }
@@ -379,7 +419,9 @@ def build(cfg: DictConfig) -> dict:
         (out / name).mkdir(exist_ok=True)
         for stale in (out / name).glob(".*.tmp-*"):  # left by a killed build
             stale.unlink()
-    plan = BuildPlan(out, templates, shaping, pool, cfg.on_error, cfg.get("resize_max"), audio)
+    plan = BuildPlan(
+        out, templates, shaping, pool, cfg.on_error, cfg.get("resize_max"), audio, cfg.get("share_media", True)
+    )
     jobs = [
         ChunkJob(k // cfg.shard_size, split, anns[k : k + cfg.shard_size])
         for split, anns in by_split.items()
@@ -423,6 +465,7 @@ def summarize_sets(sets: dict[str, list[dict]]) -> dict[str, dict]:
         }
         summary[name] = {
             "samples": sum(s["samples"] for s in stats),
+            "records": sum(s.get("records", s["samples"]) for s in stats),  # shards of mmit 0.1.0: one each
             "bytes": sum(s["bytes"] for s in stats),
             "shards": sorted(s["shard"] for s in stats),
             **merged,

@@ -1,9 +1,13 @@
 """Webdataset shards: written byte-for-byte reproducibly and atomically; streamed for training.
 
-A sample is ``<key>.json`` (id, messages, meta) plus ``<key>.<i>.<ext>`` for its i-th media
-file (image or audio), stored as the original encoded bytes; only a long clip that the build
-split (``audio.long_clips=split``) is stored as its WAV windows. Shards hold messages, never
-token ids, so one shard set serves any LLM.
+A shard sample is ``<key>.json`` plus ``<key>.<i>.<ext>`` for its i-th media file (image or
+audio), stored as the original encoded bytes; only a long clip that the build split
+(``audio.long_clips=split``) is stored as its WAV windows. The JSON holds ``conversations``
+(each with its id, messages and meta) and ``media`` (kind and extension of each file): every
+conversation of a sample is about the same media files, so a file that several conversations
+use (a caption, VQA turns, held-out wordings) is stored once per set. Readers yield one
+:class:`Conversation` per conversation. Shards hold messages, never token ids, so one shard set
+serves any LLM.
 """
 
 from __future__ import annotations
@@ -25,20 +29,23 @@ from mmit.data.samples import Conversation, MediaRef, Message, SampleError
 _JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False)  # one encoder: json.dumps with options makes one a call
 
 
-def encode_sample(conv: Conversation, key: str) -> list[tuple[str, bytes]]:
-    """The files of one sample, in a fixed order."""
-    record = {**conv.to_json(), "media": [{"kind": m.kind, "ext": m.ext} for m in conv.media]}
+def encode_sample(key: str, convs: list[Conversation], media: list[MediaRef]) -> list[tuple[str, bytes]]:
+    """The files of one shard sample, in a fixed order: conversations that all use ``media``."""
+    record = {"conversations": [c.to_json() for c in convs], "media": [{"kind": m.kind, "ext": m.ext} for m in media]}
     files = [(f"{key}.json", _JSON.encode(record).encode("utf-8"))]
-    files += [(f"{key}.{i}.{m.ext}", m.read()) for i, m in enumerate(conv.media)]
+    files += [(f"{key}.{i}.{m.ext}", m.read()) for i, m in enumerate(media)]
     return files
 
 
-def decode_sample(sample: dict) -> Conversation:
-    """A webdataset sample dict (``json`` + ``<i>.<ext>`` bytes) back into a Conversation."""
+def decode_sample(sample: dict) -> list[Conversation]:
+    """A webdataset sample dict (``json`` + ``<i>.<ext>`` bytes) back into its Conversations, which
+    share the media objects. A record without ``conversations`` is one conversation (mmit 0.1.0)."""
     record = json.loads(sample["json"])
     media = [MediaRef(m["kind"], m["ext"], data=sample[f"{i}.{m['ext']}"]) for i, m in enumerate(record["media"])]
-    messages = [Message(m["role"], m["content"]) for m in record["messages"]]
-    return Conversation(record["id"], messages, record["meta"], media)
+    return [
+        Conversation(c["id"], [Message(m["role"], m["content"]) for m in c["messages"]], c["meta"], list(media))
+        for c in record.get("conversations", [record])
+    ]
 
 
 def _tarfile_header(name: str, size: int) -> bytes:
@@ -137,7 +144,7 @@ def shard_urls(directory: str | Path) -> list[str]:
 def read_shards(urls: list[str]) -> Iterator[Conversation]:
     """Every sample of the shards, in stored order."""
     for sample in tariterators.tarfile_samples([{"url": u} for u in urls]):
-        yield decode_sample(sample)
+        yield from decode_sample(sample)
 
 
 @dataclass
@@ -176,11 +183,11 @@ class ShardStream(torch.utils.data.IterableDataset):
         slot, slots = self.rank * num_workers + worker, self.world_size * num_workers
         return order[slot::slots]
 
-    def _shuffled(self, samples: Iterator[dict], worker: int) -> Iterator[dict]:
+    def _shuffled(self, convs: Iterator[Conversation], worker: int) -> Iterator[Conversation]:
         rng = random.Random(f"{self.seed}:{self.position.epoch}:{self.rank}:{worker}:buffer")
-        buffer: list[dict] = []
-        for sample in samples:
-            buffer.append(sample)
+        buffer: list[Conversation] = []
+        for conv in convs:
+            buffer.append(conv)
             if len(buffer) >= self.shuffle_buffer:
                 yield buffer.pop(rng.randrange(len(buffer)))
         while buffer:
@@ -191,12 +198,14 @@ class ShardStream(torch.utils.data.IterableDataset):
         return self.iter_worker(*((info.id, info.num_workers) if info else (0, 1)))
 
     def iter_worker(self, worker: int, num_workers: int) -> Iterator[Conversation]:
-        """The samples of one loader worker of this rank."""
+        """The conversations of one loader worker of this rank. A shard sample's conversations enter
+        the shuffle buffer one by one; they share the sample's media bytes, not copies."""
         shards = self._my_shards(worker, num_workers)
         samples = tariterators.tarfile_samples([{"url": u} for u in shards])
+        convs = (conv for sample in samples for conv in decode_sample(sample))
         skip = self.position.consumed
-        for i, sample in enumerate(self._shuffled(samples, worker)):
+        for i, conv in enumerate(self._shuffled(convs, worker)):
             if i < skip:
                 continue  # already consumed before the resume
             self.position.consumed = i + 1
-            yield decode_sample(sample)
+            yield conv

@@ -220,6 +220,66 @@ def test_build_writes_shards_and_manifest(sources, tmp_path):
         assert all(name.startswith("shard-000000-") for name in tar.getnames())
 
 
+def _member_names(folder: Path) -> list[str]:
+    names = []
+    for url in shard_urls(folder):
+        with tarfile.open(url) as tar:
+            names += tar.getnames()
+    return names
+
+
+@pytest.mark.parametrize("share_media", [True, False])
+def test_each_image_is_stored_once_per_set_with_all_its_conversations(sources, tmp_path, share_media):
+    manifest = build(recipe(sources, tmp_path / "out", share_media=share_media))
+    for name, summary in manifest["sets"].items():
+        convs = list(read_shards(shard_urls(tmp_path / "out" / name)))
+        images = [n for n in _member_names(tmp_path / "out" / name) if n.endswith(".png")]
+        assert summary["samples"] == len(convs)
+        assert (
+            summary["records"] == len(images) == (len({c.meta["group"] for c in convs}) if share_media else len(convs))
+        )
+    train = manifest["sets"]["train"]
+    assert (train["records"] < train["samples"]) == share_media  # a caption and QA conversations per image
+    if share_media:  # the conversations of one shard sample share its image bytes
+        first = next(iter(wds.WebDataset(shard_urls(tmp_path / "out" / "train"), shardshuffle=False)))
+        record = json.loads(first["json"])
+        assert len(record["conversations"]) > 1 and record["media"] == [{"kind": "image", "ext": "png"}]
+        convs = list(read_shards(shard_urls(tmp_path / "out" / "train")))[: len(record["conversations"])]
+        assert [c.id for c in convs] == [c["id"] for c in record["conversations"]]
+        assert all(c.media[0].data is convs[0].media[0].data for c in convs)
+
+
+def test_a_bad_image_skips_every_conversation_that_uses_it(sources, tmp_path):
+    good = build(recipe(sources, tmp_path / "good"))
+    bad_image = "COCO_train2014_000000000002.png"
+    expected = {}
+    for name in good["sets"]:
+        n = sum(c.meta["group"] == bad_image for c in read_shards(shard_urls(tmp_path / "good" / name)))
+        if n:
+            expected[name] = n
+    assert max(expected.values()) > 1  # several conversations share the image's shard sample
+    (sources["images"] / bad_image).write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
+    bad = build(recipe(sources, tmp_path / "bad", on_error="skip"))
+    skipped = {name: s["skipped"]["undecodable_media"] for name, s in bad["sets"].items() if s["skipped"]}
+    assert skipped == expected
+    for name, summary in bad["sets"].items():
+        assert summary["samples"] == good["sets"][name]["samples"] - expected.get(name, 0)
+
+
+def test_shards_of_one_conversation_per_sample_still_read(tmp_path):
+    """mmit 0.1.0 wrote each conversation as its own sample, with no ``conversations`` list."""
+    record = {
+        "id": "old-1",
+        "messages": [{"role": "user", "content": "<image>\nColour?"}, {"role": "assistant", "content": "red"}],
+        "meta": {"group": "a.png"},
+        "media": [{"kind": "image", "ext": "png"}],
+    }
+    shard = tmp_path / "shard-000000.tar"
+    write_tar(shard, [("k-000000.json", json.dumps(record).encode()), ("k-000000.0.png", _png("red"))])
+    (conv,) = read_shards([str(shard)])
+    assert conv.id == "old-1" and conv.messages[1].content == "red" and conv.media[0].data == _png("red")
+
+
 def test_held_out_templates_and_tasks_never_in_training(sources, tmp_path):
     build(recipe(sources, tmp_path / "out"))
     held_out_ids = {

@@ -269,7 +269,7 @@ def test_tar_member_names_never_escape(tmp_path):
     conv = Conversation("../../x", [Message("user", "<image>\nhi"), Message("assistant", "ok")], {}, annotation.media)
     out = tmp_path / "out" / "shard-000000.tar"
     out.parent.mkdir()
-    write_tar(out, encode_sample(conv, "shard-000000-000000"))
+    write_tar(out, encode_sample("shard-000000-000000", [conv], conv.media))
     with tarfile.open(out) as tar:
         names = tar.getnames()
     assert names and all(re.fullmatch(r"shard-\d{6}-\d{6}\.[\w.]+", n) for n in names), names
