@@ -14,13 +14,16 @@ import argparse
 import dataclasses
 import gc
 import hashlib
+import itertools
 import json
 import logging
+import multiprocessing
+import multiprocessing.queues
 import os
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +36,7 @@ from mmit.data.annotations import Annotation
 from mmit.data.audio import AudioPolicy, CheckedAudio, prepare_audio
 from mmit.data.instructions import ShapingConfig, answer_pool, shape_annotation
 from mmit.data.samples import Conversation, MediaRef, SampleError
-from mmit.data.shards import check_image, encode_sample, resize_image, write_tar
+from mmit.data.shards import TarWriter, check_image, encode_sample, resize_image
 from mmit.data.sources import DataFiles
 from mmit.data.templates import load_templates
 from mmit.paths import RECIPES_DIR, atomic_write_text
@@ -78,7 +81,11 @@ def file_sha256(path: Path) -> str:
 
 
 def read_annotations(
-    cfg: DictConfig, skipped: Counter, key: str = "sources", seen: set | None = None
+    cfg: DictConfig,
+    skipped: Counter,
+    key: str = "sources",
+    seen: set | None = None,
+    on_annotation: Callable[[Annotation], None] | None = None,
 ) -> list[Annotation]:
     from mmit.factory import instantiate_source
 
@@ -100,6 +107,8 @@ def read_annotations(
                 continue
             seen.add(item.id)
             annotations.append(item)
+            if on_annotation:
+                on_annotation(item)
     return annotations
 
 
@@ -151,12 +160,11 @@ Checked = bytes | CheckedAudio | tuple[str, str]  # image bytes, audio to store,
 
 
 @dataclass
-class ShardJob:
-    path: Path
-    samples: list[Conversation]
-    on_error: str
-    resize_max: int | None
-    media: dict[str, Checked]  # path -> what the check found
+class Storage:
+    """How samples are stored: the bad-input policy, resizing, audio, and media sharing."""
+
+    on_error: str = "raise"
+    resize_max: int | None = None  # longest image side, or None for the original bytes
     audio: AudioPolicy = dataclasses.field(default_factory=AudioPolicy)
     share_media: bool = True  # consecutive conversations about the same media files share one shard sample
 
@@ -216,16 +224,16 @@ def _media_key(conv: Conversation) -> tuple:
     return tuple((m.kind, m.ext, m.path, m.data) for m in conv.media)
 
 
-def stored_media(conv: Conversation, job: ShardJob) -> tuple[list[MediaRef], dict]:
+def stored_media(conv: Conversation, media: dict[str, Checked], storage: Storage) -> tuple[list[MediaRef], dict]:
     """The media bytes a sample stores (checked, optionally resized), and the long-clip tag of each
-    clip; raises SampleError if a file is unusable."""
-    media, long_clips = [], {}
+    clip; raises SampleError if a file is unusable. ``media`` holds what the checks found per path."""
+    stored, long_clips = [], {}
     for ref in conv.media:
         ext = ref.ext
         if ref.path and ref.data is not None:  # a window of a split clip: checked with its clip
-            data, long_clips[ref.path] = ref.data, job.media[ref.path].long
+            data, long_clips[ref.path] = ref.data, media[ref.path].long
         else:
-            data = job.media.get(ref.path) if ref.path else ref.data
+            data = media.get(ref.path) if ref.path else ref.data
         if isinstance(data, tuple):  # the check found this file unusable
             raise SampleError(data[0], f"sample {conv.id}: {data[1]}")
         if data is None:  # not an image: read as is
@@ -237,28 +245,29 @@ def stored_media(conv: Conversation, job: ShardJob) -> tuple[list[MediaRef], dic
             check_image(data, f"sample {conv.id} (in-memory {ref.ext})")
         elif ref.kind == "audio" and ref.path is None:  # in-memory audio: checked; a long clip is truncated
             where = f"sample {conv.id} (in-memory {ref.ext})"
-            policy = job.audio
+            policy = storage.audio
             if policy.long_clips == "split":  # too late to add placeholders: keep the first window
                 policy = dataclasses.replace(policy, long_clips="truncate")
             data = prepare_audio(data, ref.ext, where, policy)
         if isinstance(data, CheckedAudio):
             long_clips[ref.path or id(ref)] = data.long
             ext, data = data.items[0]
-        if ref.kind == "image" and job.resize_max:
-            data, ext = resize_image(data, job.resize_max)
-        media.append(type(ref)(ref.kind, ext, data=data))
-    return media, long_clips
+        if ref.kind == "image" and storage.resize_max:
+            data, ext = resize_image(data, storage.resize_max)
+        stored.append(type(ref)(ref.kind, ext, data=data))
+    return stored, long_clips
 
 
-def write_shard(job: ShardJob) -> dict:
-    """Write one shard (media checked, optionally resized) and its stats sidecar; skip if done.
-    ``samples`` counts conversations, ``records`` the shard samples that hold them."""
-    stats_path = job.path.with_suffix(".json")
-    if shard_done(job.path):
-        return json.loads(stats_path.read_text())
-    files, stats = (
-        [],
-        {
+class ShardWriter:
+    """One shard, written as its conversations arrive: grouped into shard samples
+    (:func:`shard_samples`), media checked and stored, counts kept. ``close`` renames the tar into
+    place, then writes its stats sidecar; ``samples`` counts conversations, ``records`` the shard
+    samples that hold them."""
+
+    def __init__(self, path: Path, storage: Storage):
+        self.path, self.storage = path, storage
+        self.tar = TarWriter(path)
+        self.stats = {
             "samples": 0,
             "records": 0,
             "bytes": 0,
@@ -267,28 +276,45 @@ def write_shard(job: ShardJob) -> dict:
             "by_source": Counter(),
             "skipped": Counter(),
             "long_audio": Counter(),
-        },
-    )
-    for index, convs in enumerate(shard_samples(job.samples, job.share_media)):
-        try:
-            media, long_clips = stored_media(convs[0], job)
-        except SampleError as err:
-            if job.on_error == "raise":
-                raise BuildError(str(err)) from err
-            stats["skipped"][err.reason] += len(convs)
-            continue
-        files += encode_sample(f"{job.path.stem}-{index:06d}", convs, media)
-        stats["records"] += 1
-        stats["samples"] += len(convs)
-        for conv in convs:
-            stats["by_task"].update(conv.meta.get("tasks", []))
-            stats["by_template"].update(conv.meta.get("templates", []))
-            stats["by_source"][conv.meta.get("source", "")] += 1
-            stats["long_audio"].update(tag for tag in long_clips.values() if tag)
-    write_tar(job.path, files)
-    stats["bytes"] = job.path.stat().st_size
-    atomic_write_text(stats_path, json.dumps(stats, sort_keys=True))
-    return json.loads(stats_path.read_text())
+        }
+
+    def add(self, convs: list[Conversation], media: dict[str, Checked]) -> None:
+        stats = self.stats
+        for group in shard_samples(convs, self.storage.share_media):
+            try:
+                stored, long_clips = stored_media(group[0], media, self.storage)
+            except SampleError as err:
+                if self.storage.on_error == "raise":
+                    raise BuildError(str(err)) from err
+                stats["skipped"][err.reason] += len(group)
+                continue
+            for name, data in encode_sample(f"{self.path.stem}-{stats['records']:06d}", group, stored):
+                self.tar.add(name, data)
+            stats["records"] += 1
+            stats["samples"] += len(group)
+            for conv in group:
+                stats["by_task"].update(conv.meta.get("tasks", []))
+                stats["by_template"].update(conv.meta.get("templates", []))
+                stats["by_source"][conv.meta.get("source", "")] += 1
+                stats["long_audio"].update(tag for tag in long_clips.values() if tag)
+
+    def close(self) -> dict:
+        self.tar.close()
+        self.stats["bytes"] = self.path.stat().st_size
+        text = json.dumps(self.stats, sort_keys=True)
+        atomic_write_text(self.path.with_suffix(".json"), text)
+        return json.loads(text)
+
+
+def write_shard(path: Path, convs: list[Conversation], media: dict[str, Checked], storage: Storage) -> dict:
+    """Write one shard of ``convs`` (their files checked in ``media``) and its stats sidecar."""
+    writer = ShardWriter(path, storage)
+    try:
+        writer.add(convs, media)
+    except BaseException:
+        writer.tar.abort()
+        raise
+    return writer.close()
 
 
 @dataclass
@@ -300,10 +326,7 @@ class BuildPlan:
     templates: dict
     shaping: ShapingConfig
     pool: dict[str, list[str]]
-    on_error: str
-    resize_max: int | None
-    audio: AudioPolicy = dataclasses.field(default_factory=AudioPolicy)
-    share_media: bool = True
+    storage: Storage
 
 
 @dataclass
@@ -313,52 +336,157 @@ class ChunkJob:
     index: int
     split: str
     annotations: list[Annotation]
+    checked: dict[str, tuple[str, str] | None] = dataclasses.field(default_factory=dict)  # image -> None if good
+
+    def images(self) -> list[str]:
+        return sorted({m.path for a in self.annotations for m in a.media if m.path and m.kind == "image"})
+
+
+def chunk_done(job: ChunkJob, plan: BuildPlan) -> list[str] | None:
+    """The sets a finished chunk wrote, or None if it has to be (re)built."""
+    marker = plan.out / ".chunks" / f"{job.split}-{job.index:06d}.json"
+    if not marker.exists():
+        return None
+    done = json.loads(marker.read_text())
+    return done if all(shard_done(plan.out / name / f"shard-{job.index:06d}.tar") for name in done) else None
 
 
 def build_chunk(job: ChunkJob, plan: BuildPlan) -> dict[str, dict]:
-    """Template, validate and write one chunk's shards (in a worker); finished shards are kept."""
-    marker = plan.out / ".chunks" / f"{job.split}-{job.index:06d}.json"
+    """Template, validate and write one chunk's shards (in a worker); finished shards are kept.
+
+    The annotations go one media file (or set of files) at a time, as they are sorted: its files
+    are read and checked once, however many samples use them (captions, QA turns, held-out
+    wordings), its conversations are written to each set's shard, and its bytes are dropped."""
     shard = f"shard-{job.index:06d}"
-    if marker.exists():
-        done = json.loads(marker.read_text())
-        if all(shard_done(plan.out / name / f"{shard}.tar") for name in done):
-            return {name: json.loads((plan.out / name / f"{shard}.json").read_text()) for name in done}
-    # A file is used by several samples (captions, QA turns, held-out wordings): decode it once.
-    # Audio is checked before shaping: a clip the policy splits needs one placeholder per window.
-    files = sorted(
-        {(m.path, m.kind) for a in job.annotations for m in a.media if m.path and m.kind in ("image", "audio")}
-    )
-    media = {path: read_media_file(path, kind, plan.audio) for path, kind in files}
-    annotations = [with_audio_windows(ann, media) for ann in job.annotations]
-    sets = shape_chunk(annotations, job.split, plan.templates, plan.shaping, plan.pool)
-    stats = {
-        name: write_shard(
-            ShardJob(
-                plan.out / name / f"{shard}.tar",
-                convs,
-                plan.on_error,
-                plan.resize_max,
-                media,
-                plan.audio,
-                plan.share_media,
-            )
-        )
-        for name, convs in sets.items()
-    }
-    atomic_write_text(marker, json.dumps(sorted(stats)))
+    done = chunk_done(job, plan)
+    if done is not None:
+        return {name: json.loads((plan.out / name / f"{shard}.json").read_text()) for name in done}
+    writers: dict[str, ShardWriter | None] = {}  # None: that set's shard was finished by an earlier run
+    try:
+        for _, same_media in itertools.groupby(job.annotations, key=lambda a: a.group):
+            anns = list(same_media)
+            # Audio is checked before shaping: a clip the policy splits needs one placeholder per window.
+            files = {(m.path, m.kind) for a in anns for m in a.media if m.path and m.kind in ("image", "audio")}
+            media = {
+                path: read_checked_image(path, job.checked[path])
+                if path in job.checked
+                else read_media_file(path, kind, plan.storage.audio)
+                for path, kind in sorted(files)
+            }
+            anns = [with_audio_windows(ann, media) for ann in anns]
+            for name, convs in shape_chunk(anns, job.split, plan.templates, plan.shaping, plan.pool).items():
+                if name not in writers:
+                    path = plan.out / name / f"{shard}.tar"
+                    writers[name] = None if shard_done(path) else ShardWriter(path, plan.storage)
+                if writers[name]:
+                    writers[name].add(convs, media)
+        stats = {}
+        for name in sorted(writers):
+            writer = writers.pop(name)
+            stats[name] = writer.close() if writer else json.loads((plan.out / name / f"{shard}.json").read_text())
+    finally:
+        for writer in writers.values():  # left open by an error
+            if writer:
+                writer.tar.abort()
+    atomic_write_text(plan.out / ".chunks" / f"{job.split}-{job.index:06d}.json", json.dumps(sorted(stats)))
     return stats
 
 
-_worker_plan: BuildPlan | None = None  # a worker process's copy, set by the pool's initializer
+def read_checked_image(path: str, problem: tuple[str, str] | None) -> Checked:
+    """An image the pool already decoded: its bytes (from the page cache), or what was wrong with it."""
+    if problem:
+        return problem
+    try:
+        return Path(path).read_bytes()
+    except OSError as err:
+        return "missing_media", f"cannot read {path} ({err})"
 
 
-def _set_worker_plan(plan: BuildPlan) -> None:
-    global _worker_plan
-    _worker_plan = plan
+def check_images(paths: list[str]) -> list[tuple[str, str] | None]:
+    """Decode each image (in a worker); None for a good one, else (reason, message)."""
+    return [None if isinstance(c := read_media_file(path), bytes) else c for path in paths]
+
+
+class ImageChecks:
+    """Images decoded by the worker pool in batches of ``batch_size``, queued as soon as an
+    annotation names them, so the workers decode while the main process still reads the
+    annotations. Chunks then re-read the good images' bytes instead of decoding them again. The
+    small batches also keep every worker busy to the end, which whole chunks (``shard_size``
+    annotations each) do not: 8 chunks on 2 workers left one idle for a tenth of the build."""
+
+    def __init__(self, pool: ProcessPoolExecutor, batch_size: int = 16):
+        self.pool, self.batch_size = pool, batch_size
+        self.queued: set[str] = set()
+        self.batch: list[str] = []
+        self.futures: list[tuple[list[str], Future]] = []
+
+    def add(self, paths: Iterable[str]) -> None:
+        for path in paths:
+            if path not in self.queued:
+                self.queued.add(path)
+                self.batch.append(path)
+                if len(self.batch) == self.batch_size:
+                    self.flush()
+
+    def add_annotation(self, ann: Annotation) -> None:
+        self.add(m.path for m in ann.media if m.path and m.kind == "image")
+
+    def flush(self) -> None:
+        if self.batch:
+            self.futures.append((self.batch, self.pool.submit(check_images, self.batch)))
+            self.batch = []
+
+    def results(self) -> dict[str, tuple[str, str] | None]:
+        """Every queued image's result, with a progress bar while they finish."""
+        self.flush()
+        results = {}
+        bar = tqdm(total=len(self.queued), desc="decode images", unit="image", leave=False)
+        for paths, future in self.futures:
+            results.update(zip(paths, future.result()))
+            bar.update(len(paths))
+        bar.close()
+        return results
+
+
+_worker_plan: BuildPlan | None = None  # a worker process's copy, taken from the queue for its first chunk
+_plan_queue = None
+
+
+def _init_worker(queue) -> None:
+    global _plan_queue
+    _plan_queue = queue
 
 
 def _build_chunk_in_worker(job: ChunkJob) -> dict[str, dict]:
+    global _worker_plan
+    if _worker_plan is None:  # the main process puts one copy per worker; each worker keeps the first it takes
+        _worker_plan = _plan_queue.get()
     return build_chunk(job, _worker_plan)
+
+
+@dataclass
+class Workers:
+    pool: ProcessPoolExecutor
+    plans: multiprocessing.queues.Queue  # the build plan, one copy per worker
+    count: int
+
+
+@contextmanager
+def worker_pool(count: int) -> Iterator[Workers | None]:
+    """``count`` worker processes, or None for one process. The pool starts before the annotations
+    are read, so it can decode images meanwhile; the plan, which needs the annotations, reaches
+    each worker once through a queue (VQAv2's answer pool alone is tens of thousands of strings)."""
+    if count == 1:
+        yield None
+        return
+    context = multiprocessing.get_context()
+    plans = context.Queue()
+    try:
+        with ProcessPoolExecutor(count, mp_context=context, initializer=_init_worker, initargs=(plans,)) as pool:
+            yield Workers(pool, plans, count)
+    finally:
+        plans.cancel_join_thread()  # copies no worker took (it built no chunk) are dropped, not waited on
+        plans.close()
 
 
 @contextmanager
@@ -392,10 +520,28 @@ def build(cfg: DictConfig) -> dict:
         from mmit.factory import instantiate_source
 
         instantiate_source(cfg.prepare)
+    with worker_pool(max(1, cfg.num_workers)) as workers:
+        skipped, sets = build_sets(cfg, out, workers)
+    for name in SETS:
+        if name not in sets and not any((out / name).iterdir()):
+            (out / name).rmdir()
+
+    manifest = recipe_manifest(cfg, source_hashes(cfg), skipped, {n: sets[n] for n in SETS if n in sets})
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
+    return manifest
+
+
+def build_sets(cfg: DictConfig, out: Path, workers: Workers | None) -> tuple[Counter, dict[str, list[dict]]]:
+    """Read and split the annotations, then write every chunk's shards: returns the skipped
+    annotations by reason and the stats of each set's shards."""
+    # A fresh build queues each image for decoding as soon as an annotation names it; a resumed
+    # one only the images of chunks still to write (in run_chunks).
+    checks = ImageChecks(workers.pool) if workers else None
+    early = checks.add_annotation if checks and not any((out / ".chunks").glob("*.json")) else None
     skipped: Counter = Counter()
     seen_ids: set = set()
-    annotations = read_annotations(cfg, skipped, seen=seen_ids)
-    heldout = read_annotations(cfg, skipped, "heldout_sources", seen=seen_ids)
+    annotations = read_annotations(cfg, skipped, seen=seen_ids, on_annotation=early)
+    heldout = read_annotations(cfg, skipped, "heldout_sources", seen=seen_ids, on_annotation=early)
     templates = load_template_files(
         OmegaConf.to_container(cfg.templates) if OmegaConf.is_list(cfg.templates) else cfg.templates
     )
@@ -419,26 +565,19 @@ def build(cfg: DictConfig) -> dict:
         (out / name).mkdir(exist_ok=True)
         for stale in (out / name).glob(".*.tmp-*"):  # left by a killed build
             stale.unlink()
-    plan = BuildPlan(
-        out, templates, shaping, pool, cfg.on_error, cfg.get("resize_max"), audio, cfg.get("share_media", True)
-    )
+    storage = Storage(cfg.on_error, cfg.get("resize_max"), audio, cfg.get("share_media", True))
+    plan = BuildPlan(out, templates, shaping, pool, storage)
     jobs = [
         ChunkJob(k // cfg.shard_size, split, anns[k : k + cfg.shard_size])
         for split, anns in by_split.items()
         for k in range(0, len(anns), cfg.shard_size)
     ]
-    results = run_chunks(jobs, plan, max(1, min(cfg.num_workers, len(jobs))))
+    results = run_chunks(jobs, plan, workers, checks)
     sets: dict[str, list[dict]] = {}
     for job, result in zip(jobs, results):
         for name, stats in result.items():
             sets.setdefault(name, []).append({**stats, "shard": f"shard-{job.index:06d}.tar"})
-    for name in SETS:
-        if name not in sets and not any((out / name).iterdir()):
-            (out / name).rmdir()
-
-    manifest = recipe_manifest(cfg, source_hashes(cfg), skipped, {n: sets[n] for n in SETS if n in sets})
-    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
-    return manifest
+    return skipped, sets
 
 
 def recipe_manifest(cfg: DictConfig, sources: dict[str, str], skipped: dict, sets: dict[str, list[dict]]) -> dict:
@@ -473,19 +612,29 @@ def summarize_sets(sets: dict[str, list[dict]]) -> dict[str, dict]:
     return summary
 
 
-def run_chunks(jobs: list[ChunkJob], plan: BuildPlan, workers: int) -> list[dict]:
-    """Each chunk's stats, in job order. Workers take the costliest chunks first, so they finish
-    together: evaluation chunks (an annotation there yields samples for up to three sets), then
-    the largest. A failed chunk raises once all are done, the first failure in job order, so which
-    error a bad input gives does not depend on scheduling."""
+def run_chunks(
+    jobs: list[ChunkJob], plan: BuildPlan, workers: Workers | None, checks: ImageChecks | None
+) -> list[dict]:
+    """Each chunk's stats, in job order. With a pool, the images of the chunks still to write are
+    decoded first, in small batches (``ImageChecks``), then the chunks are shaped and written,
+    the costliest first so the workers finish together: evaluation chunks (an annotation there
+    yields samples for up to three sets), then the largest. A failed chunk raises once all are
+    done, the first failure in job order, so which error a bad input gives does not depend on
+    scheduling."""
     progress = {"total": len(jobs), "desc": "shards", "unit": "shard"}
-    if workers == 1:
+    if workers is None:
         return [build_chunk(job, plan) for job in tqdm(jobs, **progress)]
-    with ProcessPoolExecutor(workers, initializer=_set_worker_plan, initargs=(plan,)) as pool:
-        costliest_first = sorted(range(len(jobs)), key=lambda i: (jobs[i].split != "val", -len(jobs[i].annotations)))
-        futures = {i: pool.submit(_build_chunk_in_worker, jobs[i]) for i in costliest_first}
-        for _ in tqdm(as_completed(futures.values()), **progress):
-            pass
+    for job in jobs:
+        if chunk_done(job, plan) is None:
+            checks.add(job.images())  # a fresh build queued these while reading; a resumed one does now
+    checked = checks.results()
+    jobs = [dataclasses.replace(job, checked={p: checked[p] for p in job.images() if p in checked}) for job in jobs]
+    for _ in range(workers.count):
+        workers.plans.put(plan)
+    costliest_first = sorted(range(len(jobs)), key=lambda i: (jobs[i].split != "val", -len(jobs[i].annotations)))
+    futures = {i: workers.pool.submit(_build_chunk_in_worker, jobs[i]) for i in costliest_first}
+    for _ in tqdm(as_completed(futures.values()), **progress):
+        pass
     return [futures[i].result() for i in range(len(jobs))]
 
 

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from mmit.build import (
     BuildError,
-    ShardJob,
+    Storage,
     file_sha256,
     format_manifest,
     load_template_files,
@@ -601,6 +601,7 @@ def write_sets(cfg: DictConfig, samples: list[tuple[str, Conversation]]) -> dict
         by_set["train" if split == "train" else "val_seen"].append(conv)
     paths = sorted({(m.path, m.kind) for _, c in samples for m in c.media if m.path})
     media = {path: read_media_file(path, kind) for path, kind in paths}
+    storage = Storage(cfg.on_error, cfg.get("resize_max"))
     stats: dict[str, list[dict]] = {}
     for name, convs in by_set.items():
         folder = out / name
@@ -611,8 +612,8 @@ def write_sets(cfg: DictConfig, samples: list[tuple[str, Conversation]]) -> dict
         folder.mkdir(parents=True)
         for index, start in enumerate(range(0, len(convs), cfg.shard_size)):
             path = folder / f"shard-{index:06d}.tar"
-            job = ShardJob(path, convs[start : start + cfg.shard_size], cfg.on_error, cfg.get("resize_max"), media)
-            stats.setdefault(name, []).append({**write_shard(job), "shard": path.name})
+            shard = write_shard(path, convs[start : start + cfg.shard_size], media, storage)
+            stats.setdefault(name, []).append({**shard, "shard": path.name})
     return stats
 
 

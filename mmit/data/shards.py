@@ -81,30 +81,53 @@ def member_header(name: str, size: int) -> bytes:
     )
 
 
-def write_tar(path: Path, files: list[tuple[str, bytes]]) -> None:
-    """A tar with fixed metadata (so equal inputs give equal bytes), renamed into place when complete.
+class TarWriter:
+    """A tar written member by member with fixed metadata (so equal inputs give equal bytes), under a
+    temporary name, and renamed into place by ``close``; ``abort`` (or an exception inside ``with``)
+    removes it. Members are written as they come, so no shard is ever held in memory whole.
 
     The bytes are those of ``tarfile`` in GNU format; headers and members are written straight to
     the file, which is several times faster than ``TarFile.addfile`` for many small members.
     """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as out:
-            written = 0
-            for name, data in files:
-                padding = -len(data) % tarfile.BLOCKSIZE
-                # Three writes rather than one joined buffer: no copy of the (often large) media bytes.
-                header = member_header(name, len(data))
-                out.write(header)
-                out.write(data)
-                out.write(_ZEROS[:padding])
-                written += len(header) + len(data) + padding
-            # The end: two zero blocks, then zeros up to a whole record, as tarfile closes an archive.
-            end = written + 2 * tarfile.BLOCKSIZE
-            out.write(bytes(2 * tarfile.BLOCKSIZE + (-end % tarfile.RECORDSIZE)))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self.out = open(self.tmp, "wb")
+        self.written = 0
+
+    def add(self, name: str, data: bytes) -> None:
+        padding = -len(data) % tarfile.BLOCKSIZE
+        # Three writes rather than one joined buffer: no copy of the (often large) media bytes.
+        header = member_header(name, len(data))
+        self.out.write(header)
+        self.out.write(data)
+        self.out.write(_ZEROS[:padding])
+        self.written += len(header) + len(data) + padding
+
+    def close(self) -> None:
+        # The end: two zero blocks, then zeros up to a whole record, as tarfile closes an archive.
+        end = self.written + 2 * tarfile.BLOCKSIZE
+        self.out.write(bytes(2 * tarfile.BLOCKSIZE + (-end % tarfile.RECORDSIZE)))
+        self.out.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self.out.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> TarWriter:
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        self.abort() if kind else self.close()
+
+
+def write_tar(path: Path, files: list[tuple[str, bytes]]) -> None:
+    """A whole tar at once (see :class:`TarWriter`)."""
+    with TarWriter(path) as tar:
+        for name, data in files:
+            tar.add(name, data)
 
 
 def check_image(data: bytes, where: str) -> None:
