@@ -14,7 +14,6 @@ import argparse
 import dataclasses
 import gc
 import hashlib
-import itertools
 import json
 import logging
 import multiprocessing
@@ -224,7 +223,7 @@ def _media_key(conv: Conversation) -> tuple:
     return tuple((m.kind, m.ext, m.path, m.data) for m in conv.media)
 
 
-def stored_media(conv: Conversation, media: dict[str, Checked], storage: Storage) -> tuple[list[MediaRef], dict]:
+def stored_media(conv: Conversation, media: dict[str, Checked | None], storage: Storage) -> tuple[list[MediaRef], dict]:
     """The media bytes a sample stores (checked, optionally resized), and the long-clip tag of each
     clip; raises SampleError if a file is unusable. ``media`` holds what the checks found per path."""
     stored, long_clips = [], {}
@@ -236,7 +235,7 @@ def stored_media(conv: Conversation, media: dict[str, Checked], storage: Storage
             data = media.get(ref.path) if ref.path else ref.data
         if isinstance(data, tuple):  # the check found this file unusable
             raise SampleError(data[0], f"sample {conv.id}: {data[1]}")
-        if data is None:  # not an image: read as is
+        if data is None:  # a good file (checked, its bytes not held) or of a kind not checked: read it now
             try:
                 data = ref.read()
             except OSError as err:
@@ -258,38 +257,32 @@ def stored_media(conv: Conversation, media: dict[str, Checked], storage: Storage
     return stored, long_clips
 
 
-class ShardWriter:
-    """One shard, written as its conversations arrive: grouped into shard samples
-    (:func:`shard_samples`), media checked and stored, counts kept. ``close`` renames the tar into
-    place, then writes its stats sidecar; ``samples`` counts conversations, ``records`` the shard
-    samples that hold them."""
-
-    def __init__(self, path: Path, storage: Storage):
-        self.path, self.storage = path, storage
-        self.tar = TarWriter(path)
-        self.stats = {
-            "samples": 0,
-            "records": 0,
-            "bytes": 0,
-            "by_task": Counter(),
-            "by_template": Counter(),
-            "by_source": Counter(),
-            "skipped": Counter(),
-            "long_audio": Counter(),
-        }
-
-    def add(self, convs: list[Conversation], media: dict[str, Checked]) -> None:
-        stats = self.stats
-        for group in shard_samples(convs, self.storage.share_media):
+def write_shard(path: Path, convs: list[Conversation], media: dict[str, Checked | None], storage: Storage) -> dict:
+    """Write one shard and its stats sidecar. Conversations are grouped into shard samples
+    (:func:`shard_samples`) and each sample's media stored as it is written, so the shard is never
+    built in memory; ``media`` holds what the checks found per path (None: a good file, read now).
+    ``samples`` counts conversations, ``records`` the shard samples that hold them."""
+    stats = {
+        "samples": 0,
+        "records": 0,
+        "bytes": 0,
+        "by_task": Counter(),
+        "by_template": Counter(),
+        "by_source": Counter(),
+        "skipped": Counter(),
+        "long_audio": Counter(),
+    }
+    with TarWriter(path) as tar:
+        for group in shard_samples(convs, storage.share_media):
             try:
-                stored, long_clips = stored_media(group[0], media, self.storage)
+                stored, long_clips = stored_media(group[0], media, storage)
             except SampleError as err:
-                if self.storage.on_error == "raise":
+                if storage.on_error == "raise":
                     raise BuildError(str(err)) from err
                 stats["skipped"][err.reason] += len(group)
                 continue
-            for name, data in encode_sample(f"{self.path.stem}-{stats['records']:06d}", group, stored):
-                self.tar.add(name, data)
+            for name, data in encode_sample(f"{path.stem}-{stats['records']:06d}", group, stored):
+                tar.add(name, data)
             stats["records"] += 1
             stats["samples"] += len(group)
             for conv in group:
@@ -297,24 +290,10 @@ class ShardWriter:
                 stats["by_template"].update(conv.meta.get("templates", []))
                 stats["by_source"][conv.meta.get("source", "")] += 1
                 stats["long_audio"].update(tag for tag in long_clips.values() if tag)
-
-    def close(self) -> dict:
-        self.tar.close()
-        self.stats["bytes"] = self.path.stat().st_size
-        text = json.dumps(self.stats, sort_keys=True)
-        atomic_write_text(self.path.with_suffix(".json"), text)
-        return json.loads(text)
-
-
-def write_shard(path: Path, convs: list[Conversation], media: dict[str, Checked], storage: Storage) -> dict:
-    """Write one shard of ``convs`` (their files checked in ``media``) and its stats sidecar."""
-    writer = ShardWriter(path, storage)
-    try:
-        writer.add(convs, media)
-    except BaseException:
-        writer.tar.abort()
-        raise
-    return writer.close()
+    stats["bytes"] = path.stat().st_size
+    text = json.dumps(stats, sort_keys=True)
+    atomic_write_text(path.with_suffix(".json"), text)
+    return json.loads(text)
 
 
 @dataclass
@@ -352,42 +331,31 @@ def chunk_done(job: ChunkJob, plan: BuildPlan) -> list[str] | None:
 
 
 def build_chunk(job: ChunkJob, plan: BuildPlan) -> dict[str, dict]:
-    """Template, validate and write one chunk's shards (in a worker); finished shards are kept.
-
-    The annotations go one media file (or set of files) at a time, as they are sorted: its files
-    are read and checked once, however many samples use them (captions, QA turns, held-out
-    wordings), its conversations are written to each set's shard, and its bytes are dropped."""
+    """Template, validate and write one chunk's shards (in a worker); finished shards are kept."""
     shard = f"shard-{job.index:06d}"
     done = chunk_done(job, plan)
     if done is not None:
         return {name: json.loads((plan.out / name / f"{shard}.json").read_text()) for name in done}
-    writers: dict[str, ShardWriter | None] = {}  # None: that set's shard was finished by an earlier run
-    try:
-        for _, same_media in itertools.groupby(job.annotations, key=lambda a: a.group):
-            anns = list(same_media)
-            # Audio is checked before shaping: a clip the policy splits needs one placeholder per window.
-            files = {(m.path, m.kind) for a in anns for m in a.media if m.path and m.kind in ("image", "audio")}
-            media = {
-                path: read_checked_image(path, job.checked[path])
-                if path in job.checked
-                else read_media_file(path, kind, plan.storage.audio)
-                for path, kind in sorted(files)
-            }
-            anns = [with_audio_windows(ann, media) for ann in anns]
-            for name, convs in shape_chunk(anns, job.split, plan.templates, plan.shaping, plan.pool).items():
-                if name not in writers:
-                    path = plan.out / name / f"{shard}.tar"
-                    writers[name] = None if shard_done(path) else ShardWriter(path, plan.storage)
-                if writers[name]:
-                    writers[name].add(convs, media)
-        stats = {}
-        for name in sorted(writers):
-            writer = writers.pop(name)
-            stats[name] = writer.close() if writer else json.loads((plan.out / name / f"{shard}.json").read_text())
-    finally:
-        for writer in writers.values():  # left open by an error
-            if writer:
-                writer.tar.abort()
+    # A file is used by several samples (captions, QA turns, held-out wordings): read and check it
+    # once, and keep its bytes for all of them.
+    # Audio is checked before shaping: a clip the policy splits needs one placeholder per window.
+    files = sorted(
+        {(m.path, m.kind) for a in job.annotations for m in a.media if m.path and m.kind in ("image", "audio")}
+    )
+    media = {
+        path: read_checked_image(path, job.checked[path])
+        if path in job.checked
+        else read_media_file(path, kind, plan.storage.audio)
+        for path, kind in files
+    }
+    annotations = [with_audio_windows(ann, media) for ann in job.annotations]
+    stats = {}
+    for name, convs in shape_chunk(annotations, job.split, plan.templates, plan.shaping, plan.pool).items():
+        path = plan.out / name / f"{shard}.tar"
+        if shard_done(path):  # written before an interruption
+            stats[name] = json.loads(path.with_suffix(".json").read_text())
+        else:
+            stats[name] = write_shard(path, convs, media, plan.storage)
     atomic_write_text(plan.out / ".chunks" / f"{job.split}-{job.index:06d}.json", json.dumps(sorted(stats)))
     return stats
 
@@ -402,9 +370,16 @@ def read_checked_image(path: str, problem: tuple[str, str] | None) -> Checked:
         return "missing_media", f"cannot read {path} ({err})"
 
 
+def check_media_file(path: str, kind: str = "image", audio: AudioPolicy | None = None) -> Checked | None:
+    """What a full check of a media file found: None for a good image (its bytes are read again when
+    written, rather than held), audio to store, or (reason, message)."""
+    checked = read_media_file(path, kind, audio)
+    return None if isinstance(checked, bytes) else checked
+
+
 def check_images(paths: list[str]) -> list[tuple[str, str] | None]:
     """Decode each image (in a worker); None for a good one, else (reason, message)."""
-    return [None if isinstance(c := read_media_file(path), bytes) else c for path in paths]
+    return [check_media_file(path) for path in paths]
 
 
 class ImageChecks:

@@ -72,7 +72,11 @@ def main(argv: list[str] | None = None) -> None:
         data = json.loads(manifest.read_text())
         print(f"recipe {data['recipe']!r}, seed {data['seed']}, mmit {data['mmit_version']}")
         for name, s in data["sets"].items():
-            print(f"  {name:<22} {s['samples']:>7} samples in {len(s['shards'])} shards; tasks {s['by_task']}")
+            records = s.get("records", s["samples"])  # mmit 0.1.0 wrote one record per sample
+            print(
+                f"  {name:<22} {s['samples']:>7} samples ({records} shard records) in {len(s['shards'])} shards;"
+                f" tasks {s['by_task']}"
+            )
         if data["skipped_annotations"]:
             print(f"  skipped annotations: {data['skipped_annotations']}")
     for directory in set_dirs(args.path):

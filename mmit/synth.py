@@ -36,11 +36,11 @@ from tqdm.auto import tqdm
 from mmit.build import (
     BuildError,
     Storage,
+    check_media_file,
     file_sha256,
     format_manifest,
     load_template_files,
     read_annotations,
-    read_media_file,
     recipe_command,
     recipe_manifest,
     source_hashes,
@@ -600,7 +600,7 @@ def write_sets(cfg: DictConfig, samples: list[tuple[str, Conversation]]) -> dict
     for split, conv in samples:
         by_set["train" if split == "train" else "val_seen"].append(conv)
     paths = sorted({(m.path, m.kind) for _, c in samples for m in c.media if m.path})
-    media = {path: read_media_file(path, kind) for path, kind in paths}
+    media = {path: check_media_file(path, kind) for path, kind in paths}
     storage = Storage(cfg.on_error, cfg.get("resize_max"))
     stats: dict[str, list[dict]] = {}
     for name, convs in by_set.items():

@@ -320,9 +320,10 @@ def test_rebuild_is_byte_identical(sources, tmp_path):
     ).read_bytes()
 
 
-def test_interrupted_build_finishes_without_redoing_shards(sources, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_interrupted_build_finishes_without_redoing_shards(sources, tmp_path, workers):
     out = tmp_path / "out"
-    cfg = recipe(sources, out)
+    cfg = recipe(sources, out, num_workers=workers)
     build(cfg)
     shards = sorted((out / "train").glob("shard-*.tar"))
     assert len(shards) >= 2
@@ -587,3 +588,29 @@ def test_a_worker_process_reports_a_bad_image_by_name(sources, tmp_path):
     (sources["images"] / "COCO_train2014_000000000002.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
     with pytest.raises(BuildError, match=r"000000000002\.png: image does not decode"):
         build(recipe(sources, tmp_path / "out", num_workers=2, shard_size=2))
+
+
+def test_a_chunk_trusts_the_pools_image_checks(sources, tmp_path, monkeypatch):
+    """With a pool, images are decoded in batches first; a chunk then reads the good ones' bytes
+    without decoding them again, and reports the bad ones as the check found them."""
+    import mmit.build as build_module
+
+    cfg = recipe(sources, tmp_path / "out")
+    annotations = build_module.read_annotations(cfg, Counter())
+    templates = load_templates(cfg.templates)
+    shaping = build_module.shaping_config(cfg, templates)
+    plan = build_module.BuildPlan(
+        tmp_path / "out", templates, shaping, build_module.answer_pool(annotations), build_module.Storage("skip")
+    )
+    (tmp_path / "out" / ".chunks").mkdir(parents=True)
+    (tmp_path / "out" / "train").mkdir()
+    anns = sorted(annotations, key=lambda a: a.group)[:6]  # two kinds of annotation per image
+    job = build_module.ChunkJob(0, "train", anns)
+    bad = job.images()[0]
+    job.checked = {path: None for path in job.images()} | {bad: ("undecodable_media", f"{bad}: does not decode")}
+    monkeypatch.setattr(build_module, "check_image", lambda data, where: pytest.fail("decoded again"))
+    stats = build_module.build_chunk(job, plan)["train"]
+    assert stats["skipped"]["undecodable_media"] >= 2  # the bad image's caption and VQA conversations
+    convs = list(read_shards([str(tmp_path / "out" / "train" / "shard-000000.tar")]))
+    assert {c.meta["group"] for c in convs} == {Path(p).name for p in job.images()[1:]}
+    assert all(c.media[0].data == Path(sources["images"] / c.meta["group"]).read_bytes() for c in convs)
