@@ -20,8 +20,9 @@ def test_each_case_decodes_and_builds_the_same_images(tmp_path, capsys):
     rows = bench.main(["--images", "12", "--repeat", "1", "--workers", "1", "--cases", "demo", "photo"])
     assert [r["case"] for r in rows] == ["demo", "photo"]
     for row in rows:
-        assert row["images"] == 12 and row["samples"] > 12  # several samples per image
-        assert row["decode_s"] > 0 and row["build_s"] > 0
+        assert row["images"] == 12 and row["samples"] > row["records"] >= 12  # several conversations per record
+        assert row["written_mb"] * 1e3 > row["images"] * row["mean_image_kb"]  # every image stored
+        assert row["decode_s"] > 0 and row["build_s"] > 0 and row["paired"] > 0
     # Photos carry a photo's detail: far larger files than the flat drawn scenes.
     assert rows[1]["mean_image_kb"] > 20 * rows[0]["mean_image_kb"]
     table = capsys.readouterr().out
