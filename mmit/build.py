@@ -19,6 +19,7 @@ import logging
 import multiprocessing
 import multiprocessing.queues
 import os
+import shutil
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -38,7 +39,7 @@ from mmit.data.samples import Conversation, MediaRef, SampleError
 from mmit.data.shards import TarWriter, check_image, encode_sample, resize_image
 from mmit.data.sources import DataFiles
 from mmit.data.templates import load_templates
-from mmit.paths import RECIPES_DIR, atomic_write_text
+from mmit.paths import RECIPES_DIR, atomic_write_text, cache_dir
 
 log = logging.getLogger("mmit.build")
 
@@ -478,18 +479,29 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def build_fingerprint(cfg: DictConfig) -> str:
+    """What a build's shards depend on: the resolved recipe, and the mmit version (the shard format)."""
+    return hashlib.sha256(f"mmit {mmit.__version__}\n{OmegaConf.to_yaml(cfg, resolve=True)}".encode()).hexdigest()
+
+
+def built_from_another(cfg: DictConfig, out: Path) -> bool:
+    """Whether ``out`` holds a build (finished or not) of another recipe, settings or mmit version."""
+    stamp = out / "build.json"
+    return stamp.exists() and json.loads(stamp.read_text())["fingerprint"] != build_fingerprint(cfg)
+
+
 @gc_paused()
 def build(cfg: DictConfig) -> dict:
     """Run a composed recipe; returns the manifest (also written as manifest.json)."""
     if cfg.get("mode"):
         raise BuildError(f"recipe {cfg.get('name', '')!r} generates data with an LLM: run python -m mmit.synth")
     out = Path(cfg.out_dir)
-    fingerprint = hashlib.sha256(OmegaConf.to_yaml(cfg, resolve=True).encode()).hexdigest()
-    stamp = out / "build.json"
-    if stamp.exists() and json.loads(stamp.read_text())["fingerprint"] != fingerprint:
-        raise BuildError(f"{out} holds a build of a different recipe or settings; choose another output directory")
+    if built_from_another(cfg, out):
+        raise BuildError(
+            f"{out} holds a build of a different recipe, settings or mmit version; choose another output directory"
+        )
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(stamp, json.dumps({"fingerprint": fingerprint}))
+    atomic_write_text(out / "build.json", json.dumps({"fingerprint": build_fingerprint(cfg)}))
 
     if cfg.get("prepare"):
         from mmit.factory import instantiate_source
@@ -626,9 +638,16 @@ def source_hashes(cfg: DictConfig) -> dict[str, str]:
 def recipe_data_files(
     recipe: str, overrides: list[str] = (), train: str = "train", eval: dict[str, str] | None = None
 ) -> DataFiles:
-    """The shard folders of a recipe's build, building it first if it has not been built."""
+    """The shard folders of a recipe's build, building it first if it has not been built. A build in
+    the mmit cache from another recipe, settings or mmit version is built again; elsewhere it is an
+    error, as a folder the user chose is not ours to delete."""
     cfg = compose_recipe(recipe, list(overrides))
     out = Path(cfg.out_dir)
+    if built_from_another(cfg, out):
+        if not out.resolve().is_relative_to(cache_dir().resolve()):
+            raise BuildError(f"{out} holds a build of a different recipe, settings or mmit version; delete it first")
+        log.info("%s was built from another recipe, settings or mmit version: building it again", out)
+        shutil.rmtree(out)
     if not (out / "manifest.json").exists():
         log.info("building dataset %s into %s (once)", recipe, out)
         print(format_manifest(build(cfg), out))

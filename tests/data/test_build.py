@@ -614,3 +614,28 @@ def test_a_chunk_trusts_the_pools_image_checks(sources, tmp_path, monkeypatch):
     convs = list(read_shards([str(tmp_path / "out" / "train" / "shard-000000.tar")]))
     assert {c.meta["group"] for c in convs} == {Path(p).name for p in job.images()[1:]}
     assert all(c.media[0].data == Path(sources["images"] / c.meta["group"]).read_bytes() for c in convs)
+
+
+def test_a_stale_build_is_built_again_in_the_cache_and_refused_elsewhere(sources, tmp_path, monkeypatch):
+    """Training asks for a recipe's shards: a build from another recipe, settings or mmit version
+    (another shard format) must not be used as if it were current."""
+    import mmit
+    from mmit.build import recipe_data_files
+
+    monkeypatch.setenv("MMIT_CACHE", str(tmp_path / "cache"))
+    cached, mine = tmp_path / "cached.yaml", tmp_path / "mine.yaml"
+    OmegaConf.save(recipe(sources, tmp_path / "cache" / "datasets" / "fixture"), cached)
+    OmegaConf.save(recipe(sources, tmp_path / "mine"), mine)
+
+    def seed_of(files) -> int:
+        return json.loads((Path(files.train[0]).parent / "manifest.json").read_text())["seed"]
+
+    assert seed_of(recipe_data_files(str(cached))) == 0
+    assert seed_of(recipe_data_files(str(cached), ["seed=3"])) == 3  # built again, not the seed-0 shards
+    monkeypatch.setattr(mmit, "__version__", "99.0")
+    stamp = tmp_path / "cache" / "datasets" / "fixture" / "build.json"
+    before = stamp.read_text()
+    assert seed_of(recipe_data_files(str(cached), ["seed=3"])) == 3 and stamp.read_text() != before
+    recipe_data_files(str(mine))
+    with pytest.raises(BuildError, match="delete it first"):
+        recipe_data_files(str(mine), ["seed=3"])
