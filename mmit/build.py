@@ -429,6 +429,7 @@ _plan_queue = None
 
 
 def _init_worker(queue) -> None:
+    """The pool's initializer: the plan does not exist yet when the workers start."""
     global _plan_queue
     _plan_queue = queue
 
@@ -442,6 +443,8 @@ def _build_chunk_in_worker(job: ChunkJob) -> dict[str, dict]:
 
 @dataclass
 class Workers:
+    """A build's worker processes, and the queue that gives each of them its copy of the plan."""
+
     pool: ProcessPoolExecutor
     plans: multiprocessing.queues.Queue  # the build plan, one copy per worker
     count: int
