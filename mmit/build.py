@@ -319,7 +319,12 @@ class ChunkJob:
     checked: dict[str, tuple[str, str] | None] = dataclasses.field(default_factory=dict)  # image -> None if good
 
     def images(self) -> list[str]:
-        return sorted({m.path for a in self.annotations for m in a.media if m.path and m.kind == "image"})
+        return image_paths(self.annotations)
+
+
+def image_paths(annotations: Iterable[Annotation]) -> list[str]:
+    """The image files the annotations name, sorted, each once."""
+    return sorted({m.path for a in annotations for m in a.media if m.path and m.kind == "image"})
 
 
 def chunk_done(job: ChunkJob, plan: BuildPlan) -> list[str] | None:
@@ -338,15 +343,14 @@ def build_chunk(job: ChunkJob, plan: BuildPlan) -> dict[str, dict]:
     if done is not None:
         return {name: json.loads((plan.out / name / f"{shard}.json").read_text()) for name in done}
     # A file is used by several samples (captions, QA turns, held-out wordings): read and check it
-    # once, and keep its bytes for all of them.
+    # once, and keep its bytes for all of them. An image the pool already checked keeps only the
+    # result (None if good): its bytes are read when its records are written.
     # Audio is checked before shaping: a clip the policy splits needs one placeholder per window.
     files = sorted(
         {(m.path, m.kind) for a in job.annotations for m in a.media if m.path and m.kind in ("image", "audio")}
     )
     media = {
-        path: read_checked_image(path, job.checked[path])
-        if path in job.checked
-        else read_media_file(path, kind, plan.storage.audio)
+        path: job.checked[path] if path in job.checked else read_media_file(path, kind, plan.storage.audio)
         for path, kind in files
     }
     annotations = [with_audio_windows(ann, media) for ann in job.annotations]
@@ -359,16 +363,6 @@ def build_chunk(job: ChunkJob, plan: BuildPlan) -> dict[str, dict]:
             stats[name] = write_shard(path, convs, media, plan.storage)
     atomic_write_text(plan.out / ".chunks" / f"{job.split}-{job.index:06d}.json", json.dumps(sorted(stats)))
     return stats
-
-
-def read_checked_image(path: str, problem: tuple[str, str] | None) -> Checked:
-    """An image the pool already decoded: its bytes (from the page cache), or what was wrong with it."""
-    if problem:
-        return problem
-    try:
-        return Path(path).read_bytes()
-    except OSError as err:
-        return "missing_media", f"cannot read {path} ({err})"
 
 
 def check_media_file(path: str, kind: str = "image", audio: AudioPolicy | None = None) -> Checked | None:
@@ -405,7 +399,7 @@ class ImageChecks:
                     self.flush()
 
     def add_annotation(self, ann: Annotation) -> None:
-        self.add(m.path for m in ann.media if m.path and m.kind == "image")
+        self.add(image_paths([ann]))
 
     def flush(self) -> None:
         if self.batch:
@@ -614,11 +608,15 @@ def run_chunks(
     progress = {"total": len(jobs), "desc": "shards", "unit": "shard"}
     if workers is None:
         return [build_chunk(job, plan) for job in tqdm(jobs, **progress)]
-    for job in jobs:
+    images = [job.images() for job in jobs]
+    for job, paths in zip(jobs, images):
         if chunk_done(job, plan) is None:
-            checks.add(job.images())  # a fresh build queued these while reading; a resumed one does now
+            checks.add(paths)  # a fresh build queued these while reading; a resumed one does now
     checked = checks.results()
-    jobs = [dataclasses.replace(job, checked={p: checked[p] for p in job.images() if p in checked}) for job in jobs]
+    jobs = [
+        dataclasses.replace(job, checked={p: checked[p] for p in paths if p in checked})
+        for job, paths in zip(jobs, images)
+    ]
     for _ in range(workers.count):
         workers.plans.put(plan)
     costliest_first = sorted(range(len(jobs)), key=lambda i: (jobs[i].split != "val", -len(jobs[i].annotations)))
