@@ -184,7 +184,7 @@ def read_media_file(path: str, kind: str = "image", audio: AudioPolicy | None = 
     return data
 
 
-def with_audio_windows(ann: Annotation, media: dict[str, Checked]) -> Annotation:
+def with_audio_windows(ann: Annotation, media: dict[str, Checked | None]) -> Annotation:
     """An annotation whose long clips the policy split: one audio item per window, in order."""
     if not any(isinstance(media.get(m.path), CheckedAudio) and len(media[m.path].items) > 1 for m in ann.media):
         return ann
