@@ -2,8 +2,8 @@
 
 A recipe (``data_recipes/<name>.yaml``) names its annotation sources, templates and shaping.
 The build reads every annotation, splits by image or clip, applies templates and writes
-webdataset shards plus a manifest. Each media file is read and checked once: images decode;
-audio decodes, is complete and not silent, and long clips follow the recipe's
+webdataset shards plus a manifest. Each media file is read and checked once: images decode
+(``check_image``); audio decodes, is complete and not silent, and long clips follow the recipe's
 ``audio.long_clips`` policy (``mmit.data.audio``). Finished shards are kept, so an interrupted
 build run again only writes what is missing; the same inputs and seed give byte-identical shards.
 """
@@ -373,13 +373,13 @@ def check_media_file(path: str, kind: str = "image", audio: AudioPolicy | None =
 
 
 def check_images(paths: list[str]) -> list[tuple[str, str] | None]:
-    """Decode each image (in a worker); None for a good one, else (reason, message)."""
+    """Check each image (in a worker); None for a good one, else (reason, message)."""
     return [check_media_file(path) for path in paths]
 
 
 class ImageChecks:
-    """Images decoded by the worker pool in batches of ``batch_size``, queued as soon as an
-    annotation names them, so the workers decode while the main process still reads the
+    """Images checked by the worker pool in batches of ``batch_size``, queued as soon as an
+    annotation names them, so the workers check them while the main process still reads the
     annotations. Chunks then re-read the good images' bytes instead of decoding them again. The
     small batches also keep every worker busy to the end, which whole chunks (``shard_size``
     annotations each) do not: 8 chunks on 2 workers left one idle for a tenth of the build."""
@@ -410,7 +410,7 @@ class ImageChecks:
         """Every queued image's result, with a progress bar while they finish."""
         self.flush()
         results = {}
-        bar = tqdm(total=len(self.queued), desc="decode images", unit="image", leave=False)
+        bar = tqdm(total=len(self.queued), desc="check images", unit="image", leave=False)
         for paths, future in self.futures:
             results.update(zip(paths, future.result()))
             bar.update(len(paths))
@@ -447,7 +447,7 @@ class Workers:
 @contextmanager
 def worker_pool(count: int) -> Iterator[Workers | None]:
     """``count`` worker processes, or None for one process. The pool starts before the annotations
-    are read, so it can decode images meanwhile; the plan, which needs the annotations, reaches
+    are read, so it can check images meanwhile; the plan, which needs the annotations, reaches
     each worker once through a queue (VQAv2's answer pool alone is tens of thousands of strings)."""
     if count == 1:
         yield None
@@ -600,7 +600,7 @@ def run_chunks(
     jobs: list[ChunkJob], plan: BuildPlan, workers: Workers | None, checks: ImageChecks | None
 ) -> list[dict]:
     """Each chunk's stats, in job order. With a pool, the images of the chunks still to write are
-    decoded first, in small batches (``ImageChecks``), then the chunks are shaped and written,
+    checked first, in small batches (``ImageChecks``), then the chunks are shaped and written,
     the costliest first so the workers finish together: evaluation chunks (an annotation there
     yields samples for up to three sets), then the largest. A failed chunk raises once all are
     done, the first failure in job order, so which error a bad input gives does not depend on

@@ -17,8 +17,17 @@ fi
 if ! { command -v chromium && command -v espeak-ng && command -v sox; } >/dev/null && command -v apt-get >/dev/null; then
     apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium espeak-ng sox
 fi
-pip() { "$VENV/bin/python" -m pip "$@"; }
+# No pip cache: the torch set alone is about 3 GB of wheels, and a cached copy of each would
+# double what the install needs on disk (a CI run on a nearly full disk failed for that).
+pip() { "$VENV/bin/python" -m pip --no-cache-dir "$@"; }
 
+if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+    # The venv ends at about 6 GB, and pip holds the downloaded wheels (about 3 GB) meanwhile.
+    free_gb=$(df -P -BG "$VENV" | awk 'NR == 2 {print int($4)}')
+    if [ "$free_gb" -lt 10 ]; then
+        echo "warning: ${free_gb} GB free where $VENV lies; installing needs about 10 GB" >&2
+    fi
+fi
 pip install --upgrade pip
 # PyPI's torch 2.11 set first: the one whose torchvision / torchaudio load on these machines.
 pip install torch==2.11.0 torchvision==0.26.0 torchaudio==2.11.0

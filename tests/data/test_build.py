@@ -6,6 +6,7 @@ import tarfile
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import webdataset as wds
 from omegaconf import OmegaConf
@@ -21,7 +22,7 @@ from mmit.data.annotations import (
     read_vqav2,
 )
 from mmit.data.samples import SampleError
-from mmit.data.shards import ShardStream, read_shards, shard_urls, write_tar
+from mmit.data.shards import ShardStream, check_image, read_shards, shard_urls, write_tar
 from mmit.data.templates import load_templates
 from mmit.paths import RECIPES_DIR
 
@@ -264,6 +265,43 @@ def test_a_bad_image_skips_every_conversation_that_uses_it(sources, tmp_path):
     assert skipped == expected
     for name, summary in bad["sets"].items():
         assert summary["samples"] == good["sets"][name]["samples"] - expected.get(name, 0)
+
+
+def _decodes_fully(data: bytes) -> bool:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+    except Exception:
+        return False
+    return True
+
+
+def _passes_check(data: bytes) -> bool:
+    try:
+        check_image(data, "photo.jpg")
+    except SampleError as err:
+        assert err.reason == "undecodable_media" and "photo.jpg" in str(err)
+        return False
+    return True
+
+
+@pytest.mark.parametrize("mode, progressive", [("RGB", False), ("RGB", True), ("L", False), ("CMYK", False)])
+def test_jpeg_check_at_one_eighth_scale_fails_exactly_where_a_full_decode_fails(mode, progressive):
+    """The build checks JPEGs at 1/8 scale. Over cuts at 60 points and 100 random corruptions,
+    the check fails exactly where a full decode fails."""
+    rng = np.random.default_rng(0)
+    out = io.BytesIO()
+    noise = Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)).convert(mode)
+    noise.save(out, format="JPEG", quality=90, progressive=progressive)
+    data = out.getvalue()
+    variants = [data[:n] for n in range(0, len(data), len(data) // 60)]
+    for at in rng.integers(0, len(data) - 16, 100):
+        corrupt = bytearray(data)
+        corrupt[at : at + 16] = rng.integers(0, 256, 16, dtype=np.uint8).tobytes()
+        variants.append(bytes(corrupt))
+    full = [_decodes_fully(v) for v in variants]
+    assert [_passes_check(v) for v in variants] == full
+    assert _passes_check(data) and 50 < full.count(False) < len(variants) - 50  # both verdicts are common
 
 
 def test_shards_of_one_conversation_per_sample_still_read(tmp_path):
