@@ -481,10 +481,11 @@ def build_fingerprint(cfg: DictConfig) -> str:
     return hashlib.sha256(f"mmit {mmit.__version__}\n{OmegaConf.to_yaml(cfg, resolve=True)}".encode()).hexdigest()
 
 
-def built_from_another(cfg: DictConfig, out: Path) -> bool:
-    """Whether ``out`` holds a build (finished or not) of another recipe, settings or mmit version."""
+def built_from_another(out: Path, fingerprint: str) -> bool:
+    """Whether ``out`` holds a build (finished or not) with another fingerprint: of another recipe,
+    settings or mmit version."""
     stamp = out / "build.json"
-    return stamp.exists() and json.loads(stamp.read_text())["fingerprint"] != build_fingerprint(cfg)
+    return stamp.exists() and json.loads(stamp.read_text())["fingerprint"] != fingerprint
 
 
 @gc_paused()
@@ -492,13 +493,13 @@ def build(cfg: DictConfig) -> dict:
     """Run a composed recipe; returns the manifest (also written as manifest.json)."""
     if cfg.get("mode"):
         raise BuildError(f"recipe {cfg.get('name', '')!r} generates data with an LLM: run python -m mmit.synth")
-    out = Path(cfg.out_dir)
-    if built_from_another(cfg, out):
+    out, fingerprint = Path(cfg.out_dir), build_fingerprint(cfg)
+    if built_from_another(out, fingerprint):
         raise BuildError(
             f"{out} holds a build of a different recipe, settings or mmit version; choose another output directory"
         )
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "build.json", json.dumps({"fingerprint": build_fingerprint(cfg)}))
+    atomic_write_text(out / "build.json", json.dumps({"fingerprint": fingerprint}))
 
     if cfg.get("prepare"):
         from mmit.factory import instantiate_source
@@ -644,7 +645,7 @@ def recipe_data_files(
     error, as a folder the user chose is not ours to delete."""
     cfg = compose_recipe(recipe, list(overrides))
     out = Path(cfg.out_dir)
-    if built_from_another(cfg, out):
+    if built_from_another(out, build_fingerprint(cfg)):
         if not out.resolve().is_relative_to(cache_dir().resolve()):
             raise BuildError(f"{out} holds a build of a different recipe, settings or mmit version; delete it first")
         log.info("%s was built from another recipe, settings or mmit version: building it again", out)
