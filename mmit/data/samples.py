@@ -23,6 +23,9 @@ class SampleError(ValueError):
         super().__init__(message)
         self.reason = reason
 
+    def __reduce__(self):  # so it crosses to and from worker processes intact
+        return type(self), (self.reason, str(self))
+
 
 @dataclass(frozen=True)
 class Message:

@@ -1,3 +1,4 @@
+import pickle
 from collections import Counter
 
 import pytest
@@ -79,3 +80,9 @@ def test_alpaca_json_list(tmp_path):
     with pytest.raises(DataFileError, match=r"alpaca\.json\[1\]"):
         read_conversations([path])
     assert len(read_conversations([path], on_error="skip")) == 1
+
+
+def test_sample_error_keeps_its_reason_across_processes():
+    err = pickle.loads(pickle.dumps(SampleError("missing_media", "sample 3: cannot read a.jpg")))
+    assert type(err) is SampleError
+    assert (err.reason, str(err)) == ("missing_media", "sample 3: cannot read a.jpg")
