@@ -1,5 +1,6 @@
-import pickle
+import multiprocessing
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
@@ -82,7 +83,12 @@ def test_alpaca_json_list(tmp_path):
     assert len(read_conversations([path], on_error="skip")) == 1
 
 
+def raise_sample_error():
+    raise SampleError("missing_media", "sample 3: cannot read a.jpg")
+
+
 def test_sample_error_keeps_its_reason_across_processes():
-    err = pickle.loads(pickle.dumps(SampleError("missing_media", "sample 3: cannot read a.jpg")))
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+        err = pool.submit(raise_sample_error).exception()
     assert type(err) is SampleError
     assert (err.reason, str(err)) == ("missing_media", "sample 3: cannot read a.jpg")
