@@ -11,15 +11,18 @@ build run again only writes what is missing; the same inputs and seed give byte-
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import gc
 import hashlib
+import inspect
 import json
 import logging
 import multiprocessing
 import multiprocessing.queues
 import os
 import shutil
+import signal
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -35,11 +38,12 @@ import mmit
 from mmit.data.annotations import Annotation
 from mmit.data.audio import AudioPolicy, CheckedAudio, prepare_audio
 from mmit.data.instructions import ShapingConfig, answer_pool, shape_annotation
+from mmit.data.media import DEFAULT_MAX_PIXELS, check_image, resize_image
 from mmit.data.samples import Conversation, MediaRef, SampleError
-from mmit.data.shards import TarWriter, check_image, encode_sample, resize_image
+from mmit.data.shards import TarWriter, encode_sample
 from mmit.data.sources import DataFiles
 from mmit.data.templates import load_templates
-from mmit.paths import RECIPES_DIR, atomic_write_text, cache_dir
+from mmit.paths import LOCK_FILE, RECIPES_DIR, FolderInUseError, atomic_write_text, cache_dir, exclusive_folder
 
 log = logging.getLogger("mmit.build")
 
@@ -92,12 +96,17 @@ def read_annotations(
     annotations, seen = [], set() if seen is None else seen
     on_error = cfg.on_error  # read once: an OmegaConf lookup per record costs more than the record
     for source_cfg in cfg.get(key) or []:
-        for where, item in tqdm(
-            instantiate_source(source_cfg),
-            desc=f"read {source_cfg._target_.rsplit('.', 1)[-1]}",
-            unit="record",
-            leave=False,
-        ):
+        source_cfg = with_recipe_options(cfg, source_cfg)
+        records = iter(instantiate_source(source_cfg))
+        bar = tqdm(desc=f"read {source_cfg._target_.rsplit('.', 1)[-1]}", unit="record", leave=False)
+        while True:
+            try:
+                where, item = next(records)
+            except StopIteration:
+                break
+            except SampleError as err:  # a whole file unreadable (bad JSON, not the layout): no record to skip
+                raise BuildError(str(err)) from err
+            bar.update()
             if isinstance(item, Annotation) and item.id in seen:
                 item = SampleError("duplicate_id", f"{where}: annotation id {item.id!r} appears twice")
             if isinstance(item, SampleError):
@@ -109,7 +118,21 @@ def read_annotations(
             annotations.append(item)
             if on_annotation:
                 on_annotation(item)
+        bar.close()
     return annotations
+
+
+def with_recipe_options(cfg: DictConfig, source_cfg: DictConfig) -> DictConfig:
+    """A source with the recipe-wide reader options it takes and does not set itself
+    (``allow_outside_root``: media paths may leave the reader's folder)."""
+    from hydra.utils import get_object
+
+    options = {k: cfg[k] for k in ("allow_outside_root",) if cfg.get(k) is not None and k not in source_cfg}
+    if not options:
+        return source_cfg
+    accepted = inspect.signature(get_object(source_cfg._target_)).parameters
+    options = {k: v for k, v in options.items() if k in accepted}
+    return OmegaConf.merge(source_cfg, options) if options else source_cfg
 
 
 def shaping_config(cfg: DictConfig, templates: dict) -> ShapingConfig:
@@ -167,16 +190,19 @@ class Storage:
     resize_max: int | None = None  # longest image side, or None for the original bytes
     audio: AudioPolicy = dataclasses.field(default_factory=AudioPolicy)
     share_media: bool = True  # consecutive conversations about the same media files share one shard sample
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are refused from their header, never decoded
 
 
-def read_media_file(path: str, kind: str = "image", audio: AudioPolicy | None = None) -> Checked:
+def read_media_file(
+    path: str, kind: str = "image", audio: AudioPolicy | None = None, max_pixels: int | None = None
+) -> Checked:
     """A media file read and fully decoded once: image bytes, audio after the long-clip policy,
-    or (reason, message) if unusable."""
+    or (reason, message) if unusable (an image over ``max_pixels`` is refused from its header)."""
     try:
         data = Path(path).read_bytes()
         if kind == "audio":
             return prepare_audio(data, Path(path).suffix.lstrip(".").lower(), path, audio or AudioPolicy())
-        check_image(data, path)
+        check_image(data, path, max_pixels or DEFAULT_MAX_PIXELS)
     except OSError as err:
         return "missing_media", f"cannot read {path} ({err})"
     except SampleError as err:
@@ -242,7 +268,7 @@ def stored_media(conv: Conversation, media: dict[str, Checked | None], storage: 
             except OSError as err:
                 raise SampleError("missing_media", f"sample {conv.id}: cannot read {ref.path} ({err})") from err
         elif ref.kind == "image" and ref.path is None:  # in-memory bytes were not checked yet
-            check_image(data, f"sample {conv.id} (in-memory {ref.ext})")
+            check_image(data, f"sample {conv.id} (in-memory {ref.ext})", storage.max_pixels)
         elif ref.kind == "audio" and ref.path is None:  # in-memory audio: checked; a long clip is truncated
             where = f"sample {conv.id} (in-memory {ref.ext})"
             policy = storage.audio
@@ -253,7 +279,7 @@ def stored_media(conv: Conversation, media: dict[str, Checked | None], storage: 
             long_clips[ref.path or id(ref)] = data.long
             ext, data = data.items[0]
         if ref.kind == "image" and storage.resize_max:
-            data, ext = resize_image(data, storage.resize_max)
+            data, ext = resize_image(data, storage.resize_max, ref.path or f"sample {conv.id}", storage.max_pixels)
         stored.append(type(ref)(ref.kind, ext, data=data))
     return stored, long_clips
 
@@ -349,8 +375,11 @@ def build_chunk(job: ChunkJob, plan: BuildPlan) -> dict[str, dict]:
     files = sorted(
         {(m.path, m.kind) for a in job.annotations for m in a.media if m.path and m.kind in ("image", "audio")}
     )
+    storage = plan.storage
     media = {
-        path: job.checked[path] if path in job.checked else read_media_file(path, kind, plan.storage.audio)
+        path: job.checked[path]
+        if path in job.checked
+        else read_media_file(path, kind, storage.audio, storage.max_pixels)
         for path, kind in files
     }
     annotations = [with_audio_windows(ann, media) for ann in job.annotations]
@@ -365,16 +394,18 @@ def build_chunk(job: ChunkJob, plan: BuildPlan) -> dict[str, dict]:
     return stats
 
 
-def check_media_file(path: str, kind: str = "image", audio: AudioPolicy | None = None) -> Checked | None:
+def check_media_file(
+    path: str, kind: str = "image", audio: AudioPolicy | None = None, max_pixels: int | None = None
+) -> Checked | None:
     """What a full check of a media file found: None for a good image (its bytes are read again when
     written, rather than held), audio to store, or (reason, message)."""
-    checked = read_media_file(path, kind, audio)
+    checked = read_media_file(path, kind, audio, max_pixels)
     return None if isinstance(checked, bytes) else checked
 
 
-def check_images(paths: list[str]) -> list[tuple[str, str] | None]:
+def check_images(paths: list[str], max_pixels: int | None = None) -> list[tuple[str, str] | None]:
     """Check each image (in a worker); None for a good one, else (reason, message)."""
-    return [check_media_file(path) for path in paths]
+    return [check_media_file(path, max_pixels=max_pixels) for path in paths]
 
 
 class ImageChecks:
@@ -384,8 +415,8 @@ class ImageChecks:
     small batches also keep every worker busy to the end, which whole chunks (``shard_size``
     annotations each) do not: 8 chunks on 2 workers left one idle for a tenth of the build."""
 
-    def __init__(self, pool: ProcessPoolExecutor, batch_size: int = 16):
-        self.pool, self.batch_size = pool, batch_size
+    def __init__(self, pool: ProcessPoolExecutor, batch_size: int = 16, max_pixels: int | None = None):
+        self.pool, self.batch_size, self.max_pixels = pool, batch_size, max_pixels
         self.queued: set[str] = set()
         self.batch: list[str] = []
         self.futures: list[tuple[list[str], Future]] = []
@@ -403,7 +434,7 @@ class ImageChecks:
 
     def flush(self) -> None:
         if self.batch:
-            self.futures.append((self.batch, self.pool.submit(check_images, self.batch)))
+            self.futures.append((self.batch, self.pool.submit(check_images, self.batch, self.max_pixels)))
             self.batch = []
 
     def results(self) -> dict[str, tuple[str, str] | None]:
@@ -422,14 +453,37 @@ _worker_plan: BuildPlan | None = None  # a worker process's copy, taken from the
 _plan_queue = None
 
 
-def _init_worker(queue) -> None:
-    """The pool's initializer: the plan does not exist yet when the workers start."""
-    global _plan_queue
-    _plan_queue = queue
+def _init_worker(queue, parent: int) -> None:
+    """The pool's initializer: the plan does not exist yet when the workers start. A worker dies with
+    the build: Linux sends it SIGKILL when its parent ends (``PR_SET_PDEATHSIG``, even after the
+    parent's ``kill -9``); elsewhere it checks between chunks that its parent is still there."""
+    global _plan_queue, _parent
+    _plan_queue, _parent = queue, parent
+    die_with_parent()
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+
+
+_parent: int | None = None
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> bool:
+    """Ask the kernel to SIGKILL this process when its parent ends; False where it cannot (not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+
+
+def _parent_alive() -> None:
+    if _parent is not None and os.getppid() != _parent:
+        os._exit(1)  # an orphan: the build that wanted these shards is gone
 
 
 def _build_chunk_in_worker(job: ChunkJob) -> dict[str, dict]:
     global _worker_plan
+    _parent_alive()
     if _worker_plan is None:  # the main process puts one copy per worker; each worker keeps the first it takes
         _worker_plan = _plan_queue.get()
     return build_chunk(job, _worker_plan)
@@ -455,7 +509,9 @@ def worker_pool(count: int) -> Iterator[Workers | None]:
     context = multiprocessing.get_context()
     plans = context.Queue()
     try:
-        with ProcessPoolExecutor(count, mp_context=context, initializer=_init_worker, initargs=(plans,)) as pool:
+        with ProcessPoolExecutor(
+            count, mp_context=context, initializer=_init_worker, initargs=(plans, os.getpid())
+        ) as pool:
             yield Workers(pool, plans, count)
     finally:
         plans.cancel_join_thread()  # copies no worker took (it built no chunk) are dropped, not waited on
@@ -490,9 +546,15 @@ def built_from_another(out: Path, fingerprint: str) -> bool:
 
 @gc_paused()
 def build(cfg: DictConfig) -> dict:
-    """Run a composed recipe; returns the manifest (also written as manifest.json)."""
+    """Run a composed recipe; returns the manifest (also written as manifest.json). The build holds
+    its out_dir as the only writer: a second build into it stops at once (FolderInUseError)."""
     if cfg.get("mode"):
         raise BuildError(f"recipe {cfg.get('name', '')!r} generates data with an LLM: run python -m mmit.synth")
+    with exclusive_folder(cfg.out_dir, "mmit.build"):
+        return _build(cfg)
+
+
+def _build(cfg: DictConfig) -> dict:
     out, fingerprint = Path(cfg.out_dir), build_fingerprint(cfg)
     if built_from_another(out, fingerprint):
         raise BuildError(
@@ -521,7 +583,8 @@ def build_sets(cfg: DictConfig, out: Path, workers: Workers | None) -> tuple[Cou
     annotations by reason and the stats of each set's shards."""
     # A fresh build queues each image for decoding as soon as an annotation names it; a resumed
     # one only the images of chunks still to write (in run_chunks).
-    checks = ImageChecks(workers.pool) if workers else None
+    max_pixels = cfg.get("max_pixels") or DEFAULT_MAX_PIXELS
+    checks = ImageChecks(workers.pool, max_pixels=max_pixels) if workers else None
     early = checks.add_annotation if checks and not any((out / ".chunks").glob("*.json")) else None
     skipped: Counter = Counter()
     seen_ids: set = set()
@@ -550,7 +613,7 @@ def build_sets(cfg: DictConfig, out: Path, workers: Workers | None) -> tuple[Cou
         (out / name).mkdir(exist_ok=True)
         for stale in (out / name).glob(".*.tmp-*"):  # left by a killed build
             stale.unlink()
-    storage = Storage(cfg.on_error, cfg.get("resize_max"), audio, cfg.get("share_media", True))
+    storage = Storage(cfg.on_error, cfg.get("resize_max"), audio, cfg.get("share_media", True), max_pixels)
     plan = BuildPlan(out, templates, shaping, pool, storage)
     jobs = [
         ChunkJob(k // cfg.shard_size, split, anns[k : k + cfg.shard_size])
@@ -642,17 +705,23 @@ def recipe_data_files(
 ) -> DataFiles:
     """The shard folders of a recipe's build, building it first if it has not been built. A build in
     the mmit cache from another recipe, settings or mmit version is built again; elsewhere it is an
-    error, as a folder the user chose is not ours to delete."""
+    error, as a folder the user chose is not ours to delete. Two trainings that need the same build
+    take turns: the second waits for the first to finish it, then reads it."""
     cfg = compose_recipe(recipe, list(overrides))
     out = Path(cfg.out_dir)
-    if built_from_another(out, build_fingerprint(cfg)):
-        if not out.resolve().is_relative_to(cache_dir().resolve()):
-            raise BuildError(f"{out} holds a build of a different recipe, settings or mmit version; delete it first")
-        log.info("%s was built from another recipe, settings or mmit version: building it again", out)
-        shutil.rmtree(out)
-    if not (out / "manifest.json").exists():
-        log.info("building dataset %s into %s (once)", recipe, out)
-        print(format_manifest(build(cfg), out))
+    with exclusive_folder(out, "mmit.build (for training)", wait=True):
+        if built_from_another(out, build_fingerprint(cfg)):
+            if not out.resolve().is_relative_to(cache_dir().resolve()):
+                raise BuildError(
+                    f"{out} holds a build of a different recipe, settings or mmit version; delete it first"
+                )
+            log.info("%s was built from another recipe, settings or mmit version: building it again", out)
+            for stale in out.iterdir():  # all but the lock file this process holds
+                if stale.name != LOCK_FILE:
+                    shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+        if not (out / "manifest.json").exists():
+            log.info("building dataset %s into %s (once)", recipe, out)
+            print(format_manifest(build(cfg), out))
     sets = json.loads((out / "manifest.json").read_text())["sets"]
     missing = [s for s in [train, *(eval or {}).values()] if s not in sets]
     if missing:
@@ -692,8 +761,9 @@ def recipe_command(
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         cfg = compose_recipe(args.recipe, args.overrides)
-        manifest = run(cfg)
-    except BuildError as err:
+        with exclusive_folder(cfg.out_dir, f"python -m {prog}"):  # one writer per out_dir
+            manifest = run(cfg)
+    except (BuildError, FolderInUseError) as err:
         sys.exit(f"{prog}: {err}")
     print(report(manifest, Path(cfg.out_dir)))
 

@@ -111,7 +111,13 @@ def build_model(cfg: DictConfig) -> BuiltModel:
 
 
 def build_data(cfg: DictConfig, tokenizer, slots: list[MediaSlot] = ()) -> BuiltData:
-    """Read, validate and tokenize the training set and every evaluation set."""
+    """Read, validate and tokenize the training set and every evaluation set.
+
+    Every record is checked as it is read (``mmit.data.sources``); media of a kind the model has
+    no encoder for are an error or a counted skip, never silently dropped. ``data.max_pixels``
+    also bounds the images that training decodes (``mmit.data.media``).
+    """
+    from mmit.data.media import DEFAULT_MAX_PIXELS, set_max_pixels
     from mmit.data.shards import shard_urls
     from mmit.data.tokenize import StreamedDataset, TokenizedDataset, Tokenizer
     from mmit.training.loop import EvalSet
@@ -121,13 +127,23 @@ def build_data(cfg: DictConfig, tokenizer, slots: list[MediaSlot] = ()) -> Built
         raise TypeError(f"data.source must produce a DataFiles, got {type(files).__name__}")
     d = cfg.data
     read_skips: dict[str, Counter] = {}
+    max_pixels = d.get("max_pixels") or DEFAULT_MAX_PIXELS
+    set_max_pixels(max_pixels)
+    media_kinds = {slot.placeholder.strip("<>") for slot in slots}
 
     def tokenizer_for() -> Tokenizer:
         return Tokenizer(tokenizer, d.max_length, d.overlength, d.on_error, list(slots))
 
     def load(name: str, paths: list[str], shuffle: bool) -> tuple[TokenizedDataset, list]:
         read_skips[name] = Counter()
-        convs = read_conversations(paths, on_error=d.on_error, skipped=read_skips[name])
+        convs = read_conversations(
+            paths,
+            on_error=d.on_error,
+            skipped=read_skips[name],
+            media_kinds=media_kinds,
+            max_pixels=max_pixels,
+            allow_outside_root=bool(d.get("allow_outside_root", False)),
+        )
         if d.get("tasks"):  # e.g. captions only, for projector alignment
             convs = [c for c in convs if set(c.meta.get("tasks", [])) <= set(d.tasks)]
         if shuffle:  # evaluation subsets (first batches, first generations) should mix tasks

@@ -1,10 +1,17 @@
-"""Where mmit finds its shipped configs and recipes, and where it keeps caches."""
+"""Where mmit finds its shipped configs and recipes, where it keeps caches, and how it writes
+folders: atomically, and one writer at a time."""
 
 from __future__ import annotations
 
+import fcntl
+import json
+import logging
 import os
 import shutil
+import socket
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -75,3 +82,71 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = ".mmit-writer.lock"
+_held: dict[str, tuple[int, int]] = {}  # folder -> (lock file descriptor, depth) held by this process
+
+
+class FolderInUseError(RuntimeError):
+    """Another process is writing the folder (a training run, a build)."""
+
+
+def _holder(path: Path) -> str:
+    try:
+        info = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        info = {}
+    if not info:
+        return "another process"
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.get("since", 0)))
+    return f"{info.get('role', 'a writer')} (pid {info.get('pid')} on {info.get('host')}, since {since})"
+
+
+@contextmanager
+def exclusive_folder(folder: str | Path, role: str, wait: bool = False) -> Iterator[Path]:
+    """Hold ``folder`` as its only writer: an exclusive ``fcntl.flock`` on ``<folder>/.mmit-writer.lock``,
+    which names the holder (pid, host, role, since). Another writer stops at once with
+    FolderInUseError naming the holder (or, with ``wait``, waits for it); readers are not locked
+    out. The lock goes with its holder, however it ends (even ``kill -9``); this process may take
+    it again while it holds it. flock works across processes of one host and on most network
+    file systems (NFSv4 maps it to a byte-range lock)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    key = str(folder.resolve())
+    if key in _held:
+        fd, depth = _held[key]
+        _held[key] = (fd, depth + 1)
+        try:
+            yield folder
+        finally:
+            _held[key] = (fd, _held[key][1] - 1)
+        return
+    path = folder / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(path)
+            if not wait:
+                raise FolderInUseError(
+                    f"{folder} is being written by {holder}; one writer per folder: wait for it to finish, "
+                    "stop it, or choose another folder"
+                ) from None
+            log.info("%s is being written by %s: waiting for it", folder, holder)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "role": role, "since": time.time()}
+        info["command"] = " ".join(sys.argv)[:500]
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        _held[key] = (fd, 1)
+        try:
+            yield folder
+        finally:
+            del _held[key]
+            os.ftruncate(fd, 0)  # released: the file names no holder
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

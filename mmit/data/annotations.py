@@ -3,8 +3,13 @@
 Each reader yields ``(location, Annotation | SampleError)``: one annotation per image or audio
 clip (all of its captions, all of its question-answer pairs, or its transcript) or per
 conversation. Errors are yielded, not raised, so the builder's ``on_error`` policy decides; a
-location names the file and record. Audio readers: Clotho and AudioCaps caption CSVs, audio
-caption / QA / transcript JSONL, and LibriSpeech transcripts.
+location names the file and record. A file that cannot be read at all (bad JSON, or not the
+layout's shape) raises SampleError naming the file. Audio readers: Clotho and AudioCaps caption
+CSVs, audio caption / QA / transcript JSONL, and LibriSpeech transcripts.
+
+Every field's type is checked (``wrong_type``). Media files must lie inside the reader's folder
+(``images_dir``, ``audio_dir``, the JSONL's own folder): ``..``, absolute paths and symlinks that
+leave it are refused (``outside_root``) unless ``allow_outside_root=True``.
 """
 
 from __future__ import annotations
@@ -12,7 +17,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import tarfile
 from collections import Counter
 from collections.abc import Iterator
@@ -20,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmit.data.samples import MediaRef, Message, SampleError, conversation_from_record
+from mmit.data.media import media_file, media_names
+from mmit.data.samples import MediaRef, Message, SampleError, conversation_from_record, json_type
 from mmit.data.sources import jsonl_records
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
@@ -34,6 +39,7 @@ class QA:
     answer: str  # the consensus answer used as the target
     answer_type: str = "other"  # yes/no | number | other
     question_id: str = ""
+    question_type: str = ""  # VQAv2's question prefix ("how many", "is there a"), where the data has one
 
 
 @dataclass
@@ -59,36 +65,65 @@ class Annotation:
 Item = Iterator[tuple[str, "Annotation | SampleError"]]
 
 
-def _load_json(path: str | Path) -> Any:
+def _load_json(path: str | Path, shape: type | None = None, what: str = "") -> Any:
+    """A whole JSON file; SampleError naming the file if it does not parse or is not of ``shape``."""
     path = Path(path)
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
+        data = json.loads(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as err:
         raise SampleError("not_utf8", f"{path}: not UTF-8 at byte {err.start}") from err
     except json.JSONDecodeError as err:
         raise SampleError("bad_json", f"{path}:{err.lineno}: bad JSON ({err.msg})") from err
+    if shape is not None and not isinstance(data, shape):
+        raise SampleError("wrong_type", f"{path}: expected {what}, not {json_type(data)}")
+    return data
 
 
-def _media(kind: str, root: str | Path, name: str) -> MediaRef:
-    """The file ``name`` under ``root`` (string paths: pathlib costs more than the record here)."""
-    path = os.path.join(root, name)
-    if not os.path.isfile(path):
-        raise SampleError("missing_media", f"{kind} file {path} does not exist")
-    return MediaRef(kind, os.path.splitext(path)[1][1:].lower(), path=path)
+def _items(data: dict, key: str, path: str | Path) -> list:
+    """``data[key]`` of a JSON file, a list (absent: empty); SampleError naming the file otherwise."""
+    value = data.get(key, [])
+    if not isinstance(value, list):
+        raise SampleError("wrong_type", f"{path}: {key!r} must be a list, not {json_type(value)}")
+    return value
+
+
+def _media(kind: str, root: str | Path, name: Any, allow_outside_root: bool = False) -> MediaRef:
+    """The file ``name`` under ``root``, kept inside it (``mmit.data.media.media_path``)."""
+    return media_file(kind, root, name, allow_outside_root)
 
 
 def _clean(text: Any) -> str:
     return text.strip() if isinstance(text, str) else ""
 
 
-def read_coco_captions(annotations_file: str, images_dir: str, detailed: bool = False) -> Item:
+def _is_id(value: Any) -> bool:
+    """An id as the official files have them: an integer or a string."""
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _wrong(where: str, field: str, expected: str, value: Any) -> SampleError:
+    return SampleError("wrong_type", f"{where}: {field!r} must be {expected}, not {json_type(value)}")
+
+
+def read_coco_captions(
+    annotations_file: str, images_dir: str, detailed: bool = False, allow_outside_root: bool = False
+) -> Item:
     """COCO ``captions_<split>.json``: ``images`` [{id, file_name}] + ``annotations`` [{image_id, caption}]."""
-    data = _load_json(annotations_file)
-    by_image: dict[int, list[str]] = {}
-    for k, ann in enumerate(data.get("annotations", [])):
+    data = _load_json(annotations_file, dict, "a COCO captions object with 'images' and 'annotations'")
+    by_image: dict[Any, list[str]] = {}
+    for k, ann in enumerate(_items(data, "annotations", annotations_file)):
         where = f"{annotations_file}:annotations[{k}]"
+        if not isinstance(ann, dict):
+            yield where, SampleError("not_an_object", f"{where}: expected an object, not {json_type(ann)}")
+            continue
         if "image_id" not in ann or "caption" not in ann:
             yield where, SampleError("missing_field", f"{where}: needs image_id and caption")
+            continue
+        if not _is_id(ann["image_id"]):
+            yield where, _wrong(where, "image_id", "an integer or a string", ann["image_id"])
+            continue
+        if not isinstance(ann["caption"], str):
+            yield where, _wrong(where, "caption", "a string", ann["caption"])
             continue
         caption = _clean(ann["caption"])
         if not caption:
@@ -96,19 +131,28 @@ def read_coco_captions(annotations_file: str, images_dir: str, detailed: bool = 
             continue
         by_image.setdefault(ann["image_id"], []).append(caption)
     seen: set = set()
-    for k, image in enumerate(data.get("images", [])):
+    for k, image in enumerate(_items(data, "images", annotations_file)):
         where = f"{annotations_file}:images[{k}]"
+        if not isinstance(image, dict):
+            yield where, SampleError("not_an_object", f"{where}: expected an object, not {json_type(image)}")
+            continue
         image_id = image.get("id")
+        if not _is_id(image_id):
+            yield where, _wrong(where, "id", "an integer or a string", image_id)
+            continue
         if image_id in seen:
             yield where, SampleError("duplicate_id", f"{where}: image id {image_id} appears twice")
             continue
         seen.add(image_id)
         if image_id not in by_image:
             continue  # an image without captions is simply not annotated
+        if "file_name" not in image:
+            yield where, SampleError("missing_field", f"{where}: no file_name")
+            continue
         try:
-            media = _media("image", images_dir, image["file_name"])
-        except (SampleError, KeyError) as err:
-            yield where, err if isinstance(err, SampleError) else SampleError("missing_field", f"{where}: no file_name")
+            media = _media("image", images_dir, image["file_name"], allow_outside_root)
+        except SampleError as err:
+            yield where, SampleError(err.reason, f"{where}: {err}")
             continue
         yield (
             where,
@@ -129,64 +173,129 @@ def read_vqav2(
     annotations_file: str,
     images_dir: str,
     image_pattern: str = "COCO_{data_subtype}_{image_id:012d}.jpg",
+    allow_outside_root: bool = False,
 ) -> Item:
     """VQAv2 questions + annotations (ten answers each); images found by the COCO name pattern."""
-    questions = _load_json(questions_file)
-    annotations = _load_json(annotations_file)
+    questions = _load_json(questions_file, dict, "a VQAv2 questions object with 'questions'")
+    annotations = _load_json(annotations_file, dict, "a VQAv2 annotations object with 'annotations'")
     subtype = questions.get("data_subtype", "")
-    by_qid = {ann.get("question_id"): ann for ann in annotations.get("annotations", [])}
-    per_image: dict[int, list[QA]] = {}
-    for k, q in enumerate(questions.get("questions", [])):
+    if not isinstance(subtype, str):
+        raise SampleError("wrong_type", f"{questions_file}: 'data_subtype' must be a string, not {json_type(subtype)}")
+    by_qid = {}
+    for k, ann in enumerate(_items(annotations, "annotations", annotations_file)):
+        if isinstance(ann, dict) and _is_id(ann.get("question_id")):
+            by_qid[ann["question_id"]] = ann
+        else:
+            where = f"{annotations_file}:annotations[{k}]"
+            yield where, SampleError("wrong_type", f"{where}: expected an object with a question_id, not {ann!r:.60}")
+    per_image: dict[Any, list[QA]] = {}
+    for k, q in enumerate(_items(questions, "questions", questions_file)):
         where = f"{questions_file}:questions[{k}]"
+        if not isinstance(q, dict):
+            yield where, SampleError("not_an_object", f"{where}: expected an object, not {json_type(q)}")
+            continue
         qid = q.get("question_id")
-        if qid not in by_qid or "image_id" not in q or not _clean(q.get("question")):
-            yield where, SampleError("missing_field", f"{where}: question {qid} lacks text, image or annotation")
+        if not _is_id(qid) or qid not in by_qid or "image_id" not in q or not _clean(q.get("question")):
+            reason = "wrong_type" if "question" in q and not isinstance(q["question"], str) else "missing_field"
+            yield where, SampleError(reason, f"{where}: question {qid!r} lacks text, image or annotation")
+            continue
+        if not _is_id(q["image_id"]):
+            yield where, _wrong(where, "image_id", "an integer or a string", q["image_id"])
             continue
         ann = by_qid[qid]
-        answers = [_clean(a.get("answer")) for a in ann.get("answers", [])]
+        raw_answers = ann.get("answers", [])
+        if not isinstance(raw_answers, list) or not all(isinstance(a, dict) for a in raw_answers):
+            yield (
+                where,
+                SampleError("wrong_type", f"{where}: 'answers' must be a list of objects, not {raw_answers!r:.60}"),
+            )
+            continue
+        texts = ("multiple_choice_answer", "answer_type", "question_type")
+        wrong = next((key for key in texts if ann.get(key) is not None and not isinstance(ann[key], str)), None)
+        if wrong:
+            yield where, _wrong(where, wrong, "a string", ann[wrong])
+            continue
+        answers = [_clean(a.get("answer")) for a in raw_answers]
         answers = [a for a in answers if a]
         target = _clean(ann.get("multiple_choice_answer")) or (Counter(answers).most_common(1)[0][0] if answers else "")
         if not target:
             yield where, SampleError("empty_answer", f"{where}: question {qid} has no answer")
             continue
         per_image.setdefault(q["image_id"], []).append(
-            QA(_clean(q["question"]), answers or [target], target, ann.get("answer_type", "other"), str(qid))
+            QA(
+                _clean(q["question"]),
+                answers or [target],
+                target,
+                ann.get("answer_type") or "other",
+                str(qid),
+                _clean(ann.get("question_type")),
+            )
         )
-    for image_id in sorted(per_image):
+    for image_id in sorted(per_image, key=str):
         where = f"{questions_file}:image {image_id}"
-        name = image_pattern.format(data_subtype=subtype, image_id=image_id)
         try:
-            media = _media("image", images_dir, name)
+            name = image_pattern.format(data_subtype=subtype, image_id=image_id)
+        except (ValueError, KeyError, IndexError) as err:
+            yield (
+                where,
+                SampleError(
+                    "wrong_type", f"{where}: image_pattern {image_pattern!r} does not fit id {image_id!r} ({err})"
+                ),
+            )
+            continue
+        try:
+            media = _media("image", images_dir, name, allow_outside_root)
         except SampleError as err:
-            yield where, err
+            yield where, SampleError(err.reason, f"{where}: {err}")
             continue
         yield where, Annotation(f"vqa-{image_id}", "vqav2", "vqa", [media], name, qas=per_image[image_id])
 
 
-def read_caption_jsonl(path: str, images_dir: str, image_pattern: str = "{image_id}", detailed: bool = True) -> Item:
+def read_caption_jsonl(
+    path: str,
+    images_dir: str,
+    image_pattern: str = "{image_id}",
+    detailed: bool = True,
+    allow_outside_root: bool = False,
+) -> Item:
     """Captions as JSONL lines ``{"image_id" | "image", "caption"}`` (e.g. long descriptions)."""
     by_image: dict[str, list[str]] = {}
     for where, record in jsonl_records(path):
         if isinstance(record, SampleError):
-            yield where, record
+            yield where, SampleError(record.reason, f"{where}: {record}")
             continue
-        name = record.get("image") or (
-            image_pattern.format(image_id=record["image_id"]) if "image_id" in record else None
-        )
-        caption = _clean(record.get("caption"))
-        if not name or not caption:
+        if not isinstance(record, dict):
+            yield where, SampleError("not_an_object", f"{where}: expected an object, not {json_type(record)}")
+            continue
+        name, image_id, caption = record.get("image"), record.get("image_id"), record.get("caption")
+        if name is not None and not isinstance(name, str):
+            yield where, _wrong(where, "image", "a path", name)
+            continue
+        if image_id is not None and not _is_id(image_id):
+            yield where, _wrong(where, "image_id", "an integer or a string", image_id)
+            continue
+        if caption is not None and not isinstance(caption, str):
+            yield where, _wrong(where, "caption", "a string", caption)
+            continue
+        if not name and image_id is not None:
+            try:
+                name = image_pattern.format(image_id=image_id)
+            except (ValueError, KeyError, IndexError) as err:
+                yield where, SampleError("wrong_type", f"{where}: image_pattern does not fit id {image_id!r} ({err})")
+                continue
+        if not name or not _clean(caption):
             yield (
                 where,
                 SampleError("missing_field" if not name else "empty_answer", f"{where}: needs an image and a caption"),
             )
             continue
-        by_image.setdefault(name, []).append(caption)
+        by_image.setdefault(name, []).append(_clean(caption))
     for name in sorted(by_image):
         where = f"{path}:{name}"
         try:
-            media = _media("image", images_dir, name)
+            media = _media("image", images_dir, name, allow_outside_root)
         except SampleError as err:
-            yield where, err
+            yield where, SampleError(err.reason, f"{where}: {err}")
             continue
         yield (
             where,
@@ -207,57 +316,55 @@ def _conversation(
     where: str,
     source: str,
     id_prefix: str,
-    names: list[str],
     root: Path,
     default_id: str | None = None,
-    audio_names: list[str] = (),
+    allow_outside_root: bool = False,
+    media: bool = True,
 ) -> Annotation:
-    """A conversation record, its images and its audio clips as an Annotation; raises SampleError."""
-    conv = conversation_from_record(record, default_id=default_id or where)
-    media = [_media("image", root, name) for name in names] + [_media("audio", root, name) for name in audio_names]
+    """A conversation record with the images and clips it names (``image(s)``, ``audio(s)``; none
+    when not ``media``) as an Annotation; raises SampleError naming ``where``."""
+    try:
+        conv = conversation_from_record(record, default_id=default_id or where)
+        names = media_names(record, "image") if media else []
+        audio_names = media_names(record, "audio") if media else []
+        refs = [_media("image", root, n, allow_outside_root) for n in names]
+        refs += [_media("audio", root, n, allow_outside_root) for n in audio_names]
+    except SampleError as err:
+        raise SampleError(err.reason, str(err) if where in str(err) else f"{where}: {err}") from err
     group = names[0] if names else audio_names[0] if audio_names else f"text:{conv.id}"
-    return Annotation(f"{id_prefix}{conv.id}", source, "conversation", media, group, messages=conv.messages)
+    return Annotation(f"{id_prefix}{conv.id}", source, "conversation", refs, group, messages=conv.messages)
 
 
-def _media_names(record: Any, keys: tuple[str, ...]) -> list[str]:
-    """The media paths a record names under the first present key (one name or a list)."""
-    value = next((record[k] for k in keys if isinstance(record, dict) and record.get(k)), [])
-    return [value] if isinstance(value, str) else list(value)
-
-
-def read_llava(json_file: str, images_dir: str | None = None) -> Item:
+def read_llava(json_file: str, images_dir: str | None = None, allow_outside_root: bool = False) -> Item:
     """LLaVA instruct JSON: [{id, image?, conversations: [{from: human|gpt, value}]}] with ``<image>``."""
-    for k, record in enumerate(_load_json(json_file)):
+    for k, record in enumerate(_load_json(json_file, list, "a JSON list of conversations")):
         where = f"{json_file}[{k}]"
-        names = _media_names(record, ("image",))
         try:
-            item = _conversation(record, where, "llava", "llava-", names, Path(images_dir or "."))
+            item = _conversation(record, where, "llava", "llava-", Path(images_dir or "."), None, allow_outside_root)
         except SampleError as err:
             item = err
         yield where, item
 
 
-def read_jsonl(path: str, media_root: str | None = None) -> Item:
+def read_jsonl(path: str, media_root: str | None = None, allow_outside_root: bool = False) -> Item:
     """Generic JSONL: messages / conversations / Alpaca fields, plus ``image(s)`` and ``audio(s)`` paths."""
+    root = Path(media_root or Path(path).parent)
     for where, record in jsonl_records(path):
         try:
             if isinstance(record, SampleError):
                 raise record
-            names = _media_names(record, ("images", "image"))
-            audio = _media_names(record, ("audios", "audio"))
-            root = Path(media_root or Path(path).parent)
-            item = _conversation(record, where, "jsonl", "", names, root, audio_names=audio)
+            item = _conversation(record, where, "jsonl", "", root, None, allow_outside_root)
         except SampleError as err:
-            item = err
+            item = SampleError(err.reason, str(err) if where in str(err) else f"{where}: {err}")
         yield where, item
 
 
 def read_alpaca(json_file: str) -> Item:
     """Alpaca-style JSON list of {instruction, input, output}: text-only conversations."""
-    for k, record in enumerate(_load_json(json_file)):
+    for k, record in enumerate(_load_json(json_file, list, "a JSON list of records")):
         where = f"{json_file}[{k}]"
         try:
-            item = _conversation(record, where, "alpaca", "", [], Path("."), default_id=f"alpaca-{k}")
+            item = _conversation(record, where, "alpaca", "", Path("."), f"alpaca-{k}", media=False)
         except SampleError as err:
             item = err
         yield where, item
@@ -267,13 +374,16 @@ def read_caption_shards(urls: list[str]) -> Item:
     """Image-text shards as img2dataset writes them: ``key.jpg`` + ``key.txt`` (+ ``key.json``)."""
     for url in urls:
         members: dict[str, dict[str, bytes]] = {}
-        with tarfile.open(url) as tar:
-            for info in tar:
-                if not info.isfile():
-                    continue
-                name = Path(info.name).name
-                key, _, ext = name.partition(".")
-                members.setdefault(key, {})[ext.lower()] = tar.extractfile(info).read()
+        try:
+            with tarfile.open(url) as tar:
+                for info in tar:
+                    if not info.isfile():  # links, folders and devices are never followed
+                        continue
+                    name = Path(info.name).name  # read in memory under its base name: nothing is extracted
+                    key, _, ext = name.partition(".")
+                    members.setdefault(key, {})[ext.lower()] = tar.extractfile(info).read()
+        except (OSError, tarfile.TarError, EOFError) as err:
+            raise SampleError("broken_shard", f"{url}: not a readable tar ({err})") from err
         for key in sorted(members):
             files, where = members[key], f"{url}:{key}"
             image_ext = next((e for e in IMAGE_EXTENSIONS if e in files), None)
@@ -320,19 +430,27 @@ def _read_csv(path: str | Path, required: tuple[str, ...]) -> list[dict[str, str
     return list(reader)
 
 
-def _captioned_clip(where: str, source: str, id_prefix: str, audio_dir: Path, name: str, captions: list[str]):
+def _captioned_clip(
+    where: str,
+    source: str,
+    id_prefix: str,
+    audio_dir: Path,
+    name: str,
+    captions: list[str],
+    allow_outside_root: bool = False,
+):
     """(where, Annotation | SampleError) for one clip and its captions."""
     captions = [c for c in captions if c]
     if not captions:
         return where, SampleError("empty_answer", f"{where}: no caption for {name}")
     try:
-        media = _media("audio", audio_dir, name)
+        media = _media("audio", audio_dir, name, allow_outside_root)
     except SampleError as err:
-        return where, err
+        return where, SampleError(err.reason, f"{where}: {err}")
     return where, Annotation(f"{id_prefix}{name}", source, "caption", [media], name, captions=captions)
 
 
-def read_clotho_captions(csv_file: str, audio_dir: str) -> Item:
+def read_clotho_captions(csv_file: str, audio_dir: str, allow_outside_root: bool = False) -> Item:
     """Clotho ``clotho_captions_<split>.csv``: ``file_name,caption_1,...,caption_5``; clips in ``audio_dir``."""
     rows = _read_csv(csv_file, ("file_name", "caption_1"))
     seen: set[str] = set()
@@ -346,10 +464,12 @@ def read_clotho_captions(csv_file: str, audio_dir: str) -> Item:
             continue
         seen.add(name)
         captions = [_clean(row.get(f"caption_{i}")) for i in range(1, 6)]
-        yield _captioned_clip(where, "clotho", "clotho-", Path(audio_dir), name, captions)
+        yield _captioned_clip(where, "clotho", "clotho-", Path(audio_dir), name, captions, allow_outside_root)
 
 
-def read_audiocaps(csv_file: str, audio_dir: str, audio_pattern: str = "{youtube_id}.wav") -> Item:
+def read_audiocaps(
+    csv_file: str, audio_dir: str, audio_pattern: str = "{youtube_id}.wav", allow_outside_root: bool = False
+) -> Item:
     """AudioCaps ``<split>.csv``: ``audiocap_id,youtube_id,start_time,caption``, one row per caption.
 
     Rows of one clip (same ``youtube_id`` and ``start_time``; validation and test have five)
@@ -372,15 +492,20 @@ def read_audiocaps(csv_file: str, audio_dir: str, audio_pattern: str = "{youtube
     for (youtube_id, start), captions in by_clip.items():
         where = f"{csv_file}:{first_line[(youtube_id, start)]}"
         name = audio_pattern.format(youtube_id=youtube_id, start_time=start)
-        yield _captioned_clip(where, "audiocaps", "audiocaps-", Path(audio_dir), name, captions)
+        yield _captioned_clip(where, "audiocaps", "audiocaps-", Path(audio_dir), name, captions, allow_outside_root)
 
 
 def _audio_records(path: str, needed: tuple[str, ...]) -> Iterator[tuple[str, dict | SampleError]]:
     """JSONL records that name an ``audio`` file and every field in ``needed``, or their errors."""
     for where, record in jsonl_records(path):
         if isinstance(record, SampleError):
-            yield where, record
-        elif not isinstance(record, dict) or not _clean(record.get("audio")):
+            yield where, SampleError(record.reason, f"{where}: {record}")
+        elif not isinstance(record, dict):
+            yield where, SampleError("not_an_object", f"{where}: expected an object, not {json_type(record)}")
+        elif any(record.get(k) is not None and not isinstance(record[k], str) for k in ("audio", *needed)):
+            key = next(k for k in ("audio", *needed) if record.get(k) is not None and not isinstance(record[k], str))
+            yield where, _wrong(where, key, "a string", record[key])
+        elif not _clean(record.get("audio")):
             yield where, SampleError("missing_field", f"{where}: needs an 'audio' path")
         elif any(not _clean(record.get(k)) for k in needed):
             empty = [k for k in needed if not _clean(record.get(k))]
@@ -390,7 +515,7 @@ def _audio_records(path: str, needed: tuple[str, ...]) -> Iterator[tuple[str, di
             yield where, record
 
 
-def read_audio_caption_jsonl(path: str, audio_dir: str | None = None) -> Item:
+def read_audio_caption_jsonl(path: str, audio_dir: str | None = None, allow_outside_root: bool = False) -> Item:
     """Audio captions as JSONL lines ``{"audio": "clip.wav", "caption": "..."}`` (several lines per clip allowed)."""
     by_clip: dict[str, list[str]] = {}
     for where, record in _audio_records(path, ("caption",)):
@@ -400,10 +525,12 @@ def read_audio_caption_jsonl(path: str, audio_dir: str | None = None) -> Item:
         by_clip.setdefault(record["audio"].strip(), []).append(_clean(record["caption"]))
     root = Path(audio_dir or Path(path).parent)
     for name in sorted(by_clip):
-        yield _captioned_clip(f"{path}:{name}", "audio_caption_jsonl", "audiocaption-", root, name, by_clip[name])
+        yield _captioned_clip(
+            f"{path}:{name}", "audio_caption_jsonl", "audiocaption-", root, name, by_clip[name], allow_outside_root
+        )
 
 
-def read_audio_qa_jsonl(path: str, audio_dir: str | None = None) -> Item:
+def read_audio_qa_jsonl(path: str, audio_dir: str | None = None, allow_outside_root: bool = False) -> Item:
     """Questions about audio as JSONL lines ``{"audio", "question", "answer"}``, optionally with
     ``answers`` (all acceptable answers), ``answer_type`` (yes/no | number | other) and ``question_id``.
     The questions of one clip become one annotation."""
@@ -412,36 +539,42 @@ def read_audio_qa_jsonl(path: str, audio_dir: str | None = None) -> Item:
         if isinstance(record, SampleError):
             yield where, record
             continue
+        listed, answer_type, qid = record.get("answers"), record.get("answer_type"), record.get("question_id")
+        if listed is not None and not (isinstance(listed, list) and all(isinstance(a, str) for a in listed)):
+            yield where, SampleError("wrong_type", f"{where}: 'answers' must be a list of strings, not {listed!r:.60}")
+            continue
+        if answer_type is not None and not isinstance(answer_type, str):
+            yield where, _wrong(where, "answer_type", "a string", answer_type)
+            continue
+        if qid is not None and not _is_id(qid):
+            yield where, _wrong(where, "question_id", "an integer or a string", qid)
+            continue
         answer = _clean(record["answer"])
-        answers = [_clean(a) for a in record.get("answers") or [] if _clean(a)] or [answer]
-        qa = QA(
-            _clean(record["question"]),
-            answers,
-            answer,
-            record.get("answer_type", "other"),
-            str(record.get("question_id", where)),
-        )
+        answers = [_clean(a) for a in listed or [] if _clean(a)] or [answer]
+        qa = QA(_clean(record["question"]), answers, answer, answer_type or "other", str(where if qid is None else qid))
         by_clip.setdefault(record["audio"].strip(), []).append(qa)
     root = Path(audio_dir or Path(path).parent)
     for name in sorted(by_clip):
         where = f"{path}:{name}"
         try:
-            media = _media("audio", root, name)
+            media = _media("audio", root, name, allow_outside_root)
         except SampleError as err:
-            yield where, err
+            yield where, SampleError(err.reason, f"{where}: {err}")
             continue
         yield where, Annotation(f"audioqa-{name}", "audio_qa_jsonl", "vqa", [media], name, qas=by_clip[name])
 
 
-def _transcribed_clip(where: str, source: str, id_prefix: str, root: str | Path, name: str, text: str):
+def _transcribed_clip(
+    where: str, source: str, id_prefix: str, root: str | Path, name: str, text: str, allow_outside_root: bool = False
+):
     try:
-        media = _media("audio", root, name)
+        media = _media("audio", root, name, allow_outside_root)
     except SampleError as err:
-        return where, err
+        return where, SampleError(err.reason, f"{where}: {err}")
     return where, Annotation(f"{id_prefix}{name}", source, "transcript", [media], name, transcript=text)
 
 
-def read_transcript_jsonl(path: str, audio_dir: str | None = None) -> Item:
+def read_transcript_jsonl(path: str, audio_dir: str | None = None, allow_outside_root: bool = False) -> Item:
     """Transcribed speech as JSONL lines ``{"audio": "clip.wav", "text": "what is said"}``."""
     root, seen = Path(audio_dir or Path(path).parent), set()
     for where, record in _audio_records(path, ("text",)):
@@ -453,10 +586,11 @@ def read_transcript_jsonl(path: str, audio_dir: str | None = None) -> Item:
             yield where, SampleError("duplicate_id", f"{where}: {name} has a second transcript")
             continue
         seen.add(name)
-        yield _transcribed_clip(where, "transcript_jsonl", "transcript-", root, name, _clean(record["text"]))
+        text = _clean(record["text"])
+        yield _transcribed_clip(where, "transcript_jsonl", "transcript-", root, name, text, allow_outside_root)
 
 
-def read_librispeech(root: str, audio_ext: str = "flac") -> Item:
+def read_librispeech(root: str, audio_ext: str = "flac", allow_outside_root: bool = False) -> Item:
     """LibriSpeech-style ``<speaker>/<chapter>/<speaker>-<chapter>.trans.txt`` lines ``ID TEXT``; audio ``ID.flac``."""
     base = Path(root)
     for listing in sorted(base.rglob("*.trans.txt")):
@@ -469,4 +603,4 @@ def read_librispeech(root: str, audio_ext: str = "flac") -> Item:
                 yield where, SampleError("empty_answer", f"{where}: no transcript for {utterance}")
                 continue
             name = str((listing.parent / f"{utterance}.{audio_ext}").relative_to(base))
-            yield _transcribed_clip(where, "librispeech", "librispeech-", base, name, text.strip())
+            yield _transcribed_clip(where, "librispeech", "librispeech-", base, name, text.strip(), allow_outside_root)

@@ -7,15 +7,14 @@ restarts its position ids at 0, which is what tells the LLM's attention to keep 
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from PIL import Image
 
 from mmit.data.audio import load_audio
 from mmit.data.features import FeatureStore
+from mmit.data.media import decode_image
 from mmit.data.samples import MediaRef
 from mmit.data.tokenize import IGNORE_INDEX, TokenizedSample
 
@@ -54,12 +53,8 @@ class Batch:
         return int((self.labels[:, 1:] != IGNORE_INDEX).sum())
 
 
-def decode_image(ref: MediaRef) -> Image.Image:
-    with Image.open(io.BytesIO(ref.read())) as image:
-        return image.convert("RGB")
-
-
-# How each modality's bytes become what its encoder's ``preprocess`` takes.
+# How each modality's bytes become what its encoder's ``preprocess`` takes. An image is refused from
+# its header above the pixel limit (``data.max_pixels``), before any pixel is decoded.
 DECODERS: dict[str, Callable] = {"image": decode_image, "audio": load_audio}
 
 

@@ -13,6 +13,7 @@ from functools import cached_property
 from typing import Any
 
 ROLES = ("system", "user", "assistant")
+PLACEHOLDERS = {"image": "<image>", "audio": "<audio>"}  # one per media item, in order
 _LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
@@ -70,6 +71,33 @@ class Conversation:
         return [{"role": m.role, "content": m.content} for m in self.messages]
 
 
+class InvalidConversation(Conversation):
+    """A record that failed its checks, carried to where the ``on_error`` policy is applied (a
+    streamed shard's records reach it in the tokenizer): it has no messages and no media, and any
+    use of its content raises its error, so it can be skipped and counted, never used."""
+
+    def __init__(self, location: str, error: SampleError):
+        super().__init__(location, [], {}, [])
+        self.error = error
+
+    def as_chat(self) -> list[dict[str, str]]:
+        raise self.error
+
+    def to_json(self) -> dict[str, Any]:
+        raise self.error
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a value's type, for messages about a field of the wrong type."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return {str: "a string", list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+
+
 def validate(conv: Conversation) -> Conversation:
     """Raise SampleError unless roles are known, contents non-empty and an assistant speaks."""
     if not conv.messages:
@@ -89,12 +117,35 @@ def validate(conv: Conversation) -> Conversation:
     return conv
 
 
+def check_placeholders(conv: Conversation) -> Conversation:
+    """Raise SampleError unless each media kind has exactly one placeholder per item."""
+    for kind, placeholder in PLACEHOLDERS.items():
+        given = sum(m.content.count(placeholder) for m in conv.messages)
+        items = sum(m.kind == kind for m in conv.media)
+        if given != items:
+            raise SampleError(
+                "media_mismatch", f"sample {conv.id!r}: {given} {placeholder} placeholder(s) for {items} {kind} file(s)"
+            )
+    return conv
+
+
 def conversation_from_record(record: dict[str, Any], default_id: str) -> Conversation:
-    """Normalise one JSON record (any accepted layout) into a validated Conversation."""
+    """Normalise one JSON record (any accepted layout) into a validated Conversation. Every field's
+    type is checked (``wrong_type``); ``id``, ``meta`` and ``system`` may be null (absent)."""
     if not isinstance(record, dict):
-        raise SampleError("not_an_object", f"sample {default_id!r}: expected a JSON object")
-    sample_id = str(record.get("id", default_id))
-    meta = dict(record.get("meta", {}))
+        raise SampleError("not_an_object", f"sample {default_id!r}: expected a JSON object, not {json_type(record)}")
+    sample_id = record.get("id")
+    if sample_id is None:
+        sample_id = default_id
+    elif isinstance(sample_id, str) or (isinstance(sample_id, int) and not isinstance(sample_id, bool)):
+        sample_id = str(sample_id)
+    else:
+        raise SampleError(
+            "wrong_type", f"sample {default_id!r}: 'id' must be a string or an integer, not {json_type(sample_id)}"
+        )
+    meta = record.get("meta")
+    if meta is not None and not isinstance(meta, dict):
+        raise SampleError("wrong_type", f"sample {sample_id!r}: 'meta' must be an object, not {json_type(meta)}")
     if "messages" in record:
         messages = [
             _message(m, sample_id, "role", "content", {r: r for r in ROLES})
@@ -111,30 +162,41 @@ def conversation_from_record(record: dict[str, Any], default_id: str) -> Convers
         raise SampleError(
             "missing_field", f"sample {sample_id!r}: needs 'messages', 'conversations' or 'instruction'/'output'"
         )
-    if record.get("system"):
-        messages.insert(0, Message("system", str(record["system"])))
-    return validate(Conversation(sample_id, messages, meta))
+    system = _text(record.get("system"), sample_id, "system", optional=True)
+    if system:
+        messages.insert(0, Message("system", system))
+    return validate(Conversation(sample_id, messages, dict(meta or {})))
 
 
 def alpaca_messages(record: dict[str, Any], sample_id: str) -> list[Message]:
     """Alpaca's instruction + optional input become the user turn; output the assistant turn."""
     if "output" not in record:
         raise SampleError("missing_field", f"sample {sample_id!r}: Alpaca record without 'output'")
-    prompt = str(record["instruction"]).strip()
-    if str(record.get("input") or "").strip():
-        prompt = f"{prompt}\n\n{str(record['input']).strip()}"
-    return [Message("user", prompt), Message("assistant", str(record["output"]))]
+    prompt = _text(record["instruction"], sample_id, "instruction").strip()
+    extra = (_text(record.get("input"), sample_id, "input", optional=True) or "").strip()
+    if extra:
+        prompt = f"{prompt}\n\n{extra}"
+    return [Message("user", prompt), Message("assistant", _text(record["output"], sample_id, "output"))]
+
+
+def _text(value: Any, sample_id: str, name: str, optional: bool = False) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise SampleError("wrong_type", f"sample {sample_id!r}: {name!r} must be a string, not {json_type(value)}")
+    return value
 
 
 def _list(value: Any, sample_id: str, name: str) -> list:
     if not isinstance(value, list):
-        raise SampleError("missing_field", f"sample {sample_id!r}: {name!r} must be a list")
+        raise SampleError("wrong_type", f"sample {sample_id!r}: {name!r} must be a list, not {json_type(value)}")
     return value
 
 
 def _message(m: Any, sample_id: str, role_key: str, text_key: str, roles: dict[str, str]) -> Message:
-    if not isinstance(m, dict) or role_key not in m or text_key not in m:
+    if not isinstance(m, dict):
+        raise SampleError("wrong_type", f"sample {sample_id!r}: each turn must be an object, not {json_type(m)}")
+    if role_key not in m or text_key not in m:
         raise SampleError("missing_field", f"sample {sample_id!r}: each turn needs {role_key!r} and {text_key!r}")
-    role = roles.get(str(m[role_key]), str(m[role_key]))
-    content = m[text_key]
-    return Message(role, content if isinstance(content, str) else "")
+    role = _text(m[role_key], sample_id, role_key)
+    return Message(roles.get(role, role), _text(m[text_key], sample_id, text_key))

@@ -8,23 +8,40 @@ conversation of a sample is about the same media files, so a file that several c
 use (a caption, VQA turns, held-out wordings) is stored once per set. Readers yield one
 :class:`Conversation` per conversation. Shards hold messages, never token ids, so one shard set
 serves any LLM.
+
+A shard is read as untrusted input, with ``tarfile`` in stream mode and nothing extracted: only
+regular members are read, a member name that is absolute or climbs with ``..`` is refused, and
+every record goes through the checks of a data file (field types, roles, contents, one placeholder
+per media file, media that decode within the pixel limit). Each error names the shard file and
+the sample key.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import random
+import re
 import tarfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import torch
-from webdataset import tariterators
+from webdataset.tariterators import base_plus_ext
 
-from mmit.data.samples import Conversation, MediaRef, Message, SampleError
+from mmit.data.media import check_image, resize_image  # noqa: F401  (the build's and tools' names for them)
+from mmit.data.samples import (
+    PLACEHOLDERS,
+    Conversation,
+    InvalidConversation,
+    MediaRef,
+    SampleError,
+    check_placeholders,
+    conversation_from_record,
+    json_type,
+)
 
 _JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False)  # one encoder: json.dumps with options makes one a call
 
@@ -37,15 +54,155 @@ def encode_sample(key: str, convs: list[Conversation], media: list[MediaRef]) ->
     return files
 
 
-def decode_sample(sample: dict) -> list[Conversation]:
-    """A webdataset sample dict (``json`` + ``<i>.<ext>`` bytes) back into its Conversations, which
-    share the media objects. A record without ``conversations`` is one conversation (mmit 0.1.0)."""
-    record = json.loads(sample["json"])
-    media = [MediaRef(m["kind"], m["ext"], data=sample[f"{i}.{m['ext']}"]) for i, m in enumerate(record["media"])]
-    return [
-        Conversation(c["id"], [Message(m["role"], m["content"]) for m in c["messages"]], c["meta"], list(media))
-        for c in record.get("conversations", [record])
-    ]
+MEMBER_LIMIT = 1 << 30  # bytes: a larger member is refused rather than read into memory
+_EXT = re.compile(r"[a-z0-9]{1,16}")
+
+
+def _checked_media(location: str, record: dict, members: dict[str, bytes], max_pixels: int | None) -> list[MediaRef]:
+    """The record's media files from its members, each decoded once to check it; raises SampleError."""
+    described = record.get("media", [])
+    if not isinstance(described, list):
+        raise SampleError("wrong_type", f"{location}: 'media' must be a list, not {json_type(described)}")
+    media = []
+    for i, item in enumerate(described):
+        if not isinstance(item, dict) or item.get("kind") not in PLACEHOLDERS or not isinstance(item.get("ext"), str):
+            raise SampleError("wrong_type", f"{location}: media {i} must be {{kind: image | audio, ext}}, not {item!r}")
+        kind, ext = item["kind"], item["ext"]
+        if not _EXT.fullmatch(ext):
+            raise SampleError("wrong_type", f"{location}: media {i} has the extension {ext!r}")
+        data = members.get(f"{i}.{ext}")
+        if data is None:
+            raise SampleError(
+                "missing_media", f"{location}: the record names media {i} ({i}.{ext}), the shard has no such file"
+            )
+        where = f"{location}.{i}.{ext}"
+        if kind == "image":
+            check_image(data, where, max_pixels)
+        else:
+            from mmit.data.audio import decode_audio
+
+            decode_audio(data, where)
+        media.append(MediaRef(kind, ext, data=data))
+    return media
+
+
+def decode_record(
+    location: str, members: dict[str, bytes], max_pixels: int | None = None
+) -> list[tuple[str, Conversation | SampleError]]:
+    """A shard sample's members (``json``, ``<i>.<ext>``) as its checked conversations, sharing the
+    media objects, or the errors that stop them: one per conversation (so skips count conversations,
+    as the manifest does), or one for a record that does not parse. A record without
+    ``conversations`` is one conversation (mmit 0.1.0)."""
+    if "json" not in members:
+        return [(location, SampleError("missing_field", f"{location}: no .json member for this sample"))]
+    try:
+        record = json.loads(members["json"].decode("utf-8"))
+    except UnicodeDecodeError:
+        return [(location, SampleError("not_utf8", f"{location}: the .json member is not UTF-8"))]
+    except json.JSONDecodeError as err:
+        return [(location, SampleError("bad_json", f"{location}: bad JSON ({err.msg})"))]
+    if not isinstance(record, dict):
+        return [
+            (location, SampleError("not_an_object", f"{location}: expected a JSON object, not {json_type(record)}"))
+        ]
+    convs = record.get("conversations", [record])
+    if not isinstance(convs, list) or not convs:
+        return [(location, SampleError("wrong_type", f"{location}: 'conversations' must be a non-empty list"))]
+    try:
+        media = _checked_media(location, record, members, max_pixels)
+    except SampleError as err:
+        return [(location, SampleError(err.reason, str(err)))] * len(convs)
+    items = []
+    for k, raw in enumerate(convs):
+        where = f"{location}[{k}]"
+        try:
+            if isinstance(raw, dict) and "id" not in raw:
+                raise SampleError("missing_field", "no 'id'")
+            conv = conversation_from_record(raw, default_id=where)
+            items.append((where, check_placeholders(Conversation(conv.id, conv.messages, conv.meta, list(media)))))
+        except SampleError as err:
+            items.append((where, SampleError(err.reason, f"{location}: {err}")))
+    return items
+
+
+def _bad_member_name(name: str) -> bool:
+    path = PurePosixPath(name)
+    return path.is_absolute() or ".." in path.parts or "\\" in name
+
+
+def shard_members(url: str) -> Iterator[tuple[str, dict[str, bytes] | SampleError]]:
+    """(``shard:key``, the sample's members by extension) in stored order, read with ``tarfile`` in
+    stream mode (nothing is extracted; links, folders and devices are never followed). A key with a
+    refused member comes as a SampleError; a shard cut short ends with one ``broken_shard`` error,
+    after the samples read whole before the cut."""
+    key, members, error = None, {}, None
+
+    def finished():
+        location = f"{url}:{key}"
+        return location, error if error is not None else members
+
+    try:
+        tar = tarfile.open(url, mode="r|*")
+    except (OSError, tarfile.TarError) as err:
+        yield url, SampleError("broken_shard", f"{url}: not a readable tar ({err})")
+        return
+    with tar:
+        try:
+            for info in tar:
+                if not info.isreg():
+                    continue
+                prefix, ext = base_plus_ext(info.name)
+                if prefix is None or re.match(r"__[^/]*__($|/)", info.name):
+                    continue
+                if prefix != key:
+                    if key is not None:
+                        yield finished()
+                    key, members, error = prefix, {}, None
+                ext = ext.lower()
+                if error is not None:
+                    continue
+                if _bad_member_name(info.name):
+                    error = SampleError(
+                        "bad_member_name", f"{url}:{key}: member {info.name!r} leaves the shard's own names"
+                    )
+                elif info.size > MEMBER_LIMIT:
+                    error = SampleError(
+                        "member_too_large", f"{url}:{key}: member {info.name!r} holds {info.size} bytes"
+                    )
+                elif ext in members:
+                    error = SampleError("duplicate_member", f"{url}:{key}: member {info.name!r} appears twice")
+                else:
+                    members[ext] = tar.extractfile(info).read()
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
+            yield (
+                url,
+                SampleError("broken_shard", f"{url}: the shard is cut short or corrupt at sample {key!r} ({err})"),
+            )
+            return
+        # tarfile takes a missing end (two zero blocks) for the end of the archive: a shard cut
+        # at a member boundary would lose its tail silently, and its last sample may be partial.
+        if getattr(tar.fileobj, "comptype", "tar") == "tar" and (
+            os.path.getsize(url) < tar.offset + 2 * tarfile.BLOCKSIZE
+        ):
+            yield (
+                url,
+                SampleError("broken_shard", f"{url}: the shard is cut short (no end of archive) at sample {key!r}"),
+            )
+            return
+    if key is not None:
+        yield finished()
+
+
+def read_shard_items(
+    urls: list[str], max_pixels: int | None = None
+) -> Iterator[tuple[str, Conversation | SampleError]]:
+    """(location, checked conversation or its error) for every conversation of the shards, in order."""
+    for url in urls:
+        for location, members in shard_members(url):
+            if isinstance(members, SampleError):
+                yield location, members
+            else:
+                yield from decode_record(location, members, max_pixels)
 
 
 def _tarfile_header(name: str, size: int) -> bytes:
@@ -107,14 +264,23 @@ class TarWriter:
 
     def close(self) -> None:
         # The end: two zero blocks, then zeros up to a whole record, as tarfile closes an archive.
-        end = self.written + 2 * tarfile.BLOCKSIZE
-        self.out.write(bytes(2 * tarfile.BLOCKSIZE + (-end % tarfile.RECORDSIZE)))
-        self.out.close()
-        os.replace(self.tmp, self.path)
+        try:
+            end = self.written + 2 * tarfile.BLOCKSIZE
+            self.out.write(bytes(2 * tarfile.BLOCKSIZE + (-end % tarfile.RECORDSIZE)))
+            self.out.close()  # flushes: a full disk fails here, and the temporary file goes
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
 
     def abort(self) -> None:
-        self.out.close()
-        self.tmp.unlink(missing_ok=True)
+        """Remove the temporary file, even when closing it fails too (a full disk fails every flush)."""
+        try:
+            self.out.close()
+        except OSError:
+            pass
+        finally:
+            self.tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> TarWriter:
         return self
@@ -130,38 +296,6 @@ def write_tar(path: Path, files: list[tuple[str, bytes]]) -> None:
             tar.add(name, data)
 
 
-def check_image(data: bytes, where: str) -> None:
-    """Raise SampleError unless the bytes decode as an image. All of the compressed data is decoded;
-    a JPEG at 1/8 scale (``draft``): libjpeg still decodes every block's coefficients, which is
-    where a truncated or broken file fails, and skips most of the inverse DCT, upsampling and
-    colour conversion, which cannot fail: about a third of a photo's decode time saved."""
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.format == "JPEG":
-                image.draft(image.mode, (image.width // 8, image.height // 8))
-            image.load()
-    except Exception as err:  # PIL raises many types for broken files
-        raise SampleError("undecodable_media", f"{where}: image does not decode ({err})") from err
-
-
-def resize_image(data: bytes, max_side: int) -> tuple[bytes, str]:
-    """Shrink so the longer side is ``max_side``; re-encode as PNG (lossless, deterministic)."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as image:
-        image = image.convert("RGB")
-        if max(image.size) > max_side:
-            scale = max_side / max(image.size)
-            image = image.resize(
-                (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BICUBIC
-            )
-        out = io.BytesIO()
-        image.save(out, format="PNG", optimize=False)
-    return out.getvalue(), "png"
-
-
 def shard_urls(directory: str | Path) -> list[str]:
     urls = sorted(str(p) for p in Path(directory).glob("shard-*.tar"))
     if not urls:
@@ -170,9 +304,12 @@ def shard_urls(directory: str | Path) -> list[str]:
 
 
 def read_shards(urls: list[str]) -> Iterator[Conversation]:
-    """Every sample of the shards, in stored order."""
-    for sample in tariterators.tarfile_samples([{"url": u} for u in urls]):
-        yield from decode_sample(sample)
+    """Every conversation of the shards, in stored order; the first bad record raises SampleError
+    (``read_conversations`` applies an ``on_error`` policy instead)."""
+    for _, item in read_shard_items(urls):
+        if isinstance(item, SampleError):
+            raise item
+        yield item
 
 
 @dataclass
@@ -229,8 +366,12 @@ class ShardStream(torch.utils.data.IterableDataset):
         """The conversations of one loader worker of this rank. A shard sample's conversations enter
         the shuffle buffer one by one; they share the sample's media bytes, not copies."""
         shards = self._my_shards(worker, num_workers)
-        samples = tariterators.tarfile_samples([{"url": u} for u in shards])
-        convs = (conv for sample in samples for conv in decode_sample(sample))
+        # A bad record cannot be skipped here (the policy and its counts belong to the tokenizer):
+        # it travels as an InvalidConversation, which the tokenizer's on_error raises or counts.
+        convs = (
+            item if isinstance(item, Conversation) else InvalidConversation(location, item)
+            for location, item in read_shard_items(shards)
+        )
         skip = self.position.consumed
         for i, conv in enumerate(self._shuffled(convs, worker)):
             if i < skip:

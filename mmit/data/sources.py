@@ -1,18 +1,31 @@
 """Reading conversation files (JSONL, a JSON list such as Alpaca's, or shard folders) into samples.
 
-Bad records follow ``on_error``: ``raise`` stops with the file, line and reason; ``skip``
-drops the record and counts it under its reason.
+Every record goes through the same checks, whatever holds it: field types, roles, contents, one
+placeholder per media file, and media that stay inside their data folder and decode within the
+pixel limit. Bad records follow ``on_error``: ``raise`` stops with the file, line (or shard and
+sample key) and reason; ``skip`` drops the record and counts it under its reason.
+
+A JSONL or JSON record may name media files (``image`` / ``images``, ``audio`` / ``audios``),
+relative to its file's folder; a placeholder (``<image>``, ``<audio>``) is added to the first user
+turn for each file the text does not place itself.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmit.data.samples import Conversation, SampleError, conversation_from_record
+from mmit.data.samples import (
+    PLACEHOLDERS,
+    Conversation,
+    Message,
+    SampleError,
+    check_placeholders,
+    conversation_from_record,
+)
 
 ON_ERROR = ("raise", "skip")
 
@@ -65,10 +78,55 @@ def jsonl_records(path: str | Path) -> Iterator[tuple[str, object]]:
             yield location, SampleError("bad_json", f"bad JSON ({err.msg})")
 
 
+def with_media(
+    conv: Conversation, record: dict, root: Path, max_pixels: int | None = None, allow_outside_root: bool = False
+) -> Conversation:
+    """The conversation with the media files its record names: inside ``root`` (unless
+    ``allow_outside_root``), decodable, each with a placeholder (missing ones go before the first
+    user turn's text)."""
+    from mmit.data.media import check_image, media_file, media_names
+
+    media = [
+        media_file(kind, root, name, allow_outside_root) for kind in PLACEHOLDERS for name in media_names(record, kind)
+    ]
+    if not media:
+        return conv
+    for ref in media:
+        data = ref.read()
+        if ref.kind == "image":
+            check_image(data, ref.path, max_pixels)
+        else:
+            from mmit.data.audio import decode_audio
+
+            decode_audio(data, ref.path)
+    messages = list(conv.messages)
+    missing = []
+    for kind, placeholder in PLACEHOLDERS.items():
+        given = sum(m.content.count(placeholder) for m in messages)
+        missing += [placeholder] * max(0, sum(r.kind == kind for r in media) - given)
+    if missing:
+        first = next((i for i, m in enumerate(messages) if m.role == "user"), None)
+        if first is None:
+            raise SampleError("media_mismatch", f"sample {conv.id!r}: media files but no user turn to place them in")
+        messages[first] = Message("user", "\n".join([*missing, messages[first].content]))
+    return check_placeholders(Conversation(conv.id, messages, conv.meta, media))
+
+
 def read_conversations(
-    files: Iterable[str | Path], on_error: str = "raise", skipped: Counter | None = None
+    files: Iterable[str | Path],
+    on_error: str = "raise",
+    skipped: Counter | None = None,
+    media_kinds: Collection[str] | None = None,
+    max_pixels: int | None = None,
+    allow_outside_root: bool = False,
 ) -> list[Conversation]:
-    """Read every record of ``files``; skipped records are counted into ``skipped``."""
+    """Read every record of ``files``; skipped records are counted into ``skipped``.
+
+    ``media_kinds``: the media the model can take (None: any). A record with media of another
+    kind is an error (``no_encoder``) rather than silently losing its images or clips.
+    ``max_pixels``: the image size limit (default: ``mmit.data.media.max_pixels()``).
+    ``allow_outside_root``: media paths of JSONL / JSON records may leave the file's folder.
+    """
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, not {on_error!r}")
     skipped = skipped if skipped is not None else Counter()
@@ -78,26 +136,45 @@ def read_conversations(
         if not path.exists():
             raise FileNotFoundError(f"data file {path} does not exist")
         if path.is_dir():  # a folder of shards written by `python -m mmit.build`
-            from mmit.data.shards import read_shards, shard_urls
+            from mmit.data.shards import read_shard_items, shard_urls
 
-            for sample in read_shards(shard_urls(path)):
-                if sample.id in seen_ids:
-                    raise DataFileError(f"{path}: sample {sample.id!r} appears twice")
-                seen_ids.add(sample.id)
-                samples.append(sample)
-            continue
-        for location, record in _records(path):
+            items = read_shard_items(shard_urls(path), max_pixels=max_pixels)
+        else:
+            items = _file_items(path, max_pixels, allow_outside_root)
+        for location, item in items:
             try:
-                if isinstance(record, SampleError):
-                    raise record
-                sample = conversation_from_record(record, default_id=location)
-                if sample.id in seen_ids:
-                    raise SampleError("duplicate_id", f"sample {sample.id!r} appears twice")
+                if isinstance(item, SampleError):
+                    raise item
+                if item.id in seen_ids:
+                    raise SampleError("duplicate_id", f"sample {item.id!r} appears twice")
+                extra = {m.kind for m in item.media} - set(media_kinds if media_kinds is not None else PLACEHOLDERS)
+                if extra:
+                    kinds = ", ".join(sorted(extra))
+                    raise SampleError(
+                        "no_encoder",
+                        f"sample {item.id!r} has {kinds} media but the model has no {kinds} encoder "
+                        "(add one, e.g. vision_encoder=..., or remove the field; data.on_error=skip skips such samples)",
+                    )
             except SampleError as err:
                 if on_error == "raise":
-                    raise DataFileError(f"{location}: {err}") from err
+                    message = str(err)
+                    raise DataFileError(message if message.startswith(location) else f"{location}: {message}") from err
                 skipped[err.reason] += 1
                 continue
-            seen_ids.add(sample.id)
-            samples.append(sample)
+            seen_ids.add(item.id)
+            samples.append(item)
     return samples
+
+
+def _file_items(
+    path: Path, max_pixels: int | None, allow_outside_root: bool
+) -> Iterator[tuple[str, Conversation | SampleError]]:
+    """(location, conversation or its error) per record of a JSONL or JSON file."""
+    for location, record in _records(path):
+        try:
+            if isinstance(record, SampleError):
+                raise record
+            conv = conversation_from_record(record, default_id=location)
+            yield location, with_media(conv, record, path.parent, max_pixels, allow_outside_root)
+        except SampleError as err:
+            yield location, err

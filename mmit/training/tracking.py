@@ -11,19 +11,24 @@ from mmit.paths import atomic_write_text
 
 
 class MetricsLog:
-    """Appends records; resuming at step N first drops what a killed run logged after N."""
+    """Appends records; resuming at step N first drops what a killed run logged after N.
+
+    ``resume_step=0`` is a start from scratch (no checkpoint yet): a killed run's records, its
+    step-0 evaluation included, are dropped, since this run logs them again.
+    """
 
     def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None):
         self.path = Path(run_dir) / "metrics.jsonl"
         if resume_step is not None and self.path.exists():
-            kept = [r for r in read_metrics(self.path) if r["step"] <= resume_step]
+            kept = [r for r in read_metrics(self.path) if r["step"] <= resume_step] if resume_step > 0 else []
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            # purge_step hides events a killed run wrote after the checkpoint it resumes from.
-            self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"), purge_step=resume_step or None)
+            # purge_step hides events a killed run wrote after the checkpoint it resumes from (all of
+            # them for a start from scratch).
+            self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"), purge_step=resume_step)
 
     def log(self, record: dict) -> None:
         """One record: ``step`` and named numbers (``train/loss``, ``eval/seen/loss``, ...)."""
