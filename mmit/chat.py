@@ -16,6 +16,7 @@ from pathlib import Path
 
 from mmit.eval import add_generation_args, generation_options
 from mmit.inference import ChatSession, load_base, load_run, media_ref
+from mmit.saved_config import UnsafeConfigError
 
 HELP = """commands: /image PATH  /audio PATH  (attach to your next message)
           /reset  (new conversation)   /quit  (or Ctrl-D)"""
@@ -84,7 +85,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.base is not None:
         loaded = load_base(args.base, args.device, args.precision)
     else:
-        loaded = load_run(args.run_dir, args.checkpoint, args.device, args.precision)
+        try:
+            loaded = load_run(args.run_dir, args.checkpoint, args.device, args.precision)
+        except UnsafeConfigError as err:  # a run folder is data: it may only name mmit's own builders
+            raise SystemExit(f"mmit.chat: {err}") from err
     session = ChatSession(loaded, generation_options(args), system=args.system)
     if args.prompt is not None:
         print(session.ask(args.prompt, media))

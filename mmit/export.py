@@ -425,8 +425,12 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from mmit.inference import load_run
+    from mmit.saved_config import UnsafeConfigError
 
-    loaded = load_run(args.run_dir, args.checkpoint, device=args.device, precision="fp32")
+    try:
+        loaded = load_run(args.run_dir, args.checkpoint, device=args.device, precision="fp32")
+    except UnsafeConfigError as err:
+        raise SystemExit(f"mmit.export: {err}") from err
     written, skipped = {}, {}
     for fmt in FORMATS if args.format == "all" else (args.format,):
         try:

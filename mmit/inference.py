@@ -1,7 +1,8 @@
 """A trained run (or a base model) ready to answer: shared by eval, the chat CLI and the web demo.
 
-``load_run`` rebuilds the model from the run's own ``config.yaml`` and loads a checkpoint's
-trained weights (safetensors) into it; ``load_base`` composes a config from overrides and loads
+``load_run`` rebuilds the model from the run's own ``config.yaml`` (checked first: a run folder is
+data, so only mmit's own builders may be named there; ``mmit.saved_config``) and loads a
+checkpoint's trained weights (safetensors) into it; ``load_base`` composes a config from overrides and loads
 no trained weights (the zero-shot baseline). ``ChatSession`` keeps a conversation with its
 media and answers through ``mmit.generation.generate``: the same chat template and media
 splice as training.
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from mmit.data.samples import MediaRef
 from mmit.generation import GenerationOptions, Prompt, generate
@@ -107,11 +108,13 @@ def load_run(
     run_dir: str | Path, checkpoint: str | None = "latest", device: str = "auto", precision: str = "auto"
 ) -> LoadedModel:
     """The model of a training run, with the trained weights of one of its checkpoints."""
+    from mmit.saved_config import load_saved_config
+
     run_dir = Path(run_dir)
     config = run_dir / "config.yaml"
     if not config.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
-    cfg = OmegaConf.load(config)
+    cfg = load_saved_config(config)  # refuses anything but mmit's own builders, before anything is built
     cfg.init_from = None  # the checkpoint holds every trained weight, including any init_from ones
     return _finish(cfg, resolve_checkpoint(run_dir, checkpoint), device, precision)
 

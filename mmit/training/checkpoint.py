@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,10 +188,15 @@ def save_checkpoint(
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint ``checkpoints/latest`` names, or None before the first one. The pointer may only
+    name a ``step-NNNNNNN`` folder beside it: a crafted one cannot lead outside the run."""
     pointer = Path(run_dir) / "checkpoints" / "latest"
     if not pointer.exists():
         return None
-    return pointer.parent / pointer.read_text().strip()
+    name = pointer.read_text(errors="replace").strip()
+    if not re.fullmatch(r"step-\d{7,}", name) or not (pointer.parent / name).is_dir():
+        raise ValueError(f"{pointer}: 'latest' names {name[:80]!r}, not a checkpoint folder of this run")
+    return pointer.parent / name
 
 
 def read_state(ckpt_dir: Path) -> dict:

@@ -1,0 +1,169 @@
+"""A run folder is data, not code: its config.yaml rebuilds a model only through mmit's own
+builders (mmit.eval, mmit.export, mmit.chat, the web demo and mmit.synth all load runs this way)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from mmit.factory import build_model, resolved_yaml
+from mmit.inference import load_run
+
+TEXT = ["+recipe=text_tiny", "data.source.n_train=16", "data.source.n_eval=4"]
+
+
+def _write_run(tmp_path: Path, compose, edit=None) -> Path:
+    cfg = yaml.safe_load(resolved_yaml(compose(TEXT)))
+    if edit is not None:
+        edit(cfg)
+    run = tmp_path / "run"
+    run.mkdir(exist_ok=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return run
+
+
+def _writer(marker: Path) -> dict:
+    """A block that, if instantiated, writes ``marker``: what an attacker would put in a run folder."""
+    return {"_target_": "mmit.paths.atomic_write_text", "path": str(marker), "text": "pwned"}
+
+
+def _set(path: str, value):
+    def edit(cfg):
+        *parents, last = path.split(".")
+        node = cfg
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value(cfg) if callable(value) else value
+
+    return edit
+
+
+CRAFTED = {
+    # where the config is changed -> the key the refusal must name
+    "llm_target": (lambda m: _set("llm", _writer(m)), "llm._target_"),
+    "nested_target": (lambda m: _set("trainer.lr_per_component", _writer(m)), "trainer.lr_per_component"),
+    "peft_target": (lambda m: _set("peft.config", _writer(m)), "peft.config._target_"),
+    "unknown_group": (lambda m: _set("extra", _writer(m)), "extra"),
+    "positional_args": (lambda m: _set("llm._args_", [str(m)]), "llm._args_"),
+    "unshipped_parameter": (
+        lambda m: _set("peft.config", {"_target_": "peft.LoraConfig", "megatron_core": "os"}),
+        "megatron_core",
+    ),
+    "remote_code": (
+        lambda m: _set(
+            "llm",
+            {"_target_": "mmit.models.llm.load_pretrained", "name_or_path": str(m.parent), "trust_remote_code": True},
+        ),
+        "llm.trust_remote_code",
+    ),
+    "recipe_path": (
+        lambda m: _set(
+            "data.source",
+            {"_target_": "mmit.build.recipe_data_files", "recipe": str(m.parent / "evil.yaml"), "overrides": []},
+        ),
+        "data.source.recipe",
+    ),
+    "recipe_override_target": (
+        lambda m: _set(
+            "data.source",
+            {
+                "_target_": "mmit.build.recipe_data_files",
+                "recipe": "demo_vqa",
+                "overrides": [f"prepare._target_=mmit.paths.atomic_write_text,path={m}"],
+            },
+        ),
+        "data.source.overrides",
+    ),
+    "build_outside_the_cache": (
+        lambda m: _set(
+            "data.source",
+            {
+                "_target_": "mmit.build.recipe_data_files",
+                "recipe": "demo_vqa",
+                "overrides": [f"out_dir={m.parent}/demo"],
+            },
+        ),
+        "data.source.overrides",
+    ),
+    "text_skills_out_dir": (lambda m: _set("data.source.out_dir", str(m.parent / "skills")), "data.source.out_dir"),
+    "interpolation": (lambda m: _set("llm.dtype", "${oc.env:HOME}"), "llm.dtype"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CRAFTED))
+def test_a_crafted_config_is_refused_with_its_file_and_key_and_runs_nothing(case, compose, tmp_path):
+    from mmit.saved_config import UnsafeConfigError
+
+    marker = tmp_path / "pwned.txt"
+    edit, key = CRAFTED[case]
+    run = _write_run(tmp_path, compose, edit(marker))
+    with pytest.raises(UnsafeConfigError) as refused:
+        load_run(run, checkpoint="none")
+    assert str(run / "config.yaml") in str(refused.value) and key in str(refused.value)
+    assert not marker.exists() and not (tmp_path / "skills").exists() and not (tmp_path / "demo").exists()
+
+
+def test_the_cli_tools_refuse_a_crafted_run_before_writing_anything(compose, tmp_path):
+    from mmit.chat import main as chat_main
+    from mmit.eval import main as eval_main
+    from mmit.export import main as export_main
+    from mmit.saved_config import UnsafeConfigError
+
+    marker = tmp_path / "pwned.txt"
+    run = _write_run(tmp_path, compose, _set("llm", _writer(marker)))
+    for main, argv in (
+        (eval_main, [str(run), "--checkpoint", "none", "--out", str(tmp_path / "eval")]),
+        (export_main, [str(run), "--checkpoint", "none", "--out", str(tmp_path / "export")]),
+        (chat_main, [str(run), "hello", "--checkpoint", "none"]),
+    ):
+        with pytest.raises((UnsafeConfigError, SystemExit), match="config.yaml"):
+            main(argv)
+    assert not marker.exists() and not (tmp_path / "eval").exists() and not (tmp_path / "export").exists()
+
+
+def test_a_saved_config_of_mmits_own_builders_loads(compose, tmp_path):
+    run = _write_run(tmp_path, compose)
+    loaded = load_run(run, checkpoint="none")
+    assert loaded.model.slots == {} and loaded.tokenizer.chat_template
+
+
+def test_a_trusted_run_may_use_parameters_mmit_does_not_ship(compose, tmp_path, monkeypatch):
+    """MMIT_TRUSTED_RUNS names run folders that are the user's own, like a recipe they wrote."""
+    run = _write_run(tmp_path, compose, _set("peft.config.lora_dropout", 0.0))
+    run_cfg = yaml.safe_load((run / "config.yaml").read_text())
+    run_cfg["peft"]["config"]["bias"] = "none"  # a LoraConfig field no shipped config sets
+    (run / "config.yaml").write_text(yaml.safe_dump(run_cfg))
+    from mmit.saved_config import UnsafeConfigError
+
+    with pytest.raises(UnsafeConfigError, match="peft.config.bias"):
+        load_run(run, checkpoint="none")
+    monkeypatch.setenv("MMIT_TRUSTED_RUNS", str(run))
+    assert load_run(run, checkpoint="none").model is not None
+
+
+def test_a_crafted_latest_pointer_cannot_leave_the_checkpoints_folder(compose, tmp_path):
+    run = _write_run(tmp_path, compose)
+    (run / "checkpoints").mkdir()
+    for pointer in ("..", "../..", "/etc", "step-0000001/../../.."):
+        (run / "checkpoints" / "latest").write_text(pointer + "\n")
+        with pytest.raises((FileNotFoundError, ValueError), match="latest"):
+            load_run(run)
+    assert (run / "config.yaml").exists()
+
+
+def test_init_from_reads_weights_only_never_the_other_runs_config(compose, tmp_path):
+    reference = build_model(compose(TEXT)).model
+    name, param = next((n, p) for n, p in reference.named_parameters() if p.requires_grad)
+    marker = tmp_path / "pwned.txt"
+    other = _write_run(tmp_path, compose, _set("llm", _writer(marker)))
+    step = other / "checkpoints" / "step-0000001"
+    step.mkdir(parents=True)
+    save_file({name: torch.full_like(param, 0.5)}, step / "trainable.safetensors")
+    (other / "checkpoints" / "latest").write_text("step-0000001\n")
+    model = build_model(compose([*TEXT, f"init_from={other}"])).model
+    assert torch.equal(dict(model.named_parameters())[name].detach(), torch.full_like(param, 0.5))
+    assert not marker.exists()
