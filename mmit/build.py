@@ -39,7 +39,7 @@ from mmit.data.annotations import Annotation
 from mmit.data.audio import AudioPolicy, CheckedAudio, prepare_audio
 from mmit.data.instructions import ShapingConfig, answer_pool, shape_annotation
 from mmit.data.media import DEFAULT_MAX_PIXELS, check_image, resize_image
-from mmit.data.samples import Conversation, MediaRef, SampleError
+from mmit.data.samples import Conversation, MediaRef, SampleError, check_placeholders
 from mmit.data.shards import TarWriter, encode_sample
 from mmit.data.sources import DataFiles
 from mmit.data.templates import load_templates
@@ -308,6 +308,17 @@ def write_shard(path: Path, convs: list[Conversation], media: dict[str, Checked 
                     raise BuildError(str(err)) from err
                 stats["skipped"][err.reason] += len(group)
                 continue
+            fitting = []
+            for conv in group:  # what readers will check: one placeholder per media file
+                try:
+                    fitting.append(check_placeholders(conv))
+                except SampleError as err:
+                    if storage.on_error == "raise":
+                        raise BuildError(str(err)) from err
+                    stats["skipped"][err.reason] += 1
+            if not fitting:
+                continue
+            group = fitting
             for name, data in encode_sample(f"{path.stem}-{stats['records']:06d}", group, stored):
                 tar.add(name, data)
             stats["records"] += 1

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mmit.data.media import media_file, media_names
-from mmit.data.samples import MediaRef, Message, SampleError, conversation_from_record, json_type
+from mmit.data.samples import PLACEHOLDERS, MediaRef, Message, SampleError, conversation_from_record, json_type
 from mmit.data.sources import jsonl_records
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
@@ -329,6 +329,10 @@ def _conversation(
         audio_names = media_names(record, "audio") if media else []
         refs = [_media("image", root, n, allow_outside_root) for n in names]
         refs += [_media("audio", root, n, allow_outside_root) for n in audio_names]
+        for kind, placeholder in PLACEHOLDERS.items():  # missing ones are added when shaped, extra ones never fit
+            given, files = sum(m.content.count(placeholder) for m in conv.messages), sum(r.kind == kind for r in refs)
+            if given > files:
+                raise SampleError("media_mismatch", f"{given} {placeholder} placeholder(s) for {files} {kind} file(s)")
     except SampleError as err:
         raise SampleError(err.reason, str(err) if where in str(err) else f"{where}: {err}") from err
     group = names[0] if names else audio_names[0] if audio_names else f"text:{conv.id}"

@@ -175,3 +175,41 @@ def test_what_mmit_build_writes_passes_the_checks(tmp_path):
     kept = read_conversations([tmp_path / "set"], on_error="raise")
     assert [c.id for c in kept] == ["a", "b"] and [len(c.media) for c in kept] == [2, 0]
     assert kept[0].media[1].read() == _png("blue") and kept[0].meta == {"x": 1}
+
+
+def test_the_build_writes_only_records_the_readers_accept(tmp_path):
+    """A conversation with more <image> placeholders than images is refused (or counted) by the build,
+    naming file and line, so that no shard it writes fails the readers' checks."""
+    from omegaconf import OmegaConf
+
+    from mmit.build import BuildError, build
+    from mmit.paths import RECIPES_DIR
+
+    (tmp_path / "red.png").write_bytes(_png())
+    turns = [{"role": "user", "content": "<image>\n<image>\nTwo?"}, {"role": "assistant", "content": "red"}]
+    records = [{"id": f"g{i}", "messages": GOOD_MESSAGES, "image": "red.png"} for i in range(2)]
+    records.insert(1, {"id": "bad", "messages": turns, "image": "red.png"})
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    def cfg(on_error):
+        return OmegaConf.create(
+            {
+                "name": "placeholders",
+                "seed": 0,
+                "out_dir": str(tmp_path / on_error),
+                "templates": str(RECIPES_DIR / "templates" / "vision.yaml"),
+                "eval_fraction": 0.0,
+                "shard_size": 10,
+                "num_workers": 1,
+                "on_error": on_error,
+                "shaping": {},
+                "sources": [{"_target_": "mmit.data.annotations.read_jsonl", "path": str(path)}],
+            }
+        )
+
+    with pytest.raises(BuildError, match=f"{path}:2: .*2 <image> placeholder"):
+        build(cfg("raise"))
+    manifest = build(cfg("skip"))
+    assert manifest["skipped_annotations"] == {"media_mismatch": 1}
+    assert [c.id for c in read_conversations([tmp_path / "skip" / "train"])] == ["g0", "g1"]
