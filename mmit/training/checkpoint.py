@@ -1,11 +1,19 @@
 """Checkpoints as safetensors + JSON only: trained weights, peft adapter, optimizer, scheduler,
 RNG and data position. Written to a temporary directory and renamed; ``latest`` is a
 one-line file updated atomically after the rename, so it never names a partial checkpoint.
+
+A checkpoint is never written from diverged weights: NaN / inf, or exploded (far larger than the
+previous checkpoint's), so ``latest`` always names weights a rerun can resume from. On resume,
+the run's new learning rates and weight decay are used rather than the checkpoint's, and
+``write_run_config`` refuses config changes a checkpoint cannot honour (the model, the data and
+its order), so ``config.yaml`` only ever says what the run used.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import random
 import re
 import shutil
@@ -14,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -23,6 +32,22 @@ from mmit.paths import atomic_dir, atomic_write_text
 
 TRAINABLE = "trainable.safetensors"
 ADAPTER_DIR = "adapter"
+
+log = logging.getLogger(__name__)
+
+# Trained weights count as exploded when one is larger than this, or when their norm grew more than
+# EXPLODED_GROWTH times since the previous checkpoint (from at least 1.0, for zero-initialised ones
+# such as LoRA's B matrices and BitFit's biases). Healthy training is orders of magnitude below both.
+EXPLODED_MAX_ABS = 1e8
+EXPLODED_GROWTH = 1000.0
+
+
+class DivergedError(ValueError):
+    """Training diverged (NaN / inf or exploded weights); the message names the checkpoint to resume from."""
+
+
+class ResumeConfigError(ValueError):
+    """A resumed run's config changes what its checkpoint fixes (the model, the data or its order)."""
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -160,7 +185,14 @@ def save_checkpoint(
     final = root / f"step-{step:07d}"
     broken = [name for name, t in payload.weights.items() if not torch.isfinite(t).all()]
     if broken:
-        raise ValueError(f"step {step}: not saving a checkpoint with NaN / inf weights ({broken[:3]}...)")
+        raise DivergedError(
+            f"step {step}: not saving a checkpoint with NaN / inf weights ({broken[:3]}...). {divergence_advice(run_dir)}"
+        )
+    stats = weight_stats(payload.weights)
+    previous = latest_checkpoint(run_dir)
+    exploded = exploded_since(stats, read_state(previous).get("weights") if previous else None)
+    if exploded:
+        raise DivergedError(f"step {step}: not saving a checkpoint: {exploded}. {divergence_advice(run_dir)}")
     for stale in root.glob(".step-*.tmp-*"):  # left by a process killed while saving
         shutil.rmtree(stale, ignore_errors=True)
     with atomic_dir(final) as tmp:
@@ -179,6 +211,7 @@ def save_checkpoint(
             "data": data_state,
             "rng": rng_meta,
             "extra": extra or {},
+            "weights": stats,
         }
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
     atomic_write_text(root / "latest", final.name + "\n")
@@ -209,6 +242,12 @@ def load_training_state(ckpt_dir: Path, state: dict, optimizer: torch.optim.Opti
     Optimizer moments of sharded (FSDP2) parameters are sharded the same way as they load.
     """
     ckpt_dir = Path(ckpt_dir)
+    # The run's own learning rates and weight decay, as its config set them, win over the checkpoint's:
+    # rerunning with a lower trainer.lr after a divergence must really lower it.
+    wanted = [
+        (g.get("initial_lr", g["lr"]), g.get("weight_decay"), g.get("component", i))
+        for i, g in enumerate(optimizer.param_groups)
+    ]
     optimizer.load_state_dict(
         _optimizer_from_files(read_safetensors(ckpt_dir / "optimizer.safetensors"), state["optimizer"])
     )
@@ -220,4 +259,126 @@ def load_training_state(ckpt_dir: Path, state: dict, optimizer: torch.optim.Opti
                     if torch.is_tensor(value) and not isinstance(value, DTensor) and value.shape == param.shape:
                         slots[key] = distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
     scheduler.load_state_dict(state["scheduler"])
+    _keep_run_rates(optimizer, scheduler, wanted, state["step"])
     _set_rng_state(read_safetensors(ckpt_dir / "rng.safetensors"), state["rng"])
+
+
+def _keep_run_rates(optimizer: torch.optim.Optimizer, scheduler, wanted: list[tuple], step: int) -> None:
+    """Put the run's base learning rates and weight decay back after loading a checkpoint's, and say so."""
+    lambdas = getattr(scheduler, "lr_lambdas", None)
+    for i, (group, (base, decay, name)) in enumerate(zip(optimizer.param_groups, wanted)):
+        old_base, old_decay = group.get("initial_lr", group["lr"]), group.get("weight_decay")
+        if old_base != base:
+            log.warning(
+                "resumed %s: base learning rate %r (the checkpoint had %r), from step %d on",
+                name,
+                base,
+                old_base,
+                step + 1,
+            )
+            group["initial_lr"] = base
+            if hasattr(scheduler, "base_lrs"):
+                scheduler.base_lrs[i] = base
+            if lambdas is not None:
+                group["lr"] = base * lambdas[i](scheduler.last_epoch)
+        if decay is not None and old_decay != decay:
+            log.warning("resumed %s: weight decay %r (the checkpoint had %r)", name, decay, old_decay)
+            group["weight_decay"] = decay
+    if hasattr(scheduler, "_last_lr"):
+        scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+
+
+def weight_stats(weights: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The trained weights' overall L2 norm and largest magnitude (in float64: exploded values overflow float32)."""
+    squares = sum((t.detach().double().pow(2).sum().item() for t in weights.values()), 0.0)
+    largest = max((t.detach().abs().max().item() for t in weights.values() if t.numel()), default=0.0)
+    return {"norm": math.sqrt(squares), "max_abs": float(largest)}
+
+
+def exploded_since(stats: dict[str, float], previous: dict[str, float] | None) -> str | None:
+    """Why these weights count as exploded (see EXPLODED_MAX_ABS, EXPLODED_GROWTH), or None."""
+    if not math.isfinite(stats["norm"]) or stats["max_abs"] > EXPLODED_MAX_ABS:
+        return f"the trained weights exploded (largest magnitude {stats['max_abs']:.3g})"
+    if previous and stats["norm"] > EXPLODED_GROWTH * max(previous.get("norm", 0.0), 1.0):
+        return (
+            f"the trained weights exploded (norm {stats['norm']:.3g}, "
+            f"{stats['norm'] / max(previous['norm'], 1e-30):.3g}x the previous checkpoint's {previous['norm']:.3g})"
+        )
+    return None
+
+
+def divergence_advice(run_dir: Path) -> str:
+    """What to do after a divergence: the checkpoint a rerun resumes from, and what to change."""
+    try:
+        ckpt = latest_checkpoint(run_dir)
+    except ValueError:
+        ckpt = None
+    change = "lower trainer.lr, check the data, or use trainer.precision=fp32"
+    if ckpt is None:
+        return f"No checkpoint was saved before this: {change}, then run again (training starts over)."
+    step = read_state(ckpt)["step"]
+    return (
+        f"The last good checkpoint is {ckpt} (step {step}; its weights were checked: finite and not exploded). "
+        f"To resume from it, {change} and run the same command again: a new trainer.lr or "
+        f"trainer.weight_decay is used from step {step + 1} on."
+    )
+
+
+# What a checkpoint fixes: the model it holds weights for, and the data position it holds (the
+# data, its order and how it is cut into batches). A resumed run cannot change these.
+RESUME_FIXED = (
+    "llm",
+    "vision_encoder",
+    "audio_encoder",
+    "projector",
+    "peft",
+    "tuning",
+    "data",
+    "seed",
+    "trainer.batch_size",
+    "trainer.grad_accum",
+    "trainer.group_by_length",
+    "trainer.pack_length",
+    "trainer.seed",
+)
+RESUME_OVERRIDDEN = {"init_from": "ignored: the checkpoint's weights are loaded instead"}
+
+
+def config_changes(old: Any, new: Any, key: str = "") -> dict[str, tuple[Any, Any]]:
+    """Dotted key -> (old, new) for every value that differs between two plain configs."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        changes = {}
+        for name in sorted(set(old) | set(new), key=str):
+            changes.update(config_changes(old.get(name), new.get(name), f"{key}.{name}" if key else str(name)))
+        return changes
+    return {} if old == new else {key: (old, new)}
+
+
+def write_run_config(run_dir: Path, cfg) -> None:
+    """Write the run's resolved ``config.yaml``. When the run resumes a checkpoint, compare with the
+    config that trained it first: a change to what the checkpoint fixes (RESUME_FIXED) is refused
+    and nothing is written; any other change is reported and used from the next step, and the
+    config the run used until the checkpoint is kept as ``config.<checkpoint>.yaml``."""
+    from omegaconf import OmegaConf
+
+    run_dir = Path(run_dir)
+    path, text = run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True)
+    ckpt = latest_checkpoint(run_dir) if cfg.trainer.get("resume", True) else None
+    if ckpt is not None and path.exists():
+        changes = config_changes(yaml.safe_load(path.read_text()) or {}, yaml.safe_load(text) or {})
+        fixed = [k for k in changes if any(k == f or k.startswith(f"{f}.") for f in RESUME_FIXED)]
+        if fixed:
+            listed = "; ".join(f"{k}: {changes[k][0]!r} -> {changes[k][1]!r}" for k in fixed)
+            raise ResumeConfigError(
+                f"{run_dir} resumes {ckpt.name}, which was trained with other settings for what a checkpoint "
+                f"fixes (the model, the data and its order): {listed}. Resume with the run's own settings, or "
+                f"start a new run (another hydra.run.dir) from these weights: init_from={ckpt}"
+            )
+        step = read_state(ckpt)["step"]
+        for key, (old, new) in changes.items():
+            effect = RESUME_OVERRIDDEN.get(key, f"used from step {step + 1} on")
+            log.warning("resuming %s at step %d: %s changed from %r to %r (%s)", run_dir, step, key, old, new, effect)
+        history = run_dir / f"config.{ckpt.name}.yaml"
+        if changes and not history.exists():
+            atomic_write_text(history, path.read_text())
+    atomic_write_text(path, text)
