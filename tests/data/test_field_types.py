@@ -201,7 +201,8 @@ def test_build_with_wrong_types_raises_with_the_line_or_skips_and_counts(tmp_pat
     (tmp_path / "a.png").write_bytes(_png())
     good = {"messages": [{"role": "user", "content": "<image>\nColour?"}, {"role": "assistant", "content": "red"}]}
     records = [{**good, "id": f"g{i}", "image": "a.png"} for i in range(3)]
-    records += [{**good, "id": "m", "meta": 5}, {**good, "id": "i", "image": 5}, {**good, "id": "s", "meta": None}]
+    text = {"messages": [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "hi"}]}
+    records += [{**good, "id": "m", "meta": 5}, {**good, "id": "i", "image": 5}, {**text, "id": "s", "meta": None}]
     path = _jsonl(tmp_path / "data.jsonl", records)
 
     def cfg(on_error):
