@@ -65,17 +65,18 @@ def _records(path: Path) -> Iterator[tuple[str, object]]:
 
 
 def jsonl_records(path: str | Path) -> Iterator[tuple[str, object]]:
-    """(``file:line``, record) per non-empty line; undecodable lines come as SampleError."""
-    for lineno, line in enumerate(Path(path).read_bytes().split(b"\n"), start=1):
-        if not line.strip():
-            continue
-        location = f"{path}:{lineno}"
-        try:
-            yield location, json.loads(line.decode("utf-8"))
-        except UnicodeDecodeError:
-            yield location, SampleError("not_utf8", "text is not UTF-8")
-        except json.JSONDecodeError as err:
-            yield location, SampleError("bad_json", f"bad JSON ({err.msg})")
+    """(``file:line``, record) per non-empty line, read line by line; undecodable lines come as SampleError."""
+    with open(path, "rb") as lines:
+        for lineno, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            location = f"{path}:{lineno}"
+            try:
+                yield location, json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError:
+                yield location, SampleError("not_utf8", "text is not UTF-8")
+            except json.JSONDecodeError as err:
+                yield location, SampleError("bad_json", f"bad JSON ({err.msg})")
 
 
 def with_media(
@@ -135,6 +136,8 @@ def read_conversations(
         path = Path(file)
         if not path.exists():
             raise FileNotFoundError(f"data file {path} does not exist")
+        if not path.is_dir() and not path.is_file():  # a device or a pipe (/dev/zero) would never end
+            raise DataFileError(f"{path}: not a regular file or a folder of shards")
         if path.is_dir():  # a folder of shards written by `python -m mmit.build`
             from mmit.data.shards import read_shard_items, shard_urls
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -226,3 +227,12 @@ def test_build_with_wrong_types_raises_with_the_line_or_skips_and_counts(tmp_pat
     manifest = build(cfg("skip"))
     assert manifest["skipped_annotations"] == {"wrong_type": 2}
     assert manifest["sets"]["train"]["samples"] == 4  # g0..g2 and s: no good sample lost
+
+
+def test_a_device_or_pipe_is_not_read_as_a_data_file(tmp_path):
+    """A config (a crafted run folder's eval sets, say) naming /dev/zero must not read forever."""
+    with pytest.raises(DataFileError, match="not a regular file"):
+        read_conversations(["/dev/zero"])
+    os.mkfifo(tmp_path / "pipe.jsonl")
+    with pytest.raises(DataFileError, match="not a regular file"):
+        read_conversations([tmp_path / "pipe.jsonl"])
