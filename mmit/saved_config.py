@@ -179,8 +179,8 @@ def _pickled_weights(path: str) -> bool:
     local = Path(path).expanduser()
     if local.is_file():
         return local.suffix != ".safetensors"
-    if local.is_dir():
-        files = [p for p in local.rglob("*") if p.is_file()]
+    if local.is_dir():  # a model folder holds its weights at the top (a crafted "/" is not walked)
+        files = [p for p in local.iterdir() if p.is_file()]
         return any(p.suffix in PICKLE_SUFFIXES for p in files) and not any(p.suffix == ".safetensors" for p in files)
     return False
 
