@@ -42,6 +42,14 @@ def _set(path: str, value):
     return edit
 
 
+def _pickled_model(marker: Path) -> dict:
+    """An LLM folder whose only weights are a pickle, which loading would unpickle."""
+    folder = marker.parent / "model"
+    folder.mkdir(exist_ok=True)
+    (folder / "pytorch_model.bin").write_bytes(b"not safetensors")
+    return {"_target_": "mmit.models.llm.load_pretrained", "name_or_path": str(folder)}
+
+
 CRAFTED = {
     # where the config is changed -> the key the refusal must name
     "llm_target": (lambda m: _set("llm", _writer(m)), "llm._target_"),
@@ -91,6 +99,7 @@ CRAFTED = {
     ),
     "text_skills_out_dir": (lambda m: _set("data.source.out_dir", str(m.parent / "skills")), "data.source.out_dir"),
     "interpolation": (lambda m: _set("llm.dtype", "${oc.env:HOME}"), "llm.dtype"),
+    "pickled_weights": (lambda m: _set("llm", lambda cfg: _pickled_model(m)), "llm.name_or_path"),
 }
 
 

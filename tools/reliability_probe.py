@@ -223,13 +223,14 @@ def probe_run_folders(root: Path) -> list[list[str]]:
             (run_dir / "checkpoints").mkdir()
             (run_dir / "checkpoints" / "latest").write_text(edit + "\n")
             checkpoint = "latest"
+        crafted = {p.name for p in run_dir.iterdir()}
         try:
             load_run(run_dir, checkpoint=checkpoint)
             outcome = "**loaded**"
         except (UnsafeConfigError, ValueError, FileNotFoundError) as err:
             named = key in str(err) and (str(run_dir) in str(err))
             outcome = "refused, naming file and key" if named else f"refused: {str(err)[:80]}"
-        left = [p.name for p in run_dir.iterdir() if p.name not in ("config.yaml", "checkpoints")]
+        left = sorted({p.name for p in run_dir.iterdir()} - crafted)
         ran = f"**yes**: {left}" if left else "nothing"
         rows.append([name, outcome, ran])
     return rows
