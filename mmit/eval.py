@@ -22,11 +22,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from mmit.generation import GenerationOptions, predict
+from mmit.evaluation import evaluate_set
+from mmit.generation import GenerationOptions
+from mmit.grounding import GROUNDING_NOTE, PRIOR_FILE, AnswerPrior, grounding_line, grounding_table
 from mmit.inference import LoadedModel, load_base, load_run
 from mmit.paths import atomic_dir
-from mmit.plots import plot_task_scores, plot_training_curves
+from mmit.plots import plot_grounding, plot_task_scores, plot_training_curves
 from mmit.scoring import Prediction, headline_metric, score_predictions
+from mmit.training.loop import answers_by_set, per_task_prefix
 
 log = logging.getLogger("mmit.eval")
 
@@ -51,34 +54,73 @@ def run_eval(
     max_samples: int = 0,
     batch_size: int = 16,
     on_error: str = "raise",
+    prior: AnswerPrior | None = None,
+    swap_media: bool = True,
+    seed: int = 0,
 ) -> tuple[list[Prediction], dict, dict]:
-    """Generate and score every set; returns predictions, scores and what was skipped per set."""
+    """Generate and score every set, with own and swapped media and beside the blind prior;
+    returns predictions (each with what it said given swapped media), scores and what was skipped."""
+    from mmit.data.collate import Collator
     from mmit.data.sources import read_conversations
+    from mmit.data.tokenize import Tokenizer
 
-    predictions, skipped = [], {}
+    data = loaded.cfg.get("data") or {}
+    tokenize = Tokenizer(
+        loaded.tokenizer,
+        data.get("max_length", 2048),
+        data.get("overlength", "truncate"),
+        on_error,
+        list(loaded.model.slots.values()),
+    )
+    collate = Collator(loaded.tokenizer.pad_token_id, preprocess=loaded.preprocess)
+    predictions, swapped, skipped = [], [], {}
     for name, paths in sets.items():
         counts = Counter()
         convs = read_conversations(paths, on_error=on_error, skipped=counts)
         usable = [c for c in convs if all(m.kind in loaded.model.slots for m in c.media)]
         if len(usable) < len(convs):
             counts["media without an encoder"] += len(convs) - len(usable)
-        if max_samples and len(usable) > max_samples:
-            random.Random(0).shuffle(usable)  # the same subset as training's in-loop evaluation
-            usable = usable[:max_samples]
-        log.info("%s: %d samples from %s", name, len(usable), ", ".join(map(str, paths)))
-        predictions += predict(
+        # Scored as training scores them: the samples that tokenize under the run's data policy,
+        # in the same seeded order, the first max_samples of each task (training's in-loop subset).
+        random.Random(0).shuffle(usable)
+        before = Counter(tokenize.skipped)
+        pairs = [(c, s) for c in usable if (s := tokenize(c)) is not None]
+        counts.update(Counter(tokenize.skipped) - before)
+        pairs = [pairs[i] for i in per_task_prefix([c for c, _ in pairs], max_samples)]
+        log.info("%s: %d samples from %s", name, len(pairs), ", ".join(map(str, paths)))
+        result = evaluate_set(
             loaded.model,
             loaded.tokenizer,
             name,
-            usable,
+            [c for c, _ in pairs],
             options,
+            samples=[s for _, s in pairs],
+            collate=collate,
+            swap_media=swap_media,
+            seed=seed,
             batch_size=batch_size,
             autocast_dtype=loaded.autocast_dtype,
             preprocess=loaded.preprocess,
             progress=True,
         )
+        predictions += result.predictions
+        swapped += result.swapped
         skipped[name] = dict(counts)
-    return predictions, score_predictions(predictions), skipped
+    return predictions, swapped, score_predictions(predictions, swapped, prior), skipped
+
+
+def run_prior(loaded: LoadedModel, run_dir: Path | None) -> AnswerPrior | None:
+    """The blind prior of the run's training set: saved by mmit.train, else read from its config."""
+    from mmit.data.sources import read_conversations
+    from mmit.factory import instantiate_source
+
+    if run_dir is not None and (run_dir / PRIOR_FILE).is_file():
+        return AnswerPrior.load(run_dir / PRIOR_FILE)
+    source = (loaded.cfg.get("data") or {}).get("source")
+    if not source:
+        return None
+    log.info("reading the training set for the blind prior")
+    return AnswerPrior.from_conversations(read_conversations(instantiate_source(source).train, on_error="skip"))
 
 
 def _fmt(value) -> str:
@@ -102,6 +144,8 @@ def format_report(title: str, facts: dict[str, str], scores: dict, plots: list[s
         ["set", "samples", "score (mean of task headlines)", "exact match", "VQA accuracy"],
         [[s, v["n"], v["score"], v["exact_match"], v.get("vqa_accuracy", math.nan)] for s, v in scores["sets"].items()],
     )
+    if scores.get("grounding"):
+        lines += ["", "## Does it look?", "", GROUNDING_NOTE, "", *grounding_table(scores["grounding"])]
     lines += ["", "## Tasks", ""]
     for set_name, tasks in scores["tasks"].items():
         for task, values in tasks.items():
@@ -134,14 +178,25 @@ def format_report(title: str, facts: dict[str, str], scores: dict, plots: list[s
     return "\n".join(lines)
 
 
-def write_outputs(out: Path, predictions: list[Prediction], scores: dict, info: dict, run_dir: Path | None) -> Path:
+def write_outputs(
+    out: Path,
+    predictions: list[Prediction],
+    scores: dict,
+    info: dict,
+    run_dir: Path | None,
+    swapped: list[Prediction] = (),
+) -> Path:
     """metrics.json, predictions.jsonl, plots and report.md, all appearing at once."""
     with atomic_dir(out) as tmp:
         (tmp / "metrics.json").write_text(json.dumps({**info, "scores": scores}, indent=1), encoding="utf-8")
         with open(tmp / "predictions.jsonl", "w", encoding="utf-8") as f:
-            for p in predictions:
-                f.write(json.dumps(p.to_json(), ensure_ascii=False) + "\n")
-        plots = [plot_task_scores(scores, tmp / "task_scores.png")]
+            for entries in answers_by_set(predictions, list(swapped)).values():
+                for entry in entries:
+                    f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        plots = [
+            plot_task_scores(scores, tmp / "task_scores.png"),
+            plot_grounding(scores.get("grounding", {}), tmp / "grounding.png"),
+        ]
         if run_dir is not None and (run_dir / "metrics.jsonl").is_file():
             from mmit.training.tracking import read_metrics
 
@@ -159,11 +214,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--checkpoint", default="latest", help="latest (default), none, a step number or a directory")
     p.add_argument("--sets", nargs="+", default=[], metavar="NAME=PATH", help="extra sets: shard dirs or JSONL files")
     p.add_argument("--only", nargs="+", metavar="NAME", help="evaluate only these sets")
-    p.add_argument("--max-samples", type=int, default=0, help="per set (0 = all)")
+    p.add_argument("--max-samples", type=int, default=0, help="per task of each set (0 = all)")
     p.add_argument("--out", type=Path, help="output directory (default RUN_DIR/eval/<checkpoint>)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument(
         "--on-error", choices=("raise", "skip"), default="raise", help="bad samples: stop, or skip and count"
+    )
+    p.add_argument(
+        "--no-swap-media",
+        action="store_true",
+        help="skip the second pass with media swapped between samples (no media dependence; half the time)",
     )
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
@@ -215,7 +275,18 @@ def main(argv: list[str] | None = None) -> Path:
         sets = {name: paths for name, paths in sets.items() if name in args.only}
 
     started = time.perf_counter()
-    predictions, scores, skipped = run_eval(loaded, sets, options, args.max_samples, args.batch_size, args.on_error)
+    prior = run_prior(loaded, args.run_dir)
+    predictions, swapped, scores, skipped = run_eval(
+        loaded,
+        sets,
+        options,
+        args.max_samples,
+        args.batch_size,
+        args.on_error,
+        prior,
+        swap_media=not args.no_swap_media,
+        seed=args.seed,
+    )
     elapsed = time.perf_counter() - started
     checkpoint = loaded.checkpoint.name if loaded.checkpoint else "none"
     out = args.out or args.run_dir / "eval" / checkpoint
@@ -232,7 +303,7 @@ def main(argv: list[str] | None = None) -> Path:
         "sets": sets,
         "skipped": skipped,
     }
-    write_outputs(out, predictions, scores, info, args.run_dir)
+    write_outputs(out, predictions, scores, info, args.run_dir, swapped)
     print(summary_text(scores, out))
     return out
 
@@ -250,6 +321,8 @@ def summary_text(scores: dict, out: Path) -> str:
         tasks = scores["tasks"][set_name]
         shown = ", ".join(f"{t} {headline_metric(t)}={_fmt(m[headline_metric(t)])}" for t, m in tasks.items())
         lines.append(f"  {set_name} ({values['n']}): score {_fmt(values['score'])}; {shown}")
+        for task, g in scores.get("grounding", {}).get(set_name, {}).items():
+            lines.append(f"    {task}: {grounding_line(g)}")
     for set_name, tasks in scores["gaps"].items():
         gaps = ", ".join(f"{t} {_fmt(g['gap'])}" for t, g in tasks.items())
         lines.append(f"  gap seen - {set_name}: {gaps}")

@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mmit.data.sources import DataFiles, read_conversations
+from mmit.grounding import AnswerPrior
 from mmit.paths import cache_dir
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ class BuiltData:
     eval: dict[str, EvalSet]
     files: DataFiles
     read_skips: dict[str, Counter] = field(default_factory=dict)  # per set, per reason, while reading
+    prior: AnswerPrior | None = None  # the training set's answers (the blind prior); None when streamed
 
     def skipped(self) -> dict[str, dict[str, int]]:
         """Everything skipped so far, per set and reason (a streamed set keeps counting)."""
@@ -67,12 +69,14 @@ def reseed(cfg: DictConfig, component: str) -> None:
 def build_model(cfg: DictConfig) -> BuiltModel:
     """LLM (+ tuning), and for each configured encoder its projector and placeholder token."""
     from mmit.data.tokenize import MediaSlot
+    from mmit.models.llm import set_system_prompt
     from mmit.models.multimodal_lm import MultimodalLM
     from mmit.models.projectors import build_projector
     from mmit.models.tuning import apply_tuning, narrow_frozen, parameter_table, resolve_frozen_dtype
     from mmit.training.checkpoint import load_matching
 
     loaded = instantiate(cfg.llm)
+    set_system_prompt(loaded.tokenizer, (cfg.get("data") or {}).get("system_prompt"))
     reseed(cfg, "llm")
     method = cfg.peft.method
     # A peft config (lora, dora, ia3) or one of ours (prompt_tuning, bitfit, adapter); none for full / frozen.
@@ -156,11 +160,12 @@ def build_data(cfg: DictConfig, tokenizer, slots: list[MediaSlot] = ()) -> Built
         if d.get("tasks"):
             raise ValueError("data.tasks filtering is not available with data.stream=true")
         urls = [u for folder in files.train for u in shard_urls(folder)]
-        train = StreamedDataset(urls, tokenizer_for(), d.get("shuffle_buffer", 1000))
+        train, prior = StreamedDataset(urls, tokenizer_for(), d.get("shuffle_buffer", 1000)), None
     else:
-        train, _ = load("train", files.train, shuffle=False)
+        train, train_convs = load("train", files.train, shuffle=False)
+        prior = AnswerPrior.from_conversations(train_convs)
     eval_sets = {name: EvalSet(*load(name, paths, shuffle=True)) for name, paths in files.eval.items()}
-    return BuiltData(train, eval_sets, files, read_skips)
+    return BuiltData(train, eval_sets, files, read_skips, prior)
 
 
 def prepare_feature_caches(cfg: DictConfig, model, data: BuiltData, device: str = "cpu") -> dict:

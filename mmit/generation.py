@@ -96,11 +96,17 @@ def generate(
     slots = list(model.slots.values())
     if options.do_sample:
         torch.manual_seed(options.seed)
-    answers = []
+    all_ids = [encode_prompt(tokenizer, p.chat, slots) for p in prompts]
+    # Batches of similar prompt length: less padding, and prompts of one kind (short questions,
+    # captions) tend to finish together, so a batch stops decoding sooner.
+    order = sorted(range(len(prompts)), key=lambda i: (len(all_ids[i]), i))
+    answers: list[str] = [""] * len(prompts)
+    ended: list[bool] = [False] * len(prompts)
     starts = range(0, len(prompts), batch_size)
     for start in tqdm(starts, desc="generate", unit="batch", disable=not progress):
-        chunk = prompts[start : start + batch_size]
-        ids = [encode_prompt(tokenizer, p.chat, slots) for p in chunk]
+        rows = order[start : start + batch_size]
+        chunk = [prompts[i] for i in rows]
+        ids = [all_ids[i] for i in rows]
         width = max(map(len, ids))
         # Left padding keeps every prompt's last token at the same position for decoding.
         input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
@@ -122,9 +128,10 @@ def generate(
                 eos_token_id=tokenizer.eos_token_id,
                 **options.generate_kwargs(),
             )
-        answers += [tokenizer.decode(row, skip_special_tokens=True).strip() for row in out]
-        if finished is not None:
-            finished += (out == tokenizer.eos_token_id).any(dim=1).tolist()
+        for i, row, done in zip(rows, out, (out == tokenizer.eos_token_id).any(dim=1).tolist(), strict=True):
+            answers[i], ended[i] = tokenizer.decode(row, skip_special_tokens=True).strip(), done
+    if finished is not None:
+        finished += ended
     model.train(was_training)
     return answers
 

@@ -88,3 +88,41 @@ def plot_task_scores(scores: dict, path: Path) -> Path | None:
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_grounding(grounding: dict[str, dict[str, dict]], path: Path) -> Path | None:
+    """Per set, each task's score with its own media (95% interval), with swapped media, and the
+    blind prior as a black tick: a model that looks has a gap between the first two bars."""
+    sets = [s for s, tasks in grounding.items() if tasks]
+    if not sets:
+        return None
+    fig, axes = plt.subplots(
+        1,
+        len(sets),
+        figsize=(max(4.5, 1.6 * max(len(grounding[s]) for s in sets) + 1.5) * len(sets), 3.8),
+        squeeze=False,
+    )
+    for ax, set_name in zip(axes[0], sets):
+        tasks = list(grounding[set_name])
+        for j, task in enumerate(tasks):
+            g = grounding[set_name][task]
+            low, high = g.get("ci95") or (math.nan, math.nan)
+            error = None if math.isnan(low) else [[g["score"] - low], [high - g["score"]]]
+            ax.bar(
+                j - 0.2, g["score"], 0.4, color="tab:blue", yerr=error, capsize=3, label="own media" if j == 0 else None
+            )
+            if "swapped_media" in g:
+                ax.bar(j + 0.2, g["swapped_media"], 0.4, color="tab:orange", label="swapped media" if j == 0 else None)
+            prior = max(g.get("prior", -math.inf), g.get("prior_question_type", -math.inf))
+            if math.isfinite(prior):
+                ax.hlines(
+                    prior, j - 0.45, j + 0.45, colors="black", linewidth=2, label="blind prior" if j == 0 else None
+                )
+            ax.annotate(f"n={g['n']}", (j, 0), xytext=(0, -24), textcoords="offset points", ha="center", fontsize=7)
+        ax.set_xticks(range(len(tasks)), [f"{t}\n({grounding[set_name][t]['metric']})" for t in tasks], fontsize=7)
+        ax.set_title(f"{set_name}: own vs swapped media", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("score")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    return _save(fig, path)

@@ -10,16 +10,22 @@ Each task family is scored by the metrics its community reports (``mmit.metrics`
 
 The first metric of each family is the task's headline ``score``. Training's in-loop
 evaluation and ``python -m mmit.eval`` both score through ``score_predictions``.
+
+Beside each score of a task with media, ``grounding`` reads whether the model looked
+(``mmit.grounding``): the score with each sample's media swapped for another's, their difference
+(*media dependence*) with a 95% interval over the paired samples, the same difference in loss,
+and the *blind prior*, the score of always giving the training set's most common answer.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from mmit import metrics
 from mmit.data.samples import Conversation
+from mmit.grounding import AnswerPrior
 
 HEADLINE = {
     "vqa_short": "vqa_accuracy",
@@ -43,13 +49,29 @@ class Prediction:
     reference: str
     references: list[str]  # every acceptable answer (ten VQA answers, all captions, ...)
     prediction: str
+    question_type: str = ""  # VQAv2's question prefix, where the annotations carry one
+    has_media: bool = False
+    loss: float | None = None  # teacher-forced loss summed over the reference's label tokens
+    label_tokens: int = 0
 
     @classmethod
     def of(cls, set_name: str, conv: Conversation, prompt: str, reference: str, prediction: str) -> Prediction:
         meta = conv.meta
         tasks, templates = meta.get("tasks") or ["instruction"], meta.get("templates") or [""]
         references = [str(a) for a in meta.get("answers") or []] or [reference]
-        return cls(set_name, conv.id, tasks[-1], templates[-1], prompt, reference, references, prediction)
+        question_type = (meta.get("question_types") or [""])[-1]
+        return cls(
+            set_name,
+            conv.id,
+            tasks[-1],
+            templates[-1],
+            prompt,
+            reference,
+            references,
+            prediction,
+            question_type,
+            bool(conv.media),
+        )
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -94,11 +116,108 @@ def task_metrics(task: str, preds: list[Prediction]) -> dict[str, float]:
     return {**scores, "n": len(preds)}
 
 
-def score_predictions(preds: list[Prediction]) -> dict:
-    """Scores by set, by set and task, and by set, task and template.
+def sample_scores(task: str, preds: list[Prediction]) -> tuple[list[float], list[float]]:
+    """Each prediction's headline score and weight: the task's headline is their weighted mean.
+
+    NaN marks a sample the headline leaves out (a yes/no question whose answer is neither).
+    Transcription's word accuracy is 1 - corpus WER: per-sample word accuracies weighted by
+    reference length (the clip at 0 aside).
+    """
+    hyps, ones = [p.prediction for p in preds], [1.0] * len(preds)
+    if task.startswith("caption") or task == "audio_caption":
+        return metrics.cider_d_scores(hyps, [p.references for p in preds]), ones
+    if task in ("vqa_multiple_choice", "audio_qa"):
+        return [metrics.exact_match(p.prediction, p.reference) for p in preds], ones
+    if task == "vqa_yesno":
+        return [metrics.yes_no_accuracy([p.prediction], [p.reference]) for p in preds], ones
+    if task.startswith("vqa"):
+        return [metrics.vqa_accuracy(p.prediction, p.references) for p in preds], ones
+    if task == "audio_transcription":
+        words = [float(max(len(p.reference.split()), 1)) for p in preds]
+        return [1.0 - metrics.word_error_rate([p.prediction], [p.reference]) for p in preds], words
+    return [metrics.text_rouge_l(p.prediction, p.reference) for p in preds], ones
+
+
+def mean_interval(values: list[float], weights: list[float] | None = None) -> tuple[float, float, float]:
+    """(weighted mean, lower, upper): a 95% normal interval over the samples (NaNs left out)."""
+    pairs = [(v, w) for v, w in zip(values, weights or [1.0] * len(values), strict=True) if not math.isnan(v)]
+    if not pairs:
+        return math.nan, math.nan, math.nan
+    total = sum(w for _, w in pairs)
+    mean = sum(v * w for v, w in pairs) / total
+    if len(pairs) < 2:
+        return mean, math.nan, math.nan
+    # The ratio estimator's standard error, which is sd / sqrt(n) (with n - 1) for equal weights.
+    n = len(pairs)
+    spread = sum((w * (v - mean)) ** 2 for v, w in pairs) * n / (n - 1)
+    half = 1.96 * math.sqrt(spread) / total
+    return mean, mean - half, mean + half
+
+
+def grounding_scores(
+    preds: list[Prediction], swapped: list[Prediction] | None = None, prior: AnswerPrior | None = None
+) -> dict[str, dict[str, dict]]:
+    """Per set and task with media: the score with its 95% interval, the score with swapped media,
+    the dependence (own minus swapped, paired per sample) with its interval, the loss with own and
+    with swapped media, and the blind prior (per task, and per question type where known)."""
+    others = {(p.set, p.id): p for p in swapped or []}
+    out: dict[str, dict[str, dict]] = {}
+    for (set_name, task), group in _group(preds, lambda p: (p.set, p.task)).items():
+        group = [p for p in group if p.has_media]
+        if not group:
+            continue
+        values, weights = sample_scores(task, group)
+        score, low, high = mean_interval(values, weights)
+        entry = {"metric": headline_metric(task), "n": len(group), "score": score, "ci95": [low, high]}
+        pairs = [(i, others[(p.set, p.id)]) for i, p in enumerate(group) if (p.set, p.id) in others]
+        if pairs:
+            own = [group[i] for i, _ in pairs]
+            sw_values, _ = sample_scores(task, [q for _, q in pairs])
+            own_values = [values[i] for i, _ in pairs]
+            pair_weights = [weights[i] for i, _ in pairs]
+            diffs = [a - b for a, b in zip(own_values, sw_values, strict=True)]
+            dependence, d_low, d_high = mean_interval(diffs, pair_weights)
+            entry.update(
+                n_swapped=len(pairs),
+                swapped_media=mean_interval(sw_values, pair_weights)[0],
+                dependence=dependence,
+                dependence_ci95=[d_low, d_high],
+            )
+            if all(p.loss is not None for p in own) and all(q.loss is not None for _, q in pairs):
+                tokens = max(sum(p.label_tokens for p in own), 1)
+                entry.update(
+                    loss=sum(p.loss for p in own) / tokens,
+                    loss_swapped_media=sum(q.loss for _, q in pairs) / tokens,
+                )
+                entry["loss_dependence"] = entry["loss_swapped_media"] - entry["loss"]
+        if prior is not None:
+            entry.update(_prior_scores(task, group, prior))
+        out.setdefault(set_name, {})[task] = entry
+    return out
+
+
+def _prior_scores(task: str, group: list[Prediction], prior: AnswerPrior) -> dict:
+    answer = prior.answer(task)
+    if answer is None:
+        return {}
+    blind = [replace(p, prediction=answer) for p in group]
+    out = {"prior": mean_interval(*sample_scores(task, blind))[0], "prior_answer": answer}
+    if prior.has_question_types and any(p.question_type for p in group):
+        by_type = [replace(p, prediction=prior.answer(task, p.question_type)) for p in group]
+        out["prior_question_type"] = mean_interval(*sample_scores(task, by_type))[0]
+    return out
+
+
+def score_predictions(
+    preds: list[Prediction], swapped: list[Prediction] | None = None, prior: AnswerPrior | None = None
+) -> dict:
+    """Scores by set, by set and task, and by set, task and template, and the grounding figures.
 
     ``sets[name]`` has ``n``, ``exact_match`` over all samples, ``vqa_accuracy`` over the
-    VQA questions (when any), and ``score``: the mean of the tasks' headline scores.
+    VQA questions (when any), ``score``: the mean of the tasks' headline scores, and, with
+    swapped-media predictions, ``media_dependence``: the mean of its tasks' dependences.
+    ``swapped``: the same samples answered with another sample's media (``mmit.grounding``);
+    ``prior``: the training set's answers, for the blind prior.
     """
     by_set: dict[str, list[Prediction]] = defaultdict(list)
     for p in preds:
@@ -122,7 +241,18 @@ def score_predictions(preds: list[Prediction]) -> dict:
         }
         if vqa:
             sets[set_name]["vqa_accuracy"] = _mean([metrics.vqa_accuracy(p.prediction, p.references) for p in vqa])
-    return {"sets": sets, "tasks": tasks, "templates": templates, "gaps": seen_heldout_gaps(tasks)}
+    grounding = grounding_scores(preds, swapped, prior)
+    for set_name, set_tasks in grounding.items():
+        dependences = [g["dependence"] for g in set_tasks.values() if "dependence" in g]
+        if dependences:
+            sets[set_name]["media_dependence"] = _mean(dependences)
+    return {
+        "sets": sets,
+        "tasks": tasks,
+        "templates": templates,
+        "gaps": seen_heldout_gaps(tasks),
+        "grounding": grounding,
+    }
 
 
 def seen_heldout_gaps(tasks: dict[str, dict[str, dict]], seen: str = "seen") -> dict[str, dict[str, dict]]:
@@ -170,6 +300,11 @@ def flat_metrics(scores: dict, prefix: str = "eval") -> dict[str, float]:
         for task, values_t in scores["tasks"][set_name].items():
             metric = headline_metric(task)
             flat[f"{prefix}/{set_name}/{task}/{metric}"] = float(values_t[metric])
+    for set_name, set_tasks in scores.get("grounding", {}).items():
+        for task, g in set_tasks.items():
+            for key in ("dependence", "prior", "loss_dependence"):
+                if key in g:
+                    flat[f"{prefix}/{set_name}/{task}/{key}"] = float(g[key])
     return flat
 
 

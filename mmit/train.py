@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
@@ -15,10 +16,12 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from mmit.factory import build_data, build_model, build_trainer_config, prepare_feature_caches, resolved_yaml
-from mmit.paths import CONF_DIR, atomic_write_text
+from mmit.factory import build_data, build_model, build_trainer_config, prepare_feature_caches
+from mmit.grounding import PRIOR_FILE
+from mmit.paths import CONF_DIR, atomic_write_text, exclusive_folder
 from mmit.plots import plot_training_curves
 from mmit.training import distributed
+from mmit.training.checkpoint import write_run_config
 from mmit.training.loop import train
 from mmit.training.report import format_summary
 from mmit.training.tracking import read_metrics
@@ -30,12 +33,20 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     """The whole job for a composed config; returns the summary dict.
 
     Under torchrun every process runs it; the first one writes the run directory's files and
-    builds any missing dataset while the others wait.
+    builds any missing dataset while the others wait. It holds the run directory as its only
+    writer: a second training into it stops at once, naming this one (readers such as mmit.eval
+    are not locked out).
     """
+    d, _ = distributed.setup(cfg.trainer.device)
+    with exclusive_folder(run_dir, "mmit.train") if d.is_main else nullcontext():
+        return _run(cfg, run_dir)
+
+
+def _run(cfg: DictConfig, run_dir: Path) -> dict:
     d, _ = distributed.setup(cfg.trainer.device)
     if d.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", resolved_yaml(cfg))
+        write_run_config(run_dir, cfg)  # on resume: changes the checkpoint cannot honour are refused
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
@@ -54,8 +65,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "data: training %s; eval sets: %s", data.train.describe(), {n: len(e.tokens) for n, e in data.eval.items()}
     )
 
+    if d.is_main and data.prior is not None:  # mmit.eval reads the run's blind prior from here
+        data.prior.save(run_dir / PRIOR_FILE)
     trainer_cfg = build_trainer_config(cfg)
-    summary = train(built.model, built.tokenizer, data.train, data.eval, trainer_cfg, run_dir, features)
+    summary = train(built.model, built.tokenizer, data.train, data.eval, trainer_cfg, run_dir, features, data.prior)
     summary.update(
         llm=built.source,
         parameters=built.table,

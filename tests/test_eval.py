@@ -120,12 +120,23 @@ def test_eval_cli_writes_every_output(vqa_run, tmp_path):
     assert metrics["checkpoint"].endswith("step-0000004") and metrics["decoding"] == "greedy"
     preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     counts = {name: s["n"] for name, s in metrics["scores"]["sets"].items()}
-    assert counts["seen"] == counts["heldout_templates"] == 5 and 0 < counts["heldout_tasks"] <= 5
+    per_task = {name: [t["n"] for t in tasks.values()] for name, tasks in metrics["scores"]["tasks"].items()}
+    assert all(0 < n <= 5 for ns in per_task.values() for n in ns)  # --max-samples is per task
+    assert all(counts[name] == sum(ns) for name, ns in per_task.items())
     assert len(preds) == sum(counts.values()) and {p["set"] for p in preds} == set(counts)
+    # Every sample with an image was also answered with another sample's image, and scored beside the prior.
+    assert all("prediction_swapped_media" in p for p in preds)
+    grounding = metrics["scores"]["grounding"]
+    assert set(grounding) == set(counts)
+    for set_name, tasks in grounding.items():
+        for g in tasks.values():
+            assert g["n_swapped"] == g["n"] and "dependence" in g and "loss_swapped_media" in g
+            # A held-out task has no training answers, so no blind prior.
+            assert ("prior" in g) == (set_name != "heldout_tasks")
     report = (out / "report.md").read_text()
-    for heading in ("## Sets", "## Tasks", "## Seen vs held-out", "## Templates", "![task_scores]"):
+    for heading in ("## Sets", "## Does it look?", "## Tasks", "## Seen vs held-out", "## Templates", "![task_scores]"):
         assert heading in report
-    for png in ("task_scores.png", "training_curves.png"):
+    for png in ("task_scores.png", "training_curves.png", "grounding.png"):
         with Image.open(out / png) as image:
             assert image.format == "PNG" and image.size[0] > 300
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary leftovers
@@ -164,7 +175,8 @@ def test_eval_of_base_model_extra_sets_and_beam_search(vqa_run, tmp_path):
     )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["checkpoint"].startswith("none") and metrics["decoding"] == "beam search (2 beams)"
-    assert metrics["scores"]["sets"]["mine"]["n"] == 3
+    assert max(t["n"] for t in metrics["scores"]["tasks"]["mine"].values()) == 3  # --max-samples per task
+    assert metrics["scores"]["grounding"]["mine"]  # a base model is measured for grounding too (its prior read)
     assert not (out / "training_curves.png").exists()  # a base model has no training curves
     with pytest.raises(SystemExit, match="unknown set"):
         main([str(run_dir), "--only", "nope"])

@@ -22,12 +22,15 @@ from mmit.data.features import FeatureStore
 from mmit.data.loader import Prefetch
 from mmit.data.samples import Conversation
 from mmit.data.tokenize import StreamedDataset, TokenizedDataset
-from mmit.generation import GenerationOptions, predict
+from mmit.evaluation import evaluate_set, sample_losses
+from mmit.generation import GenerationOptions
+from mmit.grounding import AnswerPrior, swap_plan, swapped
 from mmit.models.multimodal_lm import MultimodalLM
 from mmit.paths import atomic_write_text
-from mmit.scoring import flat_metrics, score_predictions
+from mmit.scoring import Prediction, flat_metrics, score_predictions
 from mmit.training import distributed
 from mmit.training.checkpoint import (
+    divergence_advice,
     gather_checkpoint,
     latest_checkpoint,
     load_trainable,
@@ -78,7 +81,11 @@ class TrainerConfig:
     log_every: int = 10
     eval_every: int = 100
     eval_batches: int = 20  # per evaluation set; 0 = the whole set
-    generate_samples: int = 32  # per evaluation set, for exact match and shown answers
+    # Answers generated and scored, per task of each evaluation set (0 = all): a number, or
+    # {set name: number} (sets not named get the "default" entry, else 32).
+    generate_samples: int | dict[str, int] = 32
+    swap_media: bool = True  # also answer with media swapped between samples: the media dependence
+    eval_before: str = "full"  # evaluation before training: full | loss (no generation) | none
     max_new_tokens: int = 32
     save_every: int = 100
     keep_last: int = 2
@@ -147,48 +154,98 @@ def param_groups(model: torch.nn.Module, cfg: TrainerConfig) -> list[dict]:
     ]
 
 
-@torch.no_grad()
-def eval_loss(
+def eval_losses(
     model: MultimodalLM, dataset: TokenizedDataset, collate: Collator, cfg: TrainerConfig, device: torch.device
-) -> float:
-    """Mean loss per label token over (a prefix of) the set, in a fixed order."""
-    was_training = model.training
-    model.eval()
-    total, tokens = 0.0, 0
-    stream = dataset.batches(cfg.batch_size, collate, shuffle=False)
-    n_batches = math.ceil(len(dataset) / cfg.batch_size)
-    for _ in range(min(n_batches, cfg.eval_batches or n_batches)):
-        batch = next(stream).to(device)
-        with autocast(device, cfg.precision):
-            total += next_token_loss_sum(model(batch), batch.labels, model.output_head).item()
-        tokens += batch.num_label_tokens
-    model.train(was_training)
-    return total / max(tokens, 1)
+) -> dict[str, float]:
+    """Mean loss per label token over (a prefix of) the set, in a fixed order: ``loss``, and with
+    ``swap_media`` also ``loss_swapped_media``, the same samples with media swapped between them."""
+    samples = dataset.samples[: cfg.eval_batches * cfg.batch_size or None]
+    dtype = torch.bfloat16 if cfg.precision == "bf16" else None
+
+    def mean_loss(items) -> float:
+        losses = sample_losses(model, items, collate, cfg.batch_size, dtype)
+        return sum(loss for loss, _ in losses) / max(sum(tokens for _, tokens in losses), 1)
+
+    out = {"loss": mean_loss(samples)}
+    swapped_samples = [s for _, s in swapped(samples, swap_plan(samples, cfg.seed))] if cfg.swap_media else []
+    if swapped_samples:
+        out["loss_swapped_media"] = mean_loss(swapped_samples)
+    return out
 
 
-def evaluate(model, tokenizer, eval_sets: dict[str, EvalSet], collate, cfg, device) -> tuple[dict, dict]:
-    """Loss per evaluation set, and the scores of generated answers (mmit.scoring) on a prefix of each."""
-    metrics, predictions = {}, []
+def samples_per_task(setting: int | dict[str, int], set_name: str) -> int:
+    """``trainer.generate_samples`` for one set: a number for every set, or per set name."""
+    if isinstance(setting, int):
+        return setting
+    return int(setting.get(set_name, setting.get("default", 32)))
+
+
+def per_task_prefix(convs: list[Conversation], n: int) -> list[int]:
+    """Indices of the first ``n`` conversations of each task (their last turn's), in set order; all for 0."""
+    if n <= 0:
+        return list(range(len(convs)))
+    taken: dict[str, int] = {}
+    chosen = []
+    for i, conv in enumerate(convs):
+        task = (conv.meta.get("tasks") or ["instruction"])[-1]
+        if taken.get(task, 0) < n:
+            taken[task] = taken.get(task, 0) + 1
+            chosen.append(i)
+    return chosen
+
+
+def evaluate(
+    model,
+    tokenizer,
+    eval_sets: dict[str, EvalSet],
+    collate,
+    cfg,
+    device,
+    prior: AnswerPrior | None = None,
+    generate: bool = True,
+) -> tuple[dict, dict, dict]:
+    """Loss per evaluation set, and the scores of generated answers (mmit.scoring) on the first
+    samples of each task: with own and with swapped media, beside the blind prior (``mmit.grounding``)."""
+    metrics, predictions, swapped = {}, [], []
     options = GenerationOptions(cfg.max_new_tokens)
     dtype = torch.bfloat16 if cfg.precision == "bf16" else None
     for name, eval_set in eval_sets.items():
-        metrics[f"eval/{name}/loss"] = eval_loss(model, eval_set.tokens, collate, cfg, device)
-        if cfg.generate_samples:
-            convs = eval_set.conversations[: cfg.generate_samples]
-            predictions += predict(
+        losses = eval_losses(model, eval_set.tokens, collate, cfg, device)
+        metrics.update({f"eval/{name}/{key}": value for key, value in losses.items()})
+        chosen = per_task_prefix(eval_set.conversations, samples_per_task(cfg.generate_samples, name))
+        if generate and chosen:
+            result = evaluate_set(
                 model,
                 tokenizer,
                 name,
-                convs,
+                [eval_set.conversations[i] for i in chosen],
                 options,
+                samples=[eval_set.tokens.samples[i] for i in chosen],
+                collate=collate,
+                swap_media=cfg.swap_media,
+                seed=cfg.seed,
                 batch_size=cfg.batch_size * 2,
                 autocast_dtype=dtype,
                 preprocess=collate.preprocess,
             )
-    if predictions:
-        metrics.update(flat_metrics(score_predictions(predictions)))
-    answers = {name: [p.to_json() for p in predictions if p.set == name] for name in eval_sets}
-    return metrics, answers
+            predictions += result.predictions
+            swapped += result.swapped
+    scores = score_predictions(predictions, swapped, prior) if predictions else {}
+    if scores:
+        metrics.update(flat_metrics(scores))
+    return metrics, answers_by_set(predictions, swapped), scores
+
+
+def answers_by_set(predictions: list[Prediction], swapped: list[Prediction]) -> dict[str, list[dict]]:
+    """Each set's answers, with what the model said given another sample's media beside each."""
+    others = {(p.set, p.id): p.prediction for p in swapped}
+    out: dict[str, list[dict]] = {}
+    for p in predictions:
+        entry = p.to_json()
+        if (p.set, p.id) in others:
+            entry["prediction_swapped_media"] = others[(p.set, p.id)]
+        out.setdefault(p.set, []).append(entry)
+    return out
 
 
 class NonFiniteLossError(RuntimeError):
@@ -203,10 +260,12 @@ def train(
     cfg: TrainerConfig,
     run_dir: Path,
     features: dict[str, FeatureStore] | None = None,
+    prior: AnswerPrior | None = None,
 ) -> dict:
     """Train ``model`` in place; returns the run's summary (also written to the run dir).
 
     ``features``: caches of frozen encoders' outputs, used in place of running those encoders.
+    ``prior``: the training set's answers, for the blind prior beside each evaluation score.
 
     Under torchrun every process runs this; only the first evaluates and writes files.
     """
@@ -247,9 +306,14 @@ def train(
         log.info("resumed from %s at step %d", resume_from, start_step)
     tracker = MetricsLog(run_dir, cfg.tensorboard, resume_step=start_step) if d.is_main else None
     if before is None:
-        if d.is_main:
-            before, before_answers = evaluate(model, tokenizer, eval_sets, collate, cfg, device)
-            _write_json(run_dir / "answers_before.json", before_answers)
+        if cfg.eval_before not in ("full", "loss", "none"):
+            raise ValueError(f"trainer.eval_before must be full, loss or none, not {cfg.eval_before!r}")
+        before = {}
+        if d.is_main and cfg.eval_before != "none":
+            generate = cfg.eval_before == "full"
+            before, before_answers, _ = evaluate(model, tokenizer, eval_sets, collate, cfg, device, prior, generate)
+            if generate:
+                _write_json(run_dir / "answers_before.json", before_answers)
             tracker.log({"step": 0, **before})
         distributed.barrier(d)
     # Every trainable parameter gets a gradient, zero when the batch did not use it (no image in
@@ -271,7 +335,7 @@ def train(
         if not (d.is_main or sharded):
             return {}
         with distributed.whole(model, sharded):
-            metrics, _ = evaluate(model, tokenizer, eval_sets, collate, cfg, device)
+            metrics, _, _ = evaluate(model, tokenizer, eval_sets, collate, cfg, device, prior)
         return metrics
 
     started, tokens_seen, last_loss = time.perf_counter(), 0, float("nan")
@@ -313,8 +377,7 @@ def train(
             if cfg.on_nonfinite == "stop" or skipped_in_a_row > cfg.max_nonfinite_skips:
                 raise NonFiniteLossError(
                     f"{message}; stopping (trainer.on_nonfinite={cfg.on_nonfinite}, "
-                    f"{skipped_in_a_row} in a row). The last checkpoint is intact: lower trainer.lr, "
-                    "check the data, or use trainer.precision=fp32, then run again to resume."
+                    f"{skipped_in_a_row} in a row). {divergence_advice(run_dir)}"
                 )
             log.warning("%s: update skipped (%d in a row)", message, skipped_in_a_row)
         optimizer.zero_grad(set_to_none=True)
@@ -361,10 +424,10 @@ def train(
         stream.close()
     elapsed = time.perf_counter() - started
 
-    after = {}
+    after, scores = {}, {}
     if d.is_main or sharded:
         with distributed.whole(model, sharded):
-            after, after_answers = evaluate(model, tokenizer, eval_sets, collate, cfg, device)
+            after, after_answers, scores = evaluate(model, tokenizer, eval_sets, collate, cfg, device, prior)
     if d.is_main:
         _write_json(run_dir / "answers_after.json", after_answers)
         tracker.log({"step": cfg.max_steps, **after})
@@ -382,6 +445,7 @@ def train(
         "skipped_steps": skipped_steps,
         "before": before,
         "after": after,
+        "grounding": scores.get("grounding", {}),
     }
 
 

@@ -23,3 +23,16 @@ def next_token_loss_sum(hidden: torch.Tensor, labels: torch.Tensor, output_head:
     keep = targets != IGNORE_INDEX
     logits = output_head(hidden[:, :-1][keep])
     return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+
+
+def next_token_loss_per_row(
+    hidden: torch.Tensor, labels: torch.Tensor, output_head: nn.Module
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of a padded batch: (summed cross-entropy, label tokens), for per-sample scoring."""
+    targets = labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    logits = output_head(hidden[:, :-1][keep])
+    losses = F.cross_entropy(logits.float(), targets[keep], reduction="none")
+    rows = keep.nonzero()[:, 0]
+    sums = torch.zeros(labels.shape[0], dtype=torch.float32, device=losses.device).index_add_(0, rows, losses)
+    return sums, keep.sum(dim=1)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mmit.grounding import GROUNDING_NOTE, grounding_table
+
 
 def format_summary(summary: dict, run_dir: Path) -> str:
     lines = [
@@ -39,6 +41,15 @@ def format_summary(summary: dict, run_dir: Path) -> str:
     ]
     for key in summary["after"]:
         lines.append(f"| {key} | {summary['before'].get(key, float('nan')):.4f} | {summary['after'][key]:.4f} |")
+    if summary.get("grounding"):
+        lines += [
+            "",
+            "## Does it look? (after training)",
+            "",
+            GROUNDING_NOTE,
+            "",
+            *grounding_table(summary["grounding"]),
+        ]
     lines += [
         "",
         f"Metrics: {run_dir / 'metrics.jsonl'} (and tensorboard/); curves: training_curves.png; "

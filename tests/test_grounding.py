@@ -1,0 +1,148 @@
+"""Swapped media and the blind prior: the derangement, the prior's counts, and the dependence of a
+model that ignores its media."""
+
+import io
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+from mmit.data.samples import Conversation, MediaRef, Message
+from mmit.grounding import AnswerPrior, derangement, swap_plan
+from mmit.scoring import Prediction, grounding_scores, mean_interval, score_predictions
+
+
+def _png(color: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _conv(
+    i: int, color: str, question: str = "What colour is it?", answer: str = "", kind: str = "image"
+) -> Conversation:
+    media = [MediaRef(kind, "png", data=_png(color))]
+    messages = [Message("user", f"<{kind}>\n{question}"), Message("assistant", answer or color)]
+    return Conversation(f"s{i}", messages, {"tasks": ["vqa_short"], "answers": [answer or color]}, media)
+
+
+@pytest.mark.parametrize("sizes", [[1] * 7, [3, 3, 2], [4, 1, 1, 1, 1], [2, 2], [5, 5, 5, 1]])
+def test_derangement_is_a_permutation_that_never_keeps_a_key(sizes):
+    keys = [k for k, size in enumerate(sizes) for _ in range(size)]
+    donor = derangement(keys, seed=3)
+    assert sorted(donor) == list(range(len(keys)))  # every item handed out exactly once
+    assert all(keys[d] != keys[i] for i, d in enumerate(donor))  # never the sample's own media
+    assert derangement(keys, seed=3) == donor  # seeded
+    assert any(derangement(keys, seed=s) != donor for s in range(4, 10))
+
+
+def test_derangement_with_a_dominant_key_swaps_what_it_can():
+    keys = ["a"] * 5 + ["b", "c"]
+    donor = derangement(keys, seed=0)
+    swapped = [i for i, d in enumerate(donor) if d is not None]
+    assert len(swapped) == 4  # two "a" samples trade with "b" and "c"; three "a" have no partner
+    assert all(keys[donor[i]] != keys[i] and donor[donor[i]] == i for i in swapped)
+    assert derangement(["x"], 0) == [None] and derangement([], 0) == []
+
+
+def test_swap_plan_follows_media_bytes_and_kinds():
+    # Two questions about each red image share its bytes: a swap must not hand one the other's.
+    convs = [_conv(0, "red"), _conv(1, "red"), _conv(2, "blue"), _conv(3, "green"), _conv(4, "red", kind="audio")]
+    convs.append(Conversation("text", [Message("user", "hi"), Message("assistant", "hello")]))
+    donor = swap_plan(convs, seed=0)
+    for i in range(4):
+        assert convs[donor[i]].media[0].sha256 != convs[i].media[0].sha256
+        assert convs[donor[i]].media[0].kind == "image"
+    assert donor[4] is None and donor[5] is None  # the only audio sample, and the text-only one
+
+
+def test_blind_prior_equals_a_hand_count():
+    convs = []
+    for i, (answers, qtypes) in enumerate(
+        [
+            (["yes", "2"], ["is there a", "how many"]),
+            (["no", "2"], ["is the", "how many"]),
+            (["no", "3"], ["is the", "how many"]),
+        ]
+    ):
+        messages = []
+        for a in answers:
+            messages += [Message("user", "q"), Message("assistant", a)]
+        convs.append(Conversation(f"c{i}", messages, {"tasks": ["vqa_yesno", "vqa_short"], "question_types": qtypes}))
+    convs.append(
+        Conversation("cap", [Message("user", "<image>"), Message("assistant", "A cat.")], {"tasks": ["caption_brief"]})
+    )
+    prior = AnswerPrior.from_conversations(convs)
+    assert prior.by_task["vqa_yesno"] == {"no": 2, "yes": 1} and prior.by_task["vqa_short"] == {"2": 2, "3": 1}
+    assert prior.answer("vqa_yesno") == "no" and prior.answer("vqa_yesno", "is there a") == "yes"
+    assert prior.answer("vqa_yesno", "never seen") == "no" and prior.answer("unknown") is None
+    assert AnswerPrior.from_json(prior.to_json()).answer("vqa_yesno", "is there a") == "yes"
+
+    # Evaluated: 4 yes/no questions, answers yes, yes, no, no; question types is there a, is the x 3.
+    refs = [("yes", "is there a"), ("yes", "is the"), ("no", "is the"), ("no", "is the")]
+    preds = [
+        Prediction("val", f"p{i}", "vqa_yesno", "t", "q", ref, [ref], "yes", qtype, has_media=True)
+        for i, (ref, qtype) in enumerate(refs)
+    ]
+    g = grounding_scores(preds, prior=prior)["val"]["vqa_yesno"]
+    assert g["prior"] == 0.5  # "no" for all: right on the two "no" questions
+    assert g["prior_question_type"] == 0.75  # "yes" for "is there a", "no" for "is the": 1 + 2 of 4
+    assert g["prior_answer"] == "no" and g["score"] == 0.5 and g["n"] == 4
+
+
+def test_mean_interval_is_the_normal_interval():
+    mean, low, high = mean_interval([1.0, 0.0, 1.0, 1.0])
+    sd = math.sqrt(((0.25**2) * 3 + 0.75**2) / 3)
+    assert mean == 0.75 and low == pytest.approx(0.75 - 1.96 * sd / 2) and high == pytest.approx(0.75 + 1.96 * sd / 2)
+    assert mean_interval([2.0, math.nan], [1.0, 1.0])[0] == 2.0
+    # Weighted (transcription's word accuracy): the weighted mean.
+    assert mean_interval([1.0, 0.0], [3.0, 1.0])[0] == 0.75
+
+
+def test_dependence_and_loss_gap_from_paired_predictions():
+    own = [Prediction("val", f"p{i}", "vqa_short", "t", "q", "red", ["red"], "red", has_media=True) for i in range(4)]
+    swapped = [
+        Prediction("val", f"p{i}", "vqa_short", "t", "q", "red", ["red"], a, has_media=True)
+        for i, a in enumerate(["blue", "red", "green", "blue"])
+    ]
+    for p, q in zip(own, swapped, strict=True):
+        p.loss, p.label_tokens, q.loss, q.label_tokens = 1.0, 2, 3.0, 2
+    scores = score_predictions(own, swapped)
+    g = scores["grounding"]["val"]["vqa_short"]
+    assert g["score"] == 1.0 and g["swapped_media"] == 0.25 and g["dependence"] == 0.75
+    assert g["loss"] == 0.5 and g["loss_swapped_media"] == 1.5 and g["loss_dependence"] == 1.0
+    assert scores["sets"]["val"]["media_dependence"] == 0.75
+    assert g["dependence_ci95"][0] < 0.75 < g["dependence_ci95"][1]
+
+
+def test_a_model_that_ignores_its_media_has_dependence_zero(compose):
+    from mmit.data.collate import Collator
+    from mmit.data.tokenize import Tokenizer
+    from mmit.evaluation import evaluate_set
+    from mmit.factory import build_model
+    from mmit.generation import GenerationOptions
+
+    built = build_model(compose(["+recipe=vqa_tiny", "trainer.precision=fp32"]))
+    model, tokenizer = built.model.eval(), built.tokenizer
+    with torch.no_grad():
+        for p in model.projectors["image"].parameters():  # every image becomes the same (zero) embeddings
+            p.zero_()
+    encoder, slot = model.encoders["image"], model.slots["image"]
+    convs = [_conv(i, color) for i, color in enumerate(["red", "blue", "green", "yellow", "red", "blue"])]
+    tokenize = Tokenizer(tokenizer, 256, "truncate", "raise", [slot])
+    samples = [tokenize(c) for c in convs]
+    result = evaluate_set(
+        model,
+        tokenizer,
+        "val",
+        convs,
+        GenerationOptions(4),
+        samples=samples,
+        collate=Collator(tokenizer.pad_token_id, preprocess={"image": encoder.preprocess}),
+        preprocess={"image": encoder.preprocess},
+    )
+    assert len(result.swapped) == len(convs)
+    g = score_predictions(result.predictions, result.swapped)["grounding"]["val"]["vqa_short"]
+    assert g["dependence"] == 0.0 and g["n_swapped"] == len(convs)
+    assert g["loss"] == pytest.approx(g["loss_swapped_media"], rel=1e-6)
