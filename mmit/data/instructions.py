@@ -29,9 +29,18 @@ class ShapingConfig:
     captions_per_image: int = 1  # training samples per captioned image (0 = one per caption)
     qa_per_conversation: int = 3  # QA pairs of one image chained into one training conversation
     short_answer_hint: str | None = "Answer the question using a single word or phrase."
+    # LLaVA-1.5's format hint for lettered options (ScienceQA, MMBench); None: the template's wording alone
+    multiple_choice_hint: str | None = None
     multiple_choice_fraction: float = 0.2  # non-yes/no questions asked as multiple choice
     num_choices: int = 4
     held_out_tasks: list[str] = field(default_factory=list)  # never in training; own eval set
+    # Where templated prompts put the placeholders: "before" the instruction (LLaVA's layout) or
+    # "after" it, so that under causal attention the media tokens are read knowing the question.
+    media_position: str = "before"
+
+    def __post_init__(self):
+        if self.media_position not in ("before", "after"):
+            raise ValueError(f"shaping.media_position must be before or after, not {self.media_position!r}")
 
 
 def _without(answers: list[str], answer: str) -> tuple[int, int]:
@@ -64,16 +73,21 @@ def _qa_turn(
         options = distractors(pool[qa.answer_type], qa.answer, cfg.num_choices - 1, rng) + [qa.answer]
         rng.shuffle(options)
         listing = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
-        return template.render({"question": qa.question, "options": listing}), LETTERS[options.index(qa.answer)]
+        prompt = template.render({"question": qa.question, "options": listing})
+        if cfg.multiple_choice_hint:
+            prompt = f"{prompt}\n{cfg.multiple_choice_hint}"
+        return prompt, LETTERS[options.index(qa.answer)]
     prompt = template.render({"question": qa.question})
     if task in ("vqa_short", "audio_qa") and cfg.short_answer_hint:
         prompt = f"{prompt}\n{cfg.short_answer_hint}"
     return prompt, qa.answer
 
 
-def _with_media(prompt: str, media: list[MediaRef]) -> str:
-    """One placeholder per media item (``<image>``, ``<audio>``), each on its own line, before the prompt."""
-    return "\n".join([f"<{m.kind}>" for m in media] + [prompt])
+def _with_media(prompt: str, media: list[MediaRef], position: str = "before") -> str:
+    """One placeholder per media item (``<image>``, ``<audio>``), each on its own line, before the
+    prompt (or after it)."""
+    placeholders = [f"<{m.kind}>" for m in media]
+    return "\n".join([*placeholders, prompt] if position == "before" else [prompt, *placeholders])
 
 
 def _is_audio(ann: Annotation) -> bool:
@@ -96,8 +110,8 @@ def shape_annotation(
     train = split == "train"
     out: dict[str, list[Conversation]] = {"seen": [], "heldout_tasks": []}
 
-    def emit(turns: list[tuple[str, str, str, str]], answers: list[str]) -> None:
-        """turns: (task, template id, prompt, answer)."""
+    def emit(turns: list[tuple[str, str, str, str]], answers: list[str], question_types: list[str] = ()) -> None:
+        """turns: (task, template id, prompt, answer); question_types: per turn, where the data has them."""
         tasks = [t[0] for t in turns]
         key = "heldout_tasks" if any(t in cfg.held_out_tasks for t in tasks) else "seen"
         if train and key == "heldout_tasks":
@@ -105,7 +119,7 @@ def shape_annotation(
         messages = []
         for i, (_, _, prompt, answer) in enumerate(turns):
             messages += [
-                Message("user", _with_media(prompt, ann.media) if i == 0 else prompt),
+                Message("user", _with_media(prompt, ann.media, cfg.media_position) if i == 0 else prompt),
                 Message("assistant", answer),
             ]
         n = len(out["seen"]) + len(out["heldout_tasks"])
@@ -117,6 +131,8 @@ def shape_annotation(
             "templates": [t[1] for t in turns],
             "answers": answers,
         }
+        if any(question_types):
+            meta["question_types"] = list(question_types)
         out[key].append(Conversation(f"{ann.id}-{n}", messages, meta, list(ann.media)))
 
     def template_for(task: str) -> Template:
@@ -140,7 +156,7 @@ def shape_annotation(
             rng.shuffle(qas)
         group = cfg.qa_per_conversation if train else 1
         for start in range(0, len(qas), group):
-            turns, answers = [], []
+            turns, answers, question_types = [], [], []
             for qa in qas[start : start + group]:
                 task = "audio_qa" if _is_audio(ann) else qa_task(qa, rng, cfg, pool)
                 if train and task in cfg.held_out_tasks:
@@ -148,9 +164,10 @@ def shape_annotation(
                 template = template_for(task)
                 prompt, answer = _qa_turn(qa, task, template, rng, cfg, pool)
                 turns.append((task, template.id, prompt, answer))
+                question_types.append(qa.question_type)
                 answers = [answer] if task == "vqa_multiple_choice" else qa.answers
             if turns:
-                emit(turns, answers)
+                emit(turns, answers, question_types)
     elif ann.kind == "transcript":
         task = "audio_transcription"
         template = template_for(task)

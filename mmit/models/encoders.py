@@ -132,15 +132,30 @@ class HFVisionEncoder(ImageEncoder):
 
 
 class EfficientNetLite0Encoder(ImageEncoder):
-    """EfficientNet-Lite0 (ImageNet, Apache-2.0) from its offline packages: 7x7 = 49 tokens of 1280."""
+    """EfficientNet-Lite0 (ImageNet, Apache-2.0) from its offline packages.
 
-    def __init__(self, weights: str | None = None, tokens: str = "patch", pool_to: int | None = None):
+    ``layer``: ``head`` (the final 1x1 convolution: 7x7 = 49 tokens of 1280) or the index of the
+    MBConv block whose output to take (0-15; e.g. 10: 14x14 tokens of 112, 14: 7x7 of 192).
+    Earlier layers keep more of where things are and what colour they are; the head is the most
+    ImageNet-specific.
+    """
+
+    def __init__(
+        self, weights: str | None = None, layer: int | str = "head", tokens: str = "patch", pool_to: int | None = None
+    ):
         super().__init__(tokens, pool_to)
         from efficientnet_lite_pytorch import EfficientNet
 
         self.net = EfficientNet.from_name("efficientnet-lite0")
         path = Path(weights) if weights else _efficientnet_weights()
         self.net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        blocks = len(self.net._blocks)
+        if layer != "head" and not (isinstance(layer, int) and 0 <= layer < blocks):
+            raise ValueError(f"EfficientNet-Lite0 layer must be 'head' or a block index 0-{blocks - 1}, not {layer!r}")
+        self.layer = layer
+        if layer != "head":  # the blocks after it and the head never run: drop their weights
+            self.net._blocks = self.net._blocks[: layer + 1]
+            self.net._conv_head = self.net._bn1 = None
         self._finish_init(224)
 
     def preprocess(self, images):
@@ -153,7 +168,13 @@ class EfficientNetLite0Encoder(ImageEncoder):
         return (torch.stack(arrays).permute(0, 3, 1, 2).float() - 127.0) / 128.0
 
     def features(self, pixels):
-        grid = self.net.extract_features(pixels)  # [B, 1280, 7, 7]
+        if self.layer == "head":
+            grid = self.net.extract_features(pixels)  # [B, 1280, 7, 7]
+        else:
+            net = self.net
+            grid = net._swish(net._bn0(net._conv_stem(pixels)))
+            for block in net._blocks:  # inference: no drop-connect
+                grid = block(grid)
         return None, grid.flatten(2).transpose(1, 2)
 
 

@@ -249,3 +249,23 @@ def convert_smollm2_gguf(out_dir: Path | None = None) -> Path:
 def load_smollm2_135m_instruct(dtype: str = "float32", attn_implementation: str = attention.NAME) -> LoadedLLM:
     """The real offline LLM preset (Apache-2.0), converted on first use."""
     return load_pretrained(str(convert_smollm2_gguf()), dtype=dtype, attn_implementation=attn_implementation)
+
+
+def set_system_prompt(tokenizer: PreTrainedTokenizerBase, setting: str | None) -> None:
+    """``data.system_prompt``: what a conversation without a system turn gets, in training and answering.
+
+    ``model_default`` (or None) leaves the chat template as it is: many (SmolLM2's, Qwen's) then add
+    a default system prompt of their own, about 15 tokens on every sample. ``none`` gives such
+    conversations an empty system turn instead, any other text that text. The choice goes into the
+    tokenizer's chat template itself, so training, evaluation, chat and exported checkpoints agree.
+    """
+    if setting in (None, "model_default"):
+        return
+    if not tokenizer.chat_template:
+        raise ValueError("data.system_prompt needs a tokenizer with a chat template")
+    content = "" if setting == "none" else str(setting)
+    tokenizer.chat_template = (
+        "{%- if messages and messages[0]['role'] != 'system' -%}"
+        "{%- set messages = [{'role': 'system', 'content': " + json.dumps(content) + "}] + messages -%}"
+        "{%- endif -%}" + tokenizer.chat_template
+    )
