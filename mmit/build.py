@@ -39,6 +39,8 @@ from mmit.data.annotations import Annotation
 from mmit.data.audio import AudioPolicy, CheckedAudio, prepare_audio
 from mmit.data.instructions import ShapingConfig, answer_pool, shape_annotation
 from mmit.data.media import DEFAULT_MAX_PIXELS, check_image, resize_image
+from mmit.data.recipes import RecipeError
+from mmit.data.recipes import compose as compose_checked
 from mmit.data.samples import Conversation, MediaRef, SampleError, check_placeholders
 from mmit.data.shards import TarWriter, encode_sample
 from mmit.data.sources import DataFiles
@@ -57,17 +59,14 @@ class BuildError(RuntimeError):
 
 
 def compose_recipe(recipe: str, overrides: list[str] = ()) -> DictConfig:
-    """A recipe by name (from data_recipes/) or path, with ``key=value`` overrides (dotted keys)."""
-    path = Path(recipe) if recipe.endswith(".yaml") else RECIPES_DIR / f"{recipe}.yaml"
-    if not path.exists():
-        known = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
-        raise BuildError(f"no recipe {recipe!r} (recipes in {RECIPES_DIR}: {known})")
+    """A recipe by name (from data_recipes/) or path, over ``data_recipes/base.yaml``, with ``key=value``
+    overrides (dotted keys), checked against the schema (``mmit.data.recipes``): an unknown key, a
+    wrong type or a reader argument the reader does not take stops here, naming file, line and key."""
     # Plain OmegaConf rather than Hydra: a training job (itself a Hydra app) builds recipes too.
-    cfg = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides)))
-    missing = sorted(key for key in cfg if OmegaConf.is_missing(cfg, key))
-    if missing:
-        raise BuildError(f"recipe {recipe!r} needs values for {missing} (pass key=value)")
-    return cfg
+    try:
+        return compose_checked(recipe, list(overrides))
+    except RecipeError as err:
+        raise BuildError(str(err)) from None
 
 
 def split_of(group: str, eval_fraction: float) -> str:
@@ -548,11 +547,26 @@ def build_fingerprint(cfg: DictConfig) -> str:
     return hashlib.sha256(f"mmit {mmit.__version__}\n{OmegaConf.to_yaml(cfg, resolve=True)}".encode()).hexdigest()
 
 
-def built_from_another(out: Path, fingerprint: str) -> bool:
+def built_from_another(out: Path, fingerprint: str, cfg: DictConfig | None = None) -> bool:
     """Whether ``out`` holds a build (finished or not) with another fingerprint: of another recipe,
-    settings or mmit version."""
+    settings or mmit version. A finished build stamped before recipes were merged over
+    ``data_recipes/base.yaml`` (its fingerprint covered only the keys its recipe set) counts as the
+    same build when its manifest's recipe, with the base's defaults filled in, is ``cfg`` and its
+    mmit version this one; it is stamped again rather than built again."""
     stamp = out / "build.json"
-    return stamp.exists() and json.loads(stamp.read_text())["fingerprint"] != fingerprint
+    if not stamp.exists() or json.loads(stamp.read_text())["fingerprint"] == fingerprint:
+        return False
+    if cfg is None or cfg.get("mode") or not (out / "manifest.json").is_file():
+        return True
+    manifest = json.loads((out / "manifest.json").read_text())
+    if manifest.get("mmit_version") != mmit.__version__:
+        return True
+    base = OmegaConf.load(RECIPES_DIR / "base.yaml")
+    earlier = OmegaConf.to_container(OmegaConf.merge(base, manifest.get("config") or {}), resolve=True)
+    if earlier != OmegaConf.to_container(cfg, resolve=True):
+        return True
+    atomic_write_text(stamp, json.dumps({"fingerprint": fingerprint}))
+    return False
 
 
 @gc_paused()
@@ -567,7 +581,7 @@ def build(cfg: DictConfig) -> dict:
 
 def _build(cfg: DictConfig) -> dict:
     out, fingerprint = Path(cfg.out_dir), build_fingerprint(cfg)
-    if built_from_another(out, fingerprint):
+    if built_from_another(out, fingerprint, cfg):
         raise BuildError(
             f"{out} holds a build of a different recipe, settings or mmit version; choose another output directory"
         )
@@ -721,7 +735,7 @@ def recipe_data_files(
     cfg = compose_recipe(recipe, list(overrides))
     out = Path(cfg.out_dir)
     with exclusive_folder(out, "mmit.build (for training)", wait=True):
-        if built_from_another(out, build_fingerprint(cfg)):
+        if built_from_another(out, build_fingerprint(cfg), cfg):
             if not out.resolve().is_relative_to(cache_dir().resolve()):
                 raise BuildError(
                     f"{out} holds a build of a different recipe, settings or mmit version; delete it first"

@@ -49,6 +49,31 @@ OmegaConf.register_new_resolver(
 OmegaConf.register_new_resolver("recipes_dir", lambda: str(RECIPES_DIR), replace=True)
 
 
+def umask() -> int:
+    """The process's file mode creation mask (read without changing it where Linux allows)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def ordinary_modes(path: Path) -> None:
+    """Give ``path``, and everything under a folder, the modes of a file or folder created the usual way
+    (0666 / 0777 less the umask: 0644 / 0755 for most users). ``tempfile`` creates private ones (0600 /
+    0700), and so does safetensors' ``save_file``; renamed into place, they would stay private."""
+    mask = umask()
+    paths = [Path(path)]
+    if paths[0].is_dir() and not paths[0].is_symlink():
+        paths += [p for p in paths[0].rglob("*") if not p.is_symlink()]
+    for p in paths:
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
 @contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a temporary sibling directory that is renamed to ``final`` only on success."""
@@ -57,6 +82,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         yield tmp
+        ordinary_modes(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -73,6 +99,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp's file is private (0600)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

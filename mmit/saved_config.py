@@ -91,7 +91,9 @@ def shipped_builders() -> dict[str, dict[str, frozenset[str]]]:
 
 
 def shipped_recipes() -> set[str]:
-    return {p.stem for p in RECIPES_DIR.glob("*.yaml")}
+    from mmit.data.recipes import shipped_recipe_names
+
+    return set(shipped_recipe_names())
 
 
 def _trusted(run_dir: Path) -> bool:
@@ -199,6 +201,8 @@ def _check_recipe_build(node: dict, key: str, problems: list[str]) -> None:
         problems.append(f"{key}.overrides: must be a list of key=value strings")
         return
     shipped = yaml.safe_load((RECIPES_DIR / f"{recipe}.yaml").read_text()) or {}
+    if not shipped.get("mode"):  # a build recipe: the base's settings are its keys too
+        shipped = _merge(yaml.safe_load((RECIPES_DIR / "base.yaml").read_text()) or {}, shipped)
     for override in overrides:
         name, sep, _ = override.partition("=")
         parts = name.strip().split(".")

@@ -6,8 +6,9 @@ pixel limit. Bad records follow ``on_error``: ``raise`` stops with the file, lin
 sample key) and reason; ``skip`` drops the record and counts it under its reason.
 
 A JSONL or JSON record may name media files (``image`` / ``images``, ``audio`` / ``audios``),
-relative to its file's folder; a placeholder (``<image>``, ``<audio>``) is added to the first user
-turn for each file the text does not place itself.
+relative to its file's folder or to the config's ``images_dir`` (as LLaVA's JSON names them); a
+placeholder (``<image>``, ``<audio>``) is added to the first user turn for each file the text does
+not place itself.
 """
 
 from __future__ import annotations
@@ -34,12 +35,55 @@ class DataFileError(ValueError):
     """A record in a data file is unusable and the policy says raise."""
 
 
+class DataFile(str):
+    """A data file's path that also knows the folder its records' media paths are relative to
+    (``media_root``; None: the file's own folder). It is a str, so it reads, prints and serialises as
+    the path wherever a path is expected."""
+
+    media_root: str | None = None
+
+    def __new__(cls, path: str | Path, media_root: str | Path | None = None) -> DataFile:
+        file = super().__new__(cls, str(path))
+        file.media_root = None if media_root is None else str(Path(media_root).expanduser().resolve())
+        return file
+
+
 @dataclass
 class DataFiles:
-    """A data config's training files and its named evaluation sets."""
+    """A data config's training files and its named evaluation sets.
+
+    ``images_dir``: the folder that the media paths of JSON / JSONL records are relative to (LLaVA's
+    JSON names ``coco/train2017/...`` under one image root), for every file here; None: each file's
+    own folder. A single path may stand for a list of one.
+    """
 
     train: list[str]
-    eval: dict[str, list[str]] = field(default_factory=dict)
+    eval: dict[str, list[str]] | None = field(default_factory=dict)
+    images_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        from omegaconf import OmegaConf
+
+        self.train, self.eval = (
+            OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for v in (self.train, self.eval)
+        )
+        if self.images_dir is not None and not Path(self.images_dir).expanduser().is_dir():
+            raise FileNotFoundError(f"data.source.images_dir: {self.images_dir} is not a folder")
+        self.train = self._files("data.source.train", self.train)
+        if self.eval is not None and not isinstance(self.eval, dict):
+            raise TypeError(
+                f"data.source.eval must map set names to files, e.g. {{heldout: [val.jsonl]}}, not {self.eval!r}"
+            )
+        self.eval = {
+            str(name): self._files(f"data.source.eval.{name}", paths) for name, paths in (self.eval or {}).items()
+        }
+
+    def _files(self, key: str, paths) -> list[str]:
+        if isinstance(paths, str | Path):
+            paths = [paths]
+        if not isinstance(paths, list | tuple) or not all(isinstance(p, str | Path) for p in paths):
+            raise TypeError(f"{key} must be a list of files or shard folders, not {paths!r}")
+        return [DataFile(p, self.images_dir) for p in paths]
 
 
 def _records(path: Path) -> Iterator[tuple[str, object]]:
@@ -143,7 +187,8 @@ def read_conversations(
 
             items = read_shard_items(shard_urls(path), max_pixels=max_pixels)
         else:
-            items = _file_items(path, max_pixels, allow_outside_root)
+            root = Path(file.media_root) if getattr(file, "media_root", None) else path.parent
+            items = _file_items(path, max_pixels, allow_outside_root, root)
         for location, item in items:
             try:
                 if isinstance(item, SampleError):
@@ -170,14 +215,16 @@ def read_conversations(
 
 
 def _file_items(
-    path: Path, max_pixels: int | None, allow_outside_root: bool
+    path: Path, max_pixels: int | None, allow_outside_root: bool, media_root: Path | None = None
 ) -> Iterator[tuple[str, Conversation | SampleError]]:
-    """(location, conversation or its error) per record of a JSONL or JSON file."""
+    """(location, conversation or its error) per record of a JSONL or JSON file; media paths are
+    relative to ``media_root`` (default: the file's folder)."""
+    root = path.parent if media_root is None else media_root
     for location, record in _records(path):
         try:
             if isinstance(record, SampleError):
                 raise record
             conv = conversation_from_record(record, default_id=location)
-            yield location, with_media(conv, record, path.parent, max_pixels, allow_outside_root)
+            yield location, with_media(conv, record, root, max_pixels, allow_outside_root)
         except SampleError as err:
             yield location, err

@@ -1,0 +1,291 @@
+"""Build recipes: ``data_recipes/base.yaml``, then the recipe, then ``key=value`` overrides, checked
+against the schema before anything is read or written.
+
+The base holds every setting with its default, so a recipe sets only what differs. A recipe's other
+top-level keys are its own parameters (``coco_root``), allowed because the recipe uses them
+(``${coco_root}``). Anything else is refused, naming the file and line (or the override) with the
+valid keys: a typo such as ``shard_sise=100`` must not be ignored. Values are checked for type and
+range, ``shaping`` and ``audio`` against their dataclasses, and each reader's arguments against its
+signature. Recipes with a ``mode`` (``mmit.synth``'s) are LLM-generation recipes: they compose
+without the base and keep their own settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import inspect
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from mmit.paths import RECIPES_DIR
+
+BASE = "base"  # data_recipes/base.yaml: the defaults, not a recipe
+
+
+class RecipeError(ValueError):
+    """A recipe or override does not fit the schema; the message names the file, line or key."""
+
+
+def recipe_path(recipe: str) -> Path:
+    """A recipe by name (from data_recipes/) or by path to a ``.yaml`` file."""
+    known = ", ".join(shipped_recipe_names())
+    if recipe == BASE:
+        raise RecipeError(f"{RECIPES_DIR / 'base.yaml'} holds the defaults of every recipe; it is not one ({known})")
+    path = Path(recipe).expanduser() if recipe.endswith((".yaml", ".yml")) else RECIPES_DIR / f"{recipe}.yaml"
+    if not path.is_file():
+        raise RecipeError(f"no recipe {recipe!r} (recipes in {RECIPES_DIR}: {known}; or a path to a .yaml file)")
+    return path
+
+
+def shipped_recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml") if p.stem != BASE)
+
+
+def _load(path: Path) -> tuple[dict, dict[str, int | str]]:
+    """The recipe file as a plain mapping, and the line of each of its keys (dotted, lists as [i])."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+        root = yaml.compose(text)
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}: not valid YAML ({err})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of settings, not {type(data).__name__}")
+    lines: dict[str, int | str] = {}
+
+    def walk(node, key: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                child = f"{key}.{k.value}" if key else str(k.value)
+                lines[child] = k.start_mark.line + 1
+                walk(v, child)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                lines[f"{key}[{i}]"] = v.start_mark.line + 1
+                walk(v, f"{key}[{i}]")
+
+    walk(root, "")
+    return data, lines
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].strip().lstrip("+~")
+
+
+def _used_names(node: Any) -> set[str]:
+    """Top-level names that interpolations in ``node`` refer to (``${coco_root}``, ``${prepare.out_dir}``)."""
+    found: set[str] = set()
+    if isinstance(node, dict):
+        for value in node.values():
+            found |= _used_names(value)
+    elif isinstance(node, list):
+        for value in node:
+            found |= _used_names(value)
+    elif isinstance(node, str):
+        found |= set(re.findall(r"\$\{\s*([A-Za-z_]\w*)\s*[.}]", node))
+    return found
+
+
+def _unknown(key: str, valid: list[str], where: str, note: str = "") -> RecipeError:
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return RecipeError(f"{where}: unknown key {key!r}{hint}.{note} Valid keys: {', '.join(valid)}")
+
+
+def compose(recipe: str, overrides: list[str] = ()) -> DictConfig:
+    """The recipe ``recipe`` (a name in data_recipes/ or a path) with its overrides, merged over the
+    base and checked; RecipeError names what does not fit."""
+    path = recipe_path(recipe)
+    data, lines = _load(path)
+    overrides = list(overrides)
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise RecipeError(f"overrides are key=value, not {bad[0]!r}")
+    try:
+        given = OmegaConf.from_dotlist(overrides)
+    except OmegaConfBaseException as err:
+        raise RecipeError(f"cannot read the overrides {overrides}: {err}") from None
+    if data.get("mode"):  # an LLM-generation recipe (mmit.synth): its own settings, no base
+        try:
+            return OmegaConf.merge(OmegaConf.create(data), given)
+        except OmegaConfBaseException as err:
+            raise RecipeError(f"{path}: the overrides do not fit ({err})") from None
+
+    base, _ = _load(RECIPES_DIR / "base.yaml")
+    settings = list(base)
+    used = _used_names(data) | _used_names(OmegaConf.to_container(given))
+    where = f"recipe {path}"
+    for key in data:
+        if key not in base and key not in used:
+            note = f" A key of the recipe's own is a parameter, allowed where the recipe uses it (${{{key}}})."
+            raise _unknown(key, settings, f"{where}, line {lines.get(key, '?')}", note)
+    allowed = [*settings, *(k for k in data if k not in base)]
+    for override in overrides:
+        top = _override_key(override).split(".")[0].split("[")[0]
+        if top not in allowed:
+            raise _unknown(top, allowed, f"override {override!r} of {where}")
+    try:
+        cfg = OmegaConf.merge(OmegaConf.create(base), OmegaConf.create(data), given)
+    except OmegaConfBaseException as err:
+        raise RecipeError(f"{where}: the overrides do not fit ({err})") from None
+    _keep_required(cfg, data, given)
+    if cfg.name is None:
+        cfg.name = path.stem
+    missing = sorted(key for key in cfg if OmegaConf.is_missing(cfg, key))
+    if missing:
+        raise RecipeError(f"{where} needs values for {missing} (pass key=value, or set them in the recipe)")
+    for override in overrides:  # an override's key is located by the override, not the file's line
+        key = _override_key(override)
+        lines = {k: v for k, v in lines.items() if k != key and not k.startswith((f"{key}.", f"{key}["))}
+        lines[key] = f"override {override!r}"
+    check(cfg, where, lines)
+    return cfg
+
+
+def _keep_required(cfg: DictConfig, data: dict, given: DictConfig) -> None:
+    """A recipe's ``???`` stays required: merged over the base's default, OmegaConf would keep the default."""
+    for key, value in data.items():
+        if value == "???" and key not in given:
+            cfg[key] = "???"
+        elif isinstance(value, dict) and isinstance(cfg.get(key), DictConfig):
+            _keep_required(cfg[key], value, given.get(key) or OmegaConf.create({}))
+
+
+def _line(lines: dict[str, int | str], key: str) -> str:
+    """Where ``key`` was set: its line in the recipe file, or the override that set it (or a parent of it)."""
+    for part in [key, *(key[: m.start()] for m in reversed(list(re.finditer(r"[.\[]", key))))]:
+        if part in lines:
+            found = lines[part]
+            return f", line {found}" if isinstance(found, int) else f", {found}"
+    below = [v for k, v in lines.items() if isinstance(v, str) and k.startswith((f"{key}.", f"{key}["))]
+    return f", {below[0]}" if below else ""
+
+
+def check(cfg: DictConfig, where: str, lines: dict[str, int | str] | None = None) -> None:
+    """Types and ranges of the settings, ``shaping`` / ``audio`` against their dataclasses, and each
+    source's arguments against its reader's signature. ``lines``: where each key was set."""
+    from mmit.data.audio import AudioPolicy
+    from mmit.data.instructions import ShapingConfig
+
+    lines = lines or {}
+    try:
+        values = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        raise RecipeError(f"{where}: {err}") from None
+
+    def fail(key: str, message: str) -> RecipeError:
+        return RecipeError(f"{where}{_line(lines, key)}: {key} {message}")
+
+    def integer(key: str, low: int, optional: bool = False) -> None:
+        value = values.get(key)
+        if value is None and optional:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise fail(key, f"must be a whole number >= {low}{' or null' if optional else ''}, not {value!r}")
+
+    def boolean(key: str) -> None:
+        if not isinstance(values.get(key), bool):
+            raise fail(key, f"must be true or false, not {values.get(key)!r}")
+
+    integer("seed", 0)
+    integer("shard_size", 1)
+    integer("num_workers", 1)
+    integer("max_pixels", 1)
+    integer("resize_max", 1, optional=True)
+    boolean("share_media")
+    boolean("allow_outside_root")
+    fraction = values.get("eval_fraction")
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 <= fraction < 1:
+        raise fail("eval_fraction", f"must be a number in [0, 1), not {fraction!r}")
+    if values.get("on_error") not in ("raise", "skip"):
+        raise fail("on_error", f"must be raise or skip, not {values.get('on_error')!r}")
+    for key in ("name", "out_dir"):
+        if not isinstance(values.get(key), str) or not values[key]:
+            raise fail(key, f"must be a text, not {values.get(key)!r}")
+    templates = values.get("templates")
+    files = [templates] if isinstance(templates, str) else templates
+    if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
+        raise fail("templates", f"must be a template file or a list of them, not {templates!r}")
+    for file in files:
+        if not Path(file).is_file():
+            raise fail("templates", f"names {file}, which does not exist")
+
+    for key, schema in (("shaping", ShapingConfig), ("audio", AudioPolicy)):
+        fields = [f.name for f in dataclasses.fields(schema) if f.name != "seed"]
+        node = values.get(key)
+        if not isinstance(node, dict):
+            raise fail(key, f"must be a mapping of {', '.join(fields)}, not {node!r}")
+        for name in node:
+            if name not in fields:
+                raise _unknown(f"{key}.{name}", fields, f"{where}{_line(lines, f'{key}.{name}')}")
+        try:
+            OmegaConf.merge(OmegaConf.structured(schema), {k: v for k, v in node.items()})
+            schema(**node)
+        except (OmegaConfBaseException, ValueError, TypeError) as err:
+            name = f"{key}.{err.full_key}" if getattr(err, "full_key", None) else key
+            raise RecipeError(f"{where}{_line(lines, name)}: {name}: {_first_line(err)}") from None
+    shaping = values["shaping"]
+    if not 0 <= shaping["multiple_choice_fraction"] <= 1:
+        raise fail("shaping.multiple_choice_fraction", "must be in [0, 1]")
+    if shaping["num_choices"] < 2 or shaping["qa_per_conversation"] < 1 or shaping["captions_per_image"] < 0:
+        raise fail("shaping", "needs num_choices >= 2, qa_per_conversation >= 1 and captions_per_image >= 0")
+
+    sources = cfg.get("sources")
+    if not isinstance(sources, ListConfig) or not sources:
+        raise fail("sources", "must be a list of annotation readers, each with its _target_")
+    for key in ("sources", "heldout_sources"):
+        node = cfg.get(key)
+        if node is None:
+            continue
+        if not isinstance(node, ListConfig):
+            raise fail(key, "must be a list of annotation readers, each with its _target_")
+        for i, source in enumerate(node):
+            _check_call(source, f"{key}[{i}]", where, lines)
+    if cfg.get("prepare") is not None:
+        _check_call(cfg.prepare, "prepare", where, lines)
+
+
+def _check_call(node: Any, key: str, where: str, lines: dict[str, int | str]) -> None:
+    """A ``_target_`` node: the target exists and takes every argument given."""
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        raise RecipeError(f"{where}{_line(lines, key)}: {key} must be a mapping with a _target_ (a reader function)")
+    target = node._target_
+    function = _target(str(target), f"{where}{_line(lines, f'{key}._target_')}: {key}._target_")
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    for name in node:
+        if name != "_target_" and name not in parameters:
+            valid = [p for p in parameters if parameters[p].kind is not inspect.Parameter.VAR_POSITIONAL]
+            raise _unknown(f"{key}.{name}", valid, f"{where}{_line(lines, f'{key}.{name}')}: {target}")
+
+
+def _target(target: str, where: str):
+    """The function a ``_target_`` names, imported; RecipeError with the names close to it if there is none."""
+    module_name, _, name = target.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise RecipeError(f"{where} {target!r}: cannot import {module_name!r} ({err})") from None
+    if not callable(getattr(module, name, None)):
+        names = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f"; did you mean {', '.join(f'{module_name}.{c}' for c in close)}?" if close else ""
+        raise RecipeError(f"{where} {target!r} not found: {module_name} has no {name!r}{hint}")
+    return getattr(module, name)
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -1,0 +1,171 @@
+"""Build recipes over data_recipes/base.yaml: a three-line recipe builds, and every key, value and
+reader argument is checked before anything is read or written (typos are refused, never ignored)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+from PIL import Image
+
+import mmit
+from mmit.build import BuildError, build, build_fingerprint, compose_recipe, recipe_data_files
+from mmit.data.audio import AudioPolicy
+from mmit.data.instructions import ShapingConfig
+from mmit.paths import RECIPES_DIR
+
+SHIPPED = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml") if p.stem != "base")
+REQUIRED = {
+    "alpaca": ["alpaca_json=/data/a.json", "out_dir=/tmp/x"],
+    "caption_shards": ["shards=[/data/a.tar]", "out_dir=/tmp/x"],
+    "coco_vqav2": ["coco_root=/data/coco", "out_dir=/tmp/x"],
+    "llava_instruct": ["llava_json=/data/l.json", "images_dir=/data", "out_dir=/tmp/x"],
+}
+
+
+@pytest.fixture
+def llava(tmp_path):
+    (tmp_path / "images").mkdir()
+    records = []
+    for i in range(12):
+        Image.new("RGB", (16, 16), ["red", "blue"][i % 2]).save(tmp_path / "images" / f"{i}.png")
+        turns = [{"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": ["red", "blue"][i % 2]}]
+        records.append({"id": str(i), "image": f"{i}.png", "conversations": turns})
+    (tmp_path / "train.json").write_text(json.dumps(records))
+    return tmp_path
+
+
+def _recipe(tmp_path, text: str):
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_a_three_line_recipe_builds_with_the_base_defaults(llava, tmp_path):
+    path = _recipe(
+        tmp_path,
+        f"sources:\n  - {{_target_: mmit.data.annotations.read_llava, json_file: {llava}/train.json, "
+        f"images_dir: {llava}/images}}\n",
+    )
+    assert len(open(path).read().splitlines()) <= 3
+    cfg = compose_recipe(path, [f"out_dir={tmp_path / 'out'}", "num_workers=1"])
+    assert cfg.name == "mine" and cfg.shard_size == 1000 and cfg.on_error == "raise"
+    manifest = build(cfg)
+    assert sum(s["samples"] for s in manifest["sets"].values()) == 12
+    assert manifest["config"]["eval_fraction"] == 0.05  # the manifest records the defaults it used
+    default_out = compose_recipe(path).out_dir
+    assert default_out.endswith("datasets/mine")  # the mmit cache, under the recipe's name
+
+
+def test_the_base_defaults_are_the_dataclasses_defaults():
+    base = yaml.safe_load((RECIPES_DIR / "base.yaml").read_text())
+    shaping = {f.name: getattr(ShapingConfig(), f.name) for f in dataclasses.fields(ShapingConfig) if f.name != "seed"}
+    assert base["shaping"] == shaping
+    assert base["audio"] == dataclasses.asdict(AudioPolicy())
+
+
+@pytest.mark.parametrize("recipe", SHIPPED)
+def test_every_shipped_recipe_fits_the_schema(recipe):
+    cfg = compose_recipe(recipe, REQUIRED.get(recipe, []))
+    assert cfg.name == recipe
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("shard_sise=100", r"override 'shard_sise=100' .*unknown key 'shard_sise' \(did you mean 'shard_size'\?\)"),
+        ("prepare.n_image=5", r"override 'prepare.n_image=5'.*unknown key 'prepare.n_image' \(did you mean 'n_images'"),
+        ("shaping.num_choice=3", r"unknown key 'shaping.num_choice' \(did you mean 'num_choices'"),
+        ("num_workers=abc", r"override 'num_workers=abc': num_workers must be a whole number >= 1, not 'abc'"),
+        ("eval_fraction=2", r"eval_fraction must be a number in \[0, 1\), not 2"),
+        ("shaping.num_choices=many", r"shaping.num_choices: Value 'many' of type 'str' could not be converted"),
+        ("audio.long_clips=cut", r"override 'audio.long_clips=cut'.*long_clips must be one of"),
+        ("on_error=ignore", r"on_error must be raise or skip, not 'ignore'"),
+        ("templates=/no/such.yaml", r"templates names /no/such.yaml, which does not exist"),
+        ("sources=[]", r"sources must be a list of annotation readers"),
+    ],
+)
+def test_wrong_overrides_are_refused_naming_the_key(override, message):
+    with pytest.raises(BuildError, match=message):
+        compose_recipe("demo_vqa", [override])
+
+
+def test_unknown_keys_list_the_valid_ones():
+    with pytest.raises(BuildError, match="Valid keys: name, seed, out_dir, templates, eval_fraction, shard_size"):
+        compose_recipe("demo_vqa", ["shard_sise=100"])
+
+
+def test_wrong_keys_in_a_recipe_file_name_its_line(llava, tmp_path):
+    source = f"sources:\n  - _target_: mmit.data.annotations.read_llava\n    json_file: {llava}/train.json\n"
+    typo = _recipe(tmp_path, source + "shard_sise: 100\n")
+    with pytest.raises(BuildError, match=r"mine.yaml, line 4: unknown key 'shard_sise' \(did you mean 'shard_size'"):
+        compose_recipe(typo)
+    reader = _recipe(tmp_path, source + "    image_dir: /data\n")
+    with pytest.raises(
+        BuildError, match=r"line 4: mmit.data.annotations.read_llava: unknown key 'sources\[0\].image_dir'"
+    ):
+        compose_recipe(reader)
+    target = _recipe(tmp_path, source.replace("read_llava", "read_lava"))
+    with pytest.raises(
+        BuildError,
+        match=r"line 2: sources\[0\]._target_ .mmit.data.annotations.read_lava. not found: .*did you mean mmit.data.annotations.read_llava",
+    ):
+        compose_recipe(target)
+    # A key of the recipe's own is a parameter where the recipe uses it.
+    param = _recipe(tmp_path, source.replace(f"{llava}/train.json", "${my_json}") + f"my_json: {llava}/train.json\n")
+    assert compose_recipe(param).sources[0].json_file == f"{llava}/train.json"
+
+
+def test_a_required_recipe_value_stays_required():
+    with pytest.raises(BuildError, match=r"needs values for \['coco_root', 'out_dir'\]"):
+        compose_recipe("coco_vqav2")
+
+
+def test_base_is_not_a_recipe():
+    with pytest.raises(BuildError, match="holds the defaults of every recipe; it is not one"):
+        compose_recipe("base")
+
+
+def test_the_command_line_prints_one_line_for_a_typo():
+    run = subprocess.run(
+        [sys.executable, "-m", "mmit.build", "demo_vqa", "shard_sise=100"], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert run.stderr.strip().startswith("mmit.build: override 'shard_sise=100'") and len(run.stderr.splitlines()) == 1
+
+
+def _thin_fingerprint(recipe: str, overrides: list[str]) -> tuple[str, dict]:
+    """The fingerprint and manifest config of a build made before recipes had a base (mmit 0.2.0)."""
+    cfg = OmegaConf.merge(OmegaConf.load(RECIPES_DIR / f"{recipe}.yaml"), OmegaConf.from_dotlist(overrides))
+    text = f"mmit {mmit.__version__}\n{OmegaConf.to_yaml(cfg, resolve=True)}"
+    return hashlib.sha256(text.encode()).hexdigest(), OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_a_build_stamped_before_the_base_is_still_used(tmp_path):
+    out = tmp_path / "cache" / "datasets" / "demo"
+    overrides = [f"out_dir={out}", "prepare.n_images=30", f"prepare.out_dir={tmp_path / 'src'}", "num_workers=1"]
+    build(compose_recipe("demo_vqa", overrides))
+    thin, config = _thin_fingerprint("demo_vqa", overrides)
+    assert thin != build_fingerprint(compose_recipe("demo_vqa", overrides))
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**manifest, "config": config}))
+    (out / "build.json").write_text(json.dumps({"fingerprint": thin}))
+    shards = {p: p.stat().st_mtime_ns for p in out.rglob("*.tar")}
+
+    files = recipe_data_files("demo_vqa", overrides)  # the earlier build is read, not built again
+    assert files.train == [str(out / "train")]
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.tar")} == shards
+    assert json.loads((out / "build.json").read_text())["fingerprint"] == build_fingerprint(
+        compose_recipe("demo_vqa", overrides)
+    )
+    # Other settings are still another build.
+    (out / "manifest.json").write_text(json.dumps({**manifest, "config": {**config, "shard_size": 7}}))
+    (out / "build.json").write_text(json.dumps({"fingerprint": thin}))
+    with pytest.raises(BuildError, match="holds a build of a different recipe"):
+        build(compose_recipe("demo_vqa", overrides))
