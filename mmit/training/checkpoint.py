@@ -354,6 +354,11 @@ def config_changes(old: Any, new: Any, key: str = "") -> dict[str, tuple[Any, An
     return {} if old == new else {key: (old, new)}
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def write_run_config(run_dir: Path, cfg) -> None:
     """Write the run's resolved ``config.yaml``. When the run resumes a checkpoint, compare with the
     config that trained it first: a change to what the checkpoint fixes (RESUME_FIXED) is refused
@@ -367,14 +372,19 @@ def write_run_config(run_dir: Path, cfg) -> None:
     if ckpt is not None and path.exists():
         changes = config_changes(yaml.safe_load(path.read_text()) or {}, yaml.safe_load(text) or {})
         fixed = [k for k in changes if any(k == f or k.startswith(f"{f}.") for f in RESUME_FIXED)]
-        if fixed:
-            listed = "; ".join(f"{k}: {changes[k][0]!r} -> {changes[k][1]!r}" for k in fixed)
-            raise ResumeConfigError(
-                f"{run_dir} resumes {ckpt.name}, which was trained with other settings for what a checkpoint "
-                f"fixes (the model, the data and its order): {listed}. Resume with the run's own settings, or "
-                f"start a new run (another hydra.run.dir) from these weights: init_from={ckpt}"
-            )
         step = read_state(ckpt)["step"]
+        if fixed:
+            listed = "; ".join(f"{k}: {_short(changes[k][0])} -> {_short(changes[k][1])}" for k in fixed)
+            planned = (yaml.safe_load(path.read_text()) or {}).get("trainer", {}).get("max_steps")
+            state = "finished" if isinstance(planned, int) and step >= planned else "stopped"
+            raise ResumeConfigError(
+                f"{run_dir} already holds a run with another config ({state} at step {step}"
+                f"{f' of {planned}' if isinstance(planned, int) else ''}; {path.name} says what it used), and "
+                f"training there would resume it from {ckpt.name}. The new config changes what a checkpoint "
+                f"fixes (the model, the data and its order): {listed}. To train the new config, choose a new "
+                f"folder (hydra.run.dir=...), if you like starting from this run's weights: init_from={ckpt}. "
+                "To continue the run in the folder, use its own config. Nothing in the folder was changed."
+            )
         for key, (old, new) in changes.items():
             effect = RESUME_OVERRIDDEN.get(key, f"used from step {step + 1} on")
             log.warning("resuming %s at step %d: %s changed from %r to %r (%s)", run_dir, step, key, old, new, effect)
