@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 import mmit
+from mmit.cli import user_errors
 from mmit.data.annotations import Annotation
 from mmit.data.audio import AudioPolicy, CheckedAudio, prepare_audio
 from mmit.data.instructions import ShapingConfig, answer_pool, shape_annotation
@@ -45,7 +46,7 @@ from mmit.data.samples import Conversation, MediaRef, SampleError, check_placeho
 from mmit.data.shards import TarWriter, encode_sample
 from mmit.data.sources import DataFiles
 from mmit.data.templates import load_templates
-from mmit.paths import LOCK_FILE, RECIPES_DIR, FolderInUseError, atomic_write_text, cache_dir, exclusive_folder
+from mmit.paths import LOCK_FILE, RECIPES_DIR, atomic_write_text, cache_dir, exclusive_folder
 
 log = logging.getLogger("mmit.build")
 
@@ -784,12 +785,10 @@ def recipe_command(
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. out_dir=/data/demo shard_size=1000")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
+    with user_errors(prog):  # a bad recipe, file or folder ends with one line naming it
         cfg = compose_recipe(args.recipe, args.overrides)
         with exclusive_folder(cfg.out_dir, f"python -m {prog}"):  # one writer per out_dir
             manifest = run(cfg)
-    except (BuildError, FolderInUseError) as err:
-        sys.exit(f"{prog}: {err}")
     print(report(manifest, Path(cfg.out_dir)))
 
 

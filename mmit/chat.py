@@ -14,6 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
+from mmit.cli import user_errors
 from mmit.eval import add_generation_args, generation_options
 from mmit.inference import ChatSession, load_base, load_run, media_ref
 from mmit.saved_config import UnsafeConfigError
@@ -41,6 +42,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if (args.run_dir is None) == (args.base is None):
         p.error("give either a run directory or --base OVERRIDE...")
     return args
+
+
+def shown(answer: str, session: ChatSession) -> str:
+    """The answer as printed: an empty one says so (and why, for the tiny random model)."""
+    if answer.strip():
+        return answer
+    tiny = str(session.loaded.cfg.get("llm", {}).get("_target_", "")).endswith(".load_tiny")
+    why = ": expected of llm=tiny, a random 2-layer model" if tiny else ""
+    return f"(an empty answer: the model ended its turn at once{why})"
 
 
 def interact(session: ChatSession, read=input, write=print) -> None:
@@ -73,11 +83,12 @@ def interact(session: ChatSession, read=input, write=print) -> None:
             else:
                 answer = session.ask(line, pending)
                 pending = []
-                write(f"assistant> {answer}")
+                write(f"assistant> {shown(answer, session)}")
         except (ValueError, FileNotFoundError) as error:
             write(f"error: {error}")
 
 
+@user_errors("mmit.chat")  # a user's mistake ends with one line naming it, not a traceback
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING)
     args = parse_args(sys.argv[1:] if argv is None else argv)
@@ -91,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"mmit.chat: {err}") from err
     session = ChatSession(loaded, generation_options(args), system=args.system)
     if args.prompt is not None:
-        print(session.ask(args.prompt, media))
+        print(shown(session.ask(args.prompt, media), session))
         return
     if media:
         raise SystemExit("--image / --audio go with a prompt; in the interactive chat use /image PATH")

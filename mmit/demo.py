@@ -15,6 +15,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio read
 
 import gradio as gr
 
+from mmit.cli import user_errors
 from mmit.generation import GenerationOptions
 from mmit.inference import ChatSession, LoadedModel, load_base, load_run, media_ref
 
@@ -130,6 +131,7 @@ def build_app(loaded: LoadedModel, options: GenerationOptions, origin: str | Non
     return app
 
 
+@user_errors("mmit.demo")  # a user's mistake ends with one line naming it, not a traceback
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m mmit.demo", description="Chat with a trained run (or a base model) in the browser."

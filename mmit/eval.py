@@ -22,6 +22,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from mmit.cli import user_errors
 from mmit.evaluation import evaluate_set
 from mmit.generation import GenerationOptions
 from mmit.grounding import GROUNDING_NOTE, PRIOR_FILE, AnswerPrior, grounding_line, grounding_table
@@ -253,6 +254,7 @@ def generation_options(args: argparse.Namespace) -> GenerationOptions:
     )
 
 
+@user_errors("mmit.eval")  # a user's mistake ends with one line naming it, not a traceback
 def main(argv: list[str] | None = None) -> Path:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = parse_args(sys.argv[1:] if argv is None else argv)

@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
+from mmit.cli import user_errors
 from mmit.models.multimodal_lm import MultimodalLM
 from mmit.models.tuning import NARROW_CLASSES, widen_frozen
 from mmit.paths import atomic_dir
@@ -421,6 +422,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@user_errors("mmit.export")  # a user's mistake ends with one line naming it, not a traceback
 def main(argv: list[str] | None = None) -> dict[str, Path]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = parse_args(sys.argv[1:] if argv is None else argv)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+import warnings
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,6 +28,11 @@ if TYPE_CHECKING:
     from mmit.training.loop import EvalSet, TrainerConfig
 
 log = logging.getLogger(__name__)
+
+TINY_NOTE = (
+    "llm=tiny is a random 2-layer model: its answers are empty or gibberish and its scores about 0, "
+    "before and after training. That is expected; it checks that the pipeline runs, not that it learns."
+)
 
 
 @dataclass
@@ -76,12 +82,18 @@ def build_model(cfg: DictConfig) -> BuiltModel:
     from mmit.training.checkpoint import load_matching
 
     loaded = instantiate(cfg.llm)
+    if str(cfg.llm.get("_target_", "")).endswith(".load_tiny"):
+        log.warning(TINY_NOTE)
     set_system_prompt(loaded.tokenizer, (cfg.get("data") or {}).get("system_prompt"))
     reseed(cfg, "llm")
     method = cfg.peft.method
     # A peft config (lora, dora, ia3) or one of ours (prompt_tuning, bitfit, adapter); none for full / frozen.
     peft_config = instantiate(cfg.peft.config, _convert_="all") if cfg.peft.get("config") else None
-    llm = apply_tuning(loaded.model, method, peft_config, name="llm", tokenizer=loaded.tokenizer)
+    with warnings.catch_warnings():
+        # peft (0.21) reads transformers' deprecated alias `is_gradient_checkpointing` when it wraps a
+        # model, which printed a FutureWarning on every command; only that warning, only here.
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        llm = apply_tuning(loaded.model, method, peft_config, name="llm", tokenizer=loaded.tokenizer)
     frozen_dtype = resolve_frozen_dtype(cfg.get("frozen_dtype", "auto"), loaded.stored_dtype)
     if frozen_dtype is not None:
         log.info("frozen LLM weights kept in %s: %d tensors", frozen_dtype, narrow_frozen(llm, frozen_dtype))

@@ -125,13 +125,16 @@ def load_base(overrides: list[str], device: str = "auto", precision: str = "auto
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
-    """The training config ``python -m mmit.train <overrides>`` would compose."""
+    """The training config ``python -m mmit.train <overrides>`` would compose, its values checked."""
     from hydra import compose, initialize_config_dir
 
+    from mmit.config_checks import check_config
     from mmit.paths import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides))
+        cfg = compose(config_name="train", overrides=list(overrides))
+    check_config(cfg)
+    return cfg
 
 
 def media_ref(path: str | Path) -> MediaRef:

@@ -14,6 +14,7 @@ import textwrap
 from itertools import islice
 from pathlib import Path
 
+from mmit.cli import user_errors
 from mmit.data.samples import Conversation
 from mmit.data.shards import read_shards, shard_urls
 
@@ -59,6 +60,7 @@ def contact_sheet(samples: list[Conversation], path: Path, thumb: int = 160, col
     return len(with_images)
 
 
+@user_errors("mmit.show")  # a user's mistake ends with one line naming it, not a traceback
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mmit.show", description=__doc__.splitlines()[0])
     parser.add_argument("path", type=Path, help="a build directory (with manifest.json) or one shard folder")

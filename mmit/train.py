@@ -16,6 +16,8 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from mmit.cli import user_errors
+from mmit.config_checks import check_config
 from mmit.factory import build_data, build_model, build_trainer_config, prepare_feature_caches
 from mmit.grounding import PRIOR_FILE
 from mmit.paths import CONF_DIR, atomic_write_text, exclusive_folder
@@ -88,7 +90,9 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict:
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
+@user_errors("mmit.train")  # a user's mistake ends with one line naming it, not a traceback
 def main(cfg: DictConfig) -> None:
+    check_config(cfg)  # values (types, ranges, names) before anything is built
     try:
         run(cfg, Path(HydraConfig.get().runtime.output_dir))
     finally:

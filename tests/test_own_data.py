@@ -91,7 +91,7 @@ def test_without_an_images_dir_image_paths_are_relative_to_the_file(tmp_path):
 
 def test_data_files_take_one_path_for_a_list_and_say_what_is_wrong(tmp_path):
     assert DataFiles(train="a.jsonl", eval={"x": "b.jsonl"}).eval == {"x": ["b.jsonl"]}
-    with pytest.raises(TypeError, match=r"data.source.eval must map set names to files, e.g. \{heldout"):
+    with pytest.raises(ValueError, match=r"data.source.eval must map set names to files, e.g. \{heldout"):
         DataFiles(train=["a.jsonl"], eval=["b.jsonl"])
     with pytest.raises(FileNotFoundError, match="images_dir: .*nowhere is not a folder"):
         DataFiles(train=["a.jsonl"], images_dir=str(tmp_path / "nowhere"))

@@ -71,7 +71,7 @@ class DataFiles:
             raise FileNotFoundError(f"data.source.images_dir: {self.images_dir} is not a folder")
         self.train = self._files("data.source.train", self.train)
         if self.eval is not None and not isinstance(self.eval, dict):
-            raise TypeError(
+            raise ValueError(
                 f"data.source.eval must map set names to files, e.g. {{heldout: [val.jsonl]}}, not {self.eval!r}"
             )
         self.eval = {
@@ -82,7 +82,7 @@ class DataFiles:
         if isinstance(paths, str | Path):
             paths = [paths]
         if not isinstance(paths, list | tuple) or not all(isinstance(p, str | Path) for p in paths):
-            raise TypeError(f"{key} must be a list of files or shard folders, not {paths!r}")
+            raise ValueError(f"{key} must be a list of files or shard folders, not {paths!r}")
         return [DataFile(p, self.images_dir) for p in paths]
 
 

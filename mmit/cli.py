@@ -1,0 +1,64 @@
+"""What the command-line tools share: a user's mistake (a missing file, a bad value, a run folder
+that does not fit) ends the command with one line naming it, not a traceback.
+
+A user error is an error mmit raises on purpose with a message (its own error classes, or a
+ValueError raised in mmit's code), a missing or unreadable file, or a config Hydra / OmegaConf
+refused. Anything else is a bug and keeps its traceback. ``MMIT_TRACEBACK=1`` shows the traceback
+of user errors too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+TRACEBACK_ENV = "MMIT_TRACEBACK"
+_PACKAGE = str(Path(__file__).resolve().parent)
+
+
+def _raised_in_mmit(err: BaseException) -> bool:
+    tb = err.__traceback__
+    last = None
+    while tb is not None:
+        last = tb
+        tb = tb.tb_next
+    return last is not None and str(Path(last.tb_frame.f_code.co_filename).resolve()).startswith(_PACKAGE)
+
+
+def user_error_message(err: BaseException) -> str | None:
+    """The message to show for a user error, or None when ``err`` is not one (a bug)."""
+    from hydra.errors import HydraException, InstantiationException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(err, InstantiationException) and err.__cause__ is not None:
+        inner = user_error_message(err.__cause__)
+        if inner is None:
+            return None
+        key = re.search(r"full_key: (\S+)", str(err))
+        return f"{key.group(1)}: {inner}" if key and not inner.startswith(key.group(1)) else inner
+    if type(err).__module__.startswith("mmit."):
+        return str(err)
+    if isinstance(err, FileNotFoundError | NotADirectoryError | IsADirectoryError | PermissionError):
+        return str(err)
+    if isinstance(err, HydraException | OmegaConfBaseException):
+        return str(err).strip()
+    if isinstance(err, ValueError) and _raised_in_mmit(err):
+        return str(err)
+    return None
+
+
+@contextmanager
+def user_errors(prog: str) -> Iterator[None]:
+    """Run a command's body; a user error exits with ``prog: message`` (status 1), a bug is re-raised."""
+    try:
+        yield
+    except Exception as err:
+        message = user_error_message(err)
+        if message is None or os.environ.get(TRACEBACK_ENV, "").lower() in ("1", "true", "yes"):
+            raise
+        print(f"{prog}: {message}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -1,0 +1,201 @@
+"""Checks of a composed training config, before anything is built: each value's type and range, and
+the names it picks (precision, tuning, peft method, projector kind, components), so that
+``trainer.lr=abc`` stops at once with the key rather than deep in torch after the model is built.
+
+Hydra already refuses unknown keys and unknown group options; these checks cover the values.
+"""
+
+from __future__ import annotations
+
+import re
+import types
+import typing
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from mmit.paths import CONF_DIR
+
+
+class ConfigError(ValueError):
+    """The composed config has values that cannot work; the message lists each key and what it needs."""
+
+
+# trainer keys -> (low, high) bounds, inclusive; None: unbounded on that side.
+TRAINER_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "max_steps": (1, None),
+    "batch_size": (1, None),
+    "grad_accum": (1, None),
+    "group_by_length": (0, None),
+    "pack_length": (0, None),
+    "prefetch": (0, None),
+    "lr": (0, None),
+    "weight_decay": (0, None),
+    "warmup_steps": (0, None),
+    "max_grad_norm": (0, None),
+    "log_every": (1, None),
+    "eval_every": (1, None),
+    "eval_batches": (0, None),
+    "generate_samples": (0, None),
+    "max_new_tokens": (1, None),
+    "save_every": (1, None),
+    "keep_last": (1, None),
+    "max_nonfinite_skips": (0, None),
+}
+POSITIVE = {"lr", "max_grad_norm"}  # > 0, not only >= 0
+CHOICES = {
+    "trainer.precision": ("auto", "bf16", "fp32"),
+    "trainer.eval_before": ("full", "loss", "none"),
+    "trainer.on_nonfinite": ("skip", "stop"),
+    "trainer.distributed": ("ddp", "fsdp2"),
+    "tuning.vision_encoder": ("frozen", "lora", "full"),
+    "tuning.audio_encoder": ("frozen", "lora", "full"),
+    "tuning.projector": ("full", "lora", "frozen"),
+    "frozen_dtype": ("auto", "float32", "bfloat16", "float16"),
+    "data.overlength": ("truncate", "drop", "raise"),
+    "data.on_error": ("raise", "skip"),
+    "llm.dtype": ("float32", "bfloat16", "float16", "fp32", "bf16", "fp16"),
+    "projector.kind": ("mlp", "linear", "resampler"),
+    "vision_encoder.tokens": ("patch", "cls", "all"),
+}
+COMPONENTS = ("llm", "encoders", "projectors")  # what trainer.lr_per_component can name
+
+
+def peft_methods() -> tuple[str, ...]:
+    import yaml
+
+    return tuple(sorted(yaml.safe_load(p.read_text())["method"] for p in (CONF_DIR / "peft").glob("*.yaml")))
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise ConfigError listing every value of ``cfg`` that cannot work."""
+    problems: list[str] = []
+    values = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    _check_trainer(values.get("trainer") or {}, problems)
+    for key, allowed in CHOICES.items():
+        value = _get(values, key)
+        if value is not _ABSENT and value not in allowed:
+            problems.append(f"{key}={_show(value)}: must be one of {', '.join(allowed)}")
+    method = _get(values, "peft.method")
+    if method is not _ABSENT and method not in peft_methods():
+        problems.append(f"peft.method={_show(method)}: must be one of {', '.join(peft_methods())} (peft=<method>)")
+    _check_data(values.get("data") or {}, problems)
+    for group in ("vision_encoder", "audio_encoder"):
+        if values.get(group) and not values.get("projector"):
+            problems.append(f"{group} is set but no projector is: add projector=mlp (or linear, resampler)")
+        pool = _get(values, f"{group}.pool_to")
+        if pool not in (_ABSENT, None) and not _is_int(pool, 1):
+            problems.append(f"{group}.pool_to={_show(pool)}: must be a whole number >= 1 or null")
+    if not _is_int(values.get("seed", 0), 0):
+        problems.append(f"seed={_show(values.get('seed'))}: must be a whole number >= 0")
+    pack, length = _get(values, "trainer.pack_length"), _get(values, "data.max_length")
+    if _is_int(pack, 1) and _is_int(length, 1) and pack < length:
+        problems.append(
+            f"trainer.pack_length={pack} is shorter than data.max_length={length}: a sample must fit in one packed row"
+        )
+    if problems:
+        raise ConfigError("the config cannot work:\n  " + "\n  ".join(problems))
+
+
+_ABSENT = object()
+
+
+def _get(values: dict, dotted: str) -> Any:
+    node: Any = values
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _ABSENT
+        node = node[part]
+    return node
+
+
+def _show(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _is_int(value: Any, low: int | None = None) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and (low is None or value >= low)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a config value has the type a TrainerConfig field declares (int, float, bool, str, dicts, unions)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return _is_int(value)
+    if hint is float:
+        return _is_number(value)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is dict:
+        key_type, value_type = typing.get_args(hint)
+        return isinstance(value, dict) and all(
+            _matches(k, key_type) and _matches(v, value_type) for k, v in value.items()
+        )
+    return True
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in typing.get_args(hint))
+    names = {int: "a whole number", float: "a number", bool: "true or false", str: "a text"}
+    if origin is dict:
+        return f"a mapping of {_describe(typing.get_args(hint)[1])}s"
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _check_trainer(trainer: dict, problems: list[str]) -> None:
+    from mmit.training.loop import TrainerConfig
+
+    hints = typing.get_type_hints(TrainerConfig)
+    for key, value in trainer.items():
+        if key == "_target_" or key not in hints:
+            continue
+        if not _matches(value, hints[key]):
+            problems.append(f"trainer.{key}={_show(value)}: must be {_describe(hints[key])}")
+            continue
+        low, high = TRAINER_RANGES.get(key, (None, None))
+        numbers = list(value.values()) if isinstance(value, dict) else [value]
+        for number in (n for n in numbers if _is_number(n)):
+            if key in POSITIVE and number <= 0:
+                problems.append(f"trainer.{key}={_show(value)}: must be > 0")
+                break
+            if (low is not None and number < low) or (high is not None and number > high):
+                bounds = f">= {low}" if high is None else f"between {low} and {high}"
+                problems.append(f"trainer.{key}={_show(value)}: must be {bounds}")
+                break
+    for name, rate in (trainer.get("lr_per_component") or {}).items():
+        if name not in COMPONENTS:
+            problems.append(f"trainer.lr_per_component.{name}: not a component; components are {', '.join(COMPONENTS)}")
+        elif _is_number(rate) and rate <= 0:
+            problems.append(f"trainer.lr_per_component.{name}={rate}: must be > 0")
+    device = trainer.get("device", "auto")
+    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+        problems.append(f"trainer.device={_show(device)}: must be auto, cpu, cuda, cuda:N or mps")
+
+
+def _check_data(data: dict, problems: list[str]) -> None:
+    for key, low in (("max_length", 1), ("max_pixels", 1), ("shuffle_buffer", 1)):
+        if key in data and not _is_int(data[key], low):
+            problems.append(f"data.{key}={_show(data[key])}: must be a whole number >= {low}")
+    for key in ("stream", "allow_outside_root"):
+        if key in data and not isinstance(data[key], bool):
+            problems.append(f"data.{key}={_show(data[key])}: must be true or false")
+    if "system_prompt" in data and not isinstance(data["system_prompt"], str | None):
+        problems.append(f"data.system_prompt={_show(data['system_prompt'])}: must be model_default, none or a text")
+    source = data.get("source") or {}
+    if source.get("_target_") == "mmit.data.sources.DataFiles" and source.get("train") == "???":
+        problems.append(
+            "data.source.train is not set: name your training files, e.g. 'data.source.train=[train.jsonl]' "
+            "(see docs/own_data.md)"
+        )

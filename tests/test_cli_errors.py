@@ -1,0 +1,106 @@
+"""Mistakes show early and in one line: config values are checked before any model is built, the
+commands print ``prog: message`` for a user's error (a bug keeps its traceback), and no command
+prints transformers' deprecation warning."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from mmit.cli import user_errors
+from mmit.config_checks import ConfigError, check_config
+from mmit.paths import CONF_DIR
+
+RECIPES = sorted(p.stem for p in (CONF_DIR / "recipe").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_recipe_passes_the_checks(recipe, compose):
+    check_config(compose([f"+recipe={recipe}"]))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.lr=abc", "trainer.lr='abc': must be a number"),
+        ("trainer.lr=0", "trainer.lr=0: must be > 0"),
+        ("trainer.batch_size=0", "trainer.batch_size=0: must be >= 1"),
+        ("trainer.max_steps=1.5", "trainer.max_steps=1.5: must be a whole number"),
+        ("trainer.gradient_checkpointing=maybe", "trainer.gradient_checkpointing='maybe': must be true or false"),
+        ("trainer.precision=fp16", "trainer.precision='fp16': must be one of auto, bf16, fp32"),
+        ("trainer.device=gpu", "trainer.device='gpu': must be auto, cpu, cuda, cuda:N or mps"),
+        ("++trainer.lr_per_component.projector=1e-3", "trainer.lr_per_component.projector: not a component"),
+        ("trainer.generate_samples={seen: -1}", "trainer.generate_samples={'seen': -1}: must be >= 0"),
+        ("tuning.vision_encoder=half", "tuning.vision_encoder='half': must be one of frozen, lora, full"),
+        ("peft.method=qlora", "peft.method='qlora': must be one of adapter, bitfit"),
+        ("data.max_length=-5", "data.max_length=-5: must be a whole number >= 1"),
+        ("data.overlength=cut", "data.overlength='cut': must be one of truncate, drop, raise"),
+        ("frozen_dtype=int8", "frozen_dtype='int8': must be one of auto, float32"),
+        ("trainer.pack_length=64", "trainer.pack_length=64 is shorter than data.max_length=512"),
+        ("vision_encoder=tiny", "vision_encoder is set but no projector is"),
+    ],
+)
+def test_bad_values_are_named_before_anything_is_built(override, message, compose):
+    with pytest.raises(ConfigError, match="the config cannot work") as refused:
+        check_config(compose(["+recipe=text_tiny", override]))
+    assert message in str(refused.value)
+
+
+def test_files_without_training_files_say_what_to_set(compose):
+    with pytest.raises(ConfigError, match=r"data.source.train is not set: .*'data.source.train=\[train.jsonl\]'"):
+        check_config(compose(["+recipe=text_tiny", "data=files"]))
+
+
+def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(capsys, monkeypatch):
+    @user_errors("mmit.x")
+    def missing():
+        raise FileNotFoundError("data file x.jsonl does not exist")
+
+    with pytest.raises(SystemExit) as stopped:
+        missing()
+    assert stopped.value.code == 1 and capsys.readouterr().err == "mmit.x: data file x.jsonl does not exist\n"
+
+    @user_errors("mmit.x")
+    def bug():
+        return {}["key"]
+
+    with pytest.raises(KeyError):
+        bug()
+    monkeypatch.setenv("MMIT_TRACEBACK", "1")
+    with pytest.raises(FileNotFoundError):
+        missing()
+
+
+def _run(*args, cwd):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "default"}
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _last_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("mmit.")]
+
+
+def test_a_bad_value_stops_training_at_once_in_one_message(tmp_path):
+    out = _run("mmit.train", "+recipe=text_tiny", "trainer.lr=abc", "hydra.run.dir=run", cwd=tmp_path)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip().endswith("mmit.train: the config cannot work:\n  trainer.lr='abc': must be a number")
+    assert "LLM" not in out.stderr and not (tmp_path / "run" / "config.yaml").exists()  # nothing was built
+
+
+def test_chat_and_eval_print_user_errors_in_one_line_without_warnings(tmp_path):
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "red.png")
+    chat = _run("mmit.chat", "--base", "+recipe=text_tiny", "--image", "red.png", "--", "Colour?", cwd=tmp_path)
+    assert chat.returncode == 1 and "Traceback" not in chat.stderr
+    assert _last_lines(chat.stderr) == ["mmit.chat: this model has no image encoder (its media: none (text only))"]
+    assert "FutureWarning" not in chat.stderr and "is_gradient_checkpointing" not in chat.stderr
+    missing = _run("mmit.eval", "nowhere", cwd=tmp_path)
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert _last_lines(missing.stderr) == ["mmit.eval: nowhere is not a run directory (no config.yaml)"]
+    base = _run("mmit.eval", "--base", "+recipe=text_tiny", "trainer.lr=abc", "--out", "x", cwd=tmp_path)
+    assert (
+        base.returncode == 1 and "trainer.lr='abc': must be a number" in base.stderr and "Traceback" not in base.stderr
+    )
