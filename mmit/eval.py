@@ -61,7 +61,6 @@ def run_eval(
 ) -> tuple[list[Prediction], dict, dict]:
     """Generate and score every set, with own and swapped media and beside the blind prior;
     returns predictions (each with what it said given swapped media), scores and what was skipped."""
-    from mmit.data.collate import Collator
     from mmit.data.sources import read_conversations
     from mmit.data.tokenize import Tokenizer
 
@@ -73,7 +72,6 @@ def run_eval(
         on_error,
         list(loaded.model.slots.values()),
     )
-    collate = Collator(loaded.tokenizer.pad_token_id, preprocess=loaded.preprocess)
     predictions, swapped, skipped = [], [], {}
     for name, paths in sets.items():
         counts = Counter()
@@ -96,7 +94,6 @@ def run_eval(
             [c for c, _ in pairs],
             options,
             samples=[s for _, s in pairs],
-            collate=collate,
             swap_media=swap_media,
             seed=seed,
             batch_size=batch_size,

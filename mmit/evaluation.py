@@ -8,7 +8,7 @@ then score with ``mmit.scoring.score_predictions``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -16,7 +16,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mmit.data.collate import Collator
 from mmit.data.samples import Conversation
-from mmit.data.tokenize import TokenizedSample
+from mmit.data.tokenize import IGNORE_INDEX, TokenizedSample
 from mmit.generation import GenerationOptions, predict
 from mmit.grounding import swap_plan, swapped
 from mmit.models.multimodal_lm import MultimodalLM
@@ -52,6 +52,17 @@ def sample_losses(
     return out
 
 
+def answer_ids(sample: TokenizedSample) -> list[int]:
+    """The labelled tokens of the sample's last assistant turn (its answer and end-of-turn token)."""
+    labelled = [i for i, label in enumerate(sample.labels) if label != IGNORE_INDEX]
+    if not labelled:
+        raise ValueError(f"sample {sample.id!r} has no labelled tokens")
+    end = start = labelled[-1]
+    while start - 1 >= 0 and sample.labels[start - 1] != IGNORE_INDEX:
+        start -= 1
+    return list(sample.input_ids[start : end + 1])
+
+
 def evaluate_set(
     model: MultimodalLM,
     tokenizer: PreTrainedTokenizerBase,
@@ -59,7 +70,6 @@ def evaluate_set(
     convs: Sequence[Conversation],
     options: GenerationOptions,
     samples: Sequence[TokenizedSample] | None = None,
-    collate: Collator | None = None,
     swap_media: bool = True,
     seed: int = 0,
     batch_size: int = 16,
@@ -69,30 +79,28 @@ def evaluate_set(
 ) -> SetResult:
     """Answers to ``convs`` with their own media and, for those with media, with swapped media.
 
-    ``samples`` (the same conversations tokenized, in order) and ``collate`` add each answer's
-    teacher-forced loss, with own and with swapped media.
+    ``samples`` (the same conversations tokenized, in order) add each answer's teacher-forced
+    loss, with own and with swapped media, computed from the answering's own prefill.
     """
-    kwargs = {"batch_size": batch_size, "autocast_dtype": autocast_dtype, "preprocess": preprocess}
+    if samples is not None and [s.id for s in samples] != [c.id for c in convs]:
+        raise ValueError(f"{name}: the tokenized samples are not the conversations given")
+    references = [answer_ids(s) for s in samples] if samples is not None else None
+    kwargs = {
+        "batch_size": batch_size,
+        "autocast_dtype": autocast_dtype,
+        "preprocess": preprocess,
+        "progress": progress,
+    }
     bar = tqdm(total=2 if swap_media else 1, desc=f"evaluate {name}", unit="pass", disable=not progress, leave=False)
-    own = predict(model, tokenizer, name, convs, options, progress=progress, **kwargs)
+    own = predict(model, tokenizer, name, convs, options, references, **kwargs)
     bar.update()
-    donor = swap_plan(convs, seed) if swap_media else [None] * len(convs)
-    swapped_convs = swapped(convs, donor)
     others = []
-    if swapped_convs:
-        answers = predict(model, tokenizer, name, [c for _, c in swapped_convs], options, progress=progress, **kwargs)
-        others = [replace(a, has_media=True) for a in answers]
-    bar.update()
+    if swap_media:
+        donor = swap_plan(convs, seed)
+        swapped_convs = swapped(convs, donor)
+        if swapped_convs:
+            refs = [references[i] for i, _ in swapped_convs] if references is not None else None
+            others = predict(model, tokenizer, name, [c for _, c in swapped_convs], options, refs, **kwargs)
+        bar.update()
     bar.close()
-    if samples is not None and collate is not None:
-        if [s.id for s in samples] != [c.id for c in convs]:
-            raise ValueError(f"{name}: the tokenized samples are not the conversations given")
-        loss_kwargs = {"batch_size": batch_size, "autocast_dtype": autocast_dtype}
-        for p, (loss, tokens) in zip(own, sample_losses(model, samples, collate, **loss_kwargs), strict=True):
-            p.loss, p.label_tokens = loss, tokens
-        swapped_samples = [s for _, s in swapped(samples, donor)]
-        for p, (loss, tokens) in zip(
-            others, sample_losses(model, swapped_samples, collate, **loss_kwargs), strict=True
-        ):
-            p.loss, p.label_tokens = loss, tokens
     return SetResult(own, others)

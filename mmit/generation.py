@@ -7,10 +7,14 @@ generation prompt. Greedy decoding by default; beam search and sampling are opti
 
 from __future__ import annotations
 
+import copy
+import functools
+import inspect
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
@@ -58,10 +62,15 @@ class GenerationOptions:
 
 @dataclass
 class Prompt:
-    """A chat ending with a user turn, and the media its placeholders refer to, in order."""
+    """A chat ending with a user turn, and the media its placeholders refer to, in order.
+
+    ``reference``: token ids of the expected answer (with its end-of-turn token), whose
+    teacher-forced loss ``generate`` reports when asked.
+    """
 
     chat: list[dict[str, str]]
     media: list[MediaRef]
+    reference: list[int] | None = None
 
 
 def prompt_and_reference(conv: Conversation) -> tuple[list[dict], str]:
@@ -83,11 +92,15 @@ def generate(
     use_cache: bool = True,
     progress: bool = False,
     finished: list[bool] | None = None,
+    losses: list[tuple[float, int]] | None = None,
 ) -> list[str]:
     """One answer per prompt, generated in left-padded batches with a KV cache.
 
     ``finished``, when given, receives per answer whether it ended by itself (an end-of-turn
-    token) rather than at ``max_new_tokens``.
+    token) rather than at ``max_new_tokens``. ``losses``, when given, receives per prompt the
+    summed cross-entropy of its ``reference`` tokens and their count, from the same prefill.
+    Greedy decoding runs its own loop over the decoder and its cache (``_greedy``); beam search
+    and sampling go through transformers' ``generate``.
     """
     options = options or GenerationOptions()
     device = next(model.parameters()).device
@@ -102,6 +115,10 @@ def generate(
     order = sorted(range(len(prompts)), key=lambda i: (len(all_ids[i]), i))
     answers: list[str] = [""] * len(prompts)
     ended: list[bool] = [False] * len(prompts)
+    reference_losses: list[tuple[float, int]] = [(0.0, 0)] * len(prompts)
+    if losses is not None and any(p.reference is None for p in prompts):
+        raise ValueError("losses asked for, but a prompt has no reference")
+    fast = use_cache and options.num_beams == 1 and not options.do_sample and options.repetition_penalty == 1.0
     starts = range(0, len(prompts), batch_size)
     for start in tqdm(starts, desc="generate", unit="batch", disable=not progress):
         rows = order[start : start + batch_size]
@@ -116,24 +133,112 @@ def generate(
             attention_mask[row, width - len(row_ids) :] = 1
         refs = [m for p in chunk for m in p.media]
         media = {k: v.to(device) for k, v in preprocess_media(refs, preprocess or {}).items()}
+        references = [p.reference for p in chunk] if losses is not None else None
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
             # The same inputs as training sees: media spliced in, any soft prompt in front (mask included).
             embeds, attention_mask = model.prepare_inputs(input_ids.to(device), attention_mask.to(device), media)
-            # Given only embeddings, generate returns just the new tokens.
-            out = model.llm.generate(
-                inputs_embeds=embeds,
-                attention_mask=attention_mask,
-                use_cache=use_cache,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                **options.generate_kwargs(),
-            )
-        for i, row, done in zip(rows, out, (out == tokenizer.eos_token_id).any(dim=1).tolist(), strict=True):
-            answers[i], ended[i] = tokenizer.decode(row, skip_special_tokens=True).strip(), done
+            if fast:
+                out, batch_losses = _greedy(
+                    model, embeds, attention_mask, options.max_new_tokens, tokenizer.eos_token_id, references
+                )
+            else:
+                # Given only embeddings, generate returns just the new tokens.
+                out = model.llm.generate(
+                    inputs_embeds=embeds,
+                    attention_mask=attention_mask,
+                    use_cache=use_cache,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                    **options.generate_kwargs(),
+                )
+                batch_losses = None
+                if references is not None:  # the references' losses from a prefill of their own
+                    batch_losses = _greedy(model, embeds, attention_mask, 0, tokenizer.eos_token_id, references)[1]
+        for k, (i, row) in enumerate(zip(rows, out, strict=True)):
+            eos = (row == tokenizer.eos_token_id).nonzero()
+            ended[i] = bool(len(eos))
+            kept = row[: int(eos[0])] if len(eos) else row
+            answers[i] = tokenizer.decode(kept, skip_special_tokens=True).strip()
+            if batch_losses is not None:
+                reference_losses[i] = batch_losses[k]
     if finished is not None:
         finished += ended
+    if losses is not None:
+        losses += reference_losses
     model.train(was_training)
     return answers
+
+
+def _greedy(
+    model: MultimodalLM,
+    embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_new_tokens: int,
+    eos_token_id: int,
+    references: list[list[int]] | None = None,
+) -> tuple[torch.Tensor, list[tuple[float, int]] | None]:
+    """Greedy tokens (B, <= max_new_tokens) for left-padded prompt embeddings, and the references'
+    teacher-forced losses, both from one prefill: the references run as one block on a copy of the
+    prompt's cache, so scoring an answer costs a few tokens, not a second pass over the prompt.
+    """
+    decoder, head = model.base_llm.get_decoder(), model.output_head
+    embed = model.base_llm.get_input_embeddings()
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    hidden, cache = _decode(decoder, embeds, attention_mask, positions, None)
+    first = head(hidden[:, -1]).float()
+    after = positions[:, -1:] + 1  # the position of the first new token
+    batch = embeds.shape[0]
+
+    losses = None
+    if references is not None:
+        # Teacher forcing: reference token j is predicted from block position j-1 (j = 0: the prompt's last).
+        length = max(len(r) for r in references)
+        ref_ids = torch.full((batch, length), eos_token_id, dtype=torch.long, device=embeds.device)
+        ref_mask = torch.zeros_like(ref_ids)
+        for row, ref in enumerate(references):
+            ref_ids[row, : len(ref)] = torch.tensor(ref, device=embeds.device)
+            ref_mask[row, : len(ref)] = 1
+        block, _ = _decode(
+            decoder,
+            embed(ref_ids),
+            torch.cat([attention_mask, ref_mask], dim=1),
+            after + torch.arange(length, device=embeds.device),
+            copy.deepcopy(cache),
+        )
+        logits = torch.cat([first[:, None], head(block[:, :-1]).float()], dim=1)
+        nll = F.cross_entropy(logits.transpose(1, 2), ref_ids, reduction="none") * ref_mask
+        losses = list(zip(nll.sum(1).tolist(), ref_mask.sum(1).tolist(), strict=True))
+
+    tokens = []
+    mask, position, logits = attention_mask, after, first
+    done = torch.zeros(batch, dtype=torch.bool, device=embeds.device)
+    for step in range(max_new_tokens):
+        token = logits.argmax(-1)
+        tokens.append(token)
+        done |= token == eos_token_id
+        if bool(done.all()) or step == max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
+        hidden, cache = _decode(decoder, embed(token[:, None]), mask, position, cache)
+        position = position + 1
+        logits = head(hidden[:, -1]).float()
+    generated = torch.stack(tokens, dim=1) if tokens else embeds.new_zeros((batch, 0), dtype=torch.long)
+    return generated, losses
+
+
+@functools.cache
+def _cache_argument(decoder_type: type) -> str:
+    """transformers 5.x renamed the decoder's ``past_key_values`` argument to ``cache``."""
+    return "cache" if "cache" in inspect.signature(decoder_type.forward).parameters else "past_key_values"
+
+
+def _decode(decoder, embeds, attention_mask, positions, cache):
+    """One decoder call with a KV cache: (last hidden states, the cache to continue from)."""
+    name = _cache_argument(type(decoder))
+    out = decoder(
+        inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions, use_cache=True, **{name: cache}
+    )
+    return out.last_hidden_state, out.get("cache", out.get("past_key_values"))
 
 
 def generate_answers(
@@ -141,10 +246,13 @@ def generate_answers(
     tokenizer: PreTrainedTokenizerBase,
     convs: Sequence[Conversation],
     options: GenerationOptions | None = None,
+    references: Sequence[list[int]] | None = None,
     **kwargs,
 ) -> list[str]:
-    """Answers to each conversation's last assistant turn, given everything before it."""
-    prompts = [Prompt(prompt_and_reference(c)[0], list(c.media)) for c in convs]
+    """Answers to each conversation's last assistant turn, given everything before it
+    (``references`` and ``losses``: as ``generate`` takes them)."""
+    refs = references if references is not None else [None] * len(convs)
+    prompts = [Prompt(prompt_and_reference(c)[0], list(c.media), r) for c, r in zip(convs, refs, strict=True)]
     return generate(model, tokenizer, prompts, options, **kwargs)
 
 
@@ -154,12 +262,18 @@ def predict(
     set_name: str,
     convs: Sequence[Conversation],
     options: GenerationOptions | None = None,
+    references: Sequence[list[int]] | None = None,
     **kwargs,
 ) -> list[Prediction]:
-    """Generated answers to an evaluation set's conversations, ready to score."""
-    answers = generate_answers(model, tokenizer, convs, options, **kwargs)
+    """Generated answers to an evaluation set's conversations, ready to score; with ``references``
+    (each answer's token ids) also each answer's teacher-forced loss."""
+    losses = [] if references is not None else None
+    answers = generate_answers(model, tokenizer, convs, options, references, losses=losses, **kwargs)
     out = []
-    for conv, answer in zip(convs, answers, strict=True):
+    for k, (conv, answer) in enumerate(zip(convs, answers, strict=True)):
         chat, reference = prompt_and_reference(conv)
-        out.append(Prediction.of(set_name, conv, chat[-1]["content"], reference, answer))
+        prediction = Prediction.of(set_name, conv, chat[-1]["content"], reference, answer)
+        if losses is not None:
+            prediction.loss, prediction.label_tokens = losses[k]
+        out.append(prediction)
     return out

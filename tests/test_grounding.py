@@ -117,7 +117,6 @@ def test_dependence_and_loss_gap_from_paired_predictions():
 
 
 def test_a_model_that_ignores_its_media_has_dependence_zero(compose):
-    from mmit.data.collate import Collator
     from mmit.data.tokenize import Tokenizer
     from mmit.evaluation import evaluate_set
     from mmit.factory import build_model
@@ -139,10 +138,41 @@ def test_a_model_that_ignores_its_media_has_dependence_zero(compose):
         convs,
         GenerationOptions(4),
         samples=samples,
-        collate=Collator(tokenizer.pad_token_id, preprocess={"image": encoder.preprocess}),
         preprocess={"image": encoder.preprocess},
     )
     assert len(result.swapped) == len(convs)
     g = score_predictions(result.predictions, result.swapped)["grounding"]["val"]["vqa_short"]
     assert g["dependence"] == 0.0 and g["n_swapped"] == len(convs)
     assert g["loss"] == pytest.approx(g["loss_swapped_media"], rel=1e-6)
+
+
+def test_answer_losses_from_the_prefill_equal_a_padded_forward(compose):
+    """evaluate_set scores each answer from its generation's own prefill: the same loss as
+    training's padded forward over prompt and answer."""
+    from mmit.data.collate import Collator
+    from mmit.data.tokenize import Tokenizer
+    from mmit.evaluation import evaluate_set, sample_losses
+    from mmit.factory import build_model
+    from mmit.generation import GenerationOptions
+
+    torch.manual_seed(0)
+    built = build_model(compose(["+recipe=vqa_tiny"]))
+    model, tokenizer = built.model.eval(), built.tokenizer
+    encoder, slot = model.encoders["image"], model.slots["image"]
+    convs = [_conv(i, c, answer=a) for i, (c, a) in enumerate([("red", "red"), ("blue", "a blue one"), ("green", "x")])]
+    tokenize = Tokenizer(tokenizer, 256, "truncate", "raise", [slot])
+    samples = [tokenize(c) for c in convs]
+    result = evaluate_set(
+        model,
+        tokenizer,
+        "val",
+        convs,
+        GenerationOptions(3),
+        samples=samples,
+        batch_size=2,
+        preprocess={"image": encoder.preprocess},
+    )
+    padded = sample_losses(model, samples, Collator(tokenizer.pad_token_id, preprocess={"image": encoder.preprocess}))
+    for p, (loss, tokens) in zip(result.predictions, padded, strict=True):
+        assert p.label_tokens == tokens > 1
+        assert p.loss == pytest.approx(loss, rel=1e-4)

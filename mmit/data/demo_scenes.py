@@ -226,18 +226,27 @@ def _ask(rng: random.Random, kind: str, objects: list[SceneObject]) -> SceneQues
     raise ValueError(f"unknown question kind {kind!r}")
 
 
-def plan_scene(image_id: int, seed: int = 0, image_size: int = 224) -> Scene:
-    """The scene and its questions, decided only by (seed, image_id): independent of build order."""
+def plan_scene(
+    image_id: int, seed: int = 0, image_size: int = 224, questions_per_image: int = QUESTIONS_PER_IMAGE
+) -> Scene:
+    """The scene and its questions, decided only by (seed, image_id): independent of build order.
+
+    Questions come in rounds, each round every kind once in a fresh order, until there are
+    ``questions_per_image`` distinct ones (fewer when the scene allows no more).
+    """
     rng = random.Random(f"{seed}:{image_id}")
     background = rng.choice(sorted(BACKGROUNDS))
     objects = _place_objects(rng, image_size)
-    questions = []
-    for kind in rng.sample(QUESTION_KINDS, len(QUESTION_KINDS)):
-        if len(questions) == QUESTIONS_PER_IMAGE:
+    questions: list[SceneQuestion] = []
+    for _ in range(questions_per_image):
+        for kind in rng.sample(QUESTION_KINDS, len(QUESTION_KINDS)):
+            if len(questions) == questions_per_image:
+                break
+            question = _ask(rng, kind, objects)
+            if question is not None and all(q.question != question.question for q in questions):
+                questions.append(question)
+        if len(questions) == questions_per_image:
             break
-        question = _ask(rng, kind, objects)
-        if question is not None:
-            questions.append(question)
     return Scene(image_id, image_size, background, objects, questions)
 
 
@@ -258,9 +267,11 @@ def render_scene(scene: Scene) -> Image.Image:
     return image
 
 
-def draw_scene(image_id: int, seed: int = 0, image_size: int = 224) -> tuple[Image.Image, Scene]:
+def draw_scene(
+    image_id: int, seed: int = 0, image_size: int = 224, questions_per_image: int = QUESTIONS_PER_IMAGE
+) -> tuple[Image.Image, Scene]:
     """The image exactly as write_demo_scenes saves it, with the scene it shows."""
-    scene = plan_scene(image_id, seed, image_size)
+    scene = plan_scene(image_id, seed, image_size, questions_per_image)
     return render_scene(scene), scene
 
 
@@ -299,7 +310,13 @@ def _existing(sources: DemoSources, info: dict) -> int | None:
     return len(questions["questions"]) if questions.get("info") == info else None
 
 
-def write_demo_scenes(out_dir: str | Path, n_images: int = 1200, seed: int = 0, image_size: int = 224) -> DemoSources:
+def write_demo_scenes(
+    out_dir: str | Path,
+    n_images: int = 1200,
+    seed: int = 0,
+    image_size: int = 224,
+    questions_per_image: int = QUESTIONS_PER_IMAGE,
+) -> DemoSources:
     """Draw the scenes and write images and annotation files once; return where they are."""
     if image_size < 64:
         raise ValueError(f"image_size {image_size} is too small to draw distinguishable shapes (need >= 64)")
@@ -311,6 +328,7 @@ def write_demo_scenes(out_dir: str | Path, n_images: int = 1200, seed: int = 0, 
         "seed": seed,
         "n_images": n_images,
         "image_size": image_size,
+        "questions_per_image": questions_per_image,
     }
     sources = _sources(root, n_images, 0)
     n_existing = _existing(sources, info)
@@ -323,7 +341,7 @@ def write_demo_scenes(out_dir: str | Path, n_images: int = 1200, seed: int = 0, 
 
     images, captions, questions, answers, detailed = [], [], [], [], []
     for image_id in tqdm(range(1, n_images + 1), desc="drawing demo scenes", unit="image"):
-        image, scene = draw_scene(image_id, seed, image_size)
+        image, scene = draw_scene(image_id, seed, image_size, questions_per_image)
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         _atomic_write_bytes(sources.images_dir / image_file_name(image_id), buffer.getvalue())

@@ -37,6 +37,9 @@ class ShapingConfig:
     # Where templated prompts put the placeholders: "before" the instruction (LLaVA's layout) or
     # "after" it, so that under causal attention the media tokens are read knowing the question.
     media_position: str = "before"
+    # False: the answer-format hints go on a conversation's first question only (fewer tokens per
+    # training sample; evaluation samples are single questions and always carry them)
+    hint_every_turn: bool = True
 
     def __post_init__(self):
         if self.media_position not in ("before", "after"):
@@ -67,18 +70,24 @@ def qa_task(qa: QA, rng: random.Random, cfg: ShapingConfig, pool: dict[str, list
 
 
 def _qa_turn(
-    qa: QA, task: str, template: Template, rng: random.Random, cfg: ShapingConfig, pool: dict[str, list[str]]
+    qa: QA,
+    task: str,
+    template: Template,
+    rng: random.Random,
+    cfg: ShapingConfig,
+    pool: dict[str, list[str]],
+    hint: bool = True,
 ) -> tuple[str, str]:
     if task == "vqa_multiple_choice":
         options = distractors(pool[qa.answer_type], qa.answer, cfg.num_choices - 1, rng) + [qa.answer]
         rng.shuffle(options)
         listing = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
         prompt = template.render({"question": qa.question, "options": listing})
-        if cfg.multiple_choice_hint:
+        if cfg.multiple_choice_hint and hint:
             prompt = f"{prompt}\n{cfg.multiple_choice_hint}"
         return prompt, LETTERS[options.index(qa.answer)]
     prompt = template.render({"question": qa.question})
-    if task in ("vqa_short", "audio_qa") and cfg.short_answer_hint:
+    if task in ("vqa_short", "audio_qa") and cfg.short_answer_hint and hint:
         prompt = f"{prompt}\n{cfg.short_answer_hint}"
     return prompt, qa.answer
 
@@ -162,7 +171,7 @@ def shape_annotation(
                 if train and task in cfg.held_out_tasks:
                     continue  # keep the rest of the conversation
                 template = template_for(task)
-                prompt, answer = _qa_turn(qa, task, template, rng, cfg, pool)
+                prompt, answer = _qa_turn(qa, task, template, rng, cfg, pool, cfg.hint_every_turn or not turns)
                 turns.append((task, template.id, prompt, answer))
                 question_types.append(qa.question_type)
                 answers = [answer] if task == "vqa_multiple_choice" else qa.answers

@@ -221,12 +221,12 @@ def evaluate(
                 [eval_set.conversations[i] for i in chosen],
                 options,
                 samples=[eval_set.tokens.samples[i] for i in chosen],
-                collate=collate,
                 swap_media=cfg.swap_media,
                 seed=cfg.seed,
                 batch_size=cfg.batch_size * 2,
                 autocast_dtype=dtype,
                 preprocess=collate.preprocess,
+                progress=True,  # minutes on a CPU: a bar per set, not silence
             )
             predictions += result.predictions
             swapped += result.swapped

@@ -228,3 +228,14 @@ def test_second_call_rewrites_nothing_and_a_changed_build_is_redone(tmp_path):
 
     bigger = write_demo_scenes(tmp_path, n_images=8)
     assert bigger.n_images == 8 and len(_load(bigger.captions_file)["images"]) == 8
+
+
+def test_more_questions_per_image_extend_the_same_scene():
+    from mmit.data.demo_scenes import plan_scene
+
+    for image_id in range(1, 60):
+        four, eight = plan_scene(image_id, seed=0), plan_scene(image_id, seed=0, questions_per_image=8)
+        assert eight.objects == four.objects and eight.questions[: len(four.questions)] == four.questions
+        texts = [q.question for q in eight.questions]
+        assert len(set(texts)) == len(texts) and 4 <= len(texts) <= 8
+    assert sum(len(plan_scene(i, questions_per_image=8).questions) for i in range(1, 60)) > 6 * 59

@@ -1,0 +1,63 @@
+"""Shaping options: answer-format hints (every turn or the first), the multiple-choice hint, and
+where the placeholders go."""
+
+import pytest
+
+from mmit.data.annotations import QA, Annotation
+from mmit.data.instructions import ShapingConfig, shape_annotation
+from mmit.data.samples import MediaRef
+from mmit.data.templates import load_templates
+from mmit.paths import RECIPES_DIR
+
+TEMPLATES = load_templates(RECIPES_DIR / "templates" / "vision.yaml")
+SHORT_HINT = "Answer the question using a single word or phrase."
+MC_HINT = "Answer with the option's letter from the given choices directly."
+
+
+def _annotation() -> Annotation:
+    qas = [QA(f"What is thing {i}?", [f"answer {i}"], f"answer {i}", "other", str(i), "what") for i in range(4)]
+    qas.append(QA("Is it red?", ["yes"], "yes", "yes/no", "9", "is it"))
+    return Annotation("a1", "test", "vqa", [MediaRef("image", "png", path="a1.png")], "a1.png", qas=qas)
+
+
+def _pool() -> dict[str, list[str]]:
+    return {"other": sorted(f"answer {i}" for i in range(10)), "yes/no": ["no", "yes"]}
+
+
+@pytest.mark.parametrize("every_turn", [True, False])
+def test_hints_on_every_turn_or_the_first_only(every_turn):
+    cfg = ShapingConfig(qa_per_conversation=5, multiple_choice_fraction=0.0, hint_every_turn=every_turn)
+    (conv,) = shape_annotation(_annotation(), TEMPLATES, cfg, _pool(), "train")["seen"]
+    users = [m.content for m in conv.messages if m.role == "user"]
+    tasks = conv.meta["tasks"]
+    hinted = [SHORT_HINT in u for u in users]
+    short_turns = [t == "vqa_short" for t in tasks]
+    if every_turn:
+        assert hinted == short_turns  # every short-answer question, no yes/no one
+    else:
+        assert sum(hinted) <= 1 and not any(hinted[1:])  # at most the first question
+    assert conv.meta["question_types"] == [
+        "what" if t == "vqa_short" else "is it" for t in tasks
+    ]  # one per turn, in the conversation's order
+
+
+def test_multiple_choice_hint_and_letters():
+    cfg = ShapingConfig(qa_per_conversation=1, multiple_choice_fraction=1.0, multiple_choice_hint=MC_HINT)
+    convs = shape_annotation(_annotation(), TEMPLATES, cfg, _pool(), "val", held_out_templates=True)["seen"]
+    choices = [c for c in convs if c.meta["tasks"] == ["vqa_multiple_choice"]]
+    assert len(choices) == 4
+    for conv in choices:
+        prompt, answer = conv.messages[0].content, conv.messages[1].content
+        assert prompt.endswith(MC_HINT) and answer in "ABCD" and len(answer) == 1
+
+
+@pytest.mark.parametrize("position", ["before", "after"])
+def test_media_position(position):
+    cfg = ShapingConfig(qa_per_conversation=2, media_position=position)
+    conv = shape_annotation(_annotation(), TEMPLATES, cfg, _pool(), "train")["seen"][0]
+    first, second = conv.messages[0].content, conv.messages[2].content
+    assert first.startswith("<image>\n") == (position == "before")
+    assert first.endswith("\n<image>") == (position == "after")
+    assert "<image>" not in second
+    with pytest.raises(ValueError, match="media_position"):
+        ShapingConfig(media_position="middle")
