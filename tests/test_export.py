@@ -221,3 +221,81 @@ def test_cli_writes_every_format(trained_run, tmp_path, capsys):
     assert (out / "llava" / "model.safetensors").is_file() and (out / "llava" / "processor_config.json").is_file()
     assert sorted(p.name for p in out.iterdir()) == ["adapter", "llava", "merged"]  # no temporary directories left
     assert "llava" in capsys.readouterr().out
+
+
+def test_llava_processor_takes_image_items_in_its_chat_template(loaded, exported):
+    """The standard transformers call: a chat whose content lists an image item and a text item."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    processor = AutoProcessor.from_pretrained(exported["llava"])
+    chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What color is the square?"}]}]
+    prompt = processor.apply_chat_template(chat, add_generation_prompt=True)
+    assert prompt == loaded.tokenizer.apply_chat_template(IMAGE_CHAT, add_generation_prompt=True, tokenize=False)
+    assert "{%- set mmit" not in (loaded.tokenizer.chat_template or "")  # the run's own tokenizer is untouched
+    inputs = processor(images=_image(), text=prompt, return_tensors="pt")
+    ids = encode_prompt(loaded.tokenizer, IMAGE_CHAT, list(loaded.model.slots.values()))
+    assert inputs["input_ids"][0].tolist() == ids
+    llava = LlavaForConditionalGeneration.from_pretrained(exported["llava"]).eval()
+    ours = _mmit_logits(loaded.model, ids, loaded.model.encoders["image"].preprocess([_image()]))
+    with torch.no_grad():
+        theirs = llava(**inputs).logits
+    assert float((theirs[..., : ours.shape[-1]] - ours).abs().max()) <= 1e-4
+    # Plain string contents (mmit's own form) go through the same template unchanged.
+    assert processor.apply_chat_template(IMAGE_CHAT, add_generation_prompt=True) == prompt
+
+
+def _bf16_base(root):
+    """A tiny Llama stored in bf16, as most hub LLMs are: a directory and the same model as a hub id in a cache."""
+    import shutil
+
+    tiny = load_tiny()
+    folder = root / "models" / "tiny-bf16"
+    tiny.model.to(torch.bfloat16).save_pretrained(folder)
+    tiny.tokenizer.save_pretrained(folder)
+    snapshot = root / "hub" / "models--mmit-test--tiny-bf16" / "snapshots" / ("0" * 40)
+    shutil.copytree(folder, snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    return folder
+
+
+@pytest.mark.parametrize("given", ["directory", "hub id"])
+def test_the_adapter_names_the_base_the_user_gave_and_its_dtype(given, compose, tmp_path, monkeypatch):
+    import huggingface_hub
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    from mmit.export import BASE_MODEL_JSON
+    from mmit.factory import build_model
+
+    folder = _bf16_base(tmp_path)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)
+    name = "models/tiny-bf16" if given == "directory" else "mmit-test/tiny-bf16"  # a relative directory, or an id
+    cfg = compose(["llm=hf", f"llm.name_or_path={name}", "llm.attn_implementation=sdpa"])
+    model = build_model(cfg).model.eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for param_name, param in model.llm.named_parameters():
+            if "lora_B" in param_name:
+                param.normal_(0, 0.05)
+    export_adapter(model, tmp_path / "adapter", cfg)
+    tokenizer = load_tiny().tokenizer
+    export_merged(model, tokenizer, tmp_path / "merged")
+
+    expected = str(folder.resolve()) if given == "directory" else name
+    adapter_config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == expected
+    info = json.loads((tmp_path / "adapter" / BASE_MODEL_JSON).read_text())
+    assert info["name_or_path"] == expected and info["dtype"] == "float32"
+
+    # As a user would: the adapter folder alone, in the recorded dtype, from another directory.
+    monkeypatch.chdir(tmp_path / "adapter")
+    ids = torch.tensor([encode_prompt(tokenizer, TEXT_CHAT)])
+    with torch.no_grad():
+        reloaded = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "adapter", dtype=getattr(torch, info["dtype"]))
+        merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+        theirs, reference = reloaded.eval()(input_ids=ids).logits, merged(input_ids=ids).logits
+        assert float((theirs - reference).abs().max()) <= 1e-5
+        default = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "adapter").eval()  # the checkpoint's bf16
+        assert default.base_model.model.dtype == torch.bfloat16
