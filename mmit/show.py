@@ -1,22 +1,27 @@
 """Look inside a built dataset: ``python -m mmit.show <dir> [--samples N] [--sheet out.png]``.
 
-Prints the manifest's counts, a few rendered conversations, and draws a contact sheet of
-image thumbnails with their first answer.
+Prints the manifest's counts, a few rendered conversations, and draws a contact sheet: one cell per
+distinct image, with the first question asked about it and its answer.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import os
+import re
 import textwrap
+from collections.abc import Iterable
 from itertools import islice
 from pathlib import Path
 
 from mmit.cli import user_errors
 from mmit.data.samples import Conversation
 from mmit.data.shards import read_shards, shard_urls
+
+PLACEHOLDER = re.compile(r"<image>|<audio>")
 
 
 def set_dirs(root: Path) -> list[Path]:
@@ -35,29 +40,79 @@ def render(conv: Conversation) -> str:
     return "\n".join(lines)
 
 
-def contact_sheet(samples: list[Conversation], path: Path, thumb: int = 160, columns: int = 4) -> int:
-    """Thumbnails of the samples' first images with their last answer; returns how many were drawn."""
+def first_exchange(conv: Conversation) -> tuple[str, str]:
+    """The first user turn (without media placeholders) and the answer to it."""
+    question = answer = ""
+    for i, m in enumerate(conv.messages):
+        if m.role == "user":
+            question = " ".join(PLACEHOLDER.sub(" ", m.content).split())
+            answer = next((n.content for n in conv.messages[i + 1 :] if n.role == "assistant"), "")
+            break
+    return question, " ".join(answer.split())
+
+
+def _labelled(label: str, text: str, width: int, colour: str, lines: int = 2) -> list[tuple[str, str]]:
+    """``text`` wrapped into at most ``lines`` lines after ``label`` (continuations indented, a cut marked)."""
+    wrapped = textwrap.wrap(text, width - len(label)) or [""]
+    if len(wrapped) > lines:
+        rest = " ".join(wrapped[lines - 1 :])
+        wrapped = [
+            *wrapped[: lines - 1],
+            rest if len(rest) <= width - len(label) else rest[: width - len(label) - 3] + "...",
+        ]
+    return [((label if i == 0 else " " * len(label)) + line, colour) for i, line in enumerate(wrapped)]
+
+
+def distinct_images(convs: Iterable[Conversation], count: int) -> list[tuple[bytes, Conversation, int]]:
+    """The first ``count`` distinct images (by content), each with its first conversation and how many
+    conversations of those read are about it. A shard sample holds every conversation about an image,
+    so consecutive conversations often share one."""
+    found: dict[str, list] = {}
+    for conv in convs:
+        image = next((m for m in conv.media if m.kind == "image"), None)
+        if image is None:
+            continue
+        data = image.data if image.data is not None else image.read()
+        key = hashlib.sha256(data).hexdigest()
+        if key in found:
+            found[key][2] += 1
+        elif len(found) < count:
+            found[key] = [data, conv, 1]
+        else:
+            break
+    return [tuple(entry) for entry in found.values()]
+
+
+def contact_sheet(
+    samples: Iterable[Conversation], path: Path, count: int = 16, thumb: int = 200, columns: int = 4
+) -> int:
+    """One cell per distinct image: its thumbnail, the first question asked about it and the answer, and
+    its task; returns how many images were drawn."""
     from PIL import Image, ImageDraw
 
-    with_images = [c for c in samples if any(m.kind == "image" for m in c.media)]
-    if not with_images:
+    images = distinct_images(samples, count)
+    if not images:
         return 0
-    rows = -(-len(with_images) // columns)
-    caption_h = 36
+    line_h, width = 13, thumb // 6 - 1
+    caption_h = 6 * line_h + 6
+    rows = -(-len(images) // columns)
     sheet = Image.new("RGB", (columns * thumb, rows * (thumb + caption_h)), "white")
     draw = ImageDraw.Draw(sheet)
-    for i, conv in enumerate(with_images):
-        image = Image.open(io.BytesIO(next(m for m in conv.media if m.kind == "image").data)).convert("RGB")
+    for i, (data, conv, n) in enumerate(images):
+        image = Image.open(io.BytesIO(data)).convert("RGB")
         image.thumbnail((thumb - 8, thumb - 8))
         x, y = (i % columns) * thumb, (i // columns) * (thumb + caption_h)
         sheet.paste(image, (x + (thumb - image.width) // 2, y + 4))
-        answer = conv.messages[-1].content.replace("\n", " ")
-        draw.text((x + 4, y + thumb), textwrap.shorten(answer, 26, placeholder="..."), fill="black")
-        draw.text((x + 4, y + thumb + 14), textwrap.shorten(conv.meta.get("tasks", [""])[-1], 26), fill="gray")
+        question, answer = first_exchange(conv)
+        lines = _labelled("Q: ", question, width, "black") + _labelled("A: ", answer, width, "darkblue")
+        task = "/".join(conv.meta.get("tasks", [])) or "conversation"
+        lines.append((textwrap.shorten(f"{task}; {n} conversation{'s' if n > 1 else ''}", width), "gray"))
+        for k, (text, colour) in enumerate(lines):
+            draw.text((x + 4, y + thumb + k * line_h), text, fill=colour)
     tmp = path.with_name(f".{path.name}.tmp")
     sheet.save(tmp, format="PNG")
     os.replace(tmp, path)
-    return len(with_images)
+    return len(images)
 
 
 @user_errors("mmit.show")  # a user's mistake ends with one line naming it, not a traceback
@@ -66,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("path", type=Path, help="a build directory (with manifest.json) or one shard folder")
     parser.add_argument("--samples", type=int, default=3, help="conversations to print per set")
     parser.add_argument("--sheet", type=Path, help="write a PNG contact sheet of the first images here")
-    parser.add_argument("--sheet-count", type=int, default=16)
+    parser.add_argument("--sheet-count", type=int, default=16, help="distinct images on the sheet")
     args = parser.parse_args(argv)
 
     manifest = args.path / "manifest.json"
@@ -87,8 +142,10 @@ def main(argv: list[str] | None = None) -> None:
             print(render(conv))
     if args.sheet:
         first = set_dirs(args.path)[0]
-        count = contact_sheet(list(islice(read_shards(shard_urls(first)), args.sheet_count)), args.sheet)
-        print(f"\ncontact sheet of {count} images from {first.name}: {args.sheet}")
+        count = contact_sheet(read_shards(shard_urls(first)), args.sheet, args.sheet_count)
+        print(
+            f"\ncontact sheet of {count} distinct images from {first.name}, each with a question and its answer: {args.sheet}"
+        )
 
 
 if __name__ == "__main__":

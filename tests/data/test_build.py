@@ -495,7 +495,26 @@ def test_show_prints_counts_and_draws_a_contact_sheet(sources, tmp_path, capsys)
     # A multi-line user turn: the role once, the next line aligned under the text.
     assert "     user: <image>\n           " in printed and printed.count("user:") == printed.count("assistant:")
     with Image.open(tmp_path / "sheet.png") as sheet:
-        assert sheet.size[0] == 4 * 160 and sheet.size[1] >= 160
+        assert sheet.size[0] == 4 * 200 and sheet.size[1] >= 200
+
+
+def test_the_contact_sheet_shows_distinct_images_each_with_a_question_and_its_answer(sources, tmp_path):
+    from mmit.show import contact_sheet, distinct_images, first_exchange
+
+    build(recipe(sources, tmp_path / "out"))
+    convs = list(read_shards(shard_urls(tmp_path / "out" / "train")))
+    images = distinct_images(convs, 16)
+    assert len(images) == min(16, len({c.media[0].read() for c in convs if c.media}))
+    assert len({data for data, _, _ in images}) == len(images)  # every cell a different image
+    assert any(n > 1 for _, _, n in images)  # several conversations about one image share its cell
+    for _, conv, _ in images:
+        question, answer = first_exchange(conv)
+        assert question and "<image>" not in question and answer
+        user = next(m.content for m in conv.messages if m.role == "user")
+        assert " ".join(user.replace("<image>", " ").split()) == question
+    assert contact_sheet(iter(convs), tmp_path / "sheet.png", count=16) == len(images)
+    with Image.open(tmp_path / "sheet.png") as sheet:
+        assert sheet.size == (4 * 200, -(-len(images) // 4) * (200 + 84))
 
 
 def test_build_command_line(sources, tmp_path):
