@@ -131,8 +131,7 @@ def build_app(loaded: LoadedModel, options: GenerationOptions, origin: str | Non
     return app
 
 
-@user_errors("mmit.demo")  # a user's mistake ends with one line naming it, not a traceback
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m mmit.demo", description="Chat with a trained run (or a base model) in the browser."
     )
@@ -146,6 +145,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if (args.run_dir is None) == (args.base is None):
         parser.error("give exactly one of RUN_DIR and --base OVERRIDE...")
+    return args
+
+
+@user_errors("mmit.demo")  # a user's mistake ends with one line naming it, not a traceback
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own startup requests to itself
 

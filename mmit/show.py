@@ -115,14 +115,20 @@ def contact_sheet(
     return len(images)
 
 
-@user_errors("mmit.show")  # a user's mistake ends with one line naming it, not a traceback
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m mmit.show", description=__doc__.splitlines()[0])
     parser.add_argument("path", type=Path, help="a build directory (with manifest.json) or one shard folder")
     parser.add_argument("--samples", type=int, default=3, help="conversations to print per set")
-    parser.add_argument("--sheet", type=Path, help="write a PNG contact sheet of the first images here")
+    parser.add_argument("--sheet", type=Path, help="write a PNG contact sheet: one cell per distinct image")
     parser.add_argument("--sheet-count", type=int, default=16, help="distinct images on the sheet")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+@user_errors("mmit.show")  # a user's mistake ends with one line naming it, not a traceback
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if not args.path.is_dir():
+        raise FileNotFoundError(f"{args.path} is not a folder (a build directory or a shard folder)")
 
     manifest = args.path / "manifest.json"
     if manifest.exists():
