@@ -29,6 +29,13 @@ def _raised_in_mmit(err: BaseException) -> bool:
     return last is not None and str(Path(last.tb_frame.f_code.co_filename).resolve()).startswith(_PACKAGE)
 
 
+def _defined_in_mmit(cls: type) -> bool:
+    """An error class of mmit's own (also when its module runs as ``__main__``, as ``python -m mmit.build``)."""
+    module = sys.modules.get(cls.__module__)
+    path = getattr(module, "__file__", None)
+    return cls.__module__.startswith("mmit.") or (path is not None and str(Path(path).resolve()).startswith(_PACKAGE))
+
+
 def user_error_message(err: BaseException) -> str | None:
     """The message to show for a user error, or None when ``err`` is not one (a bug)."""
     from hydra.errors import HydraException, InstantiationException
@@ -40,7 +47,7 @@ def user_error_message(err: BaseException) -> str | None:
             return None
         key = re.search(r"full_key: (\S+)", str(err))
         return f"{key.group(1)}: {inner}" if key and not inner.startswith(key.group(1)) else inner
-    if type(err).__module__.startswith("mmit."):
+    if _defined_in_mmit(type(err)):
         return str(err)
     if isinstance(err, FileNotFoundError | NotADirectoryError | IsADirectoryError | PermissionError):
         return str(err)
