@@ -30,8 +30,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TINY_NOTE = (
-    "llm=tiny is a random 2-layer model: its answers are empty or gibberish and its scores about 0, "
-    "before and after training. That is expected; it checks that the pipeline runs, not that it learns."
+    "llm=tiny is a random 2-layer model: empty, repeated or gibberish answers and scores near 0 (or at the "
+    "blind prior) are expected, before and after training; it checks that the pipeline runs, not that it learns."
 )
 
 
