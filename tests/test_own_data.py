@@ -85,7 +85,9 @@ def test_without_an_images_dir_image_paths_are_relative_to_the_file(tmp_path):
     root = _llava_folder(tmp_path)
     (root / "images" / "train.json").write_text((root / "ann" / "train.json").read_text())
     assert len(read_conversations(DataFiles(train=[str(root / "images" / "train.json")]).train)) == 4
-    with pytest.raises(ValueError, match="sub/0.png does not exist"):
+    with pytest.raises(
+        ValueError, match=r"sub/0.png does not exist \(media paths are relative.*data.source.images_dir="
+    ):
         read_conversations([root / "ann" / "train.json"])
 
 

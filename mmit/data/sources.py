@@ -187,7 +187,7 @@ def read_conversations(
 
             items = read_shard_items(shard_urls(path), max_pixels=max_pixels)
         else:
-            root = Path(file.media_root) if getattr(file, "media_root", None) else path.parent
+            root = Path(file.media_root) if getattr(file, "media_root", None) else None
             items = _file_items(path, max_pixels, allow_outside_root, root)
         for location, item in items:
             try:
@@ -227,4 +227,10 @@ def _file_items(
             conv = conversation_from_record(record, default_id=location)
             yield location, with_media(conv, record, root, max_pixels, allow_outside_root)
         except SampleError as err:
+            if err.reason == "missing_media" and media_root is None:
+                err = SampleError(
+                    err.reason,
+                    f"{err} (media paths are relative to the data file's folder; if they are relative to another "
+                    "folder, as LLaVA's JSON is to its image root, name it: data.source.images_dir=FOLDER)",
+                )
             yield location, err
