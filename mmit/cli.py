@@ -60,12 +60,11 @@ def user_error_message(err: BaseException) -> str | None:
 
 @contextmanager
 def user_errors(prog: str) -> Iterator[None]:
-    """Run a command's body; a user error exits with ``prog: message`` (status 1), a bug is re-raised."""
+    """Run a command's body; a user error exits with ``prog: message`` on stderr (status 1), a bug is re-raised."""
     try:
         yield
     except Exception as err:
         message = user_error_message(err)
         if message is None or os.environ.get(TRACEBACK_ENV, "").lower() in ("1", "true", "yes"):
             raise
-        print(f"{prog}: {message}", file=sys.stderr)
-        raise SystemExit(1) from None
+        raise SystemExit(f"{prog}: {message}") from None  # printed to stderr, exit status 1

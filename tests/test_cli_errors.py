@@ -55,14 +55,14 @@ def test_files_without_training_files_say_what_to_set(compose):
         check_config(compose(["+recipe=text_tiny", "data=files"]))
 
 
-def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(capsys, monkeypatch):
+def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(monkeypatch):
     @user_errors("mmit.x")
     def missing():
         raise FileNotFoundError("data file x.jsonl does not exist")
 
     with pytest.raises(SystemExit) as stopped:
         missing()
-    assert stopped.value.code == 1 and capsys.readouterr().err == "mmit.x: data file x.jsonl does not exist\n"
+    assert stopped.value.code == "mmit.x: data file x.jsonl does not exist"  # Python prints it, exit status 1
 
     @user_errors("mmit.x")
     def bug():
