@@ -184,7 +184,6 @@ def test_two_processes_match_one_and_survive_mixed_batches(strategy, compose, tm
     common = [
         "+recipe=vqa_tiny",
         "data=files",
-        "~data.source.overrides",  # the recipe's demo-build options do not apply to plain files
         f"data.source.train=[{shards},{text}]",
         "trainer.max_steps=8",
         "trainer.save_every=8",
