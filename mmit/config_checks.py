@@ -55,16 +55,17 @@ CHOICES = {
     "data.overlength": ("truncate", "drop", "raise"),
     "data.on_error": ("raise", "skip"),
     "llm.dtype": ("float32", "bfloat16", "float16", "fp32", "bf16", "fp16"),
-    "projector.kind": ("mlp", "linear", "resampler"),
     "vision_encoder.tokens": ("patch", "cls", "all"),
 }
 COMPONENTS = ("llm", "encoders", "projectors")  # what trainer.lr_per_component can name
 
 
-def peft_methods() -> tuple[str, ...]:
+def shipped_values(group: str, key: str) -> tuple[str, ...]:
+    """The values the shipped options of a config group give ``key`` (peft methods, projector kinds)."""
     import yaml
 
-    return tuple(sorted(yaml.safe_load(p.read_text())["method"] for p in (CONF_DIR / "peft").glob("*.yaml")))
+    values = {(yaml.safe_load(p.read_text()) or {}).get(key) for p in (CONF_DIR / group).glob("*.yaml")}
+    return tuple(sorted(v for v in values if isinstance(v, str)))
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -76,9 +77,10 @@ def check_config(cfg: DictConfig) -> None:
         value = _get(values, key)
         if value is not _ABSENT and value not in allowed:
             problems.append(f"{key}={_show(value)}: must be one of {', '.join(allowed)}")
-    method = _get(values, "peft.method")
-    if method is not _ABSENT and method not in peft_methods():
-        problems.append(f"peft.method={_show(method)}: must be one of {', '.join(peft_methods())} (peft=<method>)")
+    for key, group in (("peft.method", "peft"), ("projector.kind", "projector")):
+        value, known = _get(values, key), shipped_values(group, key.split(".")[1])
+        if value is not _ABSENT and value not in known:
+            problems.append(f"{key}={_show(value)}: must be one of {', '.join(known)} ({group}=<option>)")
     _check_data(values.get("data") or {}, problems)
     for group in ("vision_encoder", "audio_encoder"):
         if values.get(group) and not values.get("projector"):
