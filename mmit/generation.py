@@ -238,7 +238,7 @@ def _decode(decoder, embeds, attention_mask, positions, cache):
     out = decoder(
         inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions, use_cache=True, **{name: cache}
     )
-    return out.last_hidden_state, out.get("cache", out.get("past_key_values"))
+    return out.last_hidden_state, out["cache"] if "cache" in out else out["past_key_values"]
 
 
 def generate_answers(

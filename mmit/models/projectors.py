@@ -23,9 +23,13 @@ class LinearProjector(nn.Module):
 
 
 class MLPProjector(nn.Module):
-    def __init__(self, in_dim: int, out_dim: int, depth: int = 2):
+    """``input_norm``: a LayerNorm over each feature vector first, so encoders (or layers) whose
+    features differ in scale start from projections of the same size."""
+
+    def __init__(self, in_dim: int, out_dim: int, depth: int = 2, input_norm: bool = False):
         super().__init__()
-        layers: list[nn.Module] = [nn.Linear(in_dim, out_dim)]
+        layers: list[nn.Module] = [nn.LayerNorm(in_dim)] if input_norm else []
+        layers.append(nn.Linear(in_dim, out_dim))
         for _ in range(depth - 1):
             layers += [nn.GELU(), nn.Linear(out_dim, out_dim)]
         self.mlp = nn.Sequential(*layers)
