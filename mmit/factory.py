@@ -109,6 +109,8 @@ def build_model(cfg: DictConfig) -> BuiltModel:
         reseed(cfg, group)
         encoder = apply_tuning(encoder, cfg.tuning[group], name=group)
         options = OmegaConf.to_container(cfg.projector)
+        if options["kind"] == "vocab":  # soft choices of the LLM's own token embeddings
+            options["embeddings"] = loaded.model.get_input_embeddings().weight
         projector = build_projector(options.pop("kind"), encoder.output_dim, hidden, **options)
         projector = apply_tuning(projector, cfg.tuning.projector, name="projector")
         placeholder = f"<{kind}>"

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -77,7 +78,37 @@ class ResamplerProjector(nn.Module):
         return self.out(x)
 
 
-PROJECTORS = {"linear": LinearProjector, "mlp": MLPProjector, "resampler": ResamplerProjector}
+class VocabProjector(nn.Module):
+    """Each feature becomes a soft choice of the LLM's own token embeddings.
+
+    An MLP maps the feature to a query in the LLM's embedding space; a softmax over its dot
+    products with every token embedding (scaled by a learned temperature) weighs those
+    embeddings. Media tokens so start, and stay, among the vectors the LLM already reads as
+    words, instead of anywhere in its input space (the idea of vocabulary-space visual tokens,
+    as in V2L / SPAE tokenizers). ``embeddings``: the LLM's input embedding matrix, copied
+    frozen (not saved with the projector; it is rebuilt from the LLM).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, embeddings: torch.Tensor, input_norm: bool = True):
+        super().__init__()
+        if embeddings.shape[1] != out_dim:
+            raise ValueError(f"vocab projector: embeddings of width {embeddings.shape[1]}, LLM width {out_dim}")
+        self.query = MLPProjector(in_dim, out_dim, depth=2, input_norm=input_norm)
+        self.register_buffer("vocab", embeddings.detach().float().clone(), persistent=False)
+        # Start with a softmax about as sharp as for unit-length queries against unit-length words.
+        self.log_scale = nn.Parameter(torch.tensor(float(out_dim) ** 0.5).log())
+
+    def num_tokens(self, encoder_tokens: int) -> int:
+        return encoder_tokens
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        query = F.normalize(self.query(features).float(), dim=-1)
+        keys = F.normalize(self.vocab, dim=-1)
+        weights = torch.softmax(self.log_scale.exp() * query @ keys.T, dim=-1)
+        return weights @ self.vocab
+
+
+PROJECTORS = {"linear": LinearProjector, "mlp": MLPProjector, "resampler": ResamplerProjector, "vocab": VocabProjector}
 
 
 def build_projector(kind: str, in_dim: int, out_dim: int, **options) -> nn.Module:

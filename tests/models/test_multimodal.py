@@ -64,12 +64,31 @@ TEXT_CONV = Conversation("txt", [Message("user", "Say hi"), Message("assistant",
 
 @pytest.mark.parametrize(
     "kind, options, tokens",
-    [("linear", {}, 16), ("mlp", {"depth": 2}, 16), ("resampler", {"num_queries": 5, "heads": 4}, 5)],
+    [
+        ("linear", {}, 16),
+        ("mlp", {"depth": 2}, 16),
+        ("mlp", {"input_norm": True}, 16),
+        ("resampler", {"num_queries": 5, "heads": 4}, 5),
+        ("vocab", {"embeddings": torch.randn(100, 64)}, 16),
+    ],
 )
 def test_projector_shapes(kind, options, tokens):
     projector = build_projector(kind, 48, 64, **options)
     out = projector(torch.randn(3, 16, 48))
     assert out.shape == (3, tokens, 64) and projector.num_tokens(16) == tokens
+
+
+def test_vocab_projector_gives_mixtures_of_the_llm_embeddings():
+    vocab = torch.randn(50, 8)
+    projector = build_projector("vocab", 6, 8, embeddings=vocab)
+    assert "vocab" not in projector.state_dict()  # rebuilt from the LLM, never saved with the projector
+    with torch.no_grad():
+        projector.log_scale.fill_(10.0)  # a very sharp softmax picks one word embedding
+        out = projector(torch.randn(2, 3, 6))
+    nearest = torch.cdist(out.reshape(-1, 8), vocab).min(dim=1).values
+    assert torch.all(nearest < 1e-2)
+    with pytest.raises(ValueError, match="width"):
+        build_projector("vocab", 6, 9, embeddings=vocab)
 
 
 def test_placeholders_expand_to_the_encoder_token_count(mm):
