@@ -47,6 +47,7 @@ CHOICES = {
     "trainer.precision": ("auto", "bf16", "fp32"),
     "trainer.eval_before": ("full", "loss", "none"),
     "trainer.on_nonfinite": ("skip", "stop"),
+    "trainer.loss_weighting": ("token", "turn"),
     "trainer.distributed": ("ddp", "fsdp2"),
     "tuning.vision_encoder": ("frozen", "lora", "full"),
     "tuning.audio_encoder": ("frozen", "lora", "full"),

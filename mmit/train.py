@@ -20,6 +20,7 @@ from mmit.cli import user_errors
 from mmit.config_checks import check_config
 from mmit.factory import build_data, build_model, build_trainer_config, prepare_feature_caches
 from mmit.grounding import PRIOR_FILE
+from mmit.models.align import align_projectors
 from mmit.paths import CONF_DIR, atomic_write_text, exclusive_folder
 from mmit.plots import plot_training_curves
 from mmit.training import distributed
@@ -67,10 +68,18 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict:
         "data: training %s; eval sets: %s", data.train.describe(), {n: len(e.tokens) for n, e in data.eval.items()}
     )
 
+    aligned = {}
+    if cfg.get("projector_align"):  # projectors first learn to say their media's words in the LLM's embeddings
+        aligned = align_projectors(
+            cfg.projector_align, built.model, built.tokenizer, data, features, run_dir, cfg.init_from
+        )
+
     if d.is_main and data.prior is not None:  # mmit.eval reads the run's blind prior from here
         data.prior.save(run_dir / PRIOR_FILE)
     trainer_cfg = build_trainer_config(cfg)
     summary = train(built.model, built.tokenizer, data.train, data.eval, trainer_cfg, run_dir, features, data.prior)
+    if aligned:
+        summary["projector_align"] = aligned
     summary.update(
         llm=built.source,
         parameters=built.table,

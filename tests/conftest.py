@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +29,30 @@ def compose():
             return hydra_compose(config_name="train", overrides=list(overrides))
 
     return _compose
+
+
+def load_tool(name: str):
+    """A script of tools/ as a module (registered in sys.modules: dataclasses look their module up)."""
+    path = Path(__file__).resolve().parents[1] / "tools" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def tool():
+    """tool(name) -> tools/<name>.py loaded as a module."""
+    loaded = []
+
+    def _load(name: str):
+        loaded.append(name)
+        return load_tool(name)
+
+    yield _load
+    for name in loaded:
+        sys.modules.pop(name, None)
 
 
 @pytest.fixture(scope="session")

@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-REPO = Path(__file__).resolve().parents[1]
+from conftest import load_tool
 
 
 @pytest.fixture(scope="module")
 def bench():
     environ = dict(os.environ)  # the tool sets defaults (OMP_WAIT_POLICY, ...) for its own runs
-    spec = importlib.util.spec_from_file_location("bench_perf", REPO / "tools" / "bench_perf.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_perf"] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    yield module
+    yield load_tool("bench_perf")
     sys.modules.pop("bench_perf", None)
     os.environ.clear()
     os.environ.update(environ)

@@ -51,7 +51,7 @@ def captions_for(digit: int) -> list[str]:
     ]
 
 
-def convert(out_dir: Path, size: int = 64, seed: int = 0) -> dict[str, int]:
+def convert(out_dir: Path, size: int = 64, seed: int = 0, limit: int | None = None) -> dict[str, int]:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -60,7 +60,7 @@ def convert(out_dir: Path, size: int = 64, seed: int = 0) -> dict[str, int]:
     images_dir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     images, captions, questions, answers = [], [], [], []
-    for index, (pixels, target) in enumerate(zip(digits.images, digits.target, strict=True)):
+    for index, (pixels, target) in enumerate(zip(digits.images[:limit], digits.target[:limit], strict=True)):
         image_id, digit = index + 1, int(target)
         name = f"COCO_train2014_{image_id:012d}.jpg"
         buffer = io.BytesIO()
@@ -110,8 +110,9 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
     p.add_argument("out_dir", type=Path)
     p.add_argument("--size", type=int, default=64, help="image side in pixels (the digits are 8x8)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None, help="only the first N digits (of 1,797)")
     args = p.parse_args(argv)
-    return convert(args.out_dir, args.size, args.seed)
+    return convert(args.out_dir, args.size, args.seed, args.limit)
 
 
 if __name__ == "__main__":

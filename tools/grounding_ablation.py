@@ -13,14 +13,10 @@ Markdown (``--out`` writes it to a file too).
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
-import subprocess
-import sys
-import time
 from pathlib import Path
+
+import ablation_runs  # tools/ablation_runs.py, beside this script
 
 TASKS = ("vqa_short", "vqa_yesno", "vqa_multiple_choice", "caption_brief")
 
@@ -33,6 +29,52 @@ RUNS: dict[str, tuple[str, list[str]]] = {
         ["vision_encoder.layer=14", "vision_encoder.pool_to=null"],
     ),
     "head_7x7": ("the head at its full 7x7 grid (49 tokens)", ["vision_encoder.pool_to=null"]),
+    "k1": (
+        "block 14, no system prompt, 2x the LLM's and 3x the projector's learning rate, image after the question",
+        [
+            "vision_encoder.layer=14",
+            "data.system_prompt=none",
+            "trainer.lr=1e-3",
+            "trainer.lr_per_component={projectors:3e-3}",
+            "data.source.overrides=['shaping.media_position=after']",
+        ],
+    ),
+    "qfirst": (
+        "block 14, no system prompt, the image after the question, one QA per conversation",
+        [
+            "vision_encoder.layer=14",
+            "data.system_prompt=none",
+            "data.source.overrides=['shaping.media_position=after','shaping.qa_per_conversation=1']",
+        ],
+    ),
+    "dense": (
+        "block 14, no system prompt, input LayerNorm, 8 questions per image in one conversation, hint once",
+        [
+            "vision_encoder.layer=14",
+            "data.system_prompt=none",
+            "projector.input_norm=true",
+            "data.source.overrides=['prepare.questions_per_image=8','shaping.qa_per_conversation=8',"
+            "'shaping.hint_every_turn=false']",
+        ],
+    ),
+    "dense_vocab": (
+        "as dense, with the vocabulary projector (each token a mixture of the LLM's word embeddings)",
+        [
+            "vision_encoder.layer=14",
+            "data.system_prompt=none",
+            "projector=vocab",
+            "data.source.overrides=['prepare.questions_per_image=8','shaping.qa_per_conversation=8',"
+            "'shaping.hint_every_turn=false']",
+        ],
+    ),
+    "layer14_align": (
+        "block 14, the projector first aligned to the captions' words (projector_align)",
+        ["vision_encoder.layer=14", "+projector_align.steps=600"],
+    ),
+    "layer14_turn": (
+        "block 14, every answer weighing the same in the loss (a yes/no as much as a caption)",
+        ["vision_encoder.layer=14", "trainer.loss_weighting=turn"],
+    ),
 }
 
 
@@ -50,7 +92,6 @@ def experiment_overrides(per_task: int) -> list[str]:
 def run_one(name: str, overrides: list[str], root: Path, per_task: int) -> dict:
     run_dir = root / name
     command = [
-        sys.executable,
         "-m",
         "mmit.train",
         "+recipe=vqa",
@@ -58,33 +99,15 @@ def run_one(name: str, overrides: list[str], root: Path, per_task: int) -> dict:
         *overrides,
         f"hydra.run.dir={run_dir}",
     ]
-    print("$", " ".join(command), flush=True)
-    started = time.perf_counter()
-    with open(root / f"{name}.log", "w") as log:
-        subprocess.run(
-            command, check=True, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TQDM_MININTERVAL": "30"}
-        )
-    minutes = (time.perf_counter() - started) / 60
+    minutes, cpu_minutes = ablation_runs.train(command, root / f"{name}.log")
     summary = json.loads((run_dir / "summary.json").read_text())
     heldout = summary["grounding"].get("heldout_templates", {})
-    row = {
-        "name": name,
-        "overrides": overrides,
-        "steps": summary["steps"],
-        "train_minutes": summary["train_seconds"] / 60,
-        "minutes": minutes,
-        "tokens_per_second": summary["tokens_per_second"],
-        "tasks": {
-            task: {k: heldout[task].get(k) for k in ("n", "score", "dependence", "prior", "prior_question_type")}
-            for task in TASKS
-            if task in heldout
-        },
-        "machine": platform.processor() or platform.machine(),
-        "date": time.strftime("%Y-%m-%d"),
+    tasks = {
+        task: {k: heldout[task].get(k) for k in ("n", "score", "dependence", "prior", "prior_question_type")}
+        for task in TASKS
+        if task in heldout
     }
-    with open(root / "results.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
-    return row
+    return ablation_runs.row(name, overrides, summary, minutes, cpu_minutes, tasks=tasks)
 
 
 def table(rows: list[dict]) -> str:
@@ -115,31 +138,17 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--runs", nargs="+", default=[], help="named runs (see --list), in order")
-    p.add_argument("--custom", nargs="+", default=[], metavar="NAME=OVERRIDES", help="e.g. lr3='trainer.lr=3e-4'")
-    p.add_argument("--root", type=Path, default=Path("runs/grounding_ablation"))
-    p.add_argument("--per-task", type=int, default=100, help="held-out samples per task in the final evaluation")
-    p.add_argument("--out", type=Path, help="also write the Markdown table here")
-    p.add_argument("--list", action="store_true")
+    p = ablation_runs.parser(
+        __doc__, "runs/grounding_ablation", 100, "held-out samples per task in the final evaluation"
+    )
     args = p.parse_args(argv)
+    todo = ablation_runs.planned(args, RUNS)
     if args.list:
-        for name, (what, overrides) in RUNS.items():
-            print(f"{name:24s} {what}: {' '.join(overrides) or '(none)'}")
         return []
     args.root.mkdir(parents=True, exist_ok=True)
-    todo = [(name, RUNS[name][1]) for name in args.runs]
-    for item in args.custom:
-        name, _, overrides = item.partition("=")
-        todo.append((name, overrides.split()))
     for name, overrides in todo:
-        print(json.dumps(run_one(name, overrides, args.root, args.per_task)), flush=True)
-    rows = [json.loads(line) for line in (args.root / "results.jsonl").read_text().splitlines()]
-    text = table(rows)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
-    return rows
+        ablation_runs.record(args.root, run_one(name, overrides, args.root, args.per_task))
+    return ablation_runs.report(args.root, table, args.out)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from mmit.training.checkpoint import (
     read_state,
     save_checkpoint,
 )
-from mmit.training.loss import next_token_loss_sum
+from mmit.training.loss import answer_turns, next_token_loss_sum
 from mmit.training.tracking import MetricsLog
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,9 @@ class TrainerConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 10
     max_grad_norm: float = 1.0
+    # token: every answer token weighs the same (long captions dominate the gradient); turn: every
+    # answer weighs the same, its tokens 1 / its length (a one-word answer counts as much as a caption)
+    loss_weighting: str = "token"
     precision: str = "auto"  # auto | bf16 (autocast, CPU and GPU) | fp32
     device: str = "auto"
     log_every: int = 10
@@ -353,12 +356,15 @@ def train(
         # Normalise by the label tokens of the whole step (all processes, all micro-batches),
         # not per micro-batch: long and short answers then weigh the same however the step is
         # split. DDP averages gradients over processes, hence the factor world_size.
-        step_tokens = distributed.sum_across(d, sum(b.num_label_tokens for b in micro_batches), device)
+        per_turn = cfg.loss_weighting == "turn"
+        units = (answer_turns(b.labels) if per_turn else b.num_label_tokens for b in micro_batches)
+        step_tokens = distributed.sum_across(d, sum(units), device)
         loss_sum = 0.0
         for i, batch in enumerate(micro_batches):
             sync = i == len(micro_batches) - 1
             with distributed.gradient_sync(train_model, d, sync), autocast(device, cfg.precision):
-                loss = next_token_loss_sum(train_model(batch), batch.labels, model.output_head) / max(step_tokens, 1)
+                hidden = train_model(batch)
+                loss = next_token_loss_sum(hidden, batch.labels, model.output_head, per_turn) / max(step_tokens, 1)
             (loss * d.world_size).backward()
             loss_sum += loss.item()
         if sharded:

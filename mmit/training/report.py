@@ -26,6 +26,15 @@ def format_summary(summary: dict, run_dir: Path) -> str:
     for name, count in summary["truncated"].items():
         if count:
             lines.append(f"- truncated in {name}: {count}")
+    for kind, aligned in summary.get("projector_align", {}).items():
+        said = "; ".join(
+            f"{name} " + ", ".join(f"{k} {v:.3f}" for k, v in held.items() if k != "items") + f" ({held['items']} items)"
+            for name, held in aligned["heldout"].items()
+        )
+        lines.append(
+            f"- {kind} projector aligned first ({aligned['objective']}): {aligned['items']} items, "
+            f"{aligned['steps']} steps, {aligned['seconds']:.0f} s; before the LLM trained: {said or '-'}"
+        )
     lines += [
         "",
         "## Parameters",

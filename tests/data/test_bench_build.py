@@ -1,22 +1,10 @@
 """tools/bench_build.py: a tiny run of each image case measures both sides (no speed assertions)."""
 
-import importlib.util
-from pathlib import Path
-
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[2]
 
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_build", REPO / "tools" / "bench_build.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_each_case_decodes_and_builds_the_same_images(tmp_path, capsys):
-    bench = load_bench()
+def test_each_case_decodes_and_builds_the_same_images(tool, tmp_path, capsys):
+    bench = tool("bench_build")
     rows = bench.main(["--images", "12", "--repeat", "1", "--workers", "1", "--cases", "demo", "photo"])
     assert [r["case"] for r in rows] == ["demo", "photo"]
     for row in rows:
@@ -33,8 +21,8 @@ def test_each_case_decodes_and_builds_the_same_images(tmp_path, capsys):
     )
 
 
-def test_photos_are_640x480_jpegs_that_the_annotations_name(tmp_path):
-    bench = load_bench()
+def test_photos_are_640x480_jpegs_that_the_annotations_name(tool, tmp_path):
+    bench = tool("bench_build")
     from mmit.data.demo_scenes import write_demo_scenes
 
     scenes = write_demo_scenes(tmp_path / "scenes", n_images=3, image_size=64)

@@ -53,3 +53,36 @@ def test_accumulation_normalised_by_label_tokens(tiny):
     for g1, g2 in zip(together, split):
         torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-6)
     model.zero_grad()
+
+
+def test_per_turn_weighting_gives_every_answer_the_same_weight(tiny):
+    """loss_weighting=turn: the mean over answers of each answer's mean token loss, by hand."""
+    from mmit.data.tokenize import IGNORE_INDEX
+    from mmit.training.loss import answer_turns, next_token_loss_per_row
+
+    model = MultimodalLM(tiny.model).eval()
+    batch = _batch(tiny.tokenizer, CONVS)
+    assert answer_turns(batch.labels) == 3  # "4"; "yes yes yes yes" and "yes"
+    with torch.no_grad():
+        hidden = model(batch)
+        per_turn = next_token_loss_sum(hidden, batch.labels, model.output_head, per_turn=True) / 3
+        logits = model.output_head(hidden[:, :-1]).float()
+        token_losses = torch.nn.functional.cross_entropy(
+            logits.transpose(1, 2), batch.labels[:, 1:].clamp(min=0), reduction="none"
+        )
+    means = []
+    for row, targets in enumerate(batch.labels[:, 1:].tolist()):
+        span: list[float] = []
+        for t, target in enumerate(targets + [IGNORE_INDEX]):
+            if target != IGNORE_INDEX:
+                span.append(float(token_losses[row, t]))
+            elif span:
+                means.append(sum(span) / len(span))
+                span = []
+    assert len(means) == 3
+    torch.testing.assert_close(per_turn, torch.tensor(sum(means) / 3), rtol=1e-4, atol=1e-5)
+    # the plain token mean weighs the four-word answer four times as much: the two differ
+    token_mean = next_token_loss_sum(hidden, batch.labels, model.output_head) / batch.num_label_tokens
+    assert abs(float(token_mean) - float(per_turn)) > 1e-3
+    sums, counts = next_token_loss_per_row(hidden, batch.labels, model.output_head)
+    torch.testing.assert_close(sums.sum() / counts.sum(), token_mean)

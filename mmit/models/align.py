@@ -1,0 +1,342 @@
+"""Pre-align projectors to the LLM's word embeddings, before the first LLM step.
+
+The LLM reads text as rows of its embedding matrix. An untrained projector hands it vectors it
+has never seen, and learning what they say through the whole LLM takes many steps. The training
+set's own texts about its media give a cheap shortcut: each projected token is scored against the
+embeddings of the LLM tokens those texts use and a learned *blank* (score: minus the squared
+distance), and the projector alone learns to say its media's words. No LLM forward pass is
+needed: the projector runs over the frozen encoder's outputs (the feature cache), hundreds of
+items a second. Training then starts from media tokens that already sit next to words the LLM
+knows.
+
+- audio: the clip's tokens *spell* its transcript, in order, with CTC (as CTC-aligned speech LLMs).
+- image: the image's tokens *name* the words of its captions, in any order: each token says one
+  word or nothing, and a word is present when any token says it (multiple-instance learning with a
+  noisy-or over the tokens, binary cross-entropy against the words the captions use).
+
+A recipe turns it on with a ``projector_align: {steps, lr, batch_size}`` block.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+if TYPE_CHECKING:
+    from mmit.data.features import FeatureStore
+    from mmit.data.samples import Conversation, MediaRef
+
+log = logging.getLogger(__name__)
+
+RESULT_FILE = "projector_align.json"
+# the texts each modality aligns to: tasks whose answers say what the media hold
+TEXT_TASKS = {"audio": ("audio_transcription",), "image": ("caption_brief", "caption_detailed", "caption")}
+
+
+@dataclass
+class AlignResult:
+    """What the alignment of one projector did; ``<run dir>/projector_align.json`` holds one per modality."""
+
+    kind: str
+    objective: str  # ctc | words
+    items: int  # clips or images aligned on
+    vocabulary: int  # distinct LLM tokens the texts use (after the word filter), plus the blank
+    steps: int
+    train_loss: float  # loss of the last batch
+    seconds: float = 0.0
+    # per evaluation set with such texts: items, and what greedy decoding of the aligned tokens
+    # gets right before the LLM trains (CTC: token accuracy, 1 - token error rate; words: F1 of
+    # the words said against the captions' words)
+    heldout: dict[str, dict] = field(default_factory=dict)
+
+
+class WordClasses:
+    """Classes that are the LLM's own embeddings of ``vocabulary`` (fixed) and a blank (learned)."""
+
+    def __init__(self, embeddings: torch.Tensor, vocabulary: list[int]):
+        self.vocabulary = sorted(set(vocabulary))
+        self.index = {t: i + 1 for i, t in enumerate(self.vocabulary)}  # 0 is the blank
+        self.words = embeddings[self.vocabulary].detach().float()
+        self.blank = nn.Parameter(self.words.mean(0, keepdim=True).clone())
+
+    def logits(self, projected: torch.Tensor) -> torch.Tensor:
+        """[B, T, D] projected tokens -> [B, T, 1 + words] scores (blank first)."""
+        centres = torch.cat([self.blank, self.words])
+        return -torch.cdist(projected.float(), centres.unsqueeze(0).expand(projected.shape[0], -1, -1)).pow(2)
+
+
+class CTCAligner(WordClasses):
+    """Each item's tokens, in order, spell its target (CTC)."""
+
+    objective = "ctc"
+
+    def loss(self, projected: torch.Tensor, targets: list[list[int]]) -> torch.Tensor:
+        log_probs = self.logits(projected).log_softmax(-1)
+        labels = [torch.tensor([self.index[t] for t in ids], dtype=torch.long) for ids in targets]
+        return F.ctc_loss(
+            log_probs.transpose(0, 1),
+            torch.cat(labels),
+            torch.full((len(labels),), projected.shape[1], dtype=torch.long),
+            torch.tensor([len(t) for t in labels], dtype=torch.long),
+            zero_infinity=True,  # a transcript longer than its clip's tokens cannot be spelled: no gradient
+        )
+
+    def decode(self, projected: torch.Tensor) -> list[list[int]]:
+        """Greedy CTC: the best class per token, repeats merged, blanks dropped; as LLM token ids."""
+        out = []
+        for path in self.logits(projected).argmax(-1).tolist():
+            kept, previous = [], 0
+            for c in path:
+                if c != previous and c != 0:
+                    kept.append(self.vocabulary[c - 1])
+                previous = c
+            out.append(kept)
+        return out
+
+    def score(self, decoded: list[list[int]], targets: list[list[int]]) -> dict:
+        return {"token_accuracy": token_accuracy(decoded, targets)}
+
+
+class WordSetAligner(WordClasses):
+    """Each item's tokens name the words of its target set, in any order (noisy-or over the tokens)."""
+
+    objective = "words"
+
+    def log_absent(self, projected: torch.Tensor) -> torch.Tensor:
+        """[B, T, D] -> [B, words]: log P(no token says the word) = sum over tokens of log(1 - p)."""
+        p = self.logits(projected).softmax(-1)[..., 1:]
+        return torch.log1p(-p.clamp(max=1 - 1e-6)).sum(1)
+
+    def loss(self, projected: torch.Tensor, targets: list[list[int]]) -> torch.Tensor:
+        log_absent = self.log_absent(projected)
+        present = torch.zeros_like(log_absent)
+        for row, ids in enumerate(targets):
+            present[row, [self.index[t] - 1 for t in ids if t in self.index]] = 1.0
+        log_present = torch.log((-torch.expm1(log_absent)).clamp(min=1e-6))
+        return -(present * log_present + (1 - present) * log_absent).mean()
+
+    def decode(self, projected: torch.Tensor) -> list[list[int]]:
+        """The words said with probability over 1/2, as LLM token ids."""
+        said = self.log_absent(projected) < -torch.log(torch.tensor(2.0))
+        return [[self.vocabulary[i] for i in row.nonzero().flatten().tolist()] for row in said]
+
+    def score(self, decoded: list[list[int]], targets: list[list[int]]) -> dict:
+        """Micro-averaged precision, recall and F1 of the words said, against the targets' words in the vocabulary."""
+        hits = said = wanted = 0
+        for d, t in zip(decoded, targets, strict=True):
+            truth = {w for w in t if w in self.index}
+            hits, said, wanted = hits + len(set(d) & truth), said + len(set(d)), wanted + len(truth)
+        precision, recall = hits / max(1, said), hits / max(1, wanted)
+        return {"precision": precision, "recall": recall, "f1": 2 * precision * recall / max(1e-9, precision + recall)}
+
+
+ALIGNERS = {"audio": CTCAligner, "image": WordSetAligner}
+
+
+def edit_distance(a: list[int], b: list[int]) -> int:
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        previous, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (x != y))
+    return row[-1]
+
+
+def token_accuracy(decoded: list[list[int]], targets: list[list[int]]) -> float:
+    """1 - token error rate over all clips (can go below 0 when decoding inserts many tokens)."""
+    errors = sum(edit_distance(d, t) for d, t in zip(decoded, targets, strict=True))
+    return 1.0 - errors / max(1, sum(len(t) for t in targets))
+
+
+def align_projector(
+    projector: nn.Module,
+    aligner: WordClasses,
+    features: torch.Tensor,
+    targets: list[list[int]],
+    steps: int = 600,
+    lr: float = 3e-3,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> float:
+    """Train ``projector``'s trainable parameters (and the aligner's blank) in place on ``aligner``'s loss.
+
+    ``features``: encoder outputs [items, T, d_enc]; ``targets``: each item's text as LLM token
+    ids. Returns the last batch's loss.
+    """
+    features = features.float()
+    generator = torch.Generator().manual_seed(seed)
+    params = [p for p in projector.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([*params, aligner.blank], lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=0.1)
+    was_training = projector.training
+    projector.train()
+    loss = torch.tensor(float("nan"))
+    for _ in range(steps):
+        rows = torch.randint(len(targets), (min(batch_size, len(targets)),), generator=generator)
+        loss = aligner.loss(projector(features[rows]), [targets[r] for r in rows.tolist()])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    projector.train(was_training)
+    return float(loss.detach())
+
+
+def media_texts(conversations: list[Conversation], kind: str) -> list[tuple[MediaRef, str]]:
+    """(item, text) for every answer of a ``TEXT_TASKS[kind]`` turn in a conversation about one item of ``kind``."""
+    out = []
+    for conv in conversations:
+        if len(conv.media) != 1 or conv.media[0].kind != kind:
+            continue
+        answers = [m.content for m in conv.messages if m.role == "assistant"]
+        for task, answer in zip(conv.meta.get("tasks") or (), answers, strict=False):
+            if task in TEXT_TASKS[kind]:
+                out.append((conv.media[0], answer))
+    return out
+
+
+def spelled(tokenizer, text: str) -> list[int]:
+    """A text as the LLM's tokens for it in running text (each word with its leading space)."""
+    return tokenizer(" " + " ".join(text.split()), add_special_tokens=False)["input_ids"]
+
+
+def item_targets(
+    pairs: list[tuple[MediaRef, str]], tokenizer, objective: str
+) -> tuple[list[MediaRef], list[list[int]]]:
+    """CTC: one target per (item, text). Words: one per item, the union of its texts' tokens."""
+    if objective == "ctc":
+        return [ref for ref, _ in pairs], [spelled(tokenizer, text) for _, text in pairs]
+    refs: dict[str, MediaRef] = {}
+    words: dict[str, set[int]] = {}
+    for ref, text in pairs:
+        refs.setdefault(ref.sha256, ref)
+        words.setdefault(ref.sha256, set()).update(spelled(tokenizer, text))
+    return list(refs.values()), [sorted(words[k]) for k in refs]
+
+
+def informative_words(targets: list[list[int]], max_share: float = 0.9, min_items: int = 3) -> list[int]:
+    """Words of a set objective: those in at least ``min_items`` items and at most ``max_share`` of them
+    (a word that every image's captions use, like 'a' or '.', tells the images apart no better than the blank)."""
+    counts = Counter(t for ids in targets for t in set(ids))
+    return [t for t, n in counts.items() if min_items <= n <= max_share * len(targets)]
+
+
+def item_features(model, kind: str, refs: list[MediaRef], store: FeatureStore | None = None, batch_size: int = 32):
+    """The ``kind`` encoder's outputs for ``refs``: read from the feature cache, or computed."""
+    if store is not None:
+        return torch.cat([store.features(refs[i : i + 256]) for i in range(0, len(refs), 256)]).float()
+    from mmit.data.collate import DECODERS
+
+    encoder = model.encoders[kind]
+    device = next(encoder.parameters()).device
+    was_training = encoder.training
+    encoder.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(refs), batch_size):
+            items = [DECODERS[kind](r) for r in refs[i : i + batch_size]]
+            out.append(encoder(encoder.preprocess(items).to(device)).float().cpu())
+    encoder.train(was_training)
+    return torch.cat(out)
+
+
+def align_projectors(
+    settings,
+    model,
+    tokenizer,
+    data,
+    stores: dict[str, FeatureStore] | None = None,
+    run_dir: str | Path | None = None,
+    init_from: str | None = None,
+) -> dict[str, dict]:
+    """A recipe's ``projector_align`` step: align each projector on the training set's texts about its media.
+
+    ``settings``: ``{steps, lr, batch_size}`` (a mapping). ``data``: ``mmit.factory.BuiltData``;
+    its training files are read again for their caption / transcription turns, and its evaluation
+    sets' texts score what the aligned tokens say. Skipped, with a log line, when the run resumes
+    from a checkpoint or starts from ``init_from`` (their projector weights win), for a frozen
+    projector, and for a modality whose training set has no such texts. Writes
+    ``<run_dir>/projector_align.json`` and returns the same: modality -> ``AlignResult`` as a dict.
+    """
+    from mmit.data.sources import read_conversations
+    from mmit.training.checkpoint import latest_checkpoint
+
+    kinds = [k for k in ALIGNERS if k in model.projectors]
+    if not kinds:
+        return {}
+    if run_dir is not None and latest_checkpoint(Path(run_dir)) is not None:
+        log.info("projector_align: skipped, the run resumes from its checkpoint")
+        return {}
+    if init_from:
+        log.info("projector_align: skipped, init_from=%s starts the run", init_from)
+        return {}
+    train = read_conversations(data.files.train, on_error="skip")
+    embeddings = model.base_llm.get_input_embeddings().weight
+    results = {}
+    for kind in kinds:
+        projector = model.projectors[kind]
+        if not any(p.requires_grad for p in projector.parameters()):
+            log.warning("projector_align: %s skipped, its projector is frozen", kind)
+            continue
+        aligner_class = ALIGNERS[kind]
+        refs, targets = item_targets(media_texts(train, kind), tokenizer, aligner_class.objective)
+        vocabulary = [t for ids in targets for t in ids]
+        if aligner_class.objective == "words":
+            vocabulary = informative_words(targets)
+        if not vocabulary:
+            log.warning(
+                "projector_align: %s skipped, the training set has no %s turns", kind, "/".join(TEXT_TASKS[kind])
+            )
+            continue
+        started = time.perf_counter()
+        store = (stores or {}).get(kind)
+        features = item_features(model, kind, refs, store)
+        if aligner_class.objective == "ctc":
+            too_long = sum(len(t) > features.shape[1] for t in targets)
+            if too_long:
+                log.warning(
+                    "projector_align: %d %s texts have more tokens than an item's %d; they give no gradient",
+                    too_long, kind, features.shape[1],
+                )  # fmt: skip
+        aligner = aligner_class(embeddings, vocabulary)
+        device = next(projector.parameters()).device
+        loss = align_projector(
+            projector,
+            aligner,
+            features.to(device),
+            targets,
+            int(settings.get("steps", 600)),
+            float(settings.get("lr", 3e-3)),
+            int(settings.get("batch_size", 64)),
+        )
+        result = AlignResult(
+            kind, aligner.objective, len(refs), len(aligner.vocabulary) + 1, int(settings.get("steps", 600)), loss
+        )
+        with torch.no_grad():
+            for name, eval_set in data.eval.items():
+                held_refs, held = item_targets(media_texts(eval_set.conversations, kind), tokenizer, aligner.objective)
+                if held_refs:
+                    projected = projector(item_features(model, kind, held_refs, store).to(device))
+                    result.heldout[name] = {"items": len(held_refs), **aligner.score(aligner.decode(projected), held)}
+        result.seconds = time.perf_counter() - started
+        log.info(
+            "projector_align %s (%s): %d items, %d words, %d steps, %.0f s, last loss %.3f; before the LLM trains: %s",
+            kind, aligner.objective, result.items, result.vocabulary - 1, result.steps, result.seconds, loss,
+            ", ".join(f"{n} {json.dumps({k: round(v, 3) for k, v in h.items()})}" for n, h in result.heldout.items()) or "-",
+        )  # fmt: skip
+        results[kind] = asdict(result)
+    if results and run_dir is not None and int(os.environ.get("RANK", "0")) == 0:
+        from mmit.paths import atomic_write_text
+
+        atomic_write_text(Path(run_dir) / RESULT_FILE, json.dumps(results, indent=1))
+    return results

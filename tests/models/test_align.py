@@ -1,0 +1,234 @@
+"""Projector pre-alignment (mmit.models.align): CTC for audio, word sets for images; synthetic features and tiny models."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from mmit.data.samples import Conversation, MediaRef, Message
+from mmit.models.align import (
+    CTCAligner,
+    WordSetAligner,
+    align_projector,
+    align_projectors,
+    edit_distance,
+    informative_words,
+    item_targets,
+    media_texts,
+    token_accuracy,
+)
+from mmit.models.projectors import MLPProjector
+
+
+def synthetic_speech(n: int, words: int, frames: int, dim: int, seed: int):
+    """Clips of ``frames`` frames spelling 3-5 random words: each word is 1-3 noisy frames of its own
+    code, with noisy silence around and between; returns (features [n, frames, dim], word lists)."""
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randn(words, dim, generator=torch.Generator().manual_seed(99))
+    feats, targets = torch.randn(n, frames, dim, generator=g) * 0.3, []
+    for i in range(n):
+        said = torch.randint(words, (int(torch.randint(3, 6, (1,), generator=g)),), generator=g).tolist()
+        t = int(torch.randint(0, 3, (1,), generator=g))
+        for w in said:
+            length = int(torch.randint(1, 4, (1,), generator=g))
+            feats[i, t : t + length] += codes[w]
+            t += length + 1
+        targets.append(said)
+    return feats, targets
+
+
+def test_edit_distance_and_token_accuracy():
+    assert edit_distance([1, 2, 3], [1, 2, 3]) == 0
+    assert edit_distance([1, 3], [1, 2, 3]) == 1 and edit_distance([], [4, 5]) == 2
+    assert token_accuracy([[1, 2], [7]], [[1, 2], [8]]) == pytest.approx(2 / 3)
+
+
+def test_greedy_decoding_merges_repeats_and_drops_blanks():
+    embeddings = torch.eye(6)
+    aligner = CTCAligner(embeddings, [2, 4])
+    with torch.no_grad():
+        aligner.blank.copy_(torch.zeros(1, 6))
+    # frames at: word 2, word 2 again (merged), blank, word 4, blank, word 4 (a second 4)
+    frames = torch.stack([embeddings[2], embeddings[2], torch.zeros(6), embeddings[4], torch.zeros(6), embeddings[4]])
+    assert aligner.decode(frames.unsqueeze(0)) == [[2, 4, 4]]
+
+
+def test_ctc_alignment_makes_the_projector_spell_unseen_clips():
+    torch.manual_seed(0)
+    words, dim, hidden = 12, 16, 24
+    embeddings = torch.randn(40, hidden)
+    vocab = list(range(20, 20 + words))  # the words are LLM tokens 20..31
+    feats, said = synthetic_speech(300, words, 20, dim, seed=1)
+    held_feats, held_said = synthetic_speech(60, words, 20, dim, seed=2)
+    projector = MLPProjector(dim, hidden)
+    untrained = CTCAligner(embeddings, vocab)
+    with torch.no_grad():
+        before = token_accuracy(untrained.decode(projector(held_feats)), [[vocab[w] for w in s] for s in held_said])
+    aligner = CTCAligner(embeddings, vocab)
+    align_projector(projector, aligner, feats, [[vocab[w] for w in s] for s in said], steps=200, lr=1e-2)
+    with torch.no_grad():
+        after = token_accuracy(aligner.decode(projector(held_feats)), [[vocab[w] for w in s] for s in held_said])
+    assert before < 0.3 and after > 0.9, (before, after)
+    # the spelled words sit next to the LLM's own embeddings of them
+    with torch.no_grad():
+        out = projector(held_feats[:1])[0]
+    nearest = torch.cdist(out, torch.cat([aligner.blank.detach(), embeddings[vocab]])).argmin(1)
+    assert any(int(c) > 0 for c in nearest)
+
+
+def test_media_texts_take_the_answers_of_caption_and_transcription_turns_about_one_item():
+    clip = MediaRef("audio", "wav", data=b"x")
+    convs = [
+        Conversation(
+            "t",
+            [Message("user", "<audio>\nTranscribe."), Message("assistant", "the red cup")],
+            {"tasks": ["audio_transcription"]},
+            [clip],
+        ),
+        Conversation(
+            "q", [Message("user", "<audio>\nColour?"), Message("assistant", "red")], {"tasks": ["audio_qa"]}, [clip]
+        ),
+        Conversation(
+            "2",
+            [Message("user", "<audio>\n<audio>\nT."), Message("assistant", "a b")],
+            {"tasks": ["audio_transcription"]},
+            [clip, clip],
+        ),
+    ]
+    assert media_texts(convs, "audio") == [(clip, "the red cup")]
+    image = MediaRef("image", "png", data=b"i")
+    mixed = Conversation(
+        "m",
+        [Message("user", "<image>\nDescribe."), Message("assistant", "A red cup."), Message("user", "Colour?"),
+         Message("assistant", "red"), Message("user", "Again?"), Message("assistant", "A cup, red.")],
+        {"tasks": ["caption_brief", "vqa_short", "caption_brief"]},
+        [image],
+    )  # fmt: skip
+    assert media_texts([mixed], "image") == [(image, "A red cup."), (image, "A cup, red.")]
+    assert media_texts([mixed], "audio") == []
+
+
+def synthetic_scenes(n: int, words: int, cells: int, dim: int, seed: int):
+    """Images of ``cells`` feature tokens showing 1-3 random words: each word fills 1-2 cells with
+    its own (noisy) code, the rest is noise; returns (features [n, cells, dim], word lists)."""
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randn(words, dim, generator=torch.Generator().manual_seed(98))
+    feats, shown = torch.randn(n, cells, dim, generator=g) * 0.3, []
+    for i in range(n):
+        chosen = torch.randperm(words, generator=g)[: int(torch.randint(1, 4, (1,), generator=g))].tolist()
+        free = torch.randperm(cells, generator=g).tolist()
+        for w in chosen:
+            for _ in range(int(torch.randint(1, 3, (1,), generator=g))):
+                feats[i, free.pop()] += codes[w]
+        shown.append(chosen)
+    return feats, shown
+
+
+def test_word_set_alignment_makes_the_projector_name_what_unseen_images_show():
+    torch.manual_seed(0)
+    words, dim, hidden = 10, 16, 24
+    embeddings = torch.randn(40, hidden)
+    vocab = list(range(5, 5 + words))
+    feats, shown = synthetic_scenes(400, words, 16, dim, seed=1)
+    held_feats, held_shown = synthetic_scenes(100, words, 16, dim, seed=2)
+    targets = [[vocab[w] for w in s] for s in shown]
+    held = [[vocab[w] for w in s] for s in held_shown]
+    projector = MLPProjector(dim, hidden)
+    aligner = WordSetAligner(embeddings, vocab)
+    with torch.no_grad():
+        before = aligner.score(aligner.decode(projector(held_feats)), held)["f1"]
+    align_projector(projector, aligner, feats, targets, steps=600, lr=1e-2)
+    with torch.no_grad():
+        after = aligner.score(aligner.decode(projector(held_feats)), held)
+    assert before < 0.4 and after["f1"] > 0.9, (before, after)
+    # a token that names a word lies nearest that word's LLM embedding
+    with torch.no_grad():
+        out = projector(held_feats[:1])[0]
+    nearest = torch.cdist(out, torch.cat([aligner.blank.detach(), embeddings[vocab]])).argmin(1)
+    assert {vocab[int(c) - 1] for c in nearest if int(c) > 0} == set(held[0])
+
+
+def test_word_set_loss_and_decoding_by_hand():
+    embeddings = torch.eye(4) * 10
+    aligner = WordSetAligner(embeddings, [1, 3])
+    with torch.no_grad():
+        aligner.blank.copy_(torch.zeros(1, 4))
+    tokens = torch.stack([embeddings[3], torch.zeros(4)]).unsqueeze(0)  # one token says word 3, one says nothing
+    assert aligner.decode(tokens) == [[3]]
+    assert aligner.score([[3], [1, 3]], [[3], [3, 2]]) == pytest.approx({"precision": 2 / 3, "recall": 1.0, "f1": 0.8})
+    with torch.no_grad():
+        assert float(aligner.loss(tokens, [[3]])) < 1e-3 < float(aligner.loss(tokens, [[1]]))
+
+
+def test_word_targets_are_per_image_and_skip_words_every_image_has():
+    class Tok:
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [len(w) for w in text.split()]}  # a word's id: its length
+
+    a, b = MediaRef("image", "png", data=b"a"), MediaRef("image", "png", data=b"b")
+    refs, targets = item_targets([(a, "x yyy"), (b, "x zz"), (a, "x yyyy")], Tok(), "words")
+    assert refs == [a, b] and targets == [[1, 3, 4], [1, 2]]
+    refs, targets = item_targets([(a, "x yyy"), (b, "x zz")], Tok(), "ctc")
+    assert refs == [a, b] and targets == [[1, 3], [1, 2]]
+    many = [[1, 2], [1, 2], [1, 3], [1, 3], [1, 2, 3]]
+    assert sorted(informative_words(many, max_share=0.9, min_items=2)) == [2, 3]  # 1 is in every image
+
+
+def audio_demo_missing() -> bool:
+    return shutil.which("espeak-ng") is None or shutil.which("sox") is None
+
+
+@pytest.mark.parametrize(
+    "recipe, kind",
+    [
+        pytest.param(
+            "audio_qa_tiny",
+            "audio",
+            marks=pytest.mark.skipif(audio_demo_missing(), reason="the audio demo needs espeak-ng and sox"),
+        ),
+        ("vqa_tiny", "image"),
+    ],
+)
+def test_projector_align_step_on_a_tiny_recipe(compose, tmp_path, recipe, kind):
+    from mmit.factory import build_data, build_model
+
+    cfg = compose([f"+recipe={recipe}", "+projector_align.steps=20", "+projector_align.lr=1e-2"])
+    built = build_model(cfg)
+    data = build_data(cfg, built.tokenizer, list(built.model.slots.values()))
+    projector = built.model.projectors[kind]
+    before = {k: v.clone() for k, v in projector.state_dict().items()}
+    results = align_projectors(cfg.projector_align, built.model, built.tokenizer, data, None, tmp_path)
+    result = results[kind]
+    assert (
+        result["steps"] == 20
+        and result["items"] > 0
+        and result["objective"] == {"audio": "ctc", "image": "words"}[kind]
+    )
+    assert set(result["heldout"]) == {n for n, e in data.eval.items() if media_texts(e.conversations, kind)}
+    assert json.loads((tmp_path / "projector_align.json").read_text()) == results
+    assert any(not torch.equal(before[k], v) for k, v in projector.state_dict().items())
+    # a run that resumes, or starts from init_from, keeps those weights
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "latest").write_text("step-0000001")
+    (tmp_path / "checkpoints" / "step-0000001").mkdir()
+    assert align_projectors(cfg.projector_align, built.model, built.tokenizer, data, None, tmp_path) == {}
+    assert align_projectors(OmegaConf.create({}), built.model, built.tokenizer, data, None, None, "run") == {}
+
+
+def test_run_summary_says_what_the_alignment_did(tmp_path):
+    from mmit.training.report import format_summary
+
+    summary = {
+        "llm": "tiny", "steps": 3, "resumed_from_step": 0, "device": "cpu", "precision": "fp32",
+        "train_seconds": 1.0, "tokens_per_second": 10.0, "train_samples": "12 samples", "final_train_loss": 1.0,
+        "skipped": {}, "truncated": {}, "parameters": "-", "before": {}, "after": {},
+        "projector_align": {
+            "image": {"objective": "words", "items": 40, "steps": 20, "seconds": 2.0,
+                      "heldout": {"heldout_templates": {"items": 8, "precision": 0.5, "recall": 0.25, "f1": 1 / 3}}},
+        },
+    }  # fmt: skip
+    text = format_summary(summary, tmp_path)
+    assert "- image projector aligned first (words): 40 items, 20 steps, 2 s; before the LLM trained: " in text
+    assert "heldout_templates precision 0.500, recall 0.250, f1 0.333 (8 items)" in text
