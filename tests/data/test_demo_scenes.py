@@ -239,3 +239,23 @@ def test_more_questions_per_image_extend_the_same_scene():
         texts = [q.question for q in eight.questions]
         assert len(set(texts)) == len(texts) and 4 <= len(texts) <= 8
     assert sum(len(plan_scene(i, questions_per_image=8).questions) for i in range(1, 60)) > 6 * 59
+
+
+def test_text_oracle_replaces_each_image_by_its_scene_description(tool, tmp_path):
+    """tools/text_oracle.py: the demo's conversations with the detailed caption in place of <image>."""
+    import json
+
+    from mmit.build import build, compose_recipe
+
+    overrides = [f"out_dir={tmp_path / 'demo'}", "prepare.n_images=30", f"prepare.out_dir={tmp_path / 'src'}"]
+    build(compose_recipe("demo_vqa", [*overrides, "num_workers=1"]))
+    counts = tool("text_oracle").main([str(tmp_path / "demo"), "--out", str(tmp_path / "oracle")])
+    records = [json.loads(line) for line in (tmp_path / "oracle" / "train.jsonl").read_text().splitlines()]
+    assert len(records) == counts["train"] > 30 and counts["val_heldout_templates"] > 0
+    details = {
+        f"COCO_demo_{json.loads(line)['image_id']:012d}.png": json.loads(line)["caption"]
+        for line in (tmp_path / "src" / "annotations" / "detailed_demo.jsonl").read_text().splitlines()
+    }
+    for record in records:
+        first = record["messages"][0]["content"]
+        assert "<image>" not in first and details[record["meta"]["group"]] in first
