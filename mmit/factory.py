@@ -50,6 +50,7 @@ class BuiltData:
     files: DataFiles
     read_skips: dict[str, Counter] = field(default_factory=dict)  # per set, per reason, while reading
     prior: AnswerPrior | None = None  # the training set's answers (the blind prior); None when streamed
+    train_conversations: list | None = None  # as read (projector_align reads their texts); None when streamed
 
     def skipped(self) -> dict[str, dict[str, int]]:
         """Everything skipped so far, per set and reason (a streamed set keeps counting)."""
@@ -174,12 +175,12 @@ def build_data(cfg: DictConfig, tokenizer, slots: list[MediaSlot] = ()) -> Built
         if d.get("tasks"):
             raise ValueError("data.tasks filtering is not available with data.stream=true")
         urls = [u for folder in files.train for u in shard_urls(folder)]
-        train, prior = StreamedDataset(urls, tokenizer_for(), d.get("shuffle_buffer", 1000)), None
+        train, prior, train_convs = StreamedDataset(urls, tokenizer_for(), d.get("shuffle_buffer", 1000)), None, None
     else:
         train, train_convs = load("train", files.train, shuffle=False)
         prior = AnswerPrior.from_conversations(train_convs)
     eval_sets = {name: EvalSet(*load(name, paths, shuffle=True)) for name, paths in files.eval.items()}
-    return BuiltData(train, eval_sets, files, read_skips, prior)
+    return BuiltData(train, eval_sets, files, read_skips, prior, train_convs)
 
 
 def prepare_feature_caches(cfg: DictConfig, model, data: BuiltData, device: str = "cpu") -> dict:

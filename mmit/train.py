@@ -22,7 +22,7 @@ from mmit.factory import build_data, build_model, build_trainer_config, prepare_
 from mmit.grounding import PRIOR_FILE
 from mmit.models.align import align_projectors
 from mmit.paths import CONF_DIR, atomic_write_text, exclusive_folder
-from mmit.plots import plot_training_curves
+from mmit.plots import plot_grounding, plot_training_curves
 from mmit.training import distributed
 from mmit.training.checkpoint import write_run_config
 from mmit.training.loop import train
@@ -92,6 +92,7 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict:
 
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
     plot_training_curves(read_metrics(run_dir / "metrics.jsonl"), run_dir / "training_curves.png")
+    plot_grounding(summary.get("grounding", {}), run_dir / "grounding.png")  # own vs swapped media, blind prior
     text = format_summary(summary, run_dir)
     atomic_write_text(run_dir / "summary.md", text)
     print(text)

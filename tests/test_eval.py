@@ -107,6 +107,7 @@ def test_training_logs_in_loop_scores_tensorboard_and_curves(vqa_run):
     events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
     assert Image.open(run_dir / "training_curves.png").size[0] > 300
+    assert Image.open(run_dir / "grounding.png").size[0] > 300  # the run's own grounding figures, drawn
 
 
 def test_eval_cli_writes_every_output(vqa_run, tmp_path):

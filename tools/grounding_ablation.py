@@ -20,60 +20,27 @@ import ablation_runs  # tools/ablation_runs.py, beside this script
 
 TASKS = ("vqa_short", "vqa_yesno", "vqa_multiple_choice", "caption_brief")
 
-# name -> (what it tests, overrides on top of +recipe=vqa)
+# name -> (what it tests, overrides on top of +recipe=vqa). The rows in docs/grounding.md name the
+# commit they ran at, with the overrides they were given on top of that commit's recipe.
 RUNS: dict[str, tuple[str, list[str]]] = {
-    "baseline": ("the recipe as it is", []),
-    "layer14": ("EfficientNet block 14 (192 ch) instead of the head, pooled 4x4", ["vision_encoder.layer=14"]),
-    "layer14_7x7": (
-        "block 14 at its full 7x7 grid (49 tokens)",
-        ["vision_encoder.layer=14", "vision_encoder.pool_to=null"],
+    "recipe": ("the recipe as it is", []),
+    "before": (
+        "the recipe before the grounding work: the head's features, no alignment, SmolLM2's system prompt",
+        ["vision_encoder.layer=head", "~projector_align", "data.system_prompt=model_default"],
     ),
-    "head_7x7": ("the head at its full 7x7 grid (49 tokens)", ["vision_encoder.pool_to=null"]),
-    "k1": (
-        "block 14, no system prompt, 2x the LLM's and 3x the projector's learning rate, image after the question",
-        [
-            "vision_encoder.layer=14",
-            "data.system_prompt=none",
-            "trainer.lr=1e-3",
-            "trainer.lr_per_component={projectors:3e-3}",
-            "data.source.overrides=['shaping.media_position=after']",
-        ],
+    "no_align": ("no projector_align", ["~projector_align"]),
+    "head": ("EfficientNet's 1280-channel head instead of block 14", ["vision_encoder.layer=head"]),
+    "grid_7x7": ("block 14's full 7x7 grid (49 tokens a picture)", ["vision_encoder.pool_to=null"]),
+    "turn": ("every answer weighing the same in the loss", ["trainer.loss_weighting=turn"]),
+    "vocab": ("the vocabulary projector (tokens as mixtures of word embeddings)", ["projector=vocab"]),
+    "lr_2x": (
+        "twice the LLM's and the projector's learning rates",
+        ["trainer.lr=1e-3", "++trainer.lr_per_component.projectors=2e-3"],
     ),
-    "qfirst": (
-        "block 14, no system prompt, the image after the question, one QA per conversation",
-        [
-            "vision_encoder.layer=14",
-            "data.system_prompt=none",
-            "data.source.overrides=['shaping.media_position=after','shaping.qa_per_conversation=1']",
-        ],
-    ),
+    "media_after": ("the image after the question", ["data.source.overrides=['shaping.media_position=after']"]),
     "dense": (
-        "block 14, no system prompt, input LayerNorm, 8 questions per image in one conversation, hint once",
-        [
-            "vision_encoder.layer=14",
-            "data.system_prompt=none",
-            "projector.input_norm=true",
-            "data.source.overrides=['prepare.questions_per_image=8','shaping.qa_per_conversation=8',"
-            "'shaping.hint_every_turn=false']",
-        ],
-    ),
-    "dense_vocab": (
-        "as dense, with the vocabulary projector (each token a mixture of the LLM's word embeddings)",
-        [
-            "vision_encoder.layer=14",
-            "data.system_prompt=none",
-            "projector=vocab",
-            "data.source.overrides=['prepare.questions_per_image=8','shaping.qa_per_conversation=8',"
-            "'shaping.hint_every_turn=false']",
-        ],
-    ),
-    "layer14_align": (
-        "block 14, the projector first aligned to the captions' words (projector_align)",
-        ["vision_encoder.layer=14", "+projector_align.steps=600"],
-    ),
-    "layer14_turn": (
-        "block 14, every answer weighing the same in the loss (a yes/no as much as a caption)",
-        ["vision_encoder.layer=14", "trainer.loss_weighting=turn"],
+        "8 questions per conversation, the answer hint once",
+        ["data.source.overrides=['shaping.qa_per_conversation=8','shaping.hint_every_turn=false']"],
     ),
 }
 

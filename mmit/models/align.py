@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -231,6 +232,22 @@ def informative_words(targets: list[list[int]], max_share: float = 0.9, min_item
     return [t for t, n in counts.items() if min_items <= n <= max_share * len(targets)]
 
 
+def streamed_texts(urls: list[str], kinds: list[str], max_items: int) -> list[Conversation]:
+    """The conversations of a streamed training set that hold aligning texts, until ``max_items`` of each kind."""
+    from mmit.data.shards import ShardStream
+
+    found: Counter = Counter()
+    out = []
+    for conv in ShardStream(urls, shuffle_buffer=0):
+        kinds_here = [k for k in kinds if found[k] < max_items and media_texts([conv], k)]
+        if kinds_here:
+            out.append(conv)
+            found.update(kinds_here)
+        if all(found[k] >= max_items for k in kinds):
+            break
+    return out
+
+
 def item_features(model, kind: str, refs: list[MediaRef], store: FeatureStore | None = None, batch_size: int = 32):
     """The ``kind`` encoder's outputs for ``refs``: read from the feature cache, or computed."""
     if store is not None:
@@ -261,14 +278,15 @@ def align_projectors(
 ) -> dict[str, dict]:
     """A recipe's ``projector_align`` step: align each projector on the training set's texts about its media.
 
-    ``settings``: ``{steps, lr, batch_size}`` (a mapping). ``data``: ``mmit.factory.BuiltData``;
-    its training files are read again for their caption / transcription turns, and its evaluation
-    sets' texts score what the aligned tokens say. Skipped, with a log line, when the run resumes
-    from a checkpoint or starts from ``init_from`` (their projector weights win), for a frozen
-    projector, and for a modality whose training set has no such texts. Writes
+    ``settings``: ``{steps, lr, batch_size, max_items}`` (a mapping). ``data``:
+    ``mmit.factory.BuiltData``; its training conversations' caption / transcription turns are the
+    texts (a streamed set is read once more, up to ``max_items`` texts), at most ``max_items``
+    items of each modality (a seeded sample of them: their features are held in memory), and its
+    evaluation sets' texts score what the aligned tokens say. Skipped, with a log line, when the
+    run resumes from a checkpoint or starts from ``init_from`` (their projector weights win), for a
+    frozen projector, and for a modality whose training set has no such texts. Writes
     ``<run_dir>/projector_align.json`` and returns the same: modality -> ``AlignResult`` as a dict.
     """
-    from mmit.data.sources import read_conversations
     from mmit.training.checkpoint import latest_checkpoint
 
     kinds = [k for k in ALIGNERS if k in model.projectors]
@@ -280,7 +298,10 @@ def align_projectors(
     if init_from:
         log.info("projector_align: skipped, init_from=%s starts the run", init_from)
         return {}
-    train = read_conversations(data.files.train, on_error="skip")
+    max_items = int(settings.get("max_items", 10000))
+    train = data.train_conversations
+    if train is None:  # streamed: one more pass over the shards, for the texts only
+        train = streamed_texts(data.train.urls, kinds, max_items)
     embeddings = model.base_llm.get_input_embeddings().weight
     results = {}
     for kind in kinds:
@@ -290,6 +311,9 @@ def align_projectors(
             continue
         aligner_class = ALIGNERS[kind]
         refs, targets = item_targets(media_texts(train, kind), tokenizer, aligner_class.objective)
+        if len(refs) > max_items:
+            keep = sorted(random.Random(0).sample(range(len(refs)), max_items))
+            refs, targets = [refs[i] for i in keep], [targets[i] for i in keep]
         vocabulary = [t for ids in targets for t in ids]
         if aligner_class.objective == "words":
             vocabulary = informative_words(targets)

@@ -28,7 +28,9 @@ def format_summary(summary: dict, run_dir: Path) -> str:
             lines.append(f"- truncated in {name}: {count}")
     for kind, aligned in summary.get("projector_align", {}).items():
         said = "; ".join(
-            f"{name} " + ", ".join(f"{k} {v:.3f}" for k, v in held.items() if k != "items") + f" ({held['items']} items)"
+            f"{name} "
+            + ", ".join(f"{k} {v:.3f}" for k, v in held.items() if k != "items")
+            + f" ({held['items']} items)"
             for name, held in aligned["heldout"].items()
         )
         lines.append(

@@ -232,3 +232,14 @@ def test_run_summary_says_what_the_alignment_did(tmp_path):
     text = format_summary(summary, tmp_path)
     assert "- image projector aligned first (words): 40 items, 20 steps, 2 s; before the LLM trained: " in text
     assert "heldout_templates precision 0.500, recall 0.250, f1 0.333 (8 items)" in text
+
+
+def test_projector_align_reads_a_streamed_set_and_caps_its_items(compose):
+    from mmit.factory import build_data, build_model
+
+    cfg = compose(["+recipe=vqa_tiny", "data.stream=true", "+projector_align.steps=5", "+projector_align.max_items=7"])
+    built = build_model(cfg)
+    data = build_data(cfg, built.tokenizer, list(built.model.slots.values()))
+    assert data.train_conversations is None
+    result = align_projectors(cfg.projector_align, built.model, built.tokenizer, data)["image"]
+    assert result["items"] == 7 and result["steps"] == 5
