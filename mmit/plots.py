@@ -96,11 +96,13 @@ def plot_grounding(grounding: dict[str, dict[str, dict]], path: Path) -> Path | 
     sets = [s for s, tasks in grounding.items() if tasks]
     if not sets:
         return None
+    widths = [len(grounding[s]) for s in sets]  # a panel's width follows its number of tasks
     fig, axes = plt.subplots(
         1,
         len(sets),
-        figsize=(max(4.5, 1.6 * max(len(grounding[s]) for s in sets) + 1.5) * len(sets), 3.8),
+        figsize=(1.7 * sum(widths) + 1.0 * len(sets) + 1.5, 3.8),
         squeeze=False,
+        gridspec_kw={"width_ratios": widths},
     )
     for ax, set_name in zip(axes[0], sets):
         tasks = list(grounding[set_name])
@@ -118,8 +120,9 @@ def plot_grounding(grounding: dict[str, dict[str, dict]], path: Path) -> Path | 
                 ax.hlines(
                     prior, j - 0.45, j + 0.45, colors="black", linewidth=2, label="blind prior" if j == 0 else None
                 )
-            ax.annotate(f"n={g['n']}", (j, 0), xytext=(0, -24), textcoords="offset points", ha="center", fontsize=7)
-        ax.set_xticks(range(len(tasks)), [f"{t}\n({grounding[set_name][t]['metric']})" for t in tasks], fontsize=7)
+        labels = [f"{t}\n{grounding[set_name][t]['metric']}, n={grounding[set_name][t]['n']}" for t in tasks]
+        ax.set_xticks(range(len(tasks)), labels, fontsize=7)
+        ax.set_xlim(-0.6, len(tasks) - 0.4)
         ax.set_title(f"{set_name}: own vs swapped media", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("score")
