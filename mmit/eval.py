@@ -224,7 +224,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="skip the second pass with media swapped between samples (no media dependence; half the time)",
     )
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
+    p.add_argument(
+        "--precision", default=None, choices=("auto", "bf16", "fp32"), help="default: the run's trainer.precision"
+    )
     add_generation_args(p)
     args = p.parse_args(argv)
     if (args.run_dir is None) == (args.base is None):
@@ -257,7 +259,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     options = generation_options(args)
     if args.base is not None:
-        loaded = load_base(args.base, args.device, args.precision)
+        loaded = load_base(args.base, args.device, args.precision or "auto")
     else:
         loaded = load_run(args.run_dir, args.checkpoint, args.device, args.precision)
     extra = {}

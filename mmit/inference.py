@@ -105,9 +105,12 @@ def _finish(cfg: DictConfig, checkpoint: Path | None, device: str, precision: st
 
 
 def load_run(
-    run_dir: str | Path, checkpoint: str | None = "latest", device: str = "auto", precision: str = "auto"
+    run_dir: str | Path, checkpoint: str | None = "latest", device: str = "auto", precision: str | None = None
 ) -> LoadedModel:
-    """The model of a training run, with the trained weights of one of its checkpoints."""
+    """The model of a training run, with the trained weights of one of its checkpoints.
+
+    ``precision``: None runs it as the run's in-loop evaluation did (its ``trainer.precision``),
+    so offline and in-loop scores of one checkpoint agree."""
     from mmit.saved_config import load_saved_config
 
     run_dir = Path(run_dir)
@@ -116,6 +119,7 @@ def load_run(
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
     cfg = load_saved_config(config)  # refuses anything but mmit's own builders, before anything is built
     cfg.init_from = None  # the checkpoint holds every trained weight, including any init_from ones
+    precision = precision or cfg.trainer.get("precision", "auto")
     return _finish(cfg, resolve_checkpoint(run_dir, checkpoint), device, precision)
 
 
