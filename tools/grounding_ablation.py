@@ -104,11 +104,63 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+CURVE_KEYS = ("dependence", "prior", "prior_question_type", "loss_dependence")
+
+
+def plot_curve(run_dir: Path, out: Path, set_name: str = "heldout_templates") -> list[dict]:
+    """Each task's score (solid) and score with swapped media (dashed) at every in-loop evaluation of a run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    prefix = f"eval/{set_name}/"
+    points = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        tasks = {}
+        for key, value in record.items():
+            parts = key[len(prefix) :].split("/") if key.startswith(prefix) else []
+            if len(parts) == 2 and parts[0] in TASKS and parts[1] not in CURVE_KEYS:
+                tasks[parts[0]] = {
+                    "metric": parts[1],
+                    "score": value,
+                    "dependence": record.get(f"{prefix}{parts[0]}/dependence"),
+                }
+        if tasks:
+            points.append({"step": record["step"], "tasks": tasks})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [3, 1]})
+    for i, task in enumerate(t for t in TASKS if any(t in p["tasks"] for p in points)):
+        ax = axes[1] if task.startswith("caption") else axes[0]
+        steps = [p["step"] for p in points if task in p["tasks"]]
+        scores = [p["tasks"][task]["score"] for p in points if task in p["tasks"]]
+        swapped = [
+            p["tasks"][task]["score"] - (p["tasks"][task]["dependence"] or 0.0) for p in points if task in p["tasks"]
+        ]
+        colour = f"C{i}"
+        ax.plot(steps, scores, "o-", color=colour, label=f"{task} (own image)")
+        ax.plot(steps, swapped, "o--", color=colour, alpha=0.6, label=f"{task} (swapped image)")
+    axes[0].set_ylabel("accuracy")
+    axes[1].set_ylabel("CIDEr-D")
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{run_dir.name}: {set_name}, own vs swapped image", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return points
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     p = ablation_runs.parser(
         __doc__, "runs/grounding_ablation", 100, "held-out samples per task in the final evaluation"
     )
+    p.add_argument("--plot-curve", type=Path, metavar="RUN_DIR", help="draw a run's in-loop curve per task to --out")
     args = p.parse_args(argv)
+    if args.plot_curve:
+        return plot_curve(args.plot_curve, args.out or args.plot_curve / "grounding_curve.png")
     todo = ablation_runs.planned(args, RUNS)
     if args.list:
         return []
