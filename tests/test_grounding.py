@@ -116,30 +116,38 @@ def test_dependence_and_loss_gap_from_paired_predictions():
     assert g["dependence_ci95"][0] < 0.75 < g["dependence_ci95"][1]
 
 
-def test_a_model_that_ignores_its_media_has_dependence_zero(compose):
+def _evaluate(model, tokenizer, convs, max_new_tokens, **kwargs):
+    """evaluate_set on ``convs`` with the model's own tokenizer and image preprocessing; (result, samples)."""
     from mmit.data.tokenize import Tokenizer
     from mmit.evaluation import evaluate_set
-    from mmit.factory import build_model
     from mmit.generation import GenerationOptions
+
+    tokenize = Tokenizer(tokenizer, 256, "truncate", "raise", [model.slots["image"]])
+    samples = [tokenize(c) for c in convs]
+    preprocess = {"image": model.encoders["image"].preprocess}
+    result = evaluate_set(
+        model,
+        tokenizer,
+        "val",
+        convs,
+        GenerationOptions(max_new_tokens),
+        samples=samples,
+        preprocess=preprocess,
+        **kwargs,
+    )
+    return result, samples
+
+
+def test_a_model_that_ignores_its_media_has_dependence_zero(compose):
+    from mmit.factory import build_model
 
     built = build_model(compose(["+recipe=vqa_tiny", "trainer.precision=fp32"]))
     model, tokenizer = built.model.eval(), built.tokenizer
     with torch.no_grad():
         for p in model.projectors["image"].parameters():  # every image becomes the same (zero) embeddings
             p.zero_()
-    encoder, slot = model.encoders["image"], model.slots["image"]
     convs = [_conv(i, color) for i, color in enumerate(["red", "blue", "green", "yellow", "red", "blue"])]
-    tokenize = Tokenizer(tokenizer, 256, "truncate", "raise", [slot])
-    samples = [tokenize(c) for c in convs]
-    result = evaluate_set(
-        model,
-        tokenizer,
-        "val",
-        convs,
-        GenerationOptions(4),
-        samples=samples,
-        preprocess={"image": encoder.preprocess},
-    )
+    result, _ = _evaluate(model, tokenizer, convs, 4)
     assert len(result.swapped) == len(convs)
     g = score_predictions(result.predictions, result.swapped)["grounding"]["val"]["vqa_short"]
     assert g["dependence"] == 0.0 and g["n_swapped"] == len(convs)
@@ -150,28 +158,15 @@ def test_answer_losses_from_the_prefill_equal_a_padded_forward(compose):
     """evaluate_set scores each answer from its generation's own prefill: the same loss as
     training's padded forward over prompt and answer."""
     from mmit.data.collate import Collator
-    from mmit.data.tokenize import Tokenizer
-    from mmit.evaluation import evaluate_set, sample_losses
+    from mmit.evaluation import sample_losses
     from mmit.factory import build_model
-    from mmit.generation import GenerationOptions
 
     torch.manual_seed(0)
     built = build_model(compose(["+recipe=vqa_tiny"]))
     model, tokenizer = built.model.eval(), built.tokenizer
-    encoder, slot = model.encoders["image"], model.slots["image"]
+    encoder = model.encoders["image"]
     convs = [_conv(i, c, answer=a) for i, (c, a) in enumerate([("red", "red"), ("blue", "a blue one"), ("green", "x")])]
-    tokenize = Tokenizer(tokenizer, 256, "truncate", "raise", [slot])
-    samples = [tokenize(c) for c in convs]
-    result = evaluate_set(
-        model,
-        tokenizer,
-        "val",
-        convs,
-        GenerationOptions(3),
-        samples=samples,
-        batch_size=2,
-        preprocess={"image": encoder.preprocess},
-    )
+    result, samples = _evaluate(model, tokenizer, convs, 3, batch_size=2)
     padded = sample_losses(model, samples, Collator(tokenizer.pad_token_id, preprocess={"image": encoder.preprocess}))
     for p, (loss, tokens) in zip(result.predictions, padded, strict=True):
         assert p.label_tokens == tokens > 1
