@@ -82,7 +82,8 @@ def test_per_turn_weighting_gives_every_answer_the_same_weight(tiny):
     assert len(means) == 3
     torch.testing.assert_close(per_turn, torch.tensor(sum(means) / 3), rtol=1e-4, atol=1e-5)
     # the plain token mean weighs the four-word answer four times as much: the two differ
-    token_mean = next_token_loss_sum(hidden, batch.labels, model.output_head) / batch.num_label_tokens
+    with torch.no_grad():
+        token_mean = next_token_loss_sum(hidden, batch.labels, model.output_head) / batch.num_label_tokens
+        sums, counts = next_token_loss_per_row(hidden, batch.labels, model.output_head)
     assert abs(float(token_mean) - float(per_turn)) > 1e-3
-    sums, counts = next_token_loss_per_row(hidden, batch.labels, model.output_head)
     torch.testing.assert_close(sums.sum() / counts.sum(), token_mean)
