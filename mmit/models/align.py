@@ -252,7 +252,7 @@ def item_features(model, kind: str, refs: list[MediaRef], store: FeatureStore | 
     """The ``kind`` encoder's outputs for ``refs``: read from the feature cache, or computed."""
     if store is not None:
         return torch.cat([store.features(refs[i : i + 256]) for i in range(0, len(refs), 256)]).float()
-    from mmit.data.collate import DECODERS
+    from mmit.data.collate import preprocess_media
 
     encoder = model.encoders[kind]
     device = next(encoder.parameters()).device
@@ -261,8 +261,8 @@ def item_features(model, kind: str, refs: list[MediaRef], store: FeatureStore | 
     out = []
     with torch.no_grad():
         for i in range(0, len(refs), batch_size):
-            items = [DECODERS[kind](r) for r in refs[i : i + batch_size]]
-            out.append(encoder(encoder.preprocess(items).to(device)).float().cpu())
+            inputs = preprocess_media(refs[i : i + batch_size], {kind: encoder.preprocess})[kind]
+            out.append(encoder(inputs.to(device)).float().cpu())
     encoder.train(was_training)
     return torch.cat(out)
 

@@ -341,6 +341,7 @@ def train(
             metrics, _, _ = evaluate(model, tokenizer, eval_sets, collate, cfg, device, prior)
         return metrics
 
+    per_turn = cfg.loss_weighting == "turn"  # every answer weighs the same, not every token
     started, tokens_seen, last_loss = time.perf_counter(), 0, float("nan")
     skipped_steps, skipped_in_a_row = 0, 0
     bar = tqdm(
@@ -356,7 +357,6 @@ def train(
         # Normalise by the label tokens of the whole step (all processes, all micro-batches),
         # not per micro-batch: long and short answers then weigh the same however the step is
         # split. DDP averages gradients over processes, hence the factor world_size.
-        per_turn = cfg.loss_weighting == "turn"
         units = (answer_turns(b.labels) if per_turn else b.num_label_tokens for b in micro_batches)
         step_tokens = distributed.sum_across(d, sum(units), device)
         loss_sum = 0.0
