@@ -8,4 +8,4 @@ import os
 # OpenMP runtime, so it only applies if mmit is imported first (as `python -m mmit.*` does).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-__version__ = "0.2.0"
+__version__ = "0.2.1"

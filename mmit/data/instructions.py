@@ -60,6 +60,22 @@ def distractors(answers: list[str], answer: str, k: int, rng: random.Random) -> 
     return [answers[j + (j >= skip)] for j in rng.sample(range(count), k)]
 
 
+def _kind(qa: QA) -> str:
+    return f"{qa.answer_type}|{qa.question_type}"
+
+
+def choice_options(pool: dict[str, list[str]], qa: QA, k: int, rng: random.Random) -> list[str]:
+    """``k`` wrong options for ``qa``: answers to the same question type first (colours for a
+    colour question), topped up from its answer type where that type has too few."""
+    same = pool.get(_kind(qa), []) if qa.question_type else []
+    picked = distractors(same, qa.answer, min(k, _without(same, qa.answer)[0]), rng)
+    if len(picked) < k:
+        # k + len(picked) distinct draws keep at least k after dropping those already picked
+        extra = distractors(pool[qa.answer_type], qa.answer, k + len(picked), rng)
+        picked += [a for a in extra if a not in picked][: k - len(picked)]
+    return picked
+
+
 def qa_task(qa: QA, rng: random.Random, cfg: ShapingConfig, pool: dict[str, list[str]]) -> str:
     if qa.answer_type == "yes/no" or qa.answer.lower() in ("yes", "no"):
         return "vqa_yesno"
@@ -79,7 +95,7 @@ def _qa_turn(
     hint: bool = True,
 ) -> tuple[str, str]:
     if task == "vqa_multiple_choice":
-        options = distractors(pool[qa.answer_type], qa.answer, cfg.num_choices - 1, rng) + [qa.answer]
+        options = choice_options(pool, qa, cfg.num_choices - 1, rng) + [qa.answer]
         rng.shuffle(options)
         listing = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
         prompt = template.render({"question": qa.question, "options": listing})
@@ -210,12 +226,14 @@ def shape_annotation(
 
 
 def answer_pool(annotations: list[Annotation]) -> dict[str, list[str]]:
-    """Distinct answers per answer type, sorted (``distractors`` relies on it): the distractors for
-    multiple choice (image questions only)."""
+    """Distinct answers per answer type and per answer and question type, sorted (``distractors``
+    relies on it): the wrong options of multiple choice (image questions only)."""
     pool: dict[str, set[str]] = {}
     for ann in annotations:
         if _is_audio(ann):
             continue
         for qa in ann.qas:
             pool.setdefault(qa.answer_type, set()).add(qa.answer)
+            if qa.question_type:
+                pool.setdefault(_kind(qa), set()).add(qa.answer)
     return {k: sorted(v) for k, v in pool.items()}

@@ -61,3 +61,22 @@ def test_media_position(position):
     assert "<image>" not in second
     with pytest.raises(ValueError, match="media_position"):
         ShapingConfig(media_position="middle")
+
+
+def test_wrong_options_come_from_the_same_question_type_first():
+    import random
+
+    from mmit.data.instructions import answer_pool, choice_options
+
+    colours, shapes = ["blue", "green", "red", "yellow"], ["circle", "square", "triangle"]
+    qas = [QA(f"What color is it {c}?", [c], c, "other", c, "what color is the") for c in colours]
+    qas += [QA(f"What shape is it {s}?", [s], s, "other", s, "what") for s in shapes]
+    pool = answer_pool([Annotation("a", "t", "vqa", [MediaRef("image", "png", path="a.png")], "a", qas=qas)])
+    assert pool["other|what color is the"] == colours and pool["other"] == sorted(colours + shapes)
+    for seed in range(50):
+        rng = random.Random(seed)
+        colour_options = choice_options(pool, qas[0], 3, rng)  # enough colours: colours only
+        assert sorted(colour_options) == ["green", "red", "yellow"]
+        shape_options = choice_options(pool, qas[4], 3, rng)  # two other shapes, then one of the rest
+        assert len(set(shape_options)) == 3 and "circle" not in shape_options
+        assert {"square", "triangle"} <= set(shape_options) and set(shape_options) - set(shapes) <= set(colours)
