@@ -123,17 +123,27 @@ def test_a_second_training_into_the_same_run_folder_stops_and_readers_still_read
 
 
 def test_two_trainings_started_together_leave_one_intact_run(tmp_path):
-    """Two real `mmit.train` processes into one folder: one trains, the other stops with the message."""
-    command = [sys.executable, "-m", "mmit.train", *TEXT, "trainer.max_steps=6", f"hydra.run.dir={tmp_path / 'run'}"]
+    """Two real `mmit.train` processes into one folder: one trains, the other stops with the message.
+
+    The run is long enough that the winner still holds the folder whenever the loser gets to it;
+    once the loser has stopped, the winner is stopped too."""
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "mmit.train", *TEXT, "trainer.max_steps=100000", f"hydra.run.dir={run}"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     procs = [
         subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         for _ in range(2)
     ]
-    outputs = [p.communicate(timeout=300)[0] for p in procs]
-    codes = sorted(p.returncode for p in procs)
-    assert codes[0] == 0 and codes[1] != 0, outputs
-    loser = outputs[[p.returncode for p in procs].index(codes[1])]
-    assert "is being written by" in loser and "pid" in loser
-    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    deadline = time.monotonic() + 300
+    while all(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    (loser,) = [p for p in procs if p.poll() is not None]
+    (winner,) = [p for p in procs if p is not loser]
+    output = loser.communicate(timeout=60)[0]
+    assert loser.returncode != 0 and "is being written by" in output and "pid" in output, output
+    while not (run / "metrics.jsonl").is_file() and winner.poll() is None:  # the winner is training
+        time.sleep(0.2)
+    winner.kill()
+    winner.communicate(timeout=60)
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps.count(0) == 1 and steps == sorted(steps)  # one writer: no record twice
