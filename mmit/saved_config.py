@@ -12,8 +12,11 @@ checked against an allow-list before anything is instantiated:
 - no other Hydra key (``_args_``, ``_partial_``, ...) and no interpolation (a saved config is
   resolved);
 - no ``trust_remote_code: true``, and no local weights file other than safetensors;
-- a demo dataset (``mmit.build.recipe_data_files``) names a shipped recipe, its overrides only set
+- a demo dataset (``mmit.data.build.recipe_data_files``) names a shipped recipe, its overrides only set
   keys the recipe has (never a ``_target_``), and it is built only into the mmit cache.
+
+A builder that moved is read under its new name (``RENAMED_TARGETS``): runs saved by mmit 0.2.1
+and earlier name their demo dataset ``mmit.build.recipe_data_files``.
 
 Anything else is refused with the file and the key. A recipe or config named on the command line
 is the user's own code (like a Python file) and is not checked. A run folder that is the user's
@@ -37,6 +40,9 @@ log = logging.getLogger(__name__)
 
 TRUSTED_RUNS_ENV = "MMIT_TRUSTED_RUNS"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+RECIPE_DATA_FILES = "mmit.data.build.recipe_data_files"
+# A builder's old name in configs saved by earlier versions -> its name now.
+RENAMED_TARGETS = {"mmit.build.recipe_data_files": RECIPE_DATA_FILES}
 
 
 class UnsafeConfigError(ValueError):
@@ -110,11 +116,23 @@ def load_saved_config(path: str | Path) -> DictConfig:
         raise UnsafeConfigError(f"{path}: not a readable config ({err})") from err
     if not isinstance(cfg, DictConfig):
         raise UnsafeConfigError(f"{path}: expected a mapping of config groups")
+    rename_targets(cfg)
     if _trusted(path.parent):
         log.info("%s: trusted through %s, not checked", path, TRUSTED_RUNS_ENV)
         return cfg
     check_saved_config(cfg, path)
     return cfg
+
+
+def rename_targets(cfg: DictConfig) -> None:
+    """Each ``_target_`` that names a builder by its old name (``RENAMED_TARGETS``) set to its new
+    name, in place; nothing is resolved. Builders sit in mappings only: one in a list keeps its name
+    (and is refused by the check)."""
+    for key, value in cfg.items_ex(resolve=False):
+        if key == "_target_" and isinstance(value, str) and value in RENAMED_TARGETS:
+            cfg[key] = RENAMED_TARGETS[value]
+        elif isinstance(value, DictConfig):
+            rename_targets(value)
 
 
 def check_saved_config(cfg: DictConfig, path: str | Path) -> None:
@@ -172,7 +190,7 @@ def _check_builder(node: dict, key: str, problems: list[str]) -> None:
     for name in ("name_or_path", "pretrained"):
         if isinstance(node.get(name), str) and _pickled_weights(node[name]):
             problems.append(f"{_join(key, name)}: {node[name]} holds weights that are not safetensors")
-    if target == "mmit.build.recipe_data_files":
+    if target == RECIPE_DATA_FILES:
         _check_recipe_build(node, key, problems)
 
 
@@ -189,7 +207,7 @@ def _pickled_weights(path: str) -> bool:
 
 def _check_recipe_build(node: dict, key: str, problems: list[str]) -> None:
     """A demo dataset the run's data came from: a shipped recipe, overrides of keys it has, built into the cache."""
-    from mmit.build import BuildError, compose_recipe
+    from mmit.data.recipes import BuildError, compose_recipe
 
     recipe, overrides = node.get("recipe"), node.get("overrides") or []
     if not isinstance(recipe, str) or recipe not in shipped_recipes():

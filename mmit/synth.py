@@ -33,20 +33,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from mmit.build import (
-    BuildError,
-    Storage,
-    check_media_file,
-    file_sha256,
-    format_manifest,
-    load_template_files,
-    read_annotations,
-    recipe_command,
-    recipe_manifest,
-    source_hashes,
-    split_of,
-    write_shard,
-)
+from mmit.build import recipe_command
 from mmit.data.annotations import Annotation
 from mmit.data.filters import (
     InstructionPool,
@@ -63,8 +50,13 @@ from mmit.data.filters import (
     parse_numbered_list,
     trim_to_sentence,
 )
+from mmit.data.manifest import file_sha256, format_manifest, recipe_manifest, source_hashes
+from mmit.data.media_checks import check_media_file
+from mmit.data.recipes import BuildError, load_template_files
 from mmit.data.samples import Conversation, MediaRef, Message, alpaca_messages
+from mmit.data.shard_writer import Storage, write_shard
 from mmit.data.sources import jsonl_records
+from mmit.data.splits import read_annotations, split_of
 from mmit.data.templates import choose_template, sample_rng
 from mmit.generation import GenerationOptions, Prompt
 from mmit.metrics import text_rouge_l

@@ -71,7 +71,7 @@ CRAFTED = {
     "recipe_path": (
         lambda m: _set(
             "data.source",
-            {"_target_": "mmit.build.recipe_data_files", "recipe": str(m.parent / "evil.yaml"), "overrides": []},
+            {"_target_": "mmit.data.build.recipe_data_files", "recipe": str(m.parent / "evil.yaml"), "overrides": []},
         ),
         "data.source.recipe",
     ),
@@ -79,7 +79,7 @@ CRAFTED = {
         lambda m: _set(
             "data.source",
             {
-                "_target_": "mmit.build.recipe_data_files",
+                "_target_": "mmit.data.build.recipe_data_files",
                 "recipe": "demo_vqa",
                 "overrides": [f"prepare._target_=mmit.paths.atomic_write_text,path={m}"],
             },
@@ -90,7 +90,7 @@ CRAFTED = {
         lambda m: _set(
             "data.source",
             {
-                "_target_": "mmit.build.recipe_data_files",
+                "_target_": "mmit.data.build.recipe_data_files",
                 "recipe": "demo_vqa",
                 "overrides": [f"out_dir={m.parent}/demo"],
             },
@@ -114,6 +114,35 @@ def test_a_crafted_config_is_refused_with_its_file_and_key_and_runs_nothing(case
         load_run(run, checkpoint="none")
     assert str(run / "config.yaml") in str(refused.value) and key in str(refused.value)
     assert not marker.exists() and not (tmp_path / "skills").exists() and not (tmp_path / "demo").exists()
+
+
+OLD_DEMO_TARGET = "mmit.build.recipe_data_files"  # the demo dataset's builder in runs saved by mmit 0.2.1
+
+
+def test_a_run_saved_with_the_old_demo_dataset_builder_loads_under_its_new_name(compose, tmp_path):
+    from hydra.utils import get_object
+
+    from mmit.data.build import recipe_data_files
+    from mmit.paths import CONF_DIR
+    from mmit.saved_config import load_saved_config
+
+    demo = yaml.safe_load((CONF_DIR / "data" / "demo_vqa.yaml").read_text())["source"]
+    assert get_object(demo["_target_"]) is recipe_data_files
+    run = _write_run(tmp_path, compose, _set("data.source", {**demo, "_target_": OLD_DEMO_TARGET}))
+    cfg = load_saved_config(run / "config.yaml")  # checked as the shipped demo dataset: not refused
+    assert cfg.data.source._target_ == demo["_target_"]
+    assert cfg.data.source.recipe == "demo_vqa" and cfg.data.source.eval.seen == "val_seen"
+
+
+def test_the_old_demo_dataset_builder_is_checked_as_the_new_one(compose, tmp_path, monkeypatch):
+    from mmit.saved_config import UnsafeConfigError, load_saved_config
+
+    evil = {"_target_": OLD_DEMO_TARGET, "recipe": str(tmp_path / "evil.yaml"), "overrides": []}
+    run = _write_run(tmp_path, compose, _set("data.source", evil))
+    with pytest.raises(UnsafeConfigError, match="data.source.recipe"):
+        load_saved_config(run / "config.yaml")
+    monkeypatch.setenv("MMIT_TRUSTED_RUNS", str(run))  # a trusted run is not checked, but renamed all the same
+    assert load_saved_config(run / "config.yaml").data.source._target_ == "mmit.data.build.recipe_data_files"
 
 
 def test_the_cli_tools_refuse_a_crafted_run_before_writing_anything(compose, tmp_path):

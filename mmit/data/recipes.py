@@ -8,6 +8,9 @@ valid keys: a typo such as ``shard_sise=100`` must not be ignored. Values are ch
 range, ``shaping`` and ``audio`` against their dataclasses, and each reader's arguments against its
 signature. Recipes with a ``mode`` (``mmit.synth``'s) are LLM-generation recipes: they compose
 without the base and keep their own settings.
+
+The build's first step: :func:`compose_recipe` gives the checked config, and the template files and
+shaping settings it names are loaded here too.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mmit.data.instructions import ShapingConfig
+from mmit.data.templates import load_templates
 from mmit.paths import RECIPES_DIR
 
 BASE = "base"  # data_recipes/base.yaml: the defaults, not a recipe
@@ -31,6 +36,10 @@ BASE = "base"  # data_recipes/base.yaml: the defaults, not a recipe
 
 class RecipeError(ValueError):
     """A recipe or override does not fit the schema; the message names the file, line or key."""
+
+
+class BuildError(RuntimeError):
+    """The build cannot go on; the message names the file and record."""
 
 
 def recipe_path(recipe: str) -> Path:
@@ -151,6 +160,45 @@ def compose(recipe: str, overrides: list[str] = ()) -> DictConfig:
     return cfg
 
 
+def compose_recipe(recipe: str, overrides: list[str] = ()) -> DictConfig:
+    """A recipe by name (from data_recipes/) or path, over ``data_recipes/base.yaml``, with ``key=value``
+    overrides (dotted keys), checked against the schema: an unknown key, a wrong type or a reader
+    argument the reader does not take stops here (BuildError), naming file, line and key."""
+    # Plain OmegaConf rather than Hydra: a training job (itself a Hydra app) builds recipes too.
+    try:
+        return compose(recipe, list(overrides))
+    except RecipeError as err:
+        raise BuildError(str(err)) from None
+
+
+def load_template_files(paths: str | list[str]) -> dict:
+    """One template file, or several (e.g. vision + audio) merged; a task may appear in one file only."""
+    templates: dict = {}
+    for path in [paths] if isinstance(paths, str) else list(paths):
+        loaded = load_templates(path)
+        twice = set(templates) & set(loaded)
+        if twice:
+            raise BuildError(f"tasks {sorted(twice)} have templates in more than one file")
+        templates.update(loaded)
+    return templates
+
+
+def recipe_templates(cfg: DictConfig) -> dict:
+    """The templates of a composed recipe (``templates``: one file or a list of them)."""
+    return load_template_files(
+        OmegaConf.to_container(cfg.templates) if OmegaConf.is_list(cfg.templates) else cfg.templates
+    )
+
+
+def shaping_config(cfg: DictConfig, templates: dict) -> ShapingConfig:
+    """The recipe's ``shaping`` settings, seeded by its ``seed``; held-out tasks must have templates."""
+    shaping = ShapingConfig(seed=cfg.seed, **OmegaConf.to_container(cfg.shaping))
+    unknown = set(shaping.held_out_tasks) - set(templates)
+    if unknown:
+        raise BuildError(f"shaping.held_out_tasks names unknown tasks {sorted(unknown)}")
+    return shaping
+
+
 def _keep_required(cfg: DictConfig, data: dict, given: DictConfig) -> None:
     """A recipe's ``???`` stays required: merged over the base's default, OmegaConf would keep the default."""
     for key, value in data.items():
@@ -174,7 +222,6 @@ def check(cfg: DictConfig, where: str, lines: dict[str, int | str] | None = None
     """Types and ranges of the settings, ``shaping`` / ``audio`` against their dataclasses, and each
     source's arguments against its reader's signature. ``lines``: where each key was set."""
     from mmit.data.audio import AudioPolicy
-    from mmit.data.instructions import ShapingConfig
 
     lines = lines or {}
     try:

@@ -314,7 +314,7 @@ def test_build_checks_audio_once_counts_skips_and_splits_long_clips(tmp_path):
 
 
 def test_mixed_image_and_audio_templates(tmp_path):
-    from mmit.build import load_template_files
+    from mmit.data.recipes import load_template_files
 
     merged = load_template_files([str(RECIPES_DIR / "templates" / "vision.yaml"), str(AUDIO_TEMPLATES)])
     assert {"caption_brief", "vqa_short", "audio_qa", "audio_transcription"} <= set(merged)

@@ -627,7 +627,7 @@ def test_build_pauses_garbage_collection_and_restores_it(sources, tmp_path):
 def test_two_workers_write_the_shards_one_worker_writes(sources, tmp_path):
     import pickle
 
-    import mmit.build as build_module
+    from mmit.data.build_plan import ChunkJob
 
     manifests = {n: build(recipe(sources, tmp_path / f"w{n}", num_workers=n, shard_size=2)) for n in (1, 2)}
     one, two = tmp_path / "w1", tmp_path / "w2"
@@ -637,7 +637,7 @@ def test_two_workers_write_the_shards_one_worker_writes(sources, tmp_path):
         assert (one / rel).read_bytes() == (two / rel).read_bytes(), rel
     assert manifests[1]["sets"] == manifests[2]["sets"]
     # The templates and the answer pool reach each worker once (pool initializer), not with every chunk.
-    job = build_module.ChunkJob(0, "train", [])
+    job = ChunkJob(0, "train", [])
     assert b"Template" not in pickle.dumps(job)
 
 
@@ -650,23 +650,26 @@ def test_a_worker_process_reports_a_bad_image_by_name(sources, tmp_path):
 def test_a_chunk_trusts_the_pools_image_checks(sources, tmp_path, monkeypatch):
     """With a pool, images are decoded in batches first; a chunk then reads the good ones' bytes
     without decoding them again, and reports the bad ones as the check found them."""
-    import mmit.build as build_module
+    from mmit.data import media_checks
+    from mmit.data.build_plan import BuildPlan, ChunkJob, build_chunk
+    from mmit.data.instructions import answer_pool
+    from mmit.data.recipes import shaping_config
+    from mmit.data.shard_writer import Storage
+    from mmit.data.splits import read_annotations
 
     cfg = recipe(sources, tmp_path / "out")
-    annotations = build_module.read_annotations(cfg, Counter())
+    annotations = read_annotations(cfg, Counter())
     templates = load_templates(cfg.templates)
-    shaping = build_module.shaping_config(cfg, templates)
-    plan = build_module.BuildPlan(
-        tmp_path / "out", templates, shaping, build_module.answer_pool(annotations), build_module.Storage("skip")
-    )
+    shaping = shaping_config(cfg, templates)
+    plan = BuildPlan(tmp_path / "out", templates, shaping, answer_pool(annotations), Storage("skip"))
     (tmp_path / "out" / ".chunks").mkdir(parents=True)
     (tmp_path / "out" / "train").mkdir()
     anns = sorted(annotations, key=lambda a: a.group)[:6]  # two kinds of annotation per image
-    job = build_module.ChunkJob(0, "train", anns)
+    job = ChunkJob(0, "train", anns)
     bad = job.images()[0]
     job.checked = {path: None for path in job.images()} | {bad: ("undecodable_media", f"{bad}: does not decode")}
-    monkeypatch.setattr(build_module, "check_image", lambda data, where: pytest.fail("decoded again"))
-    stats = build_module.build_chunk(job, plan)["train"]
+    monkeypatch.setattr(media_checks, "check_image", lambda *args: pytest.fail("decoded again"))
+    stats = build_chunk(job, plan)["train"]
     assert stats["skipped"]["undecodable_media"] >= 2  # the bad image's caption and VQA conversations
     convs = list(read_shards([str(tmp_path / "out" / "train" / "shard-000000.tar")]))
     assert {c.meta["group"] for c in convs} == {Path(p).name for p in job.images()[1:]}
@@ -677,7 +680,7 @@ def test_a_stale_build_is_built_again_in_the_cache_and_refused_elsewhere(sources
     """Training asks for a recipe's shards: a build from another recipe, settings or mmit version
     (another shard format) must not be used as if it were current."""
     import mmit
-    from mmit.build import recipe_data_files
+    from mmit.data.build import recipe_data_files
 
     monkeypatch.setenv("MMIT_CACHE", str(tmp_path / "cache"))
     cached, mine = tmp_path / "cached.yaml", tmp_path / "mine.yaml"

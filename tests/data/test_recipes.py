@@ -15,9 +15,11 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import mmit
-from mmit.build import BuildError, build, build_fingerprint, compose_recipe, recipe_data_files
+from mmit.build import BuildError, build, compose_recipe
 from mmit.data.audio import AudioPolicy
+from mmit.data.build import recipe_data_files
 from mmit.data.instructions import ShapingConfig
+from mmit.data.manifest import build_fingerprint
 from mmit.paths import RECIPES_DIR
 
 SHIPPED = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml") if p.stem != "base")
