@@ -7,7 +7,8 @@ Prompts come from the same code as training (chat template, media splice); answe
 generated in batches with a KV cache (greedy by default; ``--num-beams`` or ``--sample``).
 Writes, atomically, into ``--out`` (default ``RUN_DIR/eval/<checkpoint>``): ``metrics.json``,
 ``predictions.jsonl``, ``report.md`` and PNG plots (per-task scores seen vs held-out, and the
-run's training curves).
+run's training curves). VQA accuracy is the official VQAv2 script's unless ``--vqa-normalisation
+lmms_eval`` (or the run's ``trainer.vqa_normalisation``) says otherwise; metrics.json names it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from mmit.evaluation import evaluate_set
 from mmit.generation import GenerationOptions
 from mmit.grounding import GROUNDING_NOTE, PRIOR_FILE, AnswerPrior, grounding_line, grounding_table
 from mmit.inference import LoadedModel, load_base, load_run
+from mmit.metrics import VQA_NORMALISATIONS
 from mmit.paths import atomic_dir
 from mmit.plots import plot_grounding, plot_task_scores, plot_training_curves
 from mmit.scoring import Prediction, headline_metric, score_predictions
@@ -58,6 +60,7 @@ def run_eval(
     prior: AnswerPrior | None = None,
     swap_media: bool = True,
     seed: int = 0,
+    vqa_normalisation: str = "official",
 ) -> tuple[list[Prediction], dict, dict]:
     """Generate and score every set, with own and swapped media and beside the blind prior;
     returns predictions (each with what it said given swapped media), scores and what was skipped."""
@@ -104,7 +107,18 @@ def run_eval(
         predictions += result.predictions
         swapped += result.swapped
         skipped[name] = dict(counts)
-    return predictions, swapped, score_predictions(predictions, swapped, prior), skipped
+    return predictions, swapped, score_predictions(predictions, swapped, prior, vqa_normalisation), skipped
+
+
+def vqa_normalisation_of(loaded: LoadedModel, requested: str | None) -> str:
+    """``--vqa-normalisation`` when given, else the run's ``trainer.vqa_normalisation``, else official."""
+    if requested is not None:
+        return requested
+    trainer = loaded.cfg.get("trainer") or {}
+    chosen = trainer.get("vqa_normalisation") or "official"
+    if chosen not in VQA_NORMALISATIONS:
+        raise ValueError(f"trainer.vqa_normalisation must be one of {', '.join(VQA_NORMALISATIONS)}, not {chosen!r}")
+    return chosen
 
 
 def run_prior(loaded: LoadedModel, run_dir: Path | None) -> AnswerPrior | None:
@@ -223,6 +237,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="skip the second pass with media swapped between samples (no media dependence; half the time)",
     )
+    p.add_argument(
+        "--vqa-normalisation",
+        choices=VQA_NORMALISATIONS,
+        help="VQA accuracy as the official VQAv2 script computes it, or as lmms-eval does "
+        "(default: the run's trainer.vqa_normalisation, else official)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument(
         "--precision", default=None, choices=("auto", "bf16", "fp32"), help="default: the run's trainer.precision"
@@ -275,6 +295,7 @@ def main(argv: list[str] | None = None) -> Path:
             raise SystemExit(f"--only names unknown set(s) {sorted(unknown)}; sets: {sorted(sets)}")
         sets = {name: paths for name, paths in sets.items() if name in args.only}
 
+    vqa_normalisation = vqa_normalisation_of(loaded, args.vqa_normalisation)
     started = time.perf_counter()
     prior = run_prior(loaded, args.run_dir)
     predictions, swapped, scores, skipped = run_eval(
@@ -287,6 +308,7 @@ def main(argv: list[str] | None = None) -> Path:
         prior,
         swap_media=not args.no_swap_media,
         seed=args.seed,
+        vqa_normalisation=vqa_normalisation,
     )
     elapsed = time.perf_counter() - started
     checkpoint = loaded.checkpoint.name if loaded.checkpoint else "none"
@@ -298,6 +320,7 @@ def main(argv: list[str] | None = None) -> Path:
         "device": str(loaded.device),
         "precision": loaded.precision,
         "decoding": _decoding(options),
+        "vqa_normalisation": vqa_normalisation,
         "samples": len(predictions),
         "seconds": round(elapsed, 1),
         "generation": options.to_json(),
@@ -318,6 +341,8 @@ def _decoding(options: GenerationOptions) -> str:
 def summary_text(scores: dict, out: Path) -> str:
     """What the terminal shows at the end: per-set and per-task headline scores."""
     lines = [f"Evaluation written to {out} (report.md, metrics.json, predictions.jsonl, plots)"]
+    if any("vqa_accuracy" in values for values in scores["sets"].values()):
+        lines.append(f"  VQA accuracy normalised as: {scores.get('vqa_normalisation', 'official')}")
     for set_name, values in scores["sets"].items():
         tasks = scores["tasks"][set_name]
         shown = ", ".join(f"{t} {headline_metric(t)}={_fmt(m[headline_metric(t)])}" for t, m in tasks.items())

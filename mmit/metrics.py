@@ -6,19 +6,54 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 # ---------------------------------------------------------------------------------------------
 # VQAv2 accuracy (the official vqaEval.py of the VQA API)
 # ---------------------------------------------------------------------------------------------
 
 _VQA_PUNCTUATION = ';/[]"{}()=+\\_-><@`,?!'  # the official list, in its order
-_DIGIT_COMMA_DIGIT = re.compile(r"(\d)(,)(\d)")
-# The official "(?!<=\d)" is a lookahead for the text "<=digit", not a lookbehind, so in effect
-# this removes every period that is not followed by a digit ("3.5" keeps its period).
-_PERIOD_NOT_BEFORE_DIGIT = re.compile(r"(?!<=\d)(\.)(?!\d)")
-# The official script passes re.UNICODE (32) as the positional `count` of sub().
-_OFFICIAL_PERIOD_COUNT = 32
+
+# The conventions vqa_accuracy can follow (see its docstring); "official" is mmit's default.
+VQA_NORMALISATIONS = ("official", "lmms_eval")
+
+
+@dataclass(frozen=True)
+class _VqaRules:
+    digit_comma_digit: re.Pattern  # found anywhere: every punctuation mark is deleted, not spaced
+    sentence_period: re.Pattern  # periods that processPunctuation removes
+    always_normalise: bool  # False: unanimous answers and the prediction are compared as written
+    lower: Callable[[str], str]
+
+
+def _python2_lower(text: str) -> str:
+    """unicode.lower() of Python 2: one character at a time (so no final sigma), "İ" -> "i"."""
+    if text.isascii():
+        return text.lower()
+    return "".join("i" if char == "\u0130" else char.lower() for char in text)
+
+
+# In both, "(?!<=\d)" is a lookahead for the text "<=digit", not a lookbehind, so in effect the
+# period pattern is every period not followed by a digit ("3.5" keeps its period).
+_VQA_RULES = {
+    # vqaEval.py is Python 2, where \d in a pattern without re.UNICODE is [0-9] only, and
+    # lowercasing maps each character on its own.
+    "official": _VqaRules(
+        re.compile(r"(\d)(,)(\d)", re.ASCII),
+        re.compile(r"(?!<=\d)(\.)(?!\d)", re.ASCII),
+        always_normalise=False,
+        lower=_python2_lower,
+    ),
+    # lmms-eval's EvalAIAnswerProcessor (Python 3: \d is any Unicode digit) lets several commas
+    # stand between the digits ("1,,2"); its VQAv2 task normalises every question, unanimous or not.
+    "lmms_eval": _VqaRules(
+        re.compile(r"(?<=\d)(,)+(?=\d)"), re.compile(r"(?!<=\d)(\.)(?!\d)"), always_normalise=True, lower=str.lower
+    ),
+}
+# The official script passes re.UNICODE (32) as the positional `count` of sub(), and so does
+# lmms-eval: at most 32 periods go.
+_PERIOD_COUNT = 32
 
 _NUMBER_WORDS = {
     "none": "0",
@@ -162,46 +197,68 @@ _CONTRACTIONS = {
 }
 
 
-def _vqa_punctuation(text: str) -> str:
+def _vqa_rules(normalisation: str) -> _VqaRules:
+    if normalisation not in _VQA_RULES:
+        raise ValueError(f"vqa normalisation must be one of {', '.join(VQA_NORMALISATIONS)}, not {normalisation!r}")
+    return _VQA_RULES[normalisation]
+
+
+def _vqa_whitespace(text: str) -> str:
+    """What the official script does to every answer first: tabs and newlines to spaces, then strip."""
+    return text.replace("\n", " ").replace("\t", " ").strip()
+
+
+def _vqa_punctuation(text: str, rules: _VqaRules) -> str:
     """The official processPunctuation: delete or space out punctuation, drop sentence periods."""
     # Every decision looks at the original text: one "3,000" anywhere means all marks are deleted.
-    delete = _DIGIT_COMMA_DIGIT.search(text) is not None
+    delete = rules.digit_comma_digit.search(text) is not None
     out = text
     for mark in _VQA_PUNCTUATION:
         if delete or mark + " " in text or " " + mark in text:
             out = out.replace(mark, "")
         else:
             out = out.replace(mark, " ")
-    return _PERIOD_NOT_BEFORE_DIGIT.sub("", out, count=_OFFICIAL_PERIOD_COUNT)
+    return rules.sentence_period.sub("", out, count=_PERIOD_COUNT)
 
 
-def _vqa_digits_articles(text: str) -> str:
+def _vqa_digits_articles(text: str, rules: _VqaRules) -> str:
     """The official processDigitArticle: lowercase, number words to digits, no articles, contractions."""
-    words = [_NUMBER_WORDS.get(word, word) for word in text.lower().split()]
+    words = [_NUMBER_WORDS.get(word, word) for word in rules.lower(text).split()]
     return " ".join(_CONTRACTIONS.get(word, word) for word in words if word not in _ARTICLES)
 
 
-def normalize_vqa_answer(text: str) -> str:
-    """A predicted answer as the official VQAv2 evaluation sees it ("Two dogs." -> "2 dogs")."""
-    text = text.replace("\n", " ").replace("\t", " ").strip()
-    return _vqa_digits_articles(_vqa_punctuation(text))
+def normalize_vqa_answer(text: str, normalisation: str = "official") -> str:
+    """An answer as VQAv2 accuracy compares it when the human answers differ ("Two dogs." -> "2 dogs"):
+    processPunctuation then processDigitArticle, after the whitespace clean-up."""
+    rules = _vqa_rules(normalisation)
+    return _vqa_digits_articles(_vqa_punctuation(_vqa_whitespace(text), rules), rules)
 
 
-def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
+def vqa_accuracy(prediction: str, answers: Sequence[str], normalisation: str = "official") -> float:
     """VQAv2 accuracy of one prediction against the human answers (usually ten), in [0, 1].
 
     Each answer is left out in turn; the prediction scores min(1, matches among the rest / 3),
-    and the scores are averaged. As in the official script, the prediction is fully normalised
-    (normalize_vqa_answer) but the human answers only go through the punctuation step, and only
-    when they are not all identical: answers are compared as written otherwise (VQAv2's own
-    answers are already normalised, so this matters only for other data). With a single answer
-    there is nothing to leave out and the score is exact match.
+    and the scores are averaged. Before comparing, ``normalisation`` decides what is normalised:
+
+    - ``official`` (the VQA API's vqaEval.py): every text has tabs and newlines turned into spaces
+      and is stripped. If the answers then differ, the answers and the prediction all go through
+      normalize_vqa_answer. If they are all the same, nothing more is done: the prediction must
+      equal them as written ("Yes" scores 0 against ten "yes").
+    - ``lmms_eval`` (lmms-eval's VQAv2 task): the answers and the prediction are always normalised,
+      unanimous or not, and "1,,2" counts as a number with a thousands comma. (Its TextVQA, OK-VQA
+      and VizWiz tasks first also lowercase, delete "," and "?" and split off "'s": not modelled.)
+
+    With a single answer the official formula always gives 0 (there is no other answer to match);
+    here it is exact match of the two normalised texts instead, under either convention.
     """
     if isinstance(answers, str) or not answers:
         raise ValueError("vqa_accuracy needs a non-empty list of answers")
-    predicted = normalize_vqa_answer(prediction)
-    if len(set(answers)) > 1:
-        answers = [_vqa_punctuation(answer) for answer in answers]
+    rules = _vqa_rules(normalisation)
+    predicted = _vqa_whitespace(prediction)
+    answers = [_vqa_whitespace(answer) for answer in answers]
+    if rules.always_normalise or len(set(answers)) > 1 or len(answers) == 1:
+        predicted = _vqa_digits_articles(_vqa_punctuation(predicted, rules), rules)
+        answers = [_vqa_digits_articles(_vqa_punctuation(answer, rules), rules) for answer in answers]
     if len(answers) == 1:
         return float(answers[0] == predicted)
     # Leaving out answers[i] leaves `total - matches[i]` matching answers; left out by position,

@@ -9,7 +9,9 @@ Each task family is scored by the metrics its community reports (``mmit.metrics`
 - anything else (text instructions, conversations): exact match and ROUGE-L.
 
 The first metric of each family is the task's headline ``score``. Training's in-loop
-evaluation and ``python -m mmit.eval`` both score through ``score_predictions``.
+evaluation and ``python -m mmit.eval`` both score through ``score_predictions``. VQA accuracy
+follows the official VQAv2 script unless ``vqa_normalisation="lmms_eval"`` asks for lmms-eval's
+convention (``mmit.metrics.vqa_accuracy``); the scores name the one used.
 
 Beside each score of a task with media, ``grounding`` reads whether the model looked
 (``mmit.grounding``): the score with each sample's media swapped for another's, their difference
@@ -83,7 +85,7 @@ def headline_metric(task: str) -> str:
     return "cider_d" if task.startswith("caption") else "rouge_l"
 
 
-def task_metrics(task: str, preds: list[Prediction]) -> dict[str, float]:
+def task_metrics(task: str, preds: list[Prediction], vqa_normalisation: str = "official") -> dict[str, float]:
     """The metrics of one task over its predictions (headline first), plus the count ``n``."""
     hyps = [p.prediction for p in preds]
     exact = _mean([metrics.exact_match(p.prediction, p.reference) for p in preds])
@@ -98,7 +100,7 @@ def task_metrics(task: str, preds: list[Prediction]) -> dict[str, float]:
         scores = {"accuracy": exact}
     elif task.startswith("vqa"):
         scores = {
-            "vqa_accuracy": _mean([metrics.vqa_accuracy(p.prediction, p.references) for p in preds]),
+            "vqa_accuracy": _mean([metrics.vqa_accuracy(p.prediction, p.references, vqa_normalisation) for p in preds]),
             "exact_match": exact,
         }
         if task == "vqa_yesno":
@@ -116,7 +118,9 @@ def task_metrics(task: str, preds: list[Prediction]) -> dict[str, float]:
     return {**scores, "n": len(preds)}
 
 
-def sample_scores(task: str, preds: list[Prediction]) -> tuple[list[float], list[float]]:
+def sample_scores(
+    task: str, preds: list[Prediction], vqa_normalisation: str = "official"
+) -> tuple[list[float], list[float]]:
     """Each prediction's headline score and weight: the task's headline is their weighted mean.
 
     NaN marks a sample the headline leaves out (a yes/no question whose answer is neither).
@@ -131,7 +135,7 @@ def sample_scores(task: str, preds: list[Prediction]) -> tuple[list[float], list
     if task == "vqa_yesno":
         return [metrics.yes_no_accuracy([p.prediction], [p.reference]) for p in preds], ones
     if task.startswith("vqa"):
-        return [metrics.vqa_accuracy(p.prediction, p.references) for p in preds], ones
+        return [metrics.vqa_accuracy(p.prediction, p.references, vqa_normalisation) for p in preds], ones
     if task == "audio_transcription":
         words = [float(max(len(p.reference.split()), 1)) for p in preds]
         return [1.0 - metrics.word_error_rate([p.prediction], [p.reference]) for p in preds], words
@@ -155,7 +159,10 @@ def mean_interval(values: list[float], weights: list[float] | None = None) -> tu
 
 
 def grounding_scores(
-    preds: list[Prediction], swapped: list[Prediction] | None = None, prior: AnswerPrior | None = None
+    preds: list[Prediction],
+    swapped: list[Prediction] | None = None,
+    prior: AnswerPrior | None = None,
+    vqa_normalisation: str = "official",
 ) -> dict[str, dict[str, dict]]:
     """Per set and task with media: the score with its 95% interval, the score with swapped media,
     the dependence (own minus swapped, paired per sample) with its interval, the loss with own and
@@ -166,13 +173,13 @@ def grounding_scores(
         group = [p for p in group if p.has_media]
         if not group:
             continue
-        values, weights = sample_scores(task, group)
+        values, weights = sample_scores(task, group, vqa_normalisation)
         score, low, high = mean_interval(values, weights)
         entry = {"metric": headline_metric(task), "n": len(group), "score": score, "ci95": [low, high]}
         pairs = [(i, others[(p.set, p.id)]) for i, p in enumerate(group) if (p.set, p.id) in others]
         if pairs:
             own = [group[i] for i, _ in pairs]
-            sw_values, _ = sample_scores(task, [q for _, q in pairs])
+            sw_values, _ = sample_scores(task, [q for _, q in pairs], vqa_normalisation)
             own_values = [values[i] for i, _ in pairs]
             pair_weights = [weights[i] for i, _ in pairs]
             diffs = [a - b for a, b in zip(own_values, sw_values, strict=True)]
@@ -191,25 +198,28 @@ def grounding_scores(
                 )
                 entry["loss_dependence"] = entry["loss_swapped_media"] - entry["loss"]
         if prior is not None:
-            entry.update(_prior_scores(task, group, prior))
+            entry.update(_prior_scores(task, group, prior, vqa_normalisation))
         out.setdefault(set_name, {})[task] = entry
     return out
 
 
-def _prior_scores(task: str, group: list[Prediction], prior: AnswerPrior) -> dict:
+def _prior_scores(task: str, group: list[Prediction], prior: AnswerPrior, vqa_normalisation: str) -> dict:
     answer = prior.answer(task)
     if answer is None:
         return {}
     blind = [replace(p, prediction=answer) for p in group]
-    out = {"prior": mean_interval(*sample_scores(task, blind))[0], "prior_answer": answer}
+    out = {"prior": mean_interval(*sample_scores(task, blind, vqa_normalisation))[0], "prior_answer": answer}
     if prior.has_question_types and any(p.question_type for p in group):
         by_type = [replace(p, prediction=prior.answer(task, p.question_type)) for p in group]
-        out["prior_question_type"] = mean_interval(*sample_scores(task, by_type))[0]
+        out["prior_question_type"] = mean_interval(*sample_scores(task, by_type, vqa_normalisation))[0]
     return out
 
 
 def score_predictions(
-    preds: list[Prediction], swapped: list[Prediction] | None = None, prior: AnswerPrior | None = None
+    preds: list[Prediction],
+    swapped: list[Prediction] | None = None,
+    prior: AnswerPrior | None = None,
+    vqa_normalisation: str = "official",
 ) -> dict:
     """Scores by set, by set and task, and by set, task and template, and the grounding figures.
 
@@ -217,18 +227,23 @@ def score_predictions(
     VQA questions (when any), ``score``: the mean of the tasks' headline scores, and, with
     swapped-media predictions, ``media_dependence``: the mean of its tasks' dependences.
     ``swapped``: the same samples answered with another sample's media (``mmit.grounding``);
-    ``prior``: the training set's answers, for the blind prior.
+    ``prior``: the training set's answers, for the blind prior. ``vqa_normalisation``: official
+    (the VQAv2 script) or lmms_eval (``mmit.metrics.vqa_accuracy``), recorded in the scores.
     """
+    if vqa_normalisation not in metrics.VQA_NORMALISATIONS:
+        raise ValueError(
+            f"vqa_normalisation must be one of {', '.join(metrics.VQA_NORMALISATIONS)}, not {vqa_normalisation!r}"
+        )
     by_set: dict[str, list[Prediction]] = defaultdict(list)
     for p in preds:
         by_set[p.set].append(p)
     sets, tasks, templates = {}, {}, {}
     for set_name, set_preds in by_set.items():
         by_task = _group(set_preds, lambda p: p.task)
-        tasks[set_name] = {task: task_metrics(task, tp) for task, tp in by_task.items()}
+        tasks[set_name] = {task: task_metrics(task, tp, vqa_normalisation) for task, tp in by_task.items()}
         templates[set_name] = {
             task: {
-                template: {**task_metrics(task, tpp), "metric": headline_metric(task)}
+                template: {**task_metrics(task, tpp, vqa_normalisation), "metric": headline_metric(task)}
                 for template, tpp in _group(tp, lambda p: p.template).items()
             }
             for task, tp in by_task.items()
@@ -240,13 +255,16 @@ def score_predictions(
             "exact_match": _mean([metrics.exact_match(p.prediction, p.reference) for p in set_preds]),
         }
         if vqa:
-            sets[set_name]["vqa_accuracy"] = _mean([metrics.vqa_accuracy(p.prediction, p.references) for p in vqa])
-    grounding = grounding_scores(preds, swapped, prior)
+            sets[set_name]["vqa_accuracy"] = _mean(
+                [metrics.vqa_accuracy(p.prediction, p.references, vqa_normalisation) for p in vqa]
+            )
+    grounding = grounding_scores(preds, swapped, prior, vqa_normalisation)
     for set_name, set_tasks in grounding.items():
         dependences = [g["dependence"] for g in set_tasks.values() if "dependence" in g]
         if dependences:
             sets[set_name]["media_dependence"] = _mean(dependences)
     return {
+        "vqa_normalisation": vqa_normalisation,
         "sets": sets,
         "tasks": tasks,
         "templates": templates,

@@ -27,6 +27,41 @@ def test_vqa_scores_use_every_human_answer():
     assert list(m)[0] == "vqa_accuracy"  # the headline comes first
 
 
+def test_vqa_normalisation_is_chosen_and_recorded():
+    # Ten identical answers: the official script compares "Two" with "2" as written (0), lmms-eval
+    # normalises both (1); differing answers are normalised under both.
+    preds = [_p("seen", "vqa_short", "t", "Two", "2", ["2"] * 10), _p("seen", "vqa_short", "t", "Two.", "3", TEN)]
+    official = score_predictions(preds)
+    lmms = score_predictions(preds, vqa_normalisation="lmms_eval")
+    assert official["vqa_normalisation"] == "official" and lmms["vqa_normalisation"] == "lmms_eval"
+    assert official["sets"]["seen"]["vqa_accuracy"] == pytest.approx((0.0 + 0.6) / 2)
+    assert lmms["sets"]["seen"]["vqa_accuracy"] == pytest.approx((1.0 + 0.6) / 2)
+    assert lmms["tasks"]["seen"]["vqa_short"]["vqa_accuracy"] == pytest.approx(0.8)
+    assert all(isinstance(v, float) for v in flat_metrics(lmms).values())
+    with pytest.raises(ValueError, match="official, lmms_eval"):
+        score_predictions(preds, vqa_normalisation="lmms")
+
+
+def test_eval_takes_the_normalisation_from_the_flag_then_the_run():
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from mmit.eval import parse_args, vqa_normalisation_of
+
+    def loaded(trainer):
+        return SimpleNamespace(cfg=OmegaConf.create({"trainer": trainer}))
+
+    assert vqa_normalisation_of(loaded({}), None) == "official"
+    assert vqa_normalisation_of(loaded({"vqa_normalisation": "lmms_eval"}), None) == "lmms_eval"
+    assert vqa_normalisation_of(loaded({"vqa_normalisation": "lmms_eval"}), "official") == "official"
+    with pytest.raises(ValueError):
+        vqa_normalisation_of(loaded({"vqa_normalisation": "lmms"}), None)
+    assert parse_args(["run", "--vqa-normalisation", "lmms_eval"]).vqa_normalisation == "lmms_eval"
+    with pytest.raises(SystemExit):
+        parse_args(["run", "--vqa-normalisation", "lmms"])
+
+
 def test_yes_no_multiple_choice_caption_and_text_tasks():
     yn = task_metrics("vqa_yesno", [_p("s", "vqa_yesno", "t", "Yes", "yes"), _p("s", "vqa_yesno", "t", "no", "yes")])
     assert yn["yes_no_accuracy"] == 0.5
@@ -119,6 +154,7 @@ def test_eval_cli_writes_every_output(vqa_run, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["scores"]["sets"]) == {"seen", "heldout_templates", "heldout_tasks"}
     assert metrics["checkpoint"].endswith("step-0000004") and metrics["decoding"] == "greedy"
+    assert metrics["vqa_normalisation"] == metrics["scores"]["vqa_normalisation"] == "official"
     preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     counts = {name: s["n"] for name, s in metrics["scores"]["sets"].items()}
     per_task = {name: [t["n"] for t in tasks.values()] for name, tasks in metrics["scores"]["tasks"].items()}
@@ -135,6 +171,7 @@ def test_eval_cli_writes_every_output(vqa_run, tmp_path):
             # A held-out task has no training answers, so no blind prior.
             assert ("prior" in g) == (set_name != "heldout_tasks")
     report = (out / "report.md").read_text()
+    assert "- vqa_normalisation: official" in report
     for heading in ("## Sets", "## Does it look?", "## Tasks", "## Seen vs held-out", "## Templates", "![task_scores]"):
         assert heading in report
     for png in ("task_scores.png", "training_curves.png", "grounding.png"):
@@ -174,11 +211,14 @@ def test_eval_of_base_model_extra_sets_and_beam_search(vqa_run, tmp_path):
             "2",
             "--max-new-tokens",
             "3",
+            "--vqa-normalisation",
+            "lmms_eval",
             "--out",
             str(tmp_path / "base"),
         ]
     )
     metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["vqa_normalisation"] == metrics["scores"]["vqa_normalisation"] == "lmms_eval"
     assert metrics["checkpoint"].startswith("none") and metrics["decoding"] == "beam search (2 beams)"
     assert max(t["n"] for t in metrics["scores"]["tasks"]["mine"].values()) == 3  # --max-samples per task
     assert metrics["scores"]["grounding"]["mine"]  # a base model is measured for grounding too (its prior read)
