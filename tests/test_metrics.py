@@ -311,3 +311,86 @@ def test_every_task_family_reports_its_headline_first():
     for task in ("caption_brief", "vqa_short", "vqa_yesno", "audio_caption", "audio_qa", "audio_transcription", "x"):
         scores = task_metrics(task, [Prediction("s", "1", task, "t", "p", "yes", ["yes"], "yes")])
         assert list(scores)[0] == headline_metric(task), task
+
+
+# --- cross-check with coco-caption (pycocoevalcap) ----------------------------------------------
+
+_CAPTION_WORDS = (
+    "a man woman dog cat red blue green small large riding sitting on in the of with near two three "
+    "horse table street park grass beach car bus white black and is are playing running holding ball"
+).split()
+
+
+def _caption_corpus(n: int, seed: int = 0) -> tuple[list[str], list[list[str]]]:
+    """``n`` predictions, each with 1-5 references: edits of a shared base caption, so that every
+    n-gram order finds partial matches; lowercase words only, so they are already tokenized."""
+    import random
+
+    rng = random.Random(seed)
+
+    def edit(words: list[str]) -> list[str]:
+        words = list(words)
+        for _ in range(rng.randint(0, 3)):
+            i = rng.randrange(len(words) + 1)
+            action = rng.choice(("insert", "drop", "replace", "swap"))
+            if action == "insert" or len(words) < 2:
+                words.insert(i, rng.choice(_CAPTION_WORDS))
+            elif action == "drop":
+                del words[min(i, len(words) - 1)]
+            elif action == "replace":
+                words[min(i, len(words) - 1)] = rng.choice(_CAPTION_WORDS)
+            else:
+                j = rng.randrange(len(words))
+                words[min(i, len(words) - 1)], words[j] = words[j], words[min(i, len(words) - 1)]
+        return words
+
+    predictions, references = [], []
+    for k in range(n):
+        base = [rng.choice(_CAPTION_WORDS) for _ in range(rng.randint(1, 14))]
+        refs = [" ".join(edit(base)) for _ in range(rng.randint(1, 5))]
+        # Most predictions paraphrase the image's own caption; some repeat words (CIDEr-D's clipping),
+        # some are unrelated.
+        if k % 10 == 0:
+            prediction = [rng.choice(_CAPTION_WORDS) for _ in range(rng.randint(1, 10))]
+        elif k % 10 == 1:
+            prediction = base + base[: rng.randint(1, len(base))]
+        else:
+            prediction = edit(base)
+        predictions.append(" ".join(prediction))
+        references.append(refs)
+    return predictions, references
+
+
+def test_caption_metrics_equal_pycocoevalcap():
+    """BLEU-1..4, CIDEr-D and ROUGE-L equal coco-caption's own scorers on 400 captions.
+
+    Both sides get the same tokens (lowercase words joined by single spaces), so this checks the
+    metrics, not the tokenizer (coco-caption's is Stanford's PTBTokenizer, in Java).
+    """
+    pytest.importorskip("pycocoevalcap", reason="the cross-check needs pycocoevalcap (pip install -e .[dev])")
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    predictions, references = _caption_corpus(400)
+    # Empty captions ("" is one token to coco-caption's split(" ")) would differ by construction.
+    assert all(p for p in predictions) and all(r for refs in references for r in refs)
+    assert all(tokenize_caption(c) == c.split(" ") for c in predictions + [r for refs in references for r in refs])
+    res = {i: [p] for i, p in enumerate(predictions)}
+    gts = dict(enumerate(references))
+
+    coco_bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    for n in range(1, 5):
+        assert abs(bleu(predictions, references, n) - coco_bleu[n - 1]) <= 1e-9, n
+
+    coco_cider, coco_cider_scores = Cider().compute_score(gts, res)
+    ours = cider_d_scores(predictions, references)
+    assert max(abs(a - b) for a, b in zip(ours, coco_cider_scores, strict=True)) <= 1e-9
+    assert abs(cider_d(predictions, references) - coco_cider) <= 1e-9
+
+    coco_rouge, coco_rouge_scores = Rouge().compute_score(gts, res)
+    ours = [rouge_l(p, refs) for p, refs in zip(predictions, references, strict=True)]
+    assert max(abs(a - b) for a, b in zip(ours, coco_rouge_scores, strict=True)) <= 1e-9
+    assert abs(rouge_l_corpus(predictions, references) - coco_rouge) <= 1e-9
+    # The corpus is not degenerate: middling scores at every order.
+    assert 0.2 < coco_bleu[3] < 0.9 and 1.0 < coco_cider < 9.0 and 0.3 < coco_rouge < 0.95
