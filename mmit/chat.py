@@ -33,7 +33,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--audio", action="append", default=[], type=Path, help="attach an audio clip (repeatable)")
     p.add_argument("--system", help="a system message")
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
+    p.add_argument(
+        "--precision", default=None, choices=("auto", "bf16", "fp32"), help="default: the run's trainer.precision"
+    )
     add_generation_args(p, max_new_tokens=128)
     args = p.parse_intermixed_args(argv)  # the prompt may come after the options
     if args.base is not None and args.run_dir is not None:
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     media = [media_ref(p) for p in [*args.image, *args.audio]]  # bad paths fail before loading the model
     if args.base is not None:
-        loaded = load_base(args.base, args.device, args.precision)
+        loaded = load_base(args.base, args.device, args.precision or "auto")
     else:
         try:
             loaded = load_run(args.run_dir, args.checkpoint, args.device, args.precision)
