@@ -2,6 +2,11 @@
 
     python -m mmit.eval RUN_DIR [--checkpoint latest|none|STEP] [--sets NAME=PATH ...]
     python -m mmit.eval --base +recipe=vqa [override ...] --out DIR
+    python -m mmit.eval RUN_DIR --benchmark pope=/data/pope --benchmark gqa=/data/gqa
+
+``--benchmark NAME=ROOT`` reads a standard benchmark in its official layout (mmit.benchmarks:
+vqav2, vqav2_testdev, gqa, textvqa, pope, scienceqa_img, mme, mmbench_dev), prompts it as
+lmms-eval does and scores it with its official metric; given alone, only the benchmarks run.
 
 Prompts come from the same code as training (chat template, media splice); answers are
 generated in batches with a KV cache (greedy by default; ``--num-beams`` or ``--sample``).
@@ -23,6 +28,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from mmit.benchmarks import BENCHMARKS, load_benchmark
 from mmit.cli import user_errors
 from mmit.evaluation import evaluate_set
 from mmit.generation import GenerationOptions
@@ -30,7 +36,7 @@ from mmit.grounding import GROUNDING_NOTE, PRIOR_FILE, AnswerPrior, grounding_li
 from mmit.inference import LoadedModel, load_base, load_run
 from mmit.metrics import VQA_NORMALISATIONS
 from mmit.paths import atomic_dir
-from mmit.plots import plot_grounding, plot_task_scores, plot_training_curves
+from mmit.plots import plot_benchmarks, plot_grounding, plot_task_scores, plot_training_curves
 from mmit.scoring import Prediction, headline_metric, score_predictions
 from mmit.training.loop import answers_by_set, per_task_prefix
 
@@ -110,6 +116,78 @@ def run_eval(
     return predictions, swapped, score_predictions(predictions, swapped, prior, vqa_normalisation), skipped
 
 
+def run_benchmarks(
+    loaded: LoadedModel,
+    specs: dict[str, str],
+    options: GenerationOptions,
+    batch_size: int = 16,
+    swap_media: bool = True,
+    seed: int = 0,
+    keep_max_new_tokens: bool = False,
+) -> tuple[list[Prediction], list[Prediction], dict[str, dict], dict[str, list]]:
+    """Answer and score each benchmark (``specs``: name -> root) with its official metric, and
+    again with images swapped between samples; returns predictions, swapped predictions, scores
+    per benchmark and EvalAI submission rows for benchmarks without references (test-dev)."""
+    from dataclasses import replace
+
+    from mmit.benchmarks import vqav2
+
+    predictions, swapped, scores, submissions = [], [], {}, {}
+    for name, root in specs.items():
+        bench = load_benchmark(name, root)
+        log.info("benchmark %s: %d samples from %s (%s)", name, len(bench.samples), root, bench.layout)
+        # lmms-eval's generation length for the task, unless the user chose one
+        opts = options if keep_max_new_tokens else replace(options, max_new_tokens=bench.max_new_tokens)
+        result = evaluate_set(
+            loaded.model,
+            loaded.tokenizer,
+            name,
+            bench.samples,
+            opts,
+            swap_media=swap_media and bench.has_references,
+            seed=seed,
+            batch_size=batch_size,
+            autocast_dtype=loaded.autocast_dtype,
+            preprocess=loaded.preprocess,
+            progress=True,
+        )
+        predictions += result.predictions
+        swapped += result.swapped
+        if not bench.has_references:
+            ids = vqav2.all_test_question_ids(root) if (Path(root) / vqav2.TEST_QUESTIONS).is_file() else ()
+            submissions[name] = vqav2.submission(bench, result.predictions, ids)
+            scores[name] = {"benchmark": name, "n": len(bench.samples), "submission": f"{name}_submission.json"}
+            continue
+        scored = bench.score(result.predictions)
+        scored["headline"] = next(iter(scored["metrics"]))
+        if len(result.swapped) == len(bench.samples):
+            blind = bench.score(result.swapped)["metrics"]
+            scored["swapped_media"] = blind
+            scored["dependence"] = scored["metrics"][scored["headline"]] - blind[scored["headline"]]
+        scores[name] = scored
+    return predictions, swapped, scores, submissions
+
+
+def benchmark_lines(benchmarks: dict[str, dict]) -> list[str]:
+    """The report's benchmark section: every metric (with swapped images beside it) and every table."""
+    lines = []
+    for name, b in benchmarks.items():
+        lines += ["", f"### {name} ({b['n']} samples)", ""]
+        if "submission" in b:
+            lines.append(f"No reference answers: the EvalAI submission file is {b['submission']}.")
+            continue
+        blind = b.get("swapped_media", {})
+        rows = [[k, v, blind.get(k, math.nan)] for k, v in b["metrics"].items()]
+        lines += _table(["metric", "score", "with swapped images"], rows)
+        if "dependence" in b:
+            lines += ["", f"Media dependence of {b['headline']}: {_fmt(b['dependence'])}"]
+        for table, table_rows in b.get("tables", {}).items():
+            columns = sorted({c for row in table_rows.values() for c in row}, key=str)
+            lines += ["", f"By {table}:", ""]
+            lines += _table([table, *columns], [[r, *(v.get(c, "") for c in columns)] for r, v in table_rows.items()])
+    return lines
+
+
 def vqa_normalisation_of(loaded: LoadedModel, requested: str | None) -> str:
     """``--vqa-normalisation`` when given, else the run's ``trainer.vqa_normalisation``, else official."""
     if requested is not None:
@@ -158,6 +236,8 @@ def format_report(title: str, facts: dict[str, str], scores: dict, plots: list[s
     )
     if scores.get("grounding"):
         lines += ["", "## Does it look?", "", GROUNDING_NOTE, "", *grounding_table(scores["grounding"])]
+    if scores.get("benchmarks"):
+        lines += ["", "## Benchmarks", *benchmark_lines(scores["benchmarks"])]
     lines += ["", "## Tasks", ""]
     for set_name, tasks in scores["tasks"].items():
         for task, values in tasks.items():
@@ -197,9 +277,12 @@ def write_outputs(
     info: dict,
     run_dir: Path | None,
     swapped: list[Prediction] = (),
+    files: dict[str, object] | None = None,
 ) -> Path:
-    """metrics.json, predictions.jsonl, plots and report.md, all appearing at once."""
+    """metrics.json, predictions.jsonl, plots, report.md and ``files`` (name -> JSON), all appearing at once."""
     with atomic_dir(out) as tmp:
+        for name, content in (files or {}).items():
+            (tmp / name).write_text(json.dumps(content), encoding="utf-8")
         (tmp / "metrics.json").write_text(json.dumps({**info, "scores": scores}, indent=1), encoding="utf-8")
         with open(tmp / "predictions.jsonl", "w", encoding="utf-8") as f:
             for entries in answers_by_set(predictions, list(swapped)).values():
@@ -208,6 +291,7 @@ def write_outputs(
         plots = [
             plot_task_scores(scores, tmp / "task_scores.png"),
             plot_grounding(scores.get("grounding", {}), tmp / "grounding.png"),
+            plot_benchmarks(scores.get("benchmarks", {}), tmp / "benchmarks.png"),
         ]
         if run_dir is not None and (run_dir / "metrics.jsonl").is_file():
             from mmit.training.tracking import read_metrics
@@ -226,6 +310,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--checkpoint", default="latest", help="latest (default), none, a step number or a directory")
     p.add_argument("--sets", nargs="+", default=[], metavar="NAME=PATH", help="extra sets: shard dirs or JSONL files")
     p.add_argument("--only", nargs="+", metavar="NAME", help="evaluate only these sets")
+    p.add_argument(
+        "--benchmark",
+        action="append",
+        default=[],
+        metavar="NAME=ROOT",
+        help=f"a standard benchmark in its official layout (repeatable): {', '.join(BENCHMARKS)}",
+    )
     p.add_argument("--max-samples", type=int, default=0, help="per task of each set (0 = all)")
     p.add_argument("--out", type=Path, help="output directory (default RUN_DIR/eval/<checkpoint>)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -258,7 +349,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int = 32) -> None:
     g = p.add_argument_group("generation (greedy unless --num-beams or --sample)")
-    g.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    g.add_argument(
+        "--max-new-tokens", type=int, default=None, help=f"default {max_new_tokens}; benchmarks: lmms-eval's per task"
+    )
+    p.set_defaults(default_max_new_tokens=max_new_tokens)
     g.add_argument("--num-beams", type=int, default=1)
     g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     g.add_argument("--temperature", type=float, default=1.0)
@@ -269,7 +363,8 @@ def add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int = 32) ->
 
 def generation_options(args: argparse.Namespace) -> GenerationOptions:
     return GenerationOptions(
-        args.max_new_tokens, args.num_beams, args.sample, args.temperature, args.top_p, args.top_k, args.seed
+        args.max_new_tokens or args.default_max_new_tokens,
+        args.num_beams, args.sample, args.temperature, args.top_p, args.top_k, args.seed
     )
 
 
@@ -288,7 +383,13 @@ def main(argv: list[str] | None = None) -> Path:
         if not sep or not name or not path:
             raise SystemExit(f"--sets takes NAME=PATH, not {item!r}")
         extra[name] = path
-    sets = eval_sets_of(loaded, extra)
+    benchmarks = {}
+    for item in args.benchmark:
+        name, sep, root = item.partition("=")
+        if not sep or name not in BENCHMARKS or not root:
+            raise SystemExit(f"--benchmark takes NAME=ROOT with NAME one of {', '.join(BENCHMARKS)}, not {item!r}")
+        benchmarks[name] = root
+    sets = {} if benchmarks and not (extra or args.only) else eval_sets_of(loaded, extra)
     if args.only:
         unknown = set(args.only) - set(sets)
         if unknown:
@@ -310,6 +411,18 @@ def main(argv: list[str] | None = None) -> Path:
         seed=args.seed,
         vqa_normalisation=vqa_normalisation,
     )
+    submissions = {}
+    if benchmarks:
+        bench_predictions, bench_swapped, scores["benchmarks"], submissions = run_benchmarks(
+            loaded,
+            benchmarks,
+            options,
+            args.batch_size,
+            swap_media=not args.no_swap_media,
+            seed=args.seed,
+            keep_max_new_tokens=args.max_new_tokens is not None,
+        )
+        predictions, swapped = predictions + bench_predictions, swapped + bench_swapped
     elapsed = time.perf_counter() - started
     checkpoint = loaded.checkpoint.name if loaded.checkpoint else "none"
     out = args.out or args.run_dir / "eval" / checkpoint
@@ -325,9 +438,11 @@ def main(argv: list[str] | None = None) -> Path:
         "seconds": round(elapsed, 1),
         "generation": options.to_json(),
         "sets": sets,
+        "benchmarks": benchmarks,
         "skipped": skipped,
     }
-    write_outputs(out, predictions, scores, info, args.run_dir, swapped)
+    files = {f"{name}_submission.json": rows for name, rows in submissions.items()}
+    write_outputs(out, predictions, scores, info, args.run_dir, swapped, files)
     print(summary_text(scores, out))
     return out
 
@@ -352,6 +467,13 @@ def summary_text(scores: dict, out: Path) -> str:
     for set_name, tasks in scores["gaps"].items():
         gaps = ", ".join(f"{t} {_fmt(g['gap'])}" for t, g in tasks.items())
         lines.append(f"  gap seen - {set_name}: {gaps}")
+    for name, b in scores.get("benchmarks", {}).items():
+        if "submission" in b:
+            lines.append(f"  {name} ({b['n']}): no references; submission file {b['submission']}")
+            continue
+        shown = ", ".join(f"{k} {_fmt(v)}" for k, v in list(b["metrics"].items())[:4])
+        dependence = f"; media dependence {_fmt(b['dependence'])}" if "dependence" in b else ""
+        lines.append(f"  {name} ({b['n']}): {shown}{dependence}")
     return "\n".join(lines)
 
 

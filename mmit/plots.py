@@ -90,6 +90,32 @@ def plot_task_scores(scores: dict, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def plot_benchmarks(benchmarks: dict[str, dict], path: Path) -> Path | None:
+    """One bar pair per benchmark: its headline metric with the images given and with them swapped
+    between samples (the gap is how much the score depends on looking)."""
+    scored = {name: b for name, b in benchmarks.items() if b.get("headline")}
+    if not scored:
+        return None
+    names = list(scored)
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.4 * len(names) + 1.5), 3.6))
+    own = [scored[n]["metrics"][scored[n]["headline"]] for n in names]
+    swapped = [scored[n].get("swapped_media", {}).get(scored[n]["headline"], math.nan) for n in names]
+    for offset, values, label in ((-0.2, own, "own image"), (0.2, swapped, "swapped image")):
+        bars = ax.bar([i + offset for i in range(len(names))], [0 if math.isnan(v) else v for v in values], 0.4)
+        bars.set_label(label)
+        for bar, value in zip(bars, values):
+            if not math.isnan(value):
+                ax.annotate(f"{value:.3g}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+                            va="bottom", fontsize=7)
+    ax.set_xticks(range(len(names)), [f"{n}\n({scored[n]['headline']})" for n in names], fontsize=8)
+    ax.set_ylabel("score")
+    ax.set_title("Benchmarks: own vs swapped image")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def plot_grounding(grounding: dict[str, dict[str, dict]], path: Path) -> Path | None:
     """Per set, each task's score with its own media (95% interval), with swapped media, and the
     blind prior as a black tick: a model that looks has a gap between the first two bars."""

@@ -98,6 +98,9 @@ def test_packaging_lists_every_config_folder():
         for folder in [root, *(p for p in root.rglob("*") if p.is_dir() and p.name != "__pycache__")]:
             name = ".".join([prefix, *folder.relative_to(root).parts])
             assert name in packages, f"{folder} is missing from pyproject's packages ({name})"
+    for init in (REPO / "mmit").rglob("__init__.py"):  # mmit's own subpackages
+        name = ".".join(["mmit", *init.parent.relative_to(REPO / "mmit").parts])
+        assert name in packages, f"{init.parent} is missing from pyproject's packages ({name})"
     shipped = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["*"]
     for path in [*(REPO / "conf").rglob("*.*"), *(REPO / "data_recipes").rglob("*.*")]:
         if "__pycache__" not in path.parts:

@@ -1,6 +1,7 @@
 """Scoring by task / template / set, the eval CLI's outputs, decoding options and the chat CLI."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -260,3 +261,36 @@ def test_media_errors_are_clear(tiny, tmp_path):
         ChatSession(loaded).ask("hi", [media_ref(png)])
     with pytest.raises(FileNotFoundError, match="no such file"):
         media_ref(tmp_path / "missing.png")
+
+
+def test_eval_cli_scores_standard_benchmarks(vqa_run, tmp_path):
+    """--benchmark alone: only the benchmarks run, each scored by its official metric with images
+    given and swapped; a set without references gets its EvalAI submission file instead."""
+    from mmit.benchmarks import load_benchmark
+    from mmit.eval import main
+
+    fixtures = Path(__file__).resolve().parent / "benchmarks" / "fixtures"
+    run_dir, _ = vqa_run
+    argv = [str(run_dir), "--out", str(tmp_path / "bench"), "--max-new-tokens", "3"]
+    argv += ["--benchmark", f"pope={fixtures / 'pope'}", "--benchmark", f"vqav2_testdev={fixtures / 'vqav2'}"]
+    out = main(argv)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["scores"]["sets"] == {} and set(metrics["benchmarks"]) == {"pope", "vqav2_testdev"}
+    pope = metrics["scores"]["benchmarks"]["pope"]
+    n_pope = len(load_benchmark("pope", fixtures / "pope").samples)
+    assert pope["n"] == n_pope and set(pope["tables"]["split"]) == {"random", "popular", "adversarial"}
+    assert pope["headline"] in pope["metrics"] and set(pope["swapped_media"]) == set(pope["metrics"])
+    assert pope["dependence"] == pytest.approx(
+        pope["metrics"][pope["headline"]] - pope["swapped_media"][pope["headline"]]
+    )
+    preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    n_testdev = len(load_benchmark("vqav2_testdev", fixtures / "vqav2").samples)
+    assert len(preds) == n_pope + n_testdev
+    rows = json.loads((out / "vqav2_testdev_submission.json").read_text())
+    assert {"question_id", "answer"} == set(rows[0]) and len(rows) >= n_testdev
+    report = (out / "report.md").read_text()
+    assert "## Benchmarks" in report and "### pope" in report and "vqav2_testdev_submission.json" in report
+    with Image.open(out / "benchmarks.png") as image:
+        assert image.size[0] > 300
+    with pytest.raises(SystemExit, match="NAME=ROOT"):
+        main([str(run_dir), "--benchmark", "nope=/tmp"])
