@@ -76,6 +76,7 @@ def reseed(cfg: DictConfig, component: str) -> None:
 def build_model(cfg: DictConfig) -> BuiltModel:
     """LLM (+ tuning), and for each configured encoder its projector and placeholder token."""
     from mmit.data.tokenize import MediaSlot
+    from mmit.models.llava_import import check_llava_start, is_llava_checkpoint, load_llava_projector
     from mmit.models.llm import set_system_prompt
     from mmit.models.multimodal_lm import MultimodalLM
     from mmit.models.projectors import build_projector
@@ -112,7 +113,11 @@ def build_model(cfg: DictConfig) -> BuiltModel:
         options = OmegaConf.to_container(cfg.projector)
         if options["kind"] == "vocab":  # soft choices of the LLM's own token embeddings
             options["embeddings"] = loaded.model.get_input_embeddings().weight
+        from_llava = "llava" in options and kind == "image"  # projector=llava: LLaVA's weights for the image path
+        options.pop("llava", None)
         projector = build_projector(options.pop("kind"), encoder.output_dim, hidden, **options)
+        if from_llava:
+            load_llava_projector(projector, cfg.projector.llava)
         projector = apply_tuning(projector, cfg.tuning.projector, name="projector")
         placeholder = f"<{kind}>"
         loaded.tokenizer.add_tokens([placeholder], special_tokens=True)
@@ -123,7 +128,9 @@ def build_model(cfg: DictConfig) -> BuiltModel:
         components[group] = (encoder, cfg.tuning[group])
         components[f"projector ({kind})"] = (projector, cfg.tuning.projector)
     model = MultimodalLM(llm, encoders, projectors, slots)
-    if cfg.get("init_from"):
+    if cfg.get("init_from") and is_llava_checkpoint(cfg.init_from):  # +model=llava read it above
+        log.info("%s built from the LLaVA checkpoint %s", ", ".join(check_llava_start(cfg)), cfg.init_from)
+    elif cfg.get("init_from"):
         loaded_names = load_matching(model, cfg.init_from)
         log.info("initialised %d tensors from %s", len(loaded_names), cfg.init_from)
     return BuiltModel(model, loaded.tokenizer, loaded.source, parameter_table(components))
