@@ -31,9 +31,14 @@ def compose():
     return _compose
 
 
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+# As for a script run from tools/: the benchmarks' package, tools/bench/, imports as `bench`.
+sys.path.insert(0, str(TOOLS))
+
+
 def load_tool(name: str):
     """A script of tools/ as a module (registered in sys.modules: dataclasses look their module up)."""
-    path = Path(__file__).resolve().parents[1] / "tools" / f"{name}.py"
+    path = TOOLS / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module

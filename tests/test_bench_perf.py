@@ -1,28 +1,29 @@
-"""tools/bench_perf.py: a --quick run writes the report and the raw numbers (no speed assertions)."""
+"""tools/bench_perf.py (bench.perf): a --quick run writes the report and the raw numbers (no speed assertions)."""
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 
 import pytest
 import torch
-from conftest import load_tool
+from bench.llm import lora_step_flops
+from bench.models import TINY_LLM, text_model
 
 
 @pytest.fixture(scope="module")
-def bench():
-    environ = dict(os.environ)  # the tool sets defaults (OMP_WAIT_POLICY, ...) for its own runs
-    yield load_tool("bench_perf")
-    sys.modules.pop("bench_perf", None)
+def perf():
+    environ = dict(os.environ)  # importing bench.perf sets defaults (OMP_WAIT_POLICY, ...) for its own runs
+    from bench import perf
+
+    yield perf
     os.environ.clear()
     os.environ.update(environ)
 
 
-def test_quick_run_writes_tables_and_json(bench, tmp_path):
+def test_quick_run_writes_tables_and_json(perf, tmp_path):
     out = tmp_path / "BENCHMARKS.md"
-    results = bench.main(["--quick", "--only", "B1,B2,B3,B6", "--device", "cpu", "--out", str(out)])
+    results = perf.main(["--quick", "--only", "B1,B2,B3,B6", "--device", "cpu", "--out", str(out)])
     assert [r.id for r in results] == ["B1", "B2", "B3", "B6"]
 
     text = out.read_text()
@@ -66,15 +67,15 @@ def test_quick_run_writes_tables_and_json(bench, tmp_path):
     assert by_id["B6"]["met"] in (True, False)
 
 
-def test_lora_step_flops_counts_each_weight_once(bench):
-    model = bench.text_model(bench.TINY_LLM, "lora", "cpu")
-    count = bench.lora_step_flops(model, batch=2, seq=16, labelled=8)
+def test_lora_step_flops_counts_each_weight_once():
+    model = text_model(TINY_LLM, "lora", "cpu")
+    count = lora_step_flops(model, batch=2, seq=16, labelled=8)
     decoder = model.base_llm.get_decoder()
     lora = sum(p.numel() for n, p in decoder.named_parameters() if "lora_" in n)
     linear = sum(m.weight.numel() for m in decoder.modules() if isinstance(m, torch.nn.Linear))
     assert count["lora_params"] == lora > 0
     assert count["frozen_linear_params"] + count["lora_params"] == linear
-    shape = bench.TINY_LLM
+    shape = TINY_LLM
     d_attn = shape["num_attention_heads"] * shape["head_dim"]
     per_token = 4 * count["frozen_linear_params"] + 6 * lora + 6 * shape["num_hidden_layers"] * 16 * d_attn
     assert count["flops"] == 32 * per_token + 4 * shape["vocab_size"] * shape["hidden_size"] * 8

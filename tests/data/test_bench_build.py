@@ -1,11 +1,11 @@
-"""tools/bench_build.py: a tiny run of each image case measures both sides (no speed assertions)."""
+"""tools/bench_build.py (bench.build): a tiny run of each image case measures both sides (no speed assertions)."""
 
+from bench.build import as_photos, main
 from PIL import Image
 
 
-def test_each_case_decodes_and_builds_the_same_images(tool, tmp_path, capsys):
-    bench = tool("bench_build")
-    rows = bench.main(["--images", "12", "--repeat", "1", "--workers", "1", "--cases", "demo", "photo"])
+def test_each_case_decodes_and_builds_the_same_images(tmp_path, capsys):
+    rows = main(["--images", "12", "--repeat", "1", "--workers", "1", "--cases", "demo", "photo"])
     assert [r["case"] for r in rows] == ["demo", "photo"]
     for row in rows:
         assert row["images"] == 12 and row["samples"] > row["records"] >= 12  # several conversations per record
@@ -21,12 +21,11 @@ def test_each_case_decodes_and_builds_the_same_images(tool, tmp_path, capsys):
     )
 
 
-def test_photos_are_640x480_jpegs_that_the_annotations_name(tool, tmp_path):
-    bench = tool("bench_build")
+def test_photos_are_640x480_jpegs_that_the_annotations_name(tmp_path):
     from mmit.data.demo_scenes import write_demo_scenes
 
     scenes = write_demo_scenes(tmp_path / "scenes", n_images=3, image_size=64)
-    images = bench.as_photos(scenes, tmp_path / "photos")
+    images = as_photos(scenes, tmp_path / "photos")
     jpegs = sorted(images.glob("*.jpg"))
     assert len(jpegs) == 3
     with Image.open(jpegs[0]) as image:
