@@ -1,7 +1,9 @@
-"""Look inside a built dataset: ``python -m mmit.show <dir> [--samples N] [--sheet out.png]``.
+"""Look inside a built dataset: ``python -m mmit.show <dir> [--samples N] [--sheet out.png] [--tokens]``.
 
 Prints the manifest's counts, a few rendered conversations, and draws a contact sheet: one cell per
-distinct image, with the first question asked about it and its answer.
+distinct image, with the first question asked about it and its answer. ``--tokens [overrides]``
+counts each conversation's tokens by part (``mmit.data.token_parts``) with the tokenizer, chat
+template, system prompt and media token counts of the training config those overrides compose.
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ import io
 import json
 import os
 import re
+import statistics
 import textwrap
+from collections import defaultdict
 from collections.abc import Iterable
 from itertools import islice
 from pathlib import Path
 
 from mmit.cli import user_errors
-from mmit.data.samples import Conversation
+from mmit.data.samples import PLACEHOLDERS, Conversation
 from mmit.data.shards import read_shards, shard_urls
 
 PLACEHOLDER = re.compile(r"<image>|<audio>")
@@ -115,13 +119,110 @@ def contact_sheet(
     return len(images)
 
 
+def token_counter(overrides: list[str], manifest: dict | None):
+    """(a TokenParts counter, a line describing it, data.max_length) for the training config that
+    ``overrides`` compose: its tokenizer and chat template with ``data.system_prompt`` applied, and each
+    media placeholder expanded as its encoder and projector would (one token where none is configured)."""
+    from mmit.data.token_parts import TokenParts, recipe_wording
+    from mmit.data.tokenize import MediaSlot
+    from mmit.factory import build_model
+    from mmit.inference import compose_config
+
+    cfg = compose_config(overrides)
+    built = build_model(cfg)
+    slots = dict(built.model.slots)
+    media = []
+    for kind, placeholder in PLACEHOLDERS.items():
+        if kind in slots:
+            media.append(f"{kind} {slots[kind].count} tokens each")
+            continue
+        built.tokenizer.add_tokens([placeholder], special_tokens=True)
+        slots[kind] = MediaSlot(placeholder, built.tokenizer.convert_tokens_to_ids(placeholder), 1)
+        media.append(f"{kind}: no encoder configured, 1 token each")
+    system = cfg.data.get("system_prompt") or "model_default"
+    described = f"{built.source}; data.system_prompt={system}; {', '.join(media)}"
+    return TokenParts(built.tokenizer, list(slots.values()), recipe_wording(manifest)), described, cfg.data.max_length
+
+
+def task_key(conv: Conversation) -> str:
+    """A conversation's tasks, each once, sorted (a multi-turn VQA conversation may mix several)."""
+    return "+".join(sorted(set(conv.meta.get("tasks") or []))) or "conversation"
+
+
+def token_table(name: str, counts: dict[str, list[dict[str, int]]], max_length: int) -> str:
+    """Per task and for all: each part's mean, median and max tokens per conversation, and its share
+    of all the tokens."""
+    from mmit.data.token_parts import PARTS
+
+    columns = [*PARTS, "total"]
+    every = [c for rows in counts.values() for c in rows]
+    if not every:
+        return f"{name}: no conversations"
+    over = sum(sum(c.values()) > max_length for c in every)
+    width = max(len(task) for task in [*counts, "task"])
+    lines = [
+        f"{name}: {len(every)} conversations, {over} longer than data.max_length={max_length}",
+        f"{'task':<{width}} {'n':>6}  {'':<6}" + "".join(f"{c:>9}" for c in columns),
+    ]
+    for task, rows in [*sorted(counts.items()), ("all", every)]:
+        values = {part: [r[part] for r in rows] for part in PARTS}
+        values["total"] = [sum(r.values()) for r in rows]
+        total = sum(values["total"])
+        stats = {
+            "mean": [f"{statistics.fmean(values[c]):.1f}" for c in columns],
+            "median": [f"{statistics.median(values[c]):g}" for c in columns],
+            "max": [f"{max(values[c])}" for c in columns],
+            "share": [f"{100 * sum(values[c]) / max(total, 1):.1f}%" for c in columns],
+        }
+        for k, (stat, cells) in enumerate(stats.items()):
+            head = f"{task:<{width}} {len(rows):>6}" if k == 0 else " " * (width + 7)
+            lines.append(f"{head}  {stat:<6}" + "".join(f"{cell:>9}" for cell in cells))
+    return "\n".join(lines)
+
+
+def print_token_counts(directories: list[Path], overrides: list[str], manifest: dict | None, limit: int) -> None:
+    counter, described, max_length = token_counter(overrides, manifest)
+    print(f"\n=== tokens per conversation by part ({described})")
+    for directory in directories:
+        counts: dict[str, list[dict[str, int]]] = defaultdict(list)
+        for conv in islice(read_shards(shard_urls(directory)), limit or None):
+            counts[task_key(conv)].append(counter(conv))
+        print("\n" + token_table(directory.name, counts, max_length))
+    print(
+        "\nanswer: the label tokens (its share is theirs); media: placeholders as expanded; format: role"
+        " markers and other markup; system: the whole system turn. Attribution: mmit/data/token_parts.py"
+    )
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m mmit.show", description=__doc__.splitlines()[0])
     parser.add_argument("path", type=Path, help="a build directory (with manifest.json) or one shard folder")
     parser.add_argument("--samples", type=int, default=3, help="conversations to print per set")
     parser.add_argument("--sheet", type=Path, help="write a PNG contact sheet: one cell per distinct image")
     parser.add_argument("--sheet-count", type=int, default=16, help="distinct images on the sheet")
-    return parser.parse_args(argv)
+    parser.add_argument("--tokens", action="store_true", help="count tokens per conversation by part, per set and task")
+    parser.add_argument(
+        "--llm", help="the LLM whose tokenizer counts (a conf/llm option; default smollm2_135m, or the recipe's)"
+    )
+    parser.add_argument("--token-samples", type=int, default=0, help="conversations counted per set (0: all)")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="with --tokens: training config overrides (+recipe=vqa, data.system_prompt=none, vision_encoder=...)",
+    )
+    args = parser.parse_intermixed_args(argv)
+    if args.overrides and not args.tokens:
+        parser.error(f"config overrides {args.overrides} need --tokens")
+    return args
+
+
+def token_overrides(args: argparse.Namespace) -> list[str]:
+    """The overrides a token count composes: ``--llm``'s, else SmolLM2 unless a recipe or override picks one."""
+    if args.llm:
+        return [*args.overrides, f"llm={args.llm}"]
+    if any(o.startswith(("llm=", "+recipe=", "recipe=")) for o in args.overrides):
+        return list(args.overrides)
+    return [*args.overrides, "llm=smollm2_135m"]
 
 
 @user_errors("mmit.show")  # a user's mistake ends with one line naming it, not a traceback
@@ -131,6 +232,7 @@ def main(argv: list[str] | None = None) -> None:
         raise FileNotFoundError(f"{args.path} is not a folder (a build directory or a shard folder)")
 
     manifest = args.path / "manifest.json"
+    data = None
     if manifest.exists():
         data = json.loads(manifest.read_text())
         print(f"recipe {data['recipe']!r}, seed {data['seed']}, mmit {data['mmit_version']}")
@@ -152,6 +254,8 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"\ncontact sheet of {count} distinct images from {first.name}, each with a question and its answer: {args.sheet}"
         )
+    if args.tokens:
+        print_token_counts(set_dirs(args.path), token_overrides(args), data, args.token_samples)
 
 
 if __name__ == "__main__":

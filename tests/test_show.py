@@ -1,0 +1,107 @@
+"""``python -m mmit.show --tokens``: the table of tokens per part, per set and task."""
+
+import io
+import json
+import re
+
+import pytest
+from PIL import Image
+
+from mmit.data.samples import Conversation, MediaRef, Message
+from mmit.data.shard_writer import Storage, write_shard
+from mmit.show import main, parse_args
+
+HINT = "Answer the question using a single word or phrase."
+
+
+def png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def build(tmp_path):
+    """A one-set build: two VQA conversations about an image and a caption, with its manifest."""
+    (tmp_path / "templates.yaml").write_text(
+        'vqa_short:\n  - {id: s1, text: "Question: {question}"}\ncaption_brief:\n  - {id: c1, text: "Caption it."}\n'
+    )
+    image = MediaRef("image", "png", data=png())
+    convs = [
+        Conversation(
+            f"vqa-{i}",
+            [Message("user", f"<image>\nQuestion: What colour is square {i}?\n{HINT}"), Message("assistant", "red")],
+            {"tasks": ["vqa_short"], "templates": ["s1"]},
+            [image],
+        )
+        for i in range(2)
+    ]
+    convs.append(
+        Conversation(
+            "cap-0",
+            [Message("user", "<image>\nCaption it."), Message("assistant", "A red square.")],
+            {"tasks": ["caption_brief"], "templates": ["c1"]},
+            [image],
+        )
+    )
+    (tmp_path / "train").mkdir()
+    stats = write_shard(tmp_path / "train" / "shard-000000.tar", convs, {}, Storage())
+    manifest = {
+        "recipe": "test",
+        "seed": 0,
+        "mmit_version": "test",
+        "skipped_annotations": {},
+        "config": {"templates": str(tmp_path / "templates.yaml"), "shaping": {"short_answer_hint": HINT}},
+        "sets": {"train": {"samples": stats["samples"], "shards": ["shard-000000.tar"], "by_task": stats["by_task"]}},
+    }
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    return tmp_path
+
+
+def test_tokens_prints_the_table_of_parts(build, capsys):
+    main([str(build), "--samples", "0", "--tokens", "llm=tiny", "vision_encoder=tiny", "projector=mlp"])
+    out = capsys.readouterr().out
+    image_tokens = int(re.search(r"image (\d+) tokens each", out).group(1))
+    assert "data.system_prompt=model_default" in out
+    assert "train: 3 conversations, 0 longer than data.max_length=" in out
+    header = next(line for line in out.splitlines() if line.startswith("task"))
+    assert header.split() == [
+        "task",
+        "n",
+        "system",
+        "template",
+        "hint",
+        "media",
+        "question",
+        "format",
+        "answer",
+        "total",
+    ]
+    rows = {}
+    for line in out.splitlines():
+        cells = line.split()
+        if cells and cells[0] in ("caption_brief", "vqa_short", "all"):
+            rows[cells[0]] = dict(zip(header.split()[2:], map(float, cells[3:])))
+            assert cells[2] == "mean"
+    assert rows["vqa_short"]["media"] == rows["all"]["media"] == image_tokens
+    assert rows["vqa_short"]["hint"] > 0 and rows["caption_brief"]["hint"] == 0
+    assert rows["vqa_short"]["template"] > 0 and rows["caption_brief"]["question"] == 0
+    assert rows["all"]["system"] == 0  # the tiny template has no default system prompt
+    share = next(line for line in out.splitlines() if line.split()[:1] == ["share"])
+    assert share.split()[-1] == "100.0%"
+
+
+def test_tokens_reports_the_system_prompt_setting(build, capsys, tiny):
+    main([str(build), "--samples", "0", "--tokens", "--llm", "tiny", "data.system_prompt=none"])
+    out = capsys.readouterr().out
+    assert "data.system_prompt=none" in out and "image: no encoder configured, 1 token each" in out
+    mean = next(line for line in out.splitlines() if line.startswith("all")).split()
+    empty_turn = tiny.tokenizer("<|im_start|>system\n<|im_end|>\n", add_special_tokens=False)["input_ids"]
+    assert float(mean[3]) == len(empty_turn)
+    assert float(mean[6]) == 1  # the image placeholder alone
+
+
+def test_overrides_need_tokens(build):
+    with pytest.raises(SystemExit):
+        parse_args([str(build), "llm=tiny"])
+    assert parse_args([str(build), "--tokens", "llm=tiny"]).overrides == ["llm=tiny"]
