@@ -255,6 +255,10 @@ def main(argv: list[str] | None = None) -> None:
             f"\ncontact sheet of {count} distinct images from {first.name}, each with a question and its answer: {args.sheet}"
         )
     if args.tokens:
+        # A set's folder: its build's manifest names the templates and hints.
+        parent = args.path.resolve().parent / "manifest.json"
+        if data is None and parent.is_file():
+            data = json.loads(parent.read_text())
         print_token_counts(set_dirs(args.path), token_overrides(args), data, args.token_samples)
 
 
