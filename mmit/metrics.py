@@ -524,3 +524,25 @@ def text_rouge_l(prediction: str, reference: str, beta: float = _ROUGE_BETA) -> 
 def rouge_l_tokens(candidate: Sequence[str], reference: Sequence[str], beta: float = _ROUGE_BETA) -> float:
     """ROUGE-L of two token lists already split (e.g. by text_tokens), for callers that cache tokens."""
     return _rouge_l_tokens(candidate, [reference], beta)
+
+
+_LETTER_PREFIX = re.compile(r"\(?([A-Z])(?![A-Za-z0-9])")
+_OPTION_LINE = re.compile(r"^\(?([A-Z])[.)] (.+)$", re.M)
+
+
+def option_letter(reply: str, options: dict[str, str]) -> str | None:
+    """The option a multiple-choice reply names, or None: a capital option letter at the start
+    (optionally in brackets, not followed by a letter or digit), else a reply equal to exactly one
+    option's text (case and a final period aside), as MMBench's matching rule reads replies."""
+    text = reply.strip()
+    match = _LETTER_PREFIX.match(text)
+    if match and match.group(1) in options:
+        return match.group(1)
+    wanted = text.rstrip(".").strip().lower()
+    named = [letter for letter, option in options.items() if option.strip().lower() == wanted]
+    return named[0] if len(named) == 1 else None
+
+
+def listed_options(prompt: str) -> dict[str, str]:
+    """The lettered options of a prompt ("A. red" lines), letter -> text."""
+    return {letter: text.strip() for letter, text in _OPTION_LINE.findall(prompt)}

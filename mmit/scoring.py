@@ -4,7 +4,8 @@ Each task family is scored by the metrics its community reports (``mmit.metrics`
 
 - ``vqa_short``: VQAv2 accuracy against every human answer, and exact match;
 - ``vqa_yesno``: yes/no accuracy, VQAv2 accuracy and exact match;
-- ``vqa_multiple_choice``: accuracy of the option letter (exact match);
+- ``vqa_multiple_choice``: accuracy of the option letter (exact match), and ``option_accuracy``:
+  the reply read as an option by its letter or its exact text (MMBench's rule);
 - ``caption_*``: BLEU-4, CIDEr-D and ROUGE-L against all captions of the image;
 - anything else (text instructions, conversations): exact match and ROUGE-L.
 
@@ -97,7 +98,8 @@ def task_metrics(task: str, preds: list[Prediction], vqa_normalisation: str = "o
             "rouge_l": metrics.rouge_l_corpus(hyps, refs),
         }
     elif task == "vqa_multiple_choice":
-        scores = {"accuracy": exact}
+        named = [metrics.option_letter(p.prediction, metrics.listed_options(p.prompt)) for p in preds]
+        scores = {"accuracy": exact, "option_accuracy": _mean([n == p.reference for n, p in zip(named, preds)])}
     elif task.startswith("vqa"):
         scores = {
             "vqa_accuracy": _mean([metrics.vqa_accuracy(p.prediction, p.references, vqa_normalisation) for p in preds]),

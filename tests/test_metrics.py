@@ -394,3 +394,27 @@ def test_caption_metrics_equal_pycocoevalcap():
     assert abs(rouge_l_corpus(predictions, references) - coco_rouge) <= 1e-9
     # The corpus is not degenerate: middling scores at every order.
     assert 0.2 < coco_bleu[3] < 0.9 and 1.0 < coco_cider < 9.0 and 0.3 < coco_rouge < 0.95
+
+
+def test_multiple_choice_replies_read_by_letter_or_by_option_text():
+    from mmit.metrics import listed_options, option_letter
+    from mmit.scoring import Prediction, task_metrics
+
+    prompt = "<image>\nWhat color is the triangle?\nA. red\nB. blue\nC. green\nD. yellow\nAnswer with the letter."
+    options = listed_options(prompt)
+    assert options == {"A": "red", "B": "blue", "C": "green", "D": "yellow"}
+    assert [option_letter(r, options) for r in ("B", "(C)", "D. yellow", "blue", "Blue.", "purple", "Beige")] == [
+        "B",
+        "C",
+        "D",
+        "B",
+        "B",
+        None,
+        None,
+    ]
+    preds = [
+        Prediction("s", str(i), "vqa_multiple_choice", "", prompt, "B", ["B"], reply)
+        for i, reply in enumerate(["B", "blue", "red", "A"])
+    ]
+    scores = task_metrics("vqa_multiple_choice", preds)
+    assert scores["accuracy"] == 0.25 and scores["option_accuracy"] == 0.5  # "blue" names B by its text

@@ -21,7 +21,6 @@ import base64
 import binascii
 import csv
 import os
-import re
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ from typing import Any
 
 from mmit.benchmarks.base import Benchmark, BenchmarkError, accuracy_table, mean, sample
 from mmit.data.samples import Conversation, MediaRef
+from mmit.metrics import option_letter
 
 # lmms_eval/tasks/mmbench/_default_template_mmbench_en_yaml, lmms_eval_specific_kwargs.default:
 #   pre_prompt: ""
@@ -53,20 +53,6 @@ def build_prompt(question: str, hint: str, options: dict[str, str]) -> str:
     if hint:
         query = f"{hint} {query}"
     return f"{query}\n{POST_PROMPT}"
-
-
-_LETTER_PREFIX = re.compile(r"\(?([A-Z])(?![A-Za-z0-9])")
-
-
-def option_letter(reply: str, options: dict[str, str]) -> str | None:
-    """The option a reply names (see the module docstring), or None."""
-    text = reply.strip()
-    match = _LETTER_PREFIX.match(text)
-    if match and match.group(1) in options:
-        return match.group(1)
-    wanted = text.rstrip(".").strip().lower()
-    named = [letter for letter, option in options.items() if option.strip().lower() == wanted]
-    return named[0] if len(named) == 1 else None
 
 
 def _tsv_path(root: Path) -> Path:
