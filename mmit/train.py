@@ -40,13 +40,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     writer: a second training into it stops at once, naming this one (readers such as mmit.eval
     are not locked out).
     """
-    d, _ = distributed.setup(cfg.trainer.device)
-    with exclusive_folder(run_dir, "mmit.train") if d.is_main else nullcontext():
-        return _run(cfg, run_dir)
+    place = distributed.setup(cfg.trainer.device)  # the only call: the loop is handed its result
+    with exclusive_folder(run_dir, "mmit.train") if place[0].is_main else nullcontext():
+        return _run(cfg, run_dir, place)
 
 
-def _run(cfg: DictConfig, run_dir: Path) -> dict:
-    d, _ = distributed.setup(cfg.trainer.device)
+def _run(cfg: DictConfig, run_dir: Path, place: tuple[distributed.Dist, torch.device]) -> dict:
+    d = place[0]
     if d.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_run_config(run_dir, cfg)  # on resume: changes the checkpoint cannot honour are refused
@@ -77,7 +77,9 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict:
     if d.is_main and data.prior is not None:  # mmit.eval reads the run's blind prior from here
         data.prior.save(run_dir / PRIOR_FILE)
     trainer_cfg = build_trainer_config(cfg)
-    summary = train(built.model, built.tokenizer, data.train, data.eval, trainer_cfg, run_dir, features, data.prior)
+    summary = train(
+        built.model, built.tokenizer, data.train, data.eval, trainer_cfg, run_dir, features, data.prior, place
+    )
     if aligned:
         summary["projector_align"] = aligned
     summary.update(

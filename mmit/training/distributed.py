@@ -20,6 +20,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from mmit.training.device import pick_device
+
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("ddp", "fsdp2")
@@ -41,9 +43,10 @@ class Dist:
 
 
 def setup(device_name: str) -> tuple[Dist, torch.device]:
-    """Join the process group torchrun describes (if any); returns this process's place and device."""
-    from mmit.training.loop import pick_device
+    """Join the process group torchrun describes (if any); returns this process's place and device.
 
+    Once per process: ``mmit.train`` calls it and hands the result to the loop.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return Dist(), pick_device(device_name)

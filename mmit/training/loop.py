@@ -1,16 +1,15 @@
-"""The training loop: accumulate micro-batches, step, log, evaluate, checkpoint."""
+"""The training loop: accumulate micro-batches, step, log, evaluate, checkpoint.
+
+``train`` reads top to bottom; each of its steps is a function below it.
+"""
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import json
 import logging
 import math
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -38,31 +37,21 @@ from mmit.training.checkpoint import (
     read_state,
     save_checkpoint,
 )
+
+# pick_device re-exported: mmit.inference and tools/bench/ import the device helpers from here.
+from mmit.training.device import autocast, autocast_dtype, release_freed_memory, resolve_precision
+from mmit.training.device import pick_device as pick_device
 from mmit.training.loss import answer_turns, next_token_loss_sum
 from mmit.training.tracking import MetricsLog
 
 log = logging.getLogger(__name__)
 
 
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    return getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only
-
-
-def release_freed_memory() -> bool:
-    """Hand the heap pages that malloc keeps free back to the OS; False where that is not possible.
-
-    glibc keeps freed memory for reuse, but a training step frees tensors of many sizes (every
-    batch has its own shapes) and later requests fit the gaps badly: in the main job on a CPU,
-    about 2 GB of the 3.5 GB resident set is such free heap. Doing this after every step lowered
-    the job's peak RSS by 0.8-1.0 GB but made steps ~25% slower, as the pages are faulted in again.
-    """
-    trim = _malloc_trim()
-    return trim is not None and bool(trim(0))
-
-
 @dataclass
 class TrainerConfig:
+    """The trainer's options and their defaults: set here only. conf/trainer/default.yaml lists the
+    same values with notes for the command line; a test keeps the two equal."""
+
     max_steps: int = 200
     batch_size: int = 8
     group_by_length: int = 16  # batches per length-sorted window (0 = plain shuffle)
@@ -72,7 +61,7 @@ class TrainerConfig:
     release_memory: bool = False  # after each step, return freed heap memory to the OS: less RSS, slower steps
     grad_accum: int = 1
     lr: float = 2e-4
-    lr_per_component: dict[str, float] = field(default_factory=dict)
+    lr_per_component: dict[str, float] = field(default_factory=dict)  # llm | encoders | projectors -> lr
     weight_decay: float = 0.0
     warmup_steps: int = 10
     max_grad_norm: float = 1.0
@@ -109,38 +98,6 @@ class EvalSet:
     conversations: list[Conversation]
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def cpu_has_fast_bf16() -> bool:
-    """AMX or AVX512-BF16: without them CPU bf16 matmuls are far slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> bf16 where the hardware does it fast (CUDA, AMX CPUs), else fp32."""
-    if precision not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"trainer.precision must be auto, bf16 or fp32, not {precision!r}")
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_fast_bf16() else "fp32"
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
 def param_groups(model: torch.nn.Module, cfg: TrainerConfig) -> list[dict]:
     """One group per component (first name segment), each with its learning rate."""
     groups: dict[str, list] = {}
@@ -163,7 +120,7 @@ def eval_losses(
     """Mean loss per label token over (a prefix of) the set, in a fixed order: ``loss``, and with
     ``swap_media`` also ``loss_swapped_media``, the same samples with media swapped between them."""
     samples = dataset.samples[: cfg.eval_batches * cfg.batch_size or None]
-    dtype = torch.bfloat16 if cfg.precision == "bf16" else None
+    dtype = autocast_dtype(cfg.precision)
 
     def mean_loss(items) -> float:
         losses = sample_losses(model, items, collate, cfg.batch_size, dtype)
@@ -211,7 +168,7 @@ def evaluate(
     samples of each task: with own and with swapped media, beside the blind prior (``mmit.grounding``)."""
     metrics, predictions, swapped = {}, [], []
     options = GenerationOptions(cfg.max_new_tokens)
-    dtype = torch.bfloat16 if cfg.precision == "bf16" else None
+    dtype = autocast_dtype(cfg.precision)
     for name, eval_set in eval_sets.items():
         losses = eval_losses(model, eval_set.tokens, collate, cfg, device)
         metrics.update({f"eval/{name}/{key}": value for key, value in losses.items()})
@@ -255,6 +212,49 @@ class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss or gradient and the policy says stop."""
 
 
+@dataclass(frozen=True)
+class TrainingRun:
+    """What the loop's steps share, fixed once set up: the config (its precision resolved), this
+    process's place, the model and what evaluates it, and the metrics log (first process only)."""
+
+    cfg: TrainerConfig
+    run_dir: Path
+    d: distributed.Dist
+    device: torch.device
+    model: MultimodalLM
+    tokenizer: PreTrainedTokenizerBase
+    eval_sets: dict[str, EvalSet]
+    collate: Collator
+    prior: AnswerPrior | None
+    tracker: MetricsLog | None
+
+    @property
+    def sharded(self) -> bool:
+        return self.d.active and self.cfg.distributed == "fsdp2"
+
+    @property
+    def per_turn(self) -> bool:
+        return self.cfg.loss_weighting == "turn"  # every answer weighs the same, not every token
+
+    def evaluate(self, generate: bool = True) -> tuple[dict, dict, dict]:
+        return evaluate(
+            self.model, self.tokenizer, self.eval_sets, self.collate, self.cfg, self.device, self.prior, generate
+        )
+
+
+@dataclass
+class Progress:
+    """What the loop counts as it goes; the logs and the summary read it."""
+
+    start_step: int
+    step: int = 0  # optimizer steps done, skipped ones included
+    tokens_seen: int = 0  # on this process
+    last_loss: float = math.nan  # of the last step whose update was applied
+    skipped_steps: int = 0
+    skipped_in_a_row: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+
 def train(
     model: MultimodalLM,
     tokenizer: PreTrainedTokenizerBase,
@@ -264,86 +264,47 @@ def train(
     run_dir: Path,
     features: dict[str, FeatureStore] | None = None,
     prior: AnswerPrior | None = None,
+    place: tuple[distributed.Dist, torch.device] | None = None,
 ) -> dict:
     """Train ``model`` in place; returns the run's summary (also written to the run dir).
 
     ``features``: caches of frozen encoders' outputs, used in place of running those encoders.
     ``prior``: the training set's answers, for the blind prior beside each evaluation score.
+    ``place``: this process's ``distributed.setup()``, done by the caller once; here when not given.
 
     Under torchrun every process runs this; only the first evaluates and writes files.
     """
-    run_dir = Path(run_dir)
-    if cfg.on_nonfinite not in ("skip", "stop"):
-        raise ValueError(f"trainer.on_nonfinite must be skip or stop, not {cfg.on_nonfinite!r}")
+    check_choices(cfg)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
-    d, device = distributed.setup(cfg.device)
-    if len(set(distributed.gather_objects(d, str(run_dir.resolve())))) > 1:
-        raise ValueError("processes disagree on the run directory: give torchrun runs hydra.run.dir=<dir>")
-    cfg.precision = resolve_precision(cfg.precision, device)
+    d, device = place or distributed.setup(cfg.device)
+    run_dir = Path(run_dir)
+    check_same_run_dir(run_dir, d)
+    cfg = replace(cfg, precision=resolve_precision(cfg.precision, device))  # the caller's config stays as given
     log.info("device %s, precision %s", device, cfg.precision)
-    model.to(device).train()
-    if cfg.gradient_checkpointing:
-        model.base_llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    prepare_model(model, device, cfg)
     collate = Collator(
         tokenizer.pad_token_id, preprocess={k: e.preprocess for k, e in model.encoders.items()}, features=features
     )
-    stream = train_set.batches(
-        cfg.batch_size,
-        collate,
-        cfg.seed,
-        cfg.group_by_length,
-        rank=d.rank,
-        world_size=d.world_size,
-        pack_length=cfg.pack_length,
-    )
-    if cfg.prefetch:
-        stream = Prefetch(stream, cfg.prefetch)
-    state, start_step, before = None, 0, None
+    stream = training_batches(train_set, collate, cfg, d)
     resume_from = latest_checkpoint(run_dir) if cfg.resume else None
-    if resume_from is not None:
-        state = read_state(resume_from)
-        load_trainable(model, resume_from)  # before any sharding: whole tensors into whole parameters
-        start_step, before = state["step"], state["extra"].get("before")
-        stream.load_state(data_state_for(state, d))
-        log.info("resumed from %s at step %d", resume_from, start_step)
+    state = resume_weights_and_data(resume_from, model, stream, d)
+    start_step = state["step"] if state else 0
     tracker = MetricsLog(run_dir, cfg.tensorboard, resume_step=start_step) if d.is_main else None
+    run = TrainingRun(cfg, run_dir, d, device, model, tokenizer, eval_sets, collate, prior, tracker)
+    before = state["extra"].get("before") if state else None
     if before is None:
-        if cfg.eval_before not in ("full", "loss", "none"):
-            raise ValueError(f"trainer.eval_before must be full, loss or none, not {cfg.eval_before!r}")
-        before = {}
-        if d.is_main and cfg.eval_before != "none":
-            generate = cfg.eval_before == "full"
-            before, before_answers, _ = evaluate(model, tokenizer, eval_sets, collate, cfg, device, prior, generate)
-            if generate:
-                _write_json(run_dir / "answers_before.json", before_answers)
-            tracker.log({"step": 0, **before})
-        distributed.barrier(d)
-    # Every trainable parameter gets a gradient, zero when the batch did not use it (no image in
-    # it, say): updates then do not depend on how a step's samples are spread over processes, and
-    # no process waits for a gradient that is not coming. Added inside forward, where FSDP2 has
-    # the parameters gathered.
-    touch = model.register_forward_hook(lambda module, args, hidden: hidden + distributed.touch_all(module))
+        before = evaluate_before(run)
+    touch = model.register_forward_hook(touch_every_trainable_parameter)
     # DDP wraps the model; FSDP2 shards it in place (its parameters become DTensors), so the
     # optimizer is made after this, from the parameters as they now are.
     train_model = distributed.wrap(model, d, cfg.distributed)
-    sharded = d.active and cfg.distributed == "fsdp2"
     optimizer = torch.optim.AdamW(param_groups(model, cfg), weight_decay=cfg.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.max_steps)
     if state is not None:
         load_training_state(resume_from, state, optimizer, scheduler)
 
-    def run_evaluation() -> dict:
-        """In-loop evaluation: the first process alone, or every process in step when sharded."""
-        if not (d.is_main or sharded):
-            return {}
-        with distributed.whole(model, sharded):
-            metrics, _, _ = evaluate(model, tokenizer, eval_sets, collate, cfg, device, prior)
-        return metrics
-
-    per_turn = cfg.loss_weighting == "turn"  # every answer weighs the same, not every token
-    started, tokens_seen, last_loss = time.perf_counter(), 0, float("nan")
-    skipped_steps, skipped_in_a_row = 0, 0
+    progress = Progress(start_step)  # its clock starts now: train_seconds leaves set-up and evaluation out
     bar = tqdm(
         range(start_step, cfg.max_steps),
         initial=start_step,
@@ -354,101 +315,224 @@ def train(
     )
     for step in bar:
         micro_batches = [next(stream).to(device) for _ in range(cfg.grad_accum)]
-        # Normalise by the label tokens of the whole step (all processes, all micro-batches),
-        # not per micro-batch: long and short answers then weigh the same however the step is
-        # split. DDP averages gradients over processes, hence the factor world_size.
-        units = (answer_turns(b.labels) if per_turn else b.num_label_tokens for b in micro_batches)
-        step_tokens = distributed.sum_across(d, sum(units), device)
-        loss_sum = 0.0
-        for i, batch in enumerate(micro_batches):
-            sync = i == len(micro_batches) - 1
-            with distributed.gradient_sync(train_model, d, sync), autocast(device, cfg.precision):
-                hidden = train_model(batch)
-                loss = next_token_loss_sum(hidden, batch.labels, model.output_head, per_turn) / max(step_tokens, 1)
-            (loss * d.world_size).backward()
-            loss_sum += loss.item()
-        if sharded:
-            distributed.all_reduce_replicated(model, d)
-        loss_sum = distributed.sum_across(d, loss_sum, device)
-        grad_norm = distributed.clip_grad_norm(model, cfg.max_grad_norm)
-        done = step + 1
-        if math.isfinite(loss_sum) and math.isfinite(grad_norm):
+        loss, grad_norm = forward_backward(run, train_model, micro_batches)
+        progress.step = step + 1
+        if passes_nonfinite_guard(progress, loss, grad_norm, cfg, run_dir):
             optimizer.step()
             scheduler.step()
-            skipped_in_a_row = 0
-            last_loss = loss_sum
-        else:
-            skipped_steps, skipped_in_a_row = skipped_steps + 1, skipped_in_a_row + 1
-            message = f"step {done}: non-finite loss ({loss_sum}) or gradient norm ({grad_norm})"
-            if cfg.on_nonfinite == "stop" or skipped_in_a_row > cfg.max_nonfinite_skips:
-                raise NonFiniteLossError(
-                    f"{message}; stopping (trainer.on_nonfinite={cfg.on_nonfinite}, "
-                    f"{skipped_in_a_row} in a row). {divergence_advice(run_dir)}"
-                )
-            log.warning("%s: update skipped (%d in a row)", message, skipped_in_a_row)
         optimizer.zero_grad(set_to_none=True)
         if cfg.release_memory:
             release_freed_memory()
-        tokens_seen += sum(int(b.attention_mask.sum()) for b in micro_batches)
-        bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-
-        if d.is_main and (done % cfg.log_every == 0 or done == cfg.max_steps):
-            tracker.log(
-                {
-                    "step": done,
-                    "train/loss": loss_sum,
-                    "train/grad_norm": grad_norm,
-                    "train/skipped_steps": skipped_steps,
-                    "lr": scheduler.get_last_lr()[0],
-                    "tokens/s": d.world_size * tokens_seen / (time.perf_counter() - started),
-                },
-            )
-        if done % cfg.eval_every == 0 and done != cfg.max_steps:
-            metrics = run_evaluation()
-            if d.is_main:
-                tracker.log({"step": done, **metrics})
-                bar.write(f"step {done}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-        if done % cfg.save_every == 0 or done == cfg.max_steps:
-            data_states = distributed.gather_objects(d, stream.state())
-            payload = gather_checkpoint(model, optimizer) if sharded else None  # every process gathers
-            if d.is_main:
-                save_checkpoint(
-                    run_dir,
-                    done,
-                    model,
-                    optimizer,
-                    scheduler,
-                    data_states[0] if len(data_states) == 1 else {"per_rank": data_states},
-                    cfg.keep_last,
-                    extra={"before": before},
-                    payload=payload,
-                )
-            distributed.barrier(d)
+        progress.tokens_seen += sum(int(b.attention_mask.sum()) for b in micro_batches)
+        lr = scheduler.get_last_lr()[0]
+        bar.set_postfix(loss=f"{progress.last_loss:.4f}", lr=f"{lr:.2e}")
+        if d.is_main and log_due(progress.step, cfg):
+            log_step(run, progress, loss, grad_norm, lr)
+        if eval_due(progress.step, cfg):
+            evaluate_in_loop(run, progress.step, bar)
+        if save_due(progress.step, cfg):
+            save(run, progress.step, stream, optimizer, scheduler, before)
     bar.close()
     touch.remove()
     if cfg.prefetch:
         stream.close()
-    elapsed = time.perf_counter() - started
+    elapsed = time.perf_counter() - progress.started
+    after, scores = evaluate_at_end(run)
+    return run_summary(run, progress, elapsed, before, after, scores)
 
+
+def check_choices(cfg: TrainerConfig) -> None:
+    if cfg.on_nonfinite not in ("skip", "stop"):
+        raise ValueError(f"trainer.on_nonfinite must be skip or stop, not {cfg.on_nonfinite!r}")
+    if cfg.eval_before not in ("full", "loss", "none"):
+        raise ValueError(f"trainer.eval_before must be full, loss or none, not {cfg.eval_before!r}")
+
+
+def check_same_run_dir(run_dir: Path, d: distributed.Dist) -> None:
+    if len(set(distributed.gather_objects(d, str(run_dir.resolve())))) > 1:
+        raise ValueError("processes disagree on the run directory: give torchrun runs hydra.run.dir=<dir>")
+
+
+def prepare_model(model: MultimodalLM, device: torch.device, cfg: TrainerConfig) -> None:
+    model.to(device).train()
+    if cfg.gradient_checkpointing:
+        model.base_llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def training_batches(
+    train_set: TokenizedDataset | StreamedDataset, collate: Collator, cfg: TrainerConfig, d: distributed.Dist
+):
+    """This process's endless stream of batches, prepared ahead in a thread with ``prefetch``."""
+    stream = train_set.batches(
+        cfg.batch_size,
+        collate,
+        cfg.seed,
+        cfg.group_by_length,
+        rank=d.rank,
+        world_size=d.world_size,
+        pack_length=cfg.pack_length,
+    )
+    return Prefetch(stream, cfg.prefetch) if cfg.prefetch else stream
+
+
+def resume_weights_and_data(resume_from: Path | None, model: MultimodalLM, stream, d: distributed.Dist) -> dict | None:
+    """The checkpoint's state, its trained weights loaded and the data stream put back where it was
+    (the optimizer's state comes later, once the optimizer exists); None when starting afresh."""
+    if resume_from is None:
+        return None
+    state = read_state(resume_from)
+    load_trainable(model, resume_from)  # before any sharding: whole tensors into whole parameters
+    stream.load_state(data_state_for(state, d))
+    log.info("resumed from %s at step %d", resume_from, state["step"])
+    return state
+
+
+def evaluate_before(run: TrainingRun) -> dict:
+    """The metrics at step 0 (``eval_before``: full, loss only, or none), by the first process."""
+    before = {}
+    if run.d.is_main and run.cfg.eval_before != "none":
+        generate = run.cfg.eval_before == "full"
+        before, answers, _ = run.evaluate(generate)
+        if generate:
+            _write_json(run.run_dir / "answers_before.json", answers)
+        run.tracker.log({"step": 0, **before})
+    distributed.barrier(run.d)
+    return before
+
+
+def touch_every_trainable_parameter(module: MultimodalLM, args, hidden: torch.Tensor) -> torch.Tensor:
+    """Forward hook. Every trainable parameter gets a gradient, zero when the batch did not use it
+    (no image in it, say): updates then do not depend on how a step's samples are spread over
+    processes, and no process waits for a gradient that is not coming. Added inside forward,
+    where FSDP2 has the parameters gathered."""
+    return hidden + distributed.touch_all(module)
+
+
+def forward_backward(run: TrainingRun, train_model: torch.nn.Module, micro_batches: list) -> tuple[float, float]:
+    """One step's gradients, reduced over processes and clipped; returns the step's loss and the
+    gradient norm before clipping."""
+    d, device = run.d, run.device
+    # Normalise by the label tokens of the whole step (all processes, all micro-batches),
+    # not per micro-batch: long and short answers then weigh the same however the step is
+    # split. DDP averages gradients over processes, hence the factor world_size.
+    units = (answer_turns(b.labels) if run.per_turn else b.num_label_tokens for b in micro_batches)
+    step_tokens = distributed.sum_across(d, sum(units), device)
+    loss_sum = 0.0
+    for i, batch in enumerate(micro_batches):
+        sync = i == len(micro_batches) - 1
+        with distributed.gradient_sync(train_model, d, sync), autocast(device, run.cfg.precision):
+            hidden = train_model(batch)
+            loss = next_token_loss_sum(hidden, batch.labels, run.model.output_head, run.per_turn) / max(step_tokens, 1)
+        (loss * d.world_size).backward()
+        loss_sum += loss.item()
+    if run.sharded:
+        distributed.all_reduce_replicated(run.model, d)
+    loss_sum = distributed.sum_across(d, loss_sum, device)
+    return loss_sum, distributed.clip_grad_norm(run.model, run.cfg.max_grad_norm)
+
+
+def passes_nonfinite_guard(
+    progress: Progress, loss: float, grad_norm: float, cfg: TrainerConfig, run_dir: Path
+) -> bool:
+    """The non-finite guard: whether the step's update may be applied. A NaN / inf loss or gradient
+    norm skips it (counted), or stops the run (``on_nonfinite=stop``, or too many in a row)."""
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        progress.skipped_in_a_row = 0
+        progress.last_loss = loss
+        return True
+    progress.skipped_steps += 1
+    progress.skipped_in_a_row += 1
+    message = f"step {progress.step}: non-finite loss ({loss}) or gradient norm ({grad_norm})"
+    if cfg.on_nonfinite == "stop" or progress.skipped_in_a_row > cfg.max_nonfinite_skips:
+        raise NonFiniteLossError(
+            f"{message}; stopping (trainer.on_nonfinite={cfg.on_nonfinite}, "
+            f"{progress.skipped_in_a_row} in a row). {divergence_advice(run_dir)}"
+        )
+    log.warning("%s: update skipped (%d in a row)", message, progress.skipped_in_a_row)
+    return False
+
+
+def log_due(done: int, cfg: TrainerConfig) -> bool:
+    return done % cfg.log_every == 0 or done == cfg.max_steps
+
+
+def eval_due(done: int, cfg: TrainerConfig) -> bool:
+    return done % cfg.eval_every == 0 and done != cfg.max_steps  # the last step's comes after the loop
+
+
+def save_due(done: int, cfg: TrainerConfig) -> bool:
+    return done % cfg.save_every == 0 or done == cfg.max_steps
+
+
+def log_step(run: TrainingRun, progress: Progress, loss: float, grad_norm: float, lr: float) -> None:
+    seconds = time.perf_counter() - progress.started
+    run.tracker.log(
+        {
+            "step": progress.step,
+            "train/loss": loss,
+            "train/grad_norm": grad_norm,
+            "train/skipped_steps": progress.skipped_steps,
+            "lr": lr,
+            "tokens/s": run.d.world_size * progress.tokens_seen / seconds,
+        },
+    )
+
+
+def evaluate_in_loop(run: TrainingRun, done: int, bar: tqdm) -> None:
+    """By the first process alone, or by every process in step when sharded."""
+    if not (run.d.is_main or run.sharded):
+        return
+    with distributed.whole(run.model, run.sharded):
+        metrics, _, _ = run.evaluate()
+    if run.d.is_main:
+        run.tracker.log({"step": done, **metrics})
+        bar.write(f"step {done}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+
+
+def save(run: TrainingRun, done: int, stream, optimizer, scheduler, before: dict) -> None:
+    """A checkpoint with every process's data position, written by the first process."""
+    data_states = distributed.gather_objects(run.d, stream.state())
+    payload = gather_checkpoint(run.model, optimizer) if run.sharded else None  # every process gathers
+    if run.d.is_main:
+        save_checkpoint(
+            run.run_dir,
+            done,
+            run.model,
+            optimizer,
+            scheduler,
+            data_states[0] if len(data_states) == 1 else {"per_rank": data_states},
+            run.cfg.keep_last,
+            extra={"before": before},
+            payload=payload,
+        )
+    distributed.barrier(run.d)
+
+
+def evaluate_at_end(run: TrainingRun) -> tuple[dict, dict]:
+    """The final metrics and scores; the first process writes the answers and closes the metrics log."""
     after, scores = {}, {}
-    if d.is_main or sharded:
-        with distributed.whole(model, sharded):
-            after, after_answers, scores = evaluate(model, tokenizer, eval_sets, collate, cfg, device, prior)
-    if d.is_main:
-        _write_json(run_dir / "answers_after.json", after_answers)
-        tracker.log({"step": cfg.max_steps, **after})
-        tracker.close()
-    distributed.barrier(d)
+    if run.d.is_main or run.sharded:
+        with distributed.whole(run.model, run.sharded):
+            after, answers, scores = run.evaluate()
+    if run.d.is_main:
+        _write_json(run.run_dir / "answers_after.json", answers)
+        run.tracker.log({"step": run.cfg.max_steps, **after})
+        run.tracker.close()
+    distributed.barrier(run.d)
+    return after, scores
+
+
+def run_summary(run: TrainingRun, progress: Progress, elapsed: float, before: dict, after: dict, scores: dict) -> dict:
     return {
-        "steps": cfg.max_steps,
-        "resumed_from_step": start_step,
-        "processes": d.world_size,
-        "device": str(device),
-        "precision": cfg.precision,
+        "steps": run.cfg.max_steps,
+        "resumed_from_step": progress.start_step,
+        "processes": run.d.world_size,
+        "device": str(run.device),
+        "precision": run.cfg.precision,
         "train_seconds": elapsed,
-        "tokens_per_second": d.world_size * tokens_seen / max(elapsed, 1e-9),
-        "final_train_loss": last_loss,
-        "skipped_steps": skipped_steps,
+        "tokens_per_second": run.d.world_size * progress.tokens_seen / max(elapsed, 1e-9),
+        "final_train_loss": progress.last_loss,
+        "skipped_steps": progress.skipped_steps,
         "before": before,
         "after": after,
         "grounding": scores.get("grounding", {}),

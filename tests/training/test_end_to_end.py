@@ -168,7 +168,7 @@ def test_pack_length_shorter_than_samples_is_refused(compose):
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
 def test_freed_heap_memory_goes_back_to_the_os():
-    from mmit.training.loop import release_freed_memory
+    from mmit.training.device import release_freed_memory
 
     def rss_kib() -> int:
         return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS"))
