@@ -81,7 +81,7 @@ def resolve_checkpoint(run_dir: Path, checkpoint: str | None) -> Path | None:
 def _finish(cfg: DictConfig, checkpoint: Path | None, device: str, precision: str) -> LoadedModel:
     from mmit.factory import build_model
     from mmit.training.checkpoint import load_trainable
-    from mmit.training.loop import pick_device, resolve_precision
+    from mmit.training.device import pick_device, resolve_precision
 
     # Seeded as training was, so any component that is random and untrained (a frozen random
     # projector, say) is the same one the run trained with.

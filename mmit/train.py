@@ -25,6 +25,7 @@ from mmit.paths import CONF_DIR, atomic_write_text, exclusive_folder
 from mmit.plots import plot_grounding, plot_training_curves
 from mmit.training import distributed
 from mmit.training.checkpoint import write_run_config
+from mmit.training.device import pick_device
 from mmit.training.loop import train
 from mmit.training.report import format_summary
 from mmit.training.tracking import read_metrics
@@ -61,7 +62,7 @@ def _run(cfg: DictConfig, run_dir: Path, place: tuple[distributed.Dist, torch.de
     if not d.is_main:
         distributed.barrier(d)
     data = build_data(cfg, built.tokenizer, list(built.model.slots.values()))
-    features = prepare_feature_caches(cfg, built.model, data, "cuda" if torch.cuda.is_available() else "cpu")
+    features = prepare_feature_caches(cfg, built.model, data, str(pick_device(cfg.trainer.get("device", "auto"))))
     if d.is_main:
         distributed.barrier(d)
     log.info(

@@ -24,6 +24,7 @@ from mmit.data.tokenize import StreamedDataset, TokenizedDataset
 from mmit.evaluation import evaluate_set, sample_losses
 from mmit.generation import GenerationOptions
 from mmit.grounding import AnswerPrior, swap_plan, swapped
+from mmit.metrics import VQA_NORMALISATIONS
 from mmit.models.multimodal_lm import MultimodalLM
 from mmit.paths import atomic_write_text
 from mmit.scoring import Prediction, flat_metrics, score_predictions
@@ -37,10 +38,7 @@ from mmit.training.checkpoint import (
     read_state,
     save_checkpoint,
 )
-
-# pick_device re-exported: mmit.inference and tools/bench/ import the device helpers from here.
 from mmit.training.device import autocast, autocast_dtype, release_freed_memory, resolve_precision
-from mmit.training.device import pick_device as pick_device
 from mmit.training.loss import answer_turns, next_token_loss_sum
 from mmit.training.tracking import MetricsLog
 
@@ -79,6 +77,7 @@ class TrainerConfig:
     swap_media: bool = True  # also answer with media swapped between samples: the media dependence
     eval_before: str = "full"  # evaluation before training: full | loss (no generation) | none
     max_new_tokens: int = 32
+    vqa_normalisation: str = "official"  # official (VQAv2's vqaEval.py) | lmms_eval (mmit.metrics.vqa_accuracy)
     save_every: int = 100
     keep_last: int = 2
     resume: bool = True
@@ -190,7 +189,7 @@ def evaluate(
             )
             predictions += result.predictions
             swapped += result.swapped
-    scores = score_predictions(predictions, swapped, prior) if predictions else {}
+    scores = score_predictions(predictions, swapped, prior, cfg.vqa_normalisation) if predictions else {}
     if scores:
         metrics.update(flat_metrics(scores))
     return metrics, answers_by_set(predictions, swapped), scores
@@ -346,6 +345,10 @@ def check_choices(cfg: TrainerConfig) -> None:
         raise ValueError(f"trainer.on_nonfinite must be skip or stop, not {cfg.on_nonfinite!r}")
     if cfg.eval_before not in ("full", "loss", "none"):
         raise ValueError(f"trainer.eval_before must be full, loss or none, not {cfg.eval_before!r}")
+    if cfg.vqa_normalisation not in VQA_NORMALISATIONS:
+        raise ValueError(
+            f"trainer.vqa_normalisation must be one of {VQA_NORMALISATIONS}, not {cfg.vqa_normalisation!r}"
+        )
 
 
 def check_same_run_dir(run_dir: Path, d: distributed.Dist) -> None:
@@ -536,6 +539,7 @@ def run_summary(run: TrainingRun, progress: Progress, elapsed: float, before: di
         "before": before,
         "after": after,
         "grounding": scores.get("grounding", {}),
+        "vqa_normalisation": run.cfg.vqa_normalisation,
     }
 
 

@@ -30,6 +30,7 @@ OVERRIDES = [
     "trainer.log_every=1",
     "trainer.generate_samples=4",
     "trainer.precision=fp32",
+    "trainer.vqa_normalisation=lmms_eval",
     "peft.config.r=8",
 ]
 
@@ -79,6 +80,7 @@ def test_run_directory_holds_only_safe_files(trained_run):
     state = json.loads((ckpt / "state.json").read_text())
     assert state["step"] == 40 and set(state["data"]) == {"epoch", "index"}
     assert "| eval/heldout/loss |" in (run_dir / "summary.md").read_text()
+    assert json.loads((run_dir / "summary.json").read_text())["vqa_normalisation"] == "lmms_eval"
 
 
 def _heldout_batch(run_dir, tokenizer):

@@ -64,7 +64,7 @@ def child_train_memory(
     from transformers import AutoModelForCausalLM, LlamaConfig  # noqa: F401
 
     from mmit.models.multimodal_lm import MultimodalLM  # noqa: F401
-    from mmit.training.loop import autocast  # noqa: F401
+    from mmit.training.device import autocast  # noqa: F401
 
     lora_config()
     rss_imports = rss_mib()

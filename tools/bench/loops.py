@@ -89,7 +89,7 @@ class NaiveBatches:
 
 def naive_epoch(llava, batches: NaiveBatches, optimizer, trainable, precision: str, device: str, steps=None) -> float:
     """One pass: collate, forward with labels (full logits, mean loss), backward, clip, AdamW."""
-    from mmit.training.loop import autocast
+    from mmit.training.device import autocast
 
     start = time.perf_counter()
     for indices in batches.batches[:steps]:
@@ -347,7 +347,7 @@ def encoder_epoch_seconds(loop: LoopSetup) -> float:
     """What the feature cache saves in an epoch: decoding, preprocessing and the frozen encoder, on
     every image of the set in batches of the training batch size (no LLM, no loss)."""
     from mmit.data.collate import Collator
-    from mmit.training.loop import autocast
+    from mmit.training.device import autocast
 
     device = torch.device(loop.plan.device)
     collate = Collator(loop.pad_id, preprocess={k: e.preprocess for k, e in loop.model.encoders.items()})
