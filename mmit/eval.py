@@ -164,6 +164,10 @@ def run_benchmarks(
             blind = bench.score(result.swapped)["metrics"]
             scored["swapped_media"] = blind
             scored["dependence"] = scored["metrics"][scored["headline"]] - blind[scored["headline"]]
+        elif swap_media:  # the official scorers take whole sets only
+            scored["no_dependence"] = (
+                f"only {len(result.swapped)} of {len(bench.samples)} samples have another image in the set to swap in"
+            )
         scores[name] = scored
     return predictions, swapped, scores, submissions
 
@@ -181,6 +185,8 @@ def benchmark_lines(benchmarks: dict[str, dict]) -> list[str]:
         lines += _table(["metric", "score", "with swapped images"], rows)
         if "dependence" in b:
             lines += ["", f"Media dependence of {b['headline']}: {_fmt(b['dependence'])}"]
+        elif "no_dependence" in b:
+            lines += ["", f"Media dependence not measured: {b['no_dependence']}."]
         for table, table_rows in b.get("tables", {}).items():
             columns = sorted({c for row in table_rows.values() for c in row}, key=str)
             lines += ["", f"By {table}:", ""]
@@ -364,7 +370,12 @@ def add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int = 32) ->
 def generation_options(args: argparse.Namespace) -> GenerationOptions:
     return GenerationOptions(
         args.max_new_tokens or args.default_max_new_tokens,
-        args.num_beams, args.sample, args.temperature, args.top_p, args.top_k, args.seed
+        args.num_beams,
+        args.sample,
+        args.temperature,
+        args.top_p,
+        args.top_k,
+        args.seed,
     )
 
 
