@@ -56,6 +56,26 @@ def eval_sets_of(loaded: LoadedModel, extra: dict[str, str]) -> dict[str, list[s
     return sets
 
 
+def evaluate_loaded(
+    loaded: LoadedModel, name: str, convs, options, samples, swap_media: bool, seed: int, batch_size: int
+):
+    """``evaluate_set`` with a loaded model's precision and preprocessing, and a progress bar."""
+    return evaluate_set(
+        loaded.model,
+        loaded.tokenizer,
+        name,
+        convs,
+        options,
+        samples=samples,
+        swap_media=swap_media,
+        seed=seed,
+        batch_size=batch_size,
+        autocast_dtype=loaded.autocast_dtype,
+        preprocess=loaded.preprocess,
+        progress=True,
+    )
+
+
 def run_eval(
     loaded: LoadedModel,
     sets: dict[str, list[str]],
@@ -96,19 +116,8 @@ def run_eval(
         counts.update(Counter(tokenize.skipped) - before)
         pairs = [pairs[i] for i in per_task_prefix([c for c, _ in pairs], max_samples)]
         log.info("%s: %d samples from %s", name, len(pairs), ", ".join(map(str, paths)))
-        result = evaluate_set(
-            loaded.model,
-            loaded.tokenizer,
-            name,
-            [c for c, _ in pairs],
-            options,
-            samples=[s for _, s in pairs],
-            swap_media=swap_media,
-            seed=seed,
-            batch_size=batch_size,
-            autocast_dtype=loaded.autocast_dtype,
-            preprocess=loaded.preprocess,
-            progress=True,
+        result = evaluate_loaded(
+            loaded, name, [c for c, _ in pairs], options, [s for _, s in pairs], swap_media, seed, batch_size
         )
         predictions += result.predictions
         swapped += result.swapped
@@ -138,18 +147,8 @@ def run_benchmarks(
         log.info("benchmark %s: %d samples from %s (%s)", name, len(bench.samples), root, bench.layout)
         # lmms-eval's generation length for the task, unless the user chose one
         opts = options if keep_max_new_tokens else replace(options, max_new_tokens=bench.max_new_tokens)
-        result = evaluate_set(
-            loaded.model,
-            loaded.tokenizer,
-            name,
-            bench.samples,
-            opts,
-            swap_media=swap_media and bench.has_references,
-            seed=seed,
-            batch_size=batch_size,
-            autocast_dtype=loaded.autocast_dtype,
-            preprocess=loaded.preprocess,
-            progress=True,
+        result = evaluate_loaded(
+            loaded, name, bench.samples, opts, None, swap_media and bench.has_references, seed, batch_size
         )
         predictions += result.predictions
         swapped += result.swapped
