@@ -23,7 +23,10 @@ from mmit.grounding import AnswerPrior
 from mmit.paths import cache_dir
 
 if TYPE_CHECKING:
-    from mmit.data.tokenize import MediaSlot, StreamedDataset, TokenizedDataset
+    from mmit.data.collate import Collator
+    from mmit.data.datasets import StreamedDataset, TokenizedDataset
+    from mmit.data.features import FeatureStore
+    from mmit.data.samples import MediaSlot
     from mmit.models.multimodal_lm import MultimodalLM
     from mmit.training.loop import EvalSet, TrainerConfig
 
@@ -75,7 +78,7 @@ def reseed(cfg: DictConfig, component: str) -> None:
 
 def build_model(cfg: DictConfig) -> BuiltModel:
     """LLM (+ tuning), and for each configured encoder its projector and placeholder token."""
-    from mmit.data.tokenize import MediaSlot
+    from mmit.data.samples import MediaSlot
     from mmit.models.llava_import import check_llava_start, is_llava_checkpoint, load_llava_projector
     from mmit.models.llm import set_system_prompt
     from mmit.models.multimodal_lm import MultimodalLM
@@ -122,7 +125,10 @@ def build_model(cfg: DictConfig) -> BuiltModel:
         placeholder = f"<{kind}>"
         loaded.tokenizer.add_tokens([placeholder], special_tokens=True)
         slots[kind] = MediaSlot(
-            placeholder, loaded.tokenizer.convert_tokens_to_ids(placeholder), projector.num_tokens(encoder.num_tokens)
+            placeholder,
+            loaded.tokenizer.convert_tokens_to_ids(placeholder),
+            projector.num_tokens(encoder.num_tokens),
+            kind=kind,
         )
         encoders[kind], projectors[kind] = encoder, projector
         components[group] = (encoder, cfg.tuning[group])
@@ -143,9 +149,10 @@ def build_data(cfg: DictConfig, tokenizer, slots: list[MediaSlot] = ()) -> Built
     no encoder for are an error or a counted skip, never silently dropped. ``data.max_pixels``
     also bounds the images that training decodes (``mmit.data.media``).
     """
+    from mmit.data.datasets import StreamedDataset, TokenizedDataset
     from mmit.data.media import DEFAULT_MAX_PIXELS, set_max_pixels
     from mmit.data.shards import shard_urls
-    from mmit.data.tokenize import StreamedDataset, TokenizedDataset, Tokenizer
+    from mmit.data.tokenize import Tokenizer
     from mmit.training.loop import EvalSet
 
     files: DataFiles = instantiate(cfg.data.source, _convert_="all")
@@ -155,7 +162,7 @@ def build_data(cfg: DictConfig, tokenizer, slots: list[MediaSlot] = ()) -> Built
     read_skips: dict[str, Counter] = {}
     max_pixels = d.get("max_pixels") or DEFAULT_MAX_PIXELS
     set_max_pixels(max_pixels)
-    media_kinds = {slot.placeholder.strip("<>") for slot in slots}
+    media_kinds = {slot.kind for slot in slots}
 
     def tokenizer_for() -> Tokenizer:
         return Tokenizer(tokenizer, d.max_length, d.overlength, d.on_error, list(slots))
@@ -195,9 +202,9 @@ def prepare_feature_caches(cfg: DictConfig, model, data: BuiltData, device: str 
     per encoder fingerprint) | a directory. Encodes whatever media are not cached yet, for the
     training and evaluation sets, and returns modality -> FeatureStore."""
     from mmit.data.collate import DECODERS
+    from mmit.data.datasets import StreamedDataset
     from mmit.data.features import build_feature_cache, fingerprint, fingerprint_id
     from mmit.data.shards import ShardStream
-    from mmit.data.tokenize import StreamedDataset
 
     if not cfg.get("feature_cache") or not model.encoders:
         return {}
@@ -223,6 +230,15 @@ def prepare_feature_caches(cfg: DictConfig, model, data: BuiltData, device: str 
 
         stores[kind] = build_feature_cache(root, kind, encoder, config, refs(), DECODERS[kind], device=device)
     return stores
+
+
+def build_collator(model: MultimodalLM, tokenizer, features: dict[str, FeatureStore] | None = None) -> Collator:
+    """Samples -> batches for ``model``: padded with the tokenizer's pad token, media preprocessed by
+    each encoder (or read from its feature cache, ``prepare_feature_caches``)."""
+    from mmit.data.collate import Collator
+
+    preprocess = {kind: encoder.preprocess for kind, encoder in model.encoders.items()}
+    return Collator(tokenizer.pad_token_id, preprocess=preprocess, features=features)
 
 
 def build_trainer_config(cfg: DictConfig) -> TrainerConfig:

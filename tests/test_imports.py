@@ -11,12 +11,10 @@ import mmit
 
 ROOT = Path(mmit.__file__).resolve().parent
 
-# Cycles through deferred imports known today, each the set of modules in it; none is at module level.
-# A fix removes its entry; a new cycle fails. tokenize imports loader inside functions while loader
-# and collate import tokenize: to be untangled separately (issue 25).
-KNOWN_DEFERRED_CYCLES: list[set[str]] = [
-    {"mmit.data.tokenize", "mmit.data.loader", "mmit.data.collate"},
-]
+# Compatibility for callers not yet moved (issue 25), removed with them: Dataset.batches() imports
+# mmit.data.loader (inside the function) for mmit.training.loop and tools/bench, which are to call
+# mmit.data.loader.batch_stream; mmit.data.tokenize re-exports the datasets the loop imports from it.
+COMPAT_BACKWARD_IMPORTS = {("mmit.data.datasets", "mmit.data.loader"), ("mmit.data.tokenize", "mmit.data.datasets")}
 
 
 def module_name(path: Path) -> str:
@@ -119,8 +117,9 @@ def test_the_graph_sees_mmit_imports():
     graph = import_graph()
     assert "mmit.training.loss" in graph["mmit.training.loop"]
     assert "mmit.training.distributed" in graph["mmit.training.loop"]  # `from mmit.training import distributed`
-    assert "mmit.data.loader" not in graph["mmit.data.tokenize"]  # imported inside functions only
-    assert "mmit.data.loader" in import_graph(deferred=True)["mmit.data.tokenize"]
+    assert "mmit.training.loop" not in graph["mmit.factory"]  # imported inside functions only
+    assert "mmit.training.loop" in import_graph(deferred=True)["mmit.factory"]
+    assert "mmit.data.datasets" not in import_graph(deferred=True)["mmit.data.loader"]  # under TYPE_CHECKING
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
 
 
@@ -129,10 +128,20 @@ def test_no_import_cycles_at_module_level():
     assert not found, f"import cycles among mmit modules (module-level imports): {found}"
 
 
-def test_no_new_import_cycles_through_deferred_imports():
-    found = cycles(import_graph(deferred=True))
-    new = [sorted(c) for c in found if not any(c <= known for known in KNOWN_DEFERRED_CYCLES)]
-    assert not new, f"import cycles among mmit modules (counting imports inside functions): {new}"
+def test_no_import_cycles_through_deferred_imports():
+    found = [sorted(c) for c in cycles(import_graph(deferred=True))]
+    assert not found, f"import cycles among mmit modules (counting imports inside functions): {found}"
+
+
+def test_the_data_steps_import_forward_only():
+    """Samples -> tokens -> datasets -> batches: no step imports a later one, not even inside a function."""
+    graph = import_graph(deferred=True)
+    steps = ["mmit.data.samples", "mmit.data.tokenize", "mmit.data.datasets", "mmit.data.collate", "mmit.data.loader"]
+    for i, step in enumerate(steps):
+        backward = {
+            later for later in graph[step] & set(steps[i + 1 :]) if (step, later) not in COMPAT_BACKWARD_IMPORTS
+        }
+        assert not backward, f"{step} imports {sorted(backward)}"
 
 
 def test_the_training_helpers_never_import_the_loop():

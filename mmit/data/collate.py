@@ -15,8 +15,7 @@ import torch
 from mmit.data.audio import load_audio
 from mmit.data.features import FeatureStore
 from mmit.data.media import decode_image
-from mmit.data.samples import MediaRef
-from mmit.data.tokenize import IGNORE_INDEX, TokenizedSample
+from mmit.data.samples import IGNORE_INDEX, MediaRef, TokenizedSample
 
 
 @dataclass

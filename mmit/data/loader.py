@@ -5,6 +5,9 @@ A batch is planned as rows of sample indices. Padded (the default): one sample p
 window is sorted by length and split into batches, and the batches are shuffled again: samples
 of similar length share a batch, so little compute goes to padding. Packed (``pack_length``):
 samples are packed best-fit into rows of that many tokens, and the rows are shuffled.
+
+``batch_stream`` is the entry point: a dataset (``mmit.data.datasets``) and a collator in, this
+process's endless stream of batches out.
 """
 
 from __future__ import annotations
@@ -14,12 +17,16 @@ import dataclasses
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import Dataset
 
 from mmit.data.collate import Batch, Collator
-from mmit.data.tokenize import IGNORE_INDEX
+from mmit.data.samples import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from mmit.data.datasets import StreamedDataset, TokenizedDataset
 
 # Samples packed together at a time when streaming (in memory, a whole epoch is packed at once).
 PACK_WINDOW = 2048
@@ -218,6 +225,47 @@ class StreamingBatches:
     def load_state(self, state: dict) -> None:
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
         self._batches = None
+
+
+def batch_stream(
+    dataset: TokenizedDataset | StreamedDataset,
+    collate: Collator,
+    batch_size: int,
+    seed: int = 0,
+    group_by_length: int = 0,
+    shuffle: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+    pack_length: int = 0,
+    prefetch: int = 0,
+) -> BatchStream | StreamingBatches | Prefetch:
+    """This process's endless stream of ``dataset``'s batches, prepared ahead in a thread with ``prefetch``.
+
+    A dataset held in memory is batched by :class:`BatchStream`; one that names shard ``urls``
+    (``StreamedDataset``) is read and tokenized on the fly by :class:`StreamingBatches`, always
+    shuffled (by its shuffle buffer).
+    """
+    if hasattr(dataset, "urls"):
+        if not shuffle:
+            raise ValueError(f"{dataset.name}: a streamed dataset is always shuffled")
+        # Each process streams its own shards (split by rank and loader worker).
+        stream = StreamingBatches(
+            dataset.urls,
+            dataset.tokenize,
+            batch_size,
+            collate,
+            seed,
+            dataset.shuffle_buffer,
+            group_by_length,
+            rank,
+            world_size,
+            pack_length,
+        )
+    else:
+        stream = BatchStream(
+            dataset, batch_size, collate, seed, shuffle, group_by_length, rank, world_size, pack_length
+        )
+    return Prefetch(stream, prefetch) if prefetch else stream
 
 
 class Prefetch:

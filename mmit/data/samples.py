@@ -1,4 +1,5 @@
-"""The record every data source produces: a conversation of role-tagged messages.
+"""The records that cross the data modules: a conversation of role-tagged messages, and what it
+becomes in token space (a tokenized sample, the media slots its placeholders expand into).
 
 Sources accept three layouts and normalise them here: ``messages`` (role / content, as
 chat templates expect), LLaVA-style ``conversations`` (from: human | gpt) and Alpaca-style
@@ -14,6 +15,7 @@ from typing import Any
 
 ROLES = ("system", "user", "assistant")
 PLACEHOLDERS = {"image": "<image>", "audio": "<audio>"}  # one per media item, in order
+IGNORE_INDEX = -100  # a label that takes no loss
 _LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
@@ -85,6 +87,37 @@ class InvalidConversation(Conversation):
 
     def to_json(self) -> dict[str, Any]:
         raise self.error
+
+
+@dataclass(frozen=True)
+class MediaSlot:
+    """How one modality appears in token space: its placeholder id, repeated ``count`` times.
+
+    ``kind`` (image | audio) is the ``MediaRef.kind`` the slot takes; when not given it is read
+    from the placeholder (``<image>`` -> image)."""
+
+    placeholder: str  # e.g. "<image>" in message text
+    token_id: int
+    count: int  # tokens per item (the projector's output length)
+    kind: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.kind:
+            object.__setattr__(self, "kind", self.placeholder.strip("<>"))
+
+
+@dataclass
+class TokenizedSample:
+    """A conversation as token ids and labels (``IGNORE_INDEX`` where no loss), with its media."""
+
+    id: str
+    input_ids: list[int]
+    labels: list[int]
+    media: list[MediaRef] = field(default_factory=list)
+
+    @property
+    def num_labels(self) -> int:
+        return sum(label != IGNORE_INDEX for label in self.labels)
 
 
 def json_type(value: Any) -> str:

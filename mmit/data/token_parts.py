@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import re
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
-from mmit.data.samples import PLACEHOLDERS, Conversation
-from mmit.data.tokenize import IGNORE_INDEX, ChatTemplateError, MediaSlot, tokenize_conversation
+from mmit.data.samples import IGNORE_INDEX, PLACEHOLDERS, Conversation, MediaSlot
+from mmit.data.tokenize import ChatTemplateError, tokenize_conversation
 
 PARTS = ("system", "template", "hint", "media", "question", "format", "answer")
 _PLACEHOLDER = re.compile("|".join(re.escape(p) for p in PLACEHOLDERS.values()))
@@ -96,7 +96,7 @@ class TokenParts:
 
     def __post_init__(self):
         self._media = {slot.token_id: slot.count for slot in self.slots}
-        self._single = [MediaSlot(s.placeholder, s.token_id, 1) for s in self.slots]  # ids align with the text
+        self._single = [replace(s, count=1) for s in self.slots]  # ids align with the text
         # What the template writes before a user message's content (when it follows a system turn):
         # what is left before a first user message's own header is the turn the template added.
         base = _render(self.tokenizer, [{"role": "system", "content": "S"}])

@@ -12,41 +12,17 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
-from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from mmit.data.samples import Conversation, MediaRef, SampleError
+from mmit.data.samples import IGNORE_INDEX, Conversation, MediaRef, MediaSlot, SampleError, TokenizedSample
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 OVERLENGTH = ("truncate", "drop", "raise")
 
 
 class ChatTemplateError(ValueError):
     """The tokenizer's chat template cannot give an assistant mask."""
-
-
-@dataclass(frozen=True)
-class MediaSlot:
-    """How one modality appears in token space: its placeholder id, repeated ``count`` times."""
-
-    placeholder: str  # e.g. "<image>" in message text
-    token_id: int
-    count: int  # tokens per item (the projector's output length)
-
-
-@dataclass
-class TokenizedSample:
-    id: str
-    input_ids: list[int]
-    labels: list[int]
-    media: list[MediaRef] = field(default_factory=list)
-
-    @property
-    def num_labels(self) -> int:
-        return sum(label != IGNORE_INDEX for label in self.labels)
 
 
 def _render(tokenizer: PreTrainedTokenizerBase, chat: list[dict], generation_prompt: bool) -> str:
@@ -88,7 +64,7 @@ def expand_media(input_ids: list[int], labels: list[int], slots: list[MediaSlot]
 
 
 def _check_media(conv: Conversation, input_ids: list[int], slots: list[MediaSlot]) -> None:
-    by_kind = {slot.placeholder.strip("<>"): slot for slot in slots}
+    by_kind = {slot.kind: slot for slot in slots}
     for kind in {m.kind for m in conv.media} - set(by_kind):
         raise SampleError("no_encoder", f"sample {conv.id!r} has {kind} media but the model has no {kind} encoder")
     for kind, slot in by_kind.items():
@@ -109,8 +85,7 @@ def _whole_media_blocks(input_ids: list[int], labels: list[int], media: list[Med
         if partial:
             cut = positions[whole * slot.count]
             input_ids, labels = input_ids[:cut], labels[:cut]
-        kind = slot.placeholder.strip("<>")
-        of_kind = [i for i, m in enumerate(kept) if m.kind == kind]
+        of_kind = [i for i, m in enumerate(kept) if m.kind == slot.kind]
         dropped = set(of_kind[whole:])
         kept = [m for i, m in enumerate(kept) if i not in dropped]
     return input_ids, labels, kept
@@ -187,93 +162,6 @@ class Tokenizer:
         return sample
 
 
-class _PolicyCounts:
-    """What the tokenization policy skipped and truncated for this data set."""
-
-    tokenize: Tokenizer
-
-    @property
-    def skipped(self) -> Counter:
-        return self.tokenize.skipped
-
-    @property
-    def truncated(self) -> int:
-        return self.tokenize.truncated
-
-
-class TokenizedDataset(_PolicyCounts, Dataset):
-    """Conversations tokenized once up front and held in memory."""
-
-    def __init__(self, conversations: list[Conversation], tokenize: Tokenizer, name: str = "data"):
-        self.name, self.tokenize = name, tokenize
-        samples = (tokenize(c) for c in tqdm(conversations, desc=f"tokenize {name}", unit="sample", leave=False))
-        self.samples: list[TokenizedSample] = [s for s in samples if s is not None]
-        if not self.samples:
-            raise ValueError(f"{name}: no usable samples (skipped: {dict(tokenize.skipped)})")
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> TokenizedSample:
-        return self.samples[index]
-
-    @property
-    def num_label_tokens(self) -> int:
-        return sum(s.num_labels for s in self.samples)
-
-    def describe(self) -> str:
-        return f"{len(self)} samples ({self.num_label_tokens} label tokens)"
-
-    def batches(
-        self,
-        batch_size: int,
-        collate,
-        seed: int = 0,
-        group_by_length: int = 0,
-        shuffle: bool = True,
-        rank: int = 0,
-        world_size: int = 1,
-        pack_length: int = 0,
-    ):
-        from mmit.data.loader import BatchStream
-
-        return BatchStream(self, batch_size, collate, seed, shuffle, group_by_length, rank, world_size, pack_length)
-
-
-@dataclass
-class StreamedDataset(_PolicyCounts):
-    """Training data streamed from shard folders and tokenized on the fly (nothing held in memory)."""
-
-    urls: list[str]
-    tokenize: Tokenizer
-    shuffle_buffer: int = 1000
-    name: str = "train"
-
-    def describe(self) -> str:
-        return f"streamed from {len(self.urls)} shards"
-
-    def batches(
-        self,
-        batch_size: int,
-        collate,
-        seed: int = 0,
-        group_by_length: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        pack_length: int = 0,
-    ):
-        from mmit.data.loader import StreamingBatches
-
-        # Each process streams its own shards (split by rank and loader worker).
-        return StreamingBatches(
-            self.urls,
-            self.tokenize,
-            batch_size,
-            collate,
-            seed,
-            self.shuffle_buffer,
-            group_by_length,
-            rank,
-            world_size,
-            pack_length,
-        )
+# Compatibility: mmit.training.loop imports the datasets from here (issue 25); they live in
+# mmit.data.datasets. Remove once the loop imports them from there.
+from mmit.data.datasets import StreamedDataset, TokenizedDataset  # noqa: E402, F401

@@ -9,8 +9,7 @@ from PIL import Image
 
 from mmit.data.collate import Collator, decode_image
 from mmit.data.features import FeatureCacheMismatch, FeatureStore, build_feature_cache
-from mmit.data.samples import MediaRef
-from mmit.data.tokenize import TokenizedSample
+from mmit.data.samples import MediaRef, TokenizedSample
 from mmit.models.encoders import tiny_clip_encoder
 
 CONFIG = {"_target_": "mmit.models.encoders.tiny_clip_encoder", "layer": -2}

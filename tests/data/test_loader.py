@@ -99,7 +99,7 @@ def test_prefetch_raises_the_streams_error_in_the_consumer():
 @pytest.mark.parametrize("pack_length", [0, 8])
 def test_a_process_left_without_rows_steps_on_a_stand_in_without_loss(pack_length):
     from mmit.data.collate import Collator
-    from mmit.data.tokenize import IGNORE_INDEX, TokenizedSample
+    from mmit.data.samples import IGNORE_INDEX, TokenizedSample
 
     # 5 samples, 2 a process, 2 processes: the epoch's second global batch has one row only.
     data = [TokenizedSample(f"s{i}", [1 + i] * 6, [IGNORE_INDEX] * 3 + [1 + i] * 3) for i in range(5)]

@@ -5,9 +5,9 @@ import copy
 
 import pytest
 
-from mmit.data.samples import Conversation, MediaRef, Message
+from mmit.data.samples import Conversation, MediaRef, MediaSlot, Message
 from mmit.data.token_parts import PARTS, TokenParts, Wording
-from mmit.data.tokenize import MediaSlot, tokenize_conversation
+from mmit.data.tokenize import tokenize_conversation
 from mmit.models.llm import set_system_prompt
 
 HINT = "Answer the question using a single word or phrase."

@@ -5,8 +5,9 @@ import copy
 import pytest
 
 from mmit.data.collate import Collator
-from mmit.data.samples import Conversation, Message, SampleError
-from mmit.data.tokenize import IGNORE_INDEX, TokenizedDataset, Tokenizer, tokenize_conversation
+from mmit.data.datasets import TokenizedDataset
+from mmit.data.samples import IGNORE_INDEX, Conversation, Message, SampleError
+from mmit.data.tokenize import Tokenizer, tokenize_conversation
 
 CONV = Conversation(
     "c1",

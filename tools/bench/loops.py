@@ -63,7 +63,7 @@ class NaiveBatches:
     preprocessed per batch by the vision tower's own image processor (as a plain LLaVA script does)."""
 
     def __init__(self, samples: list, batch_size: int, processor, pad_id: int, seed: int = 0):
-        from mmit.data.tokenize import IGNORE_INDEX
+        from mmit.data.samples import IGNORE_INDEX
 
         self.samples, self.batch_size, self.processor, self.pad_id = samples, batch_size, processor, pad_id
         self.ignore = IGNORE_INDEX
@@ -230,7 +230,8 @@ class LoopSetup:
 def loop_setup(plan: Plan) -> LoopSetup:
     """B1, B2 and B4's setup, built by the first of them and kept in the plan."""
     if plan.loop is None:
-        from mmit.data.tokenize import TokenizedDataset, Tokenizer
+        from mmit.data.datasets import TokenizedDataset
+        from mmit.data.tokenize import Tokenizer
 
         clip_dir, llm_dir = save_b4_models(plan)
         built, cfg = build_mmit_b4(clip_dir, llm_dir)

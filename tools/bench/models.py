@@ -90,7 +90,7 @@ def text_model(shape: dict, tuning: str, device: str, frozen_dtype: str = "auto"
 def text_batch(batch: int, seq: int, vocab: int, device: str, seed: int = 0):
     """Full rows of random tokens; the last quarter of each row is labelled (the answer)."""
     from mmit.data.collate import Batch
-    from mmit.data.tokenize import IGNORE_INDEX
+    from mmit.data.samples import IGNORE_INDEX
 
     ids = torch.randint(vocab, (batch, seq), generator=torch.Generator().manual_seed(seed))
     labels = torch.full_like(ids, IGNORE_INDEX)
@@ -108,7 +108,7 @@ def labelled_loss(model, batch) -> torch.Tensor:
 
 def full_logits_loss(model, batch) -> torch.Tensor:
     """The usual way: logits at every position, then cross-entropy that ignores unlabelled ones."""
-    from mmit.data.tokenize import IGNORE_INDEX
+    from mmit.data.samples import IGNORE_INDEX
 
     logits = model.logits(batch)[:, :-1]
     targets = batch.labels[:, 1:]

@@ -1,0 +1,91 @@
+"""Training and evaluation sets of tokenized samples: held in memory, or streamed from shards.
+
+A dataset only tokenizes (through a ``Tokenizer``, which applies the length and error policies and
+counts what they skip); ``mmit.data.loader.batch_stream`` turns one into batches.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from mmit.data.samples import Conversation, TokenizedSample
+
+if TYPE_CHECKING:
+    from mmit.data.collate import Collator
+    from mmit.data.loader import BatchStream, StreamingBatches
+    from mmit.data.tokenize import Tokenizer
+
+
+class _PolicyCounts:
+    """What the tokenization policy skipped and truncated for this data set."""
+
+    name: str
+
+    tokenize: Tokenizer
+
+    @property
+    def skipped(self) -> Counter:
+        return self.tokenize.skipped
+
+    @property
+    def truncated(self) -> int:
+        return self.tokenize.truncated
+
+    def batches(
+        self,
+        batch_size: int,
+        collate: Collator,
+        seed: int = 0,
+        group_by_length: int = 0,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        pack_length: int = 0,
+    ) -> BatchStream | StreamingBatches:
+        """Compatibility only: ``mmit.data.loader.batch_stream(dataset, collate, ...)``. Kept while
+        mmit.training.loop and tools/bench/loops.py still call it (issue 25); remove with their calls."""
+        from mmit.data.loader import batch_stream
+
+        return batch_stream(self, collate, batch_size, seed, group_by_length, shuffle, rank, world_size, pack_length)
+
+
+class TokenizedDataset(_PolicyCounts, Dataset):
+    """Conversations tokenized once up front and held in memory."""
+
+    def __init__(self, conversations: list[Conversation], tokenize: Tokenizer, name: str = "data"):
+        self.name, self.tokenize = name, tokenize
+        samples = (tokenize(c) for c in tqdm(conversations, desc=f"tokenize {name}", unit="sample", leave=False))
+        self.samples: list[TokenizedSample] = [s for s in samples if s is not None]
+        if not self.samples:
+            raise ValueError(f"{name}: no usable samples (skipped: {dict(tokenize.skipped)})")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> TokenizedSample:
+        return self.samples[index]
+
+    @property
+    def num_label_tokens(self) -> int:
+        return sum(s.num_labels for s in self.samples)
+
+    def describe(self) -> str:
+        return f"{len(self)} samples ({self.num_label_tokens} label tokens)"
+
+
+@dataclass
+class StreamedDataset(_PolicyCounts):
+    """Training data streamed from shard folders and tokenized on the fly (nothing held in memory)."""
+
+    urls: list[str]
+    tokenize: Tokenizer
+    shuffle_buffer: int = 1000
+    name: str = "train"
+
+    def describe(self) -> str:
+        return f"streamed from {len(self.urls)} shards"
