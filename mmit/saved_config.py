@@ -16,7 +16,8 @@ checked against an allow-list before anything is instantiated:
   keys the recipe has (never a ``_target_``), and it is built only into the mmit cache.
 
 A builder that moved is read under its new name (``RENAMED_TARGETS``): runs saved by mmit 0.2.1
-and earlier name their demo dataset ``mmit.build.recipe_data_files``.
+and earlier name their demo dataset ``mmit.build.recipe_data_files``, and older runs name the demo
+data generators by their modules before ``mmit.data.demo`` (``mmit.data.text_skills``, ...).
 
 Anything else is refused with the file and the key. A recipe or config named on the command line
 is the user's own code (like a Python file) and is not checked. A run folder that is the user's
@@ -42,7 +43,12 @@ TRUSTED_RUNS_ENV = "MMIT_TRUSTED_RUNS"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 RECIPE_DATA_FILES = "mmit.data.build.recipe_data_files"
 # A builder's old name in configs saved by earlier versions -> its name now.
-RENAMED_TARGETS = {"mmit.build.recipe_data_files": RECIPE_DATA_FILES}
+RENAMED_TARGETS = {
+    "mmit.build.recipe_data_files": RECIPE_DATA_FILES,
+    "mmit.data.text_skills.prepare_text_skills": "mmit.data.demo.text.prepare_text_skills",
+    "mmit.data.demo_scenes.write_demo_scenes": "mmit.data.demo.scenes.write_demo_scenes",
+    "mmit.data.demo_speech.write_demo_speech": "mmit.data.demo.speech.write_demo_speech",
+}
 
 
 class UnsafeConfigError(ValueError):

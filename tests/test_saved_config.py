@@ -145,6 +145,24 @@ def test_the_old_demo_dataset_builder_is_checked_as_the_new_one(compose, tmp_pat
     assert load_saved_config(run / "config.yaml").data.source._target_ == "mmit.data.build.recipe_data_files"
 
 
+OLD_TEXT_DEMO_TARGET = "mmit.data.text_skills.prepare_text_skills"  # before the demo data moved to mmit.data.demo
+
+
+def test_a_run_saved_with_the_old_text_demo_module_loads_and_builds_under_the_new_one(compose, tmp_path):
+    from hydra.utils import get_object, instantiate
+
+    from mmit.data.demo.text import prepare_text_skills
+    from mmit.saved_config import RENAMED_TARGETS, load_saved_config
+
+    run = _write_run(tmp_path, compose, lambda cfg: cfg["data"]["source"].update(_target_=OLD_TEXT_DEMO_TARGET))
+    cfg = load_saved_config(run / "config.yaml")  # checked as the shipped text demo: not refused
+    assert cfg.data.source._target_ == "mmit.data.demo.text.prepare_text_skills"
+    assert get_object(cfg.data.source._target_) is prepare_text_skills
+    assert instantiate(cfg.data.source).train  # its data builds as before (into the test's cache)
+    for new in RENAMED_TARGETS.values():  # every new name exists
+        get_object(new)
+
+
 def test_the_cli_tools_refuse_a_crafted_run_before_writing_anything(compose, tmp_path):
     from mmit.chat import main as chat_main
     from mmit.eval import main as eval_main

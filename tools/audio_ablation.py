@@ -32,7 +32,7 @@ RUNS: dict[str, tuple[str, list[str]]] = {
 
 
 def question_kind(question: str) -> str:
-    """The demo's five question kinds, from the question's wording (mmit.data.demo_speech)."""
+    """The demo's five question kinds, from the question's wording (mmit.data.demo.speech)."""
     q = question.lower()
     for prefix, kind in (("what colour", "colour"), ("which kind", "object"), ("how many", "number")):
         if q.startswith(prefix):

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmit.data.demo_scenes import COLUMNS, PALETTE, ROWS, SHAPES, draw_scene  # noqa: E402
+from mmit.data.demo.scenes import COLUMNS, PALETTE, ROWS, SHAPES, draw_scene  # noqa: E402
 from mmit.models.encoders import EfficientNetLite0Encoder  # noqa: E402
 
 # (label, layer, pool_to): layer as EfficientNetLite0Encoder takes it.

@@ -22,7 +22,7 @@ def test_each_case_decodes_and_builds_the_same_images(tmp_path, capsys):
 
 
 def test_photos_are_640x480_jpegs_that_the_annotations_name(tmp_path):
-    from mmit.data.demo_scenes import write_demo_scenes
+    from mmit.data.demo.scenes import write_demo_scenes
 
     scenes = write_demo_scenes(tmp_path / "scenes", n_images=3, image_size=64)
     images = as_photos(scenes, tmp_path / "photos")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mmit.build import build, compose_recipe
-from mmit.data.demo_scenes import write_demo_scenes
+from mmit.data.demo.scenes import write_demo_scenes
 
 CASES = {
     # name -> overrides of demo_vqa (24 images), and whether one image is broken first

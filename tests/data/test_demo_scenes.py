@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mmit.data.demo_scenes import (
+from mmit.data.demo.scenes import (
     ANSWER_TYPES,
     BACKGROUNDS,
     COLUMNS,
@@ -231,7 +231,7 @@ def test_second_call_rewrites_nothing_and_a_changed_build_is_redone(tmp_path):
 
 
 def test_more_questions_per_image_extend_the_same_scene():
-    from mmit.data.demo_scenes import plan_scene
+    from mmit.data.demo.scenes import plan_scene
 
     for image_id in range(1, 60):
         four, eight = plan_scene(image_id, seed=0), plan_scene(image_id, seed=0, questions_per_image=8)

@@ -43,7 +43,7 @@ from PIL import Image
 from bench.harness import timed
 from bench.report import markdown_table
 from mmit.build import build, compose_recipe
-from mmit.data.demo_scenes import DemoSources, write_demo_scenes
+from mmit.data.demo.scenes import DemoSources, write_demo_scenes
 from mmit.data.shards import check_image
 
 CASES = {"demo": "224 px PNG (the demo)", "png640": "640 px PNG", "photo": "640x480 JPEG, photo-like"}
