@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 
 from mmit.build import compose_recipe
-from mmit.data.filters import (
+from mmit.data.shards import read_shards, shard_urls
+from mmit.data.sources import read_conversations
+from mmit.metrics import text_rouge_l
+from mmit.paths import RECIPES_DIR
+from mmit.synth import MODES, Answer, ChatState, SeedTask, load_seed_tasks, options_of, synthesize, take_turn
+from mmit.synth.filters import (
     InstructionPool,
     TextFilter,
     blocklist_pattern,
@@ -23,11 +28,6 @@ from mmit.data.filters import (
     repetition_ratio,
     trim_to_sentence,
 )
-from mmit.data.shards import read_shards, shard_urls
-from mmit.data.sources import read_conversations
-from mmit.metrics import text_rouge_l
-from mmit.paths import RECIPES_DIR
-from mmit.synth import MODES, Answer, ChatState, SeedTask, load_seed_tasks, options_of, synthesize, take_turn
 
 # --- ROUGE-L, blocklist, duplicates, lengths -------------------------------------------------
 

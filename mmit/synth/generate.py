@@ -35,7 +35,18 @@ from tqdm.auto import tqdm
 
 from mmit.build import recipe_command
 from mmit.data.annotations import Annotation
-from mmit.data.filters import (
+from mmit.data.manifest import file_sha256, format_manifest, recipe_manifest, source_hashes
+from mmit.data.media_checks import check_media_file
+from mmit.data.recipes import BuildError, load_template_files
+from mmit.data.samples import Conversation, MediaRef, Message, alpaca_messages
+from mmit.data.shard_writer import Storage, write_shard
+from mmit.data.sources import jsonl_records
+from mmit.data.splits import read_annotations, split_of
+from mmit.data.templates import choose_template, sample_rng
+from mmit.generation import GenerationOptions, Prompt
+from mmit.metrics import text_rouge_l
+from mmit.paths import atomic_write_text
+from mmit.synth.filters import (
     InstructionPool,
     Rejection,
     TextFilter,
@@ -50,17 +61,6 @@ from mmit.data.filters import (
     parse_numbered_list,
     trim_to_sentence,
 )
-from mmit.data.manifest import file_sha256, format_manifest, recipe_manifest, source_hashes
-from mmit.data.media_checks import check_media_file
-from mmit.data.recipes import BuildError, load_template_files
-from mmit.data.samples import Conversation, MediaRef, Message, alpaca_messages
-from mmit.data.shard_writer import Storage, write_shard
-from mmit.data.sources import jsonl_records
-from mmit.data.splits import read_annotations, split_of
-from mmit.data.templates import choose_template, sample_rng
-from mmit.generation import GenerationOptions, Prompt
-from mmit.metrics import text_rouge_l
-from mmit.paths import atomic_write_text
 
 log = logging.getLogger("mmit.synth")
 
@@ -672,6 +672,3 @@ def main(argv: list[str] | None = None) -> None:
 
     recipe_command("mmit.synth", __doc__.splitlines()[0], synthesize, report, argv)
 
-
-if __name__ == "__main__":
-    main()
