@@ -671,4 +671,3 @@ def main(argv: list[str] | None = None) -> None:
         return f"{format_manifest(manifest, out)}\n{format_generation(manifest)}"
 
     recipe_command("mmit.synth", __doc__.splitlines()[0], synthesize, report, argv)
-
