@@ -22,7 +22,7 @@ CASES = {
 # case -> the sha256 of each shard file (by path under out_dir) and of the stable manifest
 GOLDEN: dict[str, dict] = {
     "demo": {
-        "manifest": "8191cd99d0b762fb3d8eb69c4eb36bb29de161a0b7e4ef58915cacd537a2707f",
+        "manifest": "8292e2bd45f2b2c8ee142038ddc8e5fecb64db0c1530bdaa766a22fb465d6073",
         "shards": {
             "train/shard-000000.json": "3046885ea82685f041beb9dd41bf6e5a4cecce040c81f910a5089aef33ea541c",
             "train/shard-000000.tar": "cc215b160d781f57df286c096dcfa77d6beed3566446e041c94cb9a246313e31",
@@ -37,7 +37,7 @@ GOLDEN: dict[str, dict] = {
         },
     },
     "skip_resize_unshared": {
-        "manifest": "5f5af07381ad5822a11d6c46611ee257f81948cc24023f3f0c4dae5ef8945d6c",
+        "manifest": "fe56f7ac26d3f96730bd143175aa0f4f7c1cba1e2cc44a805b2ce0e796605333",
         "shards": {
             "train/shard-000000.json": "622b141b11094dd170d77da4f4320bfebddb48471845606ee0ca4c79ab41b679",
             "train/shard-000000.tar": "993bcc032498f51481c8788be1dfda40fb74e1e0bd83b640e37b7a1bb631c9e2",
@@ -62,10 +62,12 @@ def stable_manifest(manifest: dict) -> dict:
     """The manifest without what names the test's folders (paths, and the source files they key)
     or does not change the output (the number of workers)."""
     dropped = ("out_dir", "prepare", "sources", "num_workers")
+    config = {k: v for k, v in manifest["config"].items() if k not in dropped}
+    config["templates"] = Path(config["templates"]).name  # the checkout's own path
     return {
         "recipe": manifest["recipe"],
         "seed": manifest["seed"],
-        "config": {k: v for k, v in manifest["config"].items() if k not in dropped},
+        "config": config,
         "source_digests": sorted(manifest["sources"].values()),
         "skipped_annotations": manifest["skipped_annotations"],
         "sets": manifest["sets"],
