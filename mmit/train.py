@@ -14,7 +14,7 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mmit.cli import user_errors
 from mmit.config_checks import check_config
@@ -62,7 +62,8 @@ def _run(cfg: DictConfig, run_dir: Path, place: tuple[distributed.Dist, torch.de
     if not d.is_main:
         distributed.barrier(d)
     data = build_data(cfg, built.tokenizer, list(built.model.slots.values()))
-    features = prepare_feature_caches(cfg, built.model, data, str(pick_device(cfg.trainer.get("device", "auto"))))
+    cache_cfg = OmegaConf.merge(cfg, {"feature_cache": feature_cache_setting(cfg, built.model)})
+    features = prepare_feature_caches(cache_cfg, built.model, data, str(pick_device(cfg.trainer.get("device", "auto"))))
     if d.is_main:
         distributed.barrier(d)
     log.info(
@@ -89,6 +90,7 @@ def _run(cfg: DictConfig, run_dir: Path, place: tuple[distributed.Dist, torch.de
         train_samples=data.train.describe(),
         skipped=data.skipped(),
         truncated=data.truncated(),
+        feature_cache={kind: store.describe() for kind, store in features.items()},
     )
     if not d.is_main:
         return summary
@@ -100,6 +102,27 @@ def _run(cfg: DictConfig, run_dir: Path, place: tuple[distributed.Dist, torch.de
     atomic_write_text(run_dir / "summary.md", text)
     print(text)
     return summary
+
+
+def feature_cache_setting(cfg: DictConfig, model) -> str | None:
+    """``feature_cache`` for this run: ``auto`` (the default) turns itself off, with one log line
+    saying why, where there is nothing to cache; a directory named explicitly is used as given."""
+    setting = cfg.get("feature_cache")
+    if not setting:
+        return None
+    if not model.encoders:
+        log.info("feature cache not used: text-only, no media encoder")
+        return None
+    groups = {"image": "vision_encoder", "audio": "audio_encoder"}
+    trained = [
+        f"tuning.{groups[k]}={cfg.tuning[groups[k]]}" for k in model.encoders if cfg.tuning[groups[k]] != "frozen"
+    ]
+    if trained and setting == "auto":
+        log.info(
+            "feature cache off, encoders run every step: %s (a trained encoder's outputs change)", ", ".join(trained)
+        )
+        return None
+    return setting
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")

@@ -89,6 +89,11 @@ class FeatureStore:
             raise ValueError(f"{manifest_path}: feature cache format {self.manifest.get('format')}, expected {FORMAT}")
         self._files = {name: safe_open(str(self.root / name), "pt") for name in self.manifest["shards"]}
         self._where = {key: name for name, f in self._files.items() for key in f.keys()}
+        self.encoded_now = 0  # items this process added (build_feature_cache); the rest were reused
+
+    def describe(self) -> dict:
+        """What the run summary says of the cache: where, how many items, how many encoded just now."""
+        return {"dir": str(self.root), "items": len(self), "encoded_now": self.encoded_now}
 
     def __len__(self) -> int:
         return len(self._where)
@@ -168,5 +173,14 @@ def build_feature_cache(
     elif not manifest_path.exists():
         atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
     store = FeatureStore(root)
-    log.info("feature cache %s: %d %s items, %d shards", root, len(store), kind, len(store.manifest["shards"]))
+    store.encoded_now = len(todo)
+    log.info(
+        "feature cache %s: %d %s items (%d encoded now, %d reused), %d shards",
+        root,
+        len(store),
+        kind,
+        len(todo),
+        len(store) - len(todo),
+        len(store.manifest["shards"]),
+    )
     return store

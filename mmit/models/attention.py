@@ -22,6 +22,9 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 NAME = "packed_sdpa"
+# Implementations that keep the samples of a packed row apart: this one by the spans it is handed,
+# the others by the block-diagonal mask (or varlen call) transformers derives from the positions.
+PACKING = (NAME, "sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 
 
 def sample_spans(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:

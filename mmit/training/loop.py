@@ -17,10 +17,10 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
 
 from mmit.data.collate import Collator
+from mmit.data.datasets import StreamedDataset, TokenizedDataset
 from mmit.data.features import FeatureStore
-from mmit.data.loader import Prefetch
+from mmit.data.loader import Prefetch, batch_stream
 from mmit.data.samples import Conversation
-from mmit.data.tokenize import StreamedDataset, TokenizedDataset
 from mmit.evaluation import evaluate_set, sample_losses
 from mmit.generation import GenerationOptions
 from mmit.grounding import AnswerPrior, swap_plan, swapped
@@ -40,6 +40,7 @@ from mmit.training.checkpoint import (
 )
 from mmit.training.device import autocast, autocast_dtype, release_freed_memory, resolve_precision
 from mmit.training.loss import answer_turns, next_token_loss_sum
+from mmit.training.packing import PackedBatches, resolve_pack_length
 from mmit.training.tracking import MetricsLog
 
 log = logging.getLogger(__name__)
@@ -53,10 +54,14 @@ class TrainerConfig:
     max_steps: int = 200
     batch_size: int = 8
     group_by_length: int = 16  # batches per length-sorted window (0 = plain shuffle)
-    pack_length: int = 0  # > 0: pack samples into rows of this many tokens (batch_size rows a batch)
+    # Each step's batch_size samples packed into rows of up to this many tokens (mmit.training.packing:
+    # the same samples per step as padded, less padding); None: data.max_length where the model can
+    # pack, else padded (logged); 0: padded, one sample per row.
+    pack_length: int | None = None
     prefetch: int = 2  # batches prepared ahead in a background thread (0 = in the loop)
     gradient_checkpointing: bool = False  # recompute the LLM's activations in backward: less memory
     release_memory: bool = False  # after each step, return freed heap memory to the OS: less RSS, slower steps
+    compile: bool = False  # torch.compile the model's training forward (evaluation and generation stay eager)
     grad_accum: int = 1
     lr: float = 2e-4
     lr_per_component: dict[str, float] = field(default_factory=dict)  # llm | encoders | projectors -> lr
@@ -247,11 +252,23 @@ class Progress:
 
     start_step: int
     step: int = 0  # optimizer steps done, skipped ones included
-    tokens_seen: int = 0  # on this process
+    tokens_seen: int = 0  # on this process, not padding
+    batch_tokens: int = 0  # padding included
+    label_tokens: int = 0
+    cache_hits: int = 0  # media items read from a feature cache
+    cache_misses: int = 0  # media items of a cached kind decoded and encoded in the step
     last_loss: float = math.nan  # of the last step whose update was applied
     skipped_steps: int = 0
     skipped_in_a_row: int = 0
     started: float = field(default_factory=time.perf_counter)
+
+    def count(self, batches: list, features: dict[str, FeatureStore]) -> None:
+        for b in batches:
+            self.tokens_seen += int(b.attention_mask.sum())
+            self.batch_tokens += b.attention_mask.numel()
+            self.label_tokens += b.num_label_tokens
+            self.cache_hits += sum(len(v) for v in b.features.values())
+            self.cache_misses += sum(len(b.media[kind]) for kind in features if kind in b.media)
 
 
 def train(
@@ -279,13 +296,18 @@ def train(
     d, device = place or distributed.setup(cfg.device)
     run_dir = Path(run_dir)
     check_same_run_dir(run_dir, d)
-    cfg = replace(cfg, precision=resolve_precision(cfg.precision, device))  # the caller's config stays as given
+    # Resolved into a copy: the caller's config stays as given.
+    cfg = replace(
+        cfg,
+        precision=resolve_precision(cfg.precision, device),
+        pack_length=resolve_pack_length(cfg.pack_length, train_set.tokenize.max_length, model, cfg.compile),
+    )
     log.info("device %s, precision %s", device, cfg.precision)
     prepare_model(model, device, cfg)
     collate = Collator(
         tokenizer.pad_token_id, preprocess={k: e.preprocess for k, e in model.encoders.items()}, features=features
     )
-    stream = training_batches(train_set, collate, cfg, d)
+    stream = training_batches(train_set, collate, cfg, d, tokenizer.pad_token_id)
     resume_from = latest_checkpoint(run_dir) if cfg.resume else None
     state = resume_weights_and_data(resume_from, model, stream, d)
     start_step = state["step"] if state else 0
@@ -298,6 +320,8 @@ def train(
     # DDP wraps the model; FSDP2 shards it in place (its parameters become DTensors), so the
     # optimizer is made after this, from the parameters as they now are.
     train_model = distributed.wrap(model, d, cfg.distributed)
+    if cfg.compile:  # the training forward only: evaluation and generation call the model itself
+        train_model = torch.compile(train_model)
     optimizer = torch.optim.AdamW(param_groups(model, cfg), weight_decay=cfg.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.max_steps)
     if state is not None:
@@ -322,7 +346,7 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         if cfg.release_memory:
             release_freed_memory()
-        progress.tokens_seen += sum(int(b.attention_mask.sum()) for b in micro_batches)
+        progress.count(micro_batches, features or {})
         lr = scheduler.get_last_lr()[0]
         bar.set_postfix(loss=f"{progress.last_loss:.4f}", lr=f"{lr:.2e}")
         if d.is_main and log_due(progress.step, cfg):
@@ -363,18 +387,20 @@ def prepare_model(model: MultimodalLM, device: torch.device, cfg: TrainerConfig)
 
 
 def training_batches(
-    train_set: TokenizedDataset | StreamedDataset, collate: Collator, cfg: TrainerConfig, d: distributed.Dist
+    train_set: TokenizedDataset | StreamedDataset,
+    collate: Collator,
+    cfg: TrainerConfig,
+    d: distributed.Dist,
+    pad_token_id: int,
 ):
-    """This process's endless stream of batches, prepared ahead in a thread with ``prefetch``."""
-    stream = train_set.batches(
-        cfg.batch_size,
-        collate,
-        cfg.seed,
-        cfg.group_by_length,
-        rank=d.rank,
-        world_size=d.world_size,
-        pack_length=cfg.pack_length,
+    """This process's endless stream of batches, packed with ``pack_length`` and prepared ahead in a
+    thread with ``prefetch``. The loader plans padded batches either way, so packing keeps each
+    step's samples."""
+    stream = batch_stream(
+        train_set, collate, cfg.batch_size, cfg.seed, cfg.group_by_length, rank=d.rank, world_size=d.world_size
     )
+    if cfg.pack_length:
+        stream = PackedBatches(stream, cfg.pack_length, pad_token_id)
     return Prefetch(stream, cfg.prefetch) if cfg.prefetch else stream
 
 
@@ -525,15 +551,45 @@ def evaluate_at_end(run: TrainingRun) -> tuple[dict, dict]:
     return after, scores
 
 
+FLOPS_FORMULA = "6 x N x tokens / s, N: LLM + projector parameters (not the encoders), tokens: not padding"
+
+
+def per_token_parameters(model: MultimodalLM) -> int:
+    """N of the FLOP estimate: the parameters every token goes through (shared ones once)."""
+    modules = (model.base_llm, *model.projectors.values())
+    return sum(p.numel() for p in {id(p): p for m in modules for p in m.parameters()}.values())
+
+
 def run_summary(run: TrainingRun, progress: Progress, elapsed: float, before: dict, after: dict, scores: dict) -> dict:
+    d, device, seconds = run.d, run.device, max(elapsed, 1e-9)
+    tokens, batch_tokens, label_tokens, hits, misses = (
+        distributed.sum_across(d, n, device)
+        for n in (
+            progress.tokens_seen,
+            progress.batch_tokens,
+            progress.label_tokens,
+            progress.cache_hits,
+            progress.cache_misses,
+        )
+    )
+    n = per_token_parameters(run.model)
     return {
         "steps": run.cfg.max_steps,
         "resumed_from_step": progress.start_step,
-        "processes": run.d.world_size,
-        "device": str(run.device),
+        "processes": d.world_size,
+        "device": str(device),
         "precision": run.cfg.precision,
+        "compiled": run.cfg.compile,
+        "pack_length": run.cfg.pack_length,  # as resolved: 0 when padded
         "train_seconds": elapsed,
-        "tokens_per_second": run.d.world_size * progress.tokens_seen / max(elapsed, 1e-9),
+        "tokens_per_second": tokens / seconds,
+        "label_tokens_per_second": label_tokens / seconds,
+        "padding_share": (batch_tokens - tokens) / max(batch_tokens, 1),
+        "feature_cache_hits": int(hits),
+        "feature_cache_misses": int(misses),
+        "model_flops_per_second": 6 * n * tokens / seconds,
+        "model_flops_formula": FLOPS_FORMULA,
+        "model_flops_parameters": n,
         "final_train_loss": progress.last_loss,
         "skipped_steps": progress.skipped_steps,
         "before": before,

@@ -16,6 +16,7 @@ def format_summary(summary: dict, run_dir: Path) -> str:
         f"{summary['precision']}, {summary['train_seconds']:.1f} s, {summary['tokens_per_second']:.0f} tokens/s",
         f"- training data: {summary['train_samples']}; final training loss {summary['final_train_loss']:.4f}",
     ]
+    lines += speed_lines(summary)
     if summary.get("processes", 1) > 1:
         lines.append(f"- processes: {summary['processes']} (torch.distributed)")
     if summary.get("skipped_steps"):
@@ -68,3 +69,32 @@ def format_summary(summary: dict, run_dir: Path) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def speed_lines(summary: dict) -> list[str]:
+    """Where the training time went: padding, feature cache, useful tokens and model FLOP/s."""
+    if "padding_share" not in summary:  # a summary from before these were recorded
+        return []
+    pack = summary.get("pack_length")
+    layout = f"samples packed into rows of up to {pack} tokens" if pack else "one sample per padded row"
+    compiled = ", torch.compile" if summary.get("compiled") else ""
+    lines = [
+        f"- batches: {layout}{compiled}; padding {100 * summary['padding_share']:.1f}% of batch tokens",
+        f"- useful tokens/s: {summary['tokens_per_second']:.0f} (not padding), "
+        f"{summary['label_tokens_per_second']:.0f} (label tokens)",
+        f"- model FLOP/s: {summary['model_flops_per_second']:.3g} "
+        f"({summary['model_flops_formula']}; N = {summary['model_flops_parameters']:,})",
+    ]
+    caches = summary.get("feature_cache") or {}
+    if caches:
+        held = "; ".join(
+            f"{kind} {c['items']} items ({c['encoded_now']} encoded now, {c['items'] - c['encoded_now']} reused) in {c['dir']}"
+            for kind, c in caches.items()
+        )
+        lines.append(
+            f"- feature cache: {held}; training read {summary['feature_cache_hits']} items from it (hits), "
+            f"encoded {summary['feature_cache_misses']} live (misses)"
+        )
+    else:
+        lines.append("- feature cache: not used (encoders, if any, ran every step; the log says why)")
+    return lines

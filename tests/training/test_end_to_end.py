@@ -87,7 +87,7 @@ def _heldout_batch(run_dir, tokenizer):
     """A few held-out samples, from the data config saved (resolved) in the run directory."""
     import yaml
 
-    from mmit.data.demo.text import prepare_text_skills
+    from mmit.data.text_skills import prepare_text_skills
 
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert cfg["trainer"]["max_steps"] == 40
@@ -136,7 +136,10 @@ FAST_PATHS = [
 ]
 
 
-@pytest.mark.parametrize("fast_paths", [[], FAST_PATHS])
+PLAIN = ["feature_cache=null", "trainer.pack_length=0"]  # the fast paths are the defaults: turned off
+
+
+@pytest.mark.parametrize("fast_paths", [PLAIN, FAST_PATHS])
 def test_vqa_runs_report_official_vqa_accuracy(compose, tmp_path, fast_paths):
     out = tmp_path / "demo"
     cfg = compose(
@@ -151,7 +154,8 @@ def test_vqa_runs_report_official_vqa_accuracy(compose, tmp_path, fast_paths):
     )
     summary = run(cfg, tmp_path / "run")
     assert summary["final_train_loss"] == summary["final_train_loss"]  # finite, not NaN
-    if fast_paths:
+    if fast_paths == FAST_PATHS:
+        assert summary["feature_cache_hits"] > 0 and summary["feature_cache_misses"] == 0
         from mmit.data.features import FeatureStore
         from mmit.paths import cache_dir
 
