@@ -87,7 +87,7 @@ def _heldout_batch(run_dir, tokenizer):
     """A few held-out samples, from the data config saved (resolved) in the run directory."""
     import yaml
 
-    from mmit.data.text_skills import prepare_text_skills
+    from mmit.data.demo.text import prepare_text_skills
 
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert cfg["trainer"]["max_steps"] == 40
