@@ -15,8 +15,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from mmit.data.collate import Collator
-from mmit.data.samples import Conversation
-from mmit.data.tokenize import IGNORE_INDEX, TokenizedSample
+from mmit.data.samples import IGNORE_INDEX, Conversation, TokenizedSample
 from mmit.generation import GenerationOptions, predict
 from mmit.grounding import swap_plan, swapped
 from mmit.models.multimodal_lm import MultimodalLM

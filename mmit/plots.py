@@ -105,8 +105,13 @@ def plot_benchmarks(benchmarks: dict[str, dict], path: Path) -> Path | None:
         bars.set_label(label)
         for bar, value in zip(bars, values):
             if not math.isnan(value):
-                ax.annotate(f"{value:.3g}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
-                            va="bottom", fontsize=7)
+                ax.annotate(
+                    f"{value:.3g}",
+                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                )
     ax.set_xticks(range(len(names)), [f"{n}\n({scored[n]['headline']})" for n in names], fontsize=8)
     ax.set_ylabel("score")
     ax.set_title("Benchmarks: own vs swapped image")

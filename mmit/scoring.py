@@ -30,6 +30,8 @@ from mmit import metrics
 from mmit.data.samples import Conversation
 from mmit.grounding import AnswerPrior
 
+LETTERS = dict.fromkeys("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "")  # options known by their letters only
+
 HEADLINE = {
     "vqa_short": "vqa_accuracy",
     "vqa_yesno": "yes_no_accuracy",
@@ -98,7 +100,8 @@ def task_metrics(task: str, preds: list[Prediction], vqa_normalisation: str = "o
             "rouge_l": metrics.rouge_l_corpus(hyps, refs),
         }
     elif task == "vqa_multiple_choice":
-        named = [metrics.option_letter(p.prediction, metrics.listed_options(p.prompt)) for p in preds]
+        # a prompt that lists no options (its own wording) leaves the letter alone to name the option
+        named = [metrics.option_letter(p.prediction, metrics.listed_options(p.prompt) or LETTERS) for p in preds]
         scores = {"accuracy": exact, "option_accuracy": _mean([n == p.reference for n, p in zip(named, preds)])}
     elif task.startswith("vqa"):
         scores = {

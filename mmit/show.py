@@ -123,8 +123,8 @@ def token_counter(overrides: list[str], manifest: dict | None):
     """(a TokenParts counter, a line describing it, data.max_length) for the training config that
     ``overrides`` compose: its tokenizer and chat template with ``data.system_prompt`` applied, and each
     media placeholder expanded as its encoder and projector would (one token where none is configured)."""
+    from mmit.data.samples import MediaSlot
     from mmit.data.token_parts import TokenParts, recipe_wording
-    from mmit.data.tokenize import MediaSlot
     from mmit.factory import build_model
     from mmit.inference import compose_config
 

@@ -70,7 +70,7 @@ def test_yes_no_multiple_choice_caption_and_text_tasks():
         "vqa_multiple_choice",
         [_p("s", "vqa_multiple_choice", "t", "B", "B"), _p("s", "vqa_multiple_choice", "t", "C.", "B")],
     )
-    assert mc == {"accuracy": 0.5, "n": 2}
+    assert mc == {"accuracy": 0.5, "option_accuracy": 0.5, "n": 2}  # no options listed: "C." names C
     caps = ["a red square on a white background", "two blue circles"]
     cap = task_metrics("caption_brief", [_p("s", "caption_brief", "t", c, c, [c, "something else"]) for c in caps])
     assert list(cap)[:3] == ["cider_d", "bleu_4", "rouge_l"] and cap["rouge_l"] == pytest.approx(1.0)

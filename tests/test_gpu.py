@@ -57,7 +57,7 @@ def _conversations():
 @pytest.fixture(scope="module")
 def mm_cuda():
     """A tiny LLM + tiny CLIP tower + MLP projector on the GPU, wired as mmit does (as tests/models do)."""
-    from mmit.data.tokenize import MediaSlot
+    from mmit.data.samples import MediaSlot
     from mmit.models.encoders import tiny_clip_encoder
     from mmit.models.llm import load_tiny
     from mmit.models.multimodal_lm import MultimodalLM

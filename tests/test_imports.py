@@ -11,11 +11,6 @@ import mmit
 
 ROOT = Path(mmit.__file__).resolve().parent
 
-# Compatibility for callers not yet moved (issue 25), removed with them: Dataset.batches() imports
-# mmit.data.loader (inside the function) for mmit.training.loop and tools/bench, which are to call
-# mmit.data.loader.batch_stream; mmit.data.tokenize re-exports the datasets the loop imports from it.
-COMPAT_BACKWARD_IMPORTS = {("mmit.data.datasets", "mmit.data.loader"), ("mmit.data.tokenize", "mmit.data.datasets")}
-
 
 def module_name(path: Path) -> str:
     parts = path.relative_to(ROOT.parent).with_suffix("").parts
@@ -138,9 +133,7 @@ def test_the_data_steps_import_forward_only():
     graph = import_graph(deferred=True)
     steps = ["mmit.data.samples", "mmit.data.tokenize", "mmit.data.datasets", "mmit.data.collate", "mmit.data.loader"]
     for i, step in enumerate(steps):
-        backward = {
-            later for later in graph[step] & set(steps[i + 1 :]) if (step, later) not in COMPAT_BACKWARD_IMPORTS
-        }
+        backward = {later for later in graph[step] & set(steps[i + 1 :])}
         assert not backward, f"{step} imports {sorted(backward)}"
 
 

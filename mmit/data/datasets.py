@@ -16,8 +16,6 @@ from tqdm.auto import tqdm
 from mmit.data.samples import Conversation, TokenizedSample
 
 if TYPE_CHECKING:
-    from mmit.data.collate import Collator
-    from mmit.data.loader import BatchStream, StreamingBatches
     from mmit.data.tokenize import Tokenizer
 
 
@@ -35,23 +33,6 @@ class _PolicyCounts:
     @property
     def truncated(self) -> int:
         return self.tokenize.truncated
-
-    def batches(
-        self,
-        batch_size: int,
-        collate: Collator,
-        seed: int = 0,
-        group_by_length: int = 0,
-        shuffle: bool = True,
-        rank: int = 0,
-        world_size: int = 1,
-        pack_length: int = 0,
-    ) -> BatchStream | StreamingBatches:
-        """Compatibility only: ``mmit.data.loader.batch_stream(dataset, collate, ...)``. Kept while
-        mmit.training.loop and tools/bench/loops.py still call it (issue 25); remove with their calls."""
-        from mmit.data.loader import batch_stream
-
-        return batch_stream(self, collate, batch_size, seed, group_by_length, shuffle, rank, world_size, pack_length)
 
 
 class TokenizedDataset(_PolicyCounts, Dataset):

@@ -160,8 +160,3 @@ class Tokenizer:
             return None
         self.truncated += truncated
         return sample
-
-
-# Compatibility: mmit.training.loop imports the datasets from here (issue 25); they live in
-# mmit.data.datasets. Remove once the loop imports them from there.
-from mmit.data.datasets import StreamedDataset, TokenizedDataset  # noqa: E402, F401

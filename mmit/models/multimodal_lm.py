@@ -16,7 +16,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from mmit.data.collate import Batch
-from mmit.data.tokenize import MediaSlot
+from mmit.data.samples import MediaSlot
 from mmit.models import attention
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmit.data.tokenize import IGNORE_INDEX
+from mmit.data.samples import IGNORE_INDEX
 
 
 def next_token_loss_sum(

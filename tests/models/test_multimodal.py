@@ -9,8 +9,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from mmit.data.collate import Collator
-from mmit.data.samples import Conversation, MediaRef, Message, SampleError
-from mmit.data.tokenize import IGNORE_INDEX, MediaSlot, tokenize_conversation
+from mmit.data.samples import IGNORE_INDEX, Conversation, MediaRef, MediaSlot, Message, SampleError
+from mmit.data.tokenize import tokenize_conversation
 from mmit.factory import build_model
 from mmit.generation import GenerationOptions, generate_answers
 from mmit.models.encoders import (

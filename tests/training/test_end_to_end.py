@@ -2,6 +2,7 @@
 
 import json
 import platform
+from pathlib import Path
 
 import pytest
 import torch
@@ -157,9 +158,8 @@ def test_vqa_runs_report_official_vqa_accuracy(compose, tmp_path, fast_paths):
     if fast_paths == FAST_PATHS:
         assert summary["feature_cache_hits"] > 0 and summary["feature_cache_misses"] == 0
         from mmit.data.features import FeatureStore
-        from mmit.paths import cache_dir
 
-        (root,) = cache_dir("features").glob("image-*")
+        root = Path(summary["feature_cache"]["image"]["dir"]).expanduser()
         assert len(FeatureStore(root)) == 40  # every demo image, encoded once for all splits
     assert 0.0 <= summary["after"]["eval/seen/vqa_accuracy"] <= 1.0
     assert "eval/heldout_tasks/vqa_accuracy" not in summary["after"]  # detailed captions are not VQA

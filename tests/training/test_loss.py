@@ -57,7 +57,7 @@ def test_accumulation_normalised_by_label_tokens(tiny):
 
 def test_per_turn_weighting_gives_every_answer_the_same_weight(tiny):
     """loss_weighting=turn: the mean over answers of each answer's mean token loss, by hand."""
-    from mmit.data.tokenize import IGNORE_INDEX
+    from mmit.data.samples import IGNORE_INDEX
     from mmit.training.loss import answer_turns, next_token_loss_per_row
 
     model = MultimodalLM(tiny.model).eval()

@@ -173,10 +173,12 @@ class LoopSetup:
     def epoch_stats(self, variant: MmitFastPaths) -> dict:
         """Steps, samples, computed and real tokens of the first epoch of mmit's loader (seed 0, media undecoded)."""
         from mmit.data.collate import Collator
+        from mmit.data.loader import batch_stream
 
-        stream = self.dataset.batches(
-            self.batch_size(variant),
+        stream = batch_stream(
+            self.dataset,
             Collator(self.pad_id),
+            self.batch_size(variant),
             0,
             variant.group_by_length,
             pack_length=variant.pack_length,
