@@ -21,6 +21,7 @@ def perf():
     os.environ.update(environ)
 
 
+@pytest.mark.slow
 def test_quick_run_writes_tables_and_json(perf, tmp_path):
     out = tmp_path / "BENCHMARKS.md"
     results = perf.main(["--quick", "--only", "B1,B2,B3,B6", "--device", "cpu", "--out", str(out)])

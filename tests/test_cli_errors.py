@@ -84,6 +84,7 @@ def _last_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("mmit.")]
 
 
+@pytest.mark.slow
 def test_a_bad_value_stops_training_at_once_in_one_message(tmp_path):
     out = _run("mmit.train", "+recipe=text_tiny", "trainer.lr=abc", "hydra.run.dir=run", cwd=tmp_path)
     assert out.returncode == 1 and "Traceback" not in out.stderr
@@ -91,6 +92,7 @@ def test_a_bad_value_stops_training_at_once_in_one_message(tmp_path):
     assert "LLM" not in out.stderr and not (tmp_path / "run" / "config.yaml").exists()  # nothing was built
 
 
+@pytest.mark.slow
 def test_chat_and_eval_print_user_errors_in_one_line_without_warnings(tmp_path):
     Image.new("RGB", (8, 8), "red").save(tmp_path / "red.png")
     chat = _run("mmit.chat", "--base", "+recipe=text_tiny", "--image", "red.png", "--", "Colour?", cwd=tmp_path)

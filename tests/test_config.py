@@ -34,6 +34,7 @@ def small_data(cfg, tmp_path) -> list[str]:
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.slow
 def test_every_recipe_composes_and_instantiates(recipe, compose, tmp_path):
     cfg = compose([f"+recipe={recipe}"])
     cfg = compose([f"+recipe={recipe}", *small_data(cfg, tmp_path)])
@@ -62,6 +63,7 @@ def _mmit_train(*args, cwd):
     )
 
 
+@pytest.mark.slow
 def test_cfg_job_prints_the_composed_config_from_any_directory(tmp_path):
     out = _mmit_train("+recipe=text", "--cfg", "job", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -71,6 +73,7 @@ def test_cfg_job_prints_the_composed_config_from_any_directory(tmp_path):
     assert not (tmp_path / "runs").exists()  # --cfg runs nothing
 
 
+@pytest.mark.slow
 def test_multirun_sweep_runs_each_job_in_its_own_directory(tmp_path):
     out = _mmit_train(
         "-m",

@@ -72,6 +72,7 @@ def browser():  # first in the browser test's arguments, so a missing browser sk
         browser.close()
 
 
+@pytest.mark.slow
 def test_browser_chat_shows_the_models_answer_and_clear_empties_it(browser, demo_url, run_dir, picture, tmp_path):
     from playwright.sync_api import expect
 

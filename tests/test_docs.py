@@ -160,6 +160,7 @@ def guide_folder(tmp_path_factory):
     return root, outputs
 
 
+@pytest.mark.slow
 def test_the_own_data_guide_runs_from_images_and_json_to_an_exported_model(guide_folder):
     root, outputs = guide_folder
     assert len(outputs) >= 4
@@ -193,6 +194,7 @@ def _check_as_documented(command: Command) -> None:
     assert expected.group(2).strip() in str(failed.value), f"{command}: {failed.value}"
 
 
+@pytest.mark.slow
 def test_the_readme_builds_and_shows_the_demo_as_written(tmp_path):
     listed = {c.text.split("  #")[0].strip() for c in commands(REPO / "README.md")}
     assert set(README_RUNS) <= listed

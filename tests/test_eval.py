@@ -146,6 +146,7 @@ def test_training_logs_in_loop_scores_tensorboard_and_curves(vqa_run):
     assert Image.open(run_dir / "grounding.png").size[0] > 300  # the run's own grounding figures, drawn
 
 
+@pytest.mark.slow
 def test_eval_cli_writes_every_output(vqa_run, tmp_path):
     from mmit.eval import main
 
@@ -193,6 +194,7 @@ def test_eval_cli_writes_every_output(vqa_run, tmp_path):
     assert all(abs(x - y) <= 1e-4 * max(1.0, abs(y)) for x, y in losses), losses
 
 
+@pytest.mark.slow
 def test_eval_of_base_model_extra_sets_and_beam_search(vqa_run, tmp_path):
     from mmit.eval import main
 

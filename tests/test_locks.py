@@ -103,6 +103,7 @@ def test_the_lock_file_names_its_holder(tmp_path):
     assert (tmp_path / LOCK_FILE).read_text() == ""  # released: no stale holder is named
 
 
+@pytest.mark.slow
 def test_a_second_training_into_the_same_run_folder_stops_and_readers_still_read(compose, tmp_path):
     from mmit.inference import load_run
     from mmit.paths import FolderInUseError
@@ -122,6 +123,7 @@ def test_a_second_training_into_the_same_run_folder_stops_and_readers_still_read
         holder.wait()
 
 
+@pytest.mark.slow
 def test_two_trainings_started_together_leave_one_intact_run(tmp_path):
     """Two real `mmit.train` processes into one folder: one trains, the other stops with the message.
 

@@ -40,7 +40,7 @@ from mmit.training.checkpoint import (
 )
 from mmit.training.device import autocast, autocast_dtype, release_freed_memory, resolve_precision
 from mmit.training.loss import answer_turns, next_token_loss_sum
-from mmit.training.packing import PackedBatches, resolve_pack_length
+from mmit.training.packing import AUTO_MIN_SAVING, PackedBatches, resolve_pack_length
 from mmit.training.tracking import MetricsLog
 
 log = logging.getLogger(__name__)
@@ -297,6 +297,7 @@ def train(
     run_dir = Path(run_dir)
     check_same_run_dir(run_dir, d)
     # Resolved into a copy: the caller's config stays as given.
+    min_saving = AUTO_MIN_SAVING if cfg.pack_length is None else 0.0
     cfg = replace(
         cfg,
         precision=resolve_precision(cfg.precision, device),
@@ -307,7 +308,7 @@ def train(
     collate = Collator(
         tokenizer.pad_token_id, preprocess={k: e.preprocess for k, e in model.encoders.items()}, features=features
     )
-    stream = training_batches(train_set, collate, cfg, d, tokenizer.pad_token_id)
+    stream = training_batches(train_set, collate, cfg, d, tokenizer.pad_token_id, min_saving)
     resume_from = latest_checkpoint(run_dir) if cfg.resume else None
     state = resume_weights_and_data(resume_from, model, stream, d)
     start_step = state["step"] if state else 0
@@ -392,6 +393,7 @@ def training_batches(
     cfg: TrainerConfig,
     d: distributed.Dist,
     pad_token_id: int,
+    min_saving: float = 0.0,
 ):
     """This process's endless stream of batches, packed with ``pack_length`` and prepared ahead in a
     thread with ``prefetch``. The loader plans padded batches either way, so packing keeps each
@@ -400,7 +402,7 @@ def training_batches(
         train_set, collate, cfg.batch_size, cfg.seed, cfg.group_by_length, rank=d.rank, world_size=d.world_size
     )
     if cfg.pack_length:
-        stream = PackedBatches(stream, cfg.pack_length, pad_token_id)
+        stream = PackedBatches(stream, cfg.pack_length, pad_token_id, min_saving)
     return Prefetch(stream, cfg.prefetch) if cfg.prefetch else stream
 
 

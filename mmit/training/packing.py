@@ -20,6 +20,11 @@ from mmit.models import attention
 log = logging.getLogger(__name__)
 
 MULTIPLE = 8  # row widths are rounded up to this, as the collator pads
+# With trainer.pack_length unset, a batch is packed only when that removes at least this share of
+# its tokens: packed rows attend sample by sample, which on a CPU cost more than the few padded
+# tokens of a length-grouped batch save (the main job: 3.28 s a step packed, 2.72 padded, with 7%
+# of its batch tokens padding; docs/benchmarks.md).
+AUTO_MIN_SAVING = 0.25
 
 
 def _round_up(n: int) -> int:
@@ -56,10 +61,13 @@ def row_layout(lengths: list[int], pack_length: int) -> tuple[list[list[int]], i
     return best[1], best[2]
 
 
-def pack_batch(batch: Batch, pack_length: int, pad_token_id: int) -> Batch:
-    """The right-padded ``batch`` with its samples packed into rows; positions restart at 0 per sample."""
+def pack_batch(batch: Batch, pack_length: int, pad_token_id: int, min_saving: float = 0.0) -> Batch:
+    """The right-padded ``batch`` with its samples packed into rows; positions restart at 0 per sample.
+    The batch stays as it is where packing would remove less than ``min_saving`` of its tokens."""
     lengths = batch.attention_mask.sum(dim=1).tolist()
     rows, width = row_layout(lengths, pack_length)
+    if len(rows) * width > (1.0 - min_saving) * batch.input_ids.numel():
+        return batch
     shape = (len(rows), width)
     input_ids = torch.full(shape, pad_token_id, dtype=torch.long)
     labels = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
@@ -88,14 +96,15 @@ class PackedBatches:
     """A batch stream (``BatchStream`` or ``StreamingBatches``) with every batch packed; its
     position is the stream's, so resume is unchanged."""
 
-    def __init__(self, stream, pack_length: int, pad_token_id: int):
+    def __init__(self, stream, pack_length: int, pad_token_id: int, min_saving: float = 0.0):
         self.stream, self.pack_length, self.pad_token_id = stream, pack_length, pad_token_id
+        self.min_saving = min_saving
 
     def __iter__(self) -> PackedBatches:
         return self
 
     def __next__(self) -> Batch:
-        return pack_batch(next(self.stream), self.pack_length, self.pad_token_id)
+        return pack_batch(next(self.stream), self.pack_length, self.pad_token_id, self.min_saving)
 
     def state(self) -> dict:
         return self.stream.state()
@@ -118,14 +127,20 @@ def why_not_packed(model, compile_model: bool) -> str | None:
 
 def resolve_pack_length(pack_length: int | None, max_length: int, model, compile_model: bool) -> int:
     """``trainer.pack_length`` for this run: null packs rows of up to ``data.max_length`` tokens
-    where the model can (else padded rows, with one log line saying why); a number is used as
-    given (0: padded); a number the model cannot honour is an error."""
+    where the model can (else padded rows, with one log line saying why), batch by batch where that
+    saves ``AUTO_MIN_SAVING`` of the tokens; a number is used as given (0: padded) for every batch;
+    a number the model cannot honour is an error."""
     reason = why_not_packed(model, compile_model)
     if pack_length is None:
         if reason:
             log.info("batches padded, not packed: %s", reason)
             return 0
-        log.info("batches packed: each step's samples in rows of up to %d tokens (data.max_length)", max_length)
+        log.info(
+            "batches packed where that removes at least %d%% of their tokens: each step's samples in rows of up "
+            "to %d tokens (data.max_length)",
+            round(100 * AUTO_MIN_SAVING),
+            max_length,
+        )
         return max_length
     if pack_length and reason:
         raise ValueError(f"trainer.pack_length={pack_length}: {reason}; set trainer.pack_length=0")

@@ -517,6 +517,7 @@ def test_the_contact_sheet_shows_distinct_images_each_with_a_question_and_its_an
         assert sheet.size == (4 * 200, -(-len(images) // 4) * (200 + 84))
 
 
+@pytest.mark.slow
 def test_build_command_line(sources, tmp_path):
     import subprocess
     import sys

@@ -38,6 +38,7 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc (Linux)")
+@pytest.mark.slow
 def test_killing_a_build_kills_its_workers(tmp_path):
     # A source that names 40 images at once, then reads slowly for a long time: the workers have
     # started checking images by then, as in a real build reading a large annotation file.

@@ -134,6 +134,7 @@ def test_base_is_not_a_recipe():
         compose_recipe("base")
 
 
+@pytest.mark.slow
 def test_the_command_line_prints_one_line_for_a_typo():
     run = subprocess.run(
         [sys.executable, "-m", "mmit.build", "demo_vqa", "shard_sise=100"], capture_output=True, text=True, timeout=300

@@ -520,6 +520,7 @@ def test_seed_tasks_are_diverse_and_self_instruct_layout_reads(tmp_path):
 # --- a real tiny model, and a training job reading its shards ----------------------------------
 
 
+@pytest.mark.slow
 def test_tiny_model_writes_shards_that_training_reads(tmp_path, compose):
     from mmit.synth import main
     from mmit.train import run

@@ -126,6 +126,7 @@ def synthetic_scenes(n: int, words: int, cells: int, dim: int, seed: int):
     return feats, shown
 
 
+@pytest.mark.slow
 def test_word_set_alignment_makes_the_projector_name_what_unseen_images_show():
     torch.manual_seed(0)
     words, dim, hidden = 10, 16, 24
@@ -191,6 +192,7 @@ def audio_demo_missing() -> bool:
         ("vqa_tiny", "image"),
     ],
 )
+@pytest.mark.slow
 def test_projector_align_step_on_a_tiny_recipe(compose, tmp_path, recipe, kind):
     from mmit.factory import build_data, build_model
 

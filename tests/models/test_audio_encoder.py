@@ -292,6 +292,7 @@ def test_mixed_audio_image_text_batch_through_the_model(compose):
     shutil.which("espeak-ng") is None or shutil.which("sox") is None,
     reason="the audio demo synthesises speech with espeak-ng and sox (apt-get install -y espeak-ng sox)",
 )
+@pytest.mark.slow
 def test_image_audio_and_text_data_train_together(compose, tmp_path):
     from mmit.build import build, compose_recipe
     from mmit.train import run

@@ -169,6 +169,7 @@ def test_export_then_import_gives_the_same_logits(compose, tmp_path):
     assert first.to_diff_dict() == second.to_diff_dict()
 
 
+@pytest.mark.slow
 def test_a_tiny_llava_trains_through_mmit_train(tmp_path):
     from mmit.inference import load_run
     from mmit.train import run

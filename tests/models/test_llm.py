@@ -41,6 +41,7 @@ def test_tokenizer_without_template_needs_one(tmp_path, tiny):
     assert loaded.tokenizer.chat_template == "{{ messages[0]['content'] }}"
 
 
+@pytest.mark.slow
 def test_smollm2_conversion_answers_and_masks(tmp_path):
     directory = convert_smollm2_gguf(tmp_path / "smollm2")
     assert (directory / "model.safetensors").exists()

@@ -171,6 +171,7 @@ def test_generation_with_and_without_kv_cache_agree(mm):
     assert cached == uncached and len(cached) == 3
 
 
+@pytest.mark.slow
 def test_frozen_encoder_stays_unchanged_and_gradient_free_after_training(compose, tmp_path):
     out = tmp_path / "demo"
     cfg = compose(
@@ -255,6 +256,7 @@ def test_init_from_copies_matching_trained_weights(compose, tmp_path):
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.slow
 def test_training_streams_shards(compose, tmp_path):
     out = tmp_path / "demo"
     cfg = compose(

@@ -43,6 +43,7 @@ def _losses(run_dir) -> list[float]:
     return [r["train/loss"] for r in records if "train/loss" in r]
 
 
+@pytest.mark.slow
 def test_a_compiled_run_has_the_losses_of_an_eager_run(compose, tmp_path):
     reason = why_compile_is_unusable()
     if reason:

@@ -72,6 +72,7 @@ def test_an_exploded_checkpoint_is_refused_and_the_advice_names_the_last_good_on
     assert not (tmp_path / "run" / "checkpoints" / "step-0000005").exists()
 
 
+@pytest.mark.slow
 def test_the_rerun_the_advice_asks_for_uses_the_lower_learning_rate(compose, tmp_path, explode_after, caplog):
     explode_after(5)
     run_dir = tmp_path / "run"
@@ -118,6 +119,7 @@ def test_a_nan_stop_names_the_last_good_checkpoint(compose, tmp_path, monkeypatc
     assert "step-0000005" in str(stopped.value) and "trainer.lr" in str(stopped.value)
 
 
+@pytest.mark.slow
 def test_a_resume_refuses_changes_the_checkpoint_cannot_honour(compose, tmp_path):
     from mmit.training.checkpoint import ResumeConfigError
 

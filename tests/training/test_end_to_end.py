@@ -49,6 +49,7 @@ def trained_run(tmp_path_factory):
     return cfg, run_dir, summary
 
 
+@pytest.mark.slow
 def test_loss_goes_down(trained_run):
     _, run_dir, summary = trained_run
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -120,6 +121,7 @@ def test_saved_adapter_reproduces_trained_logits(trained_run):
     assert (ours - before).abs().max() > 1e-2  # the adapter really changed the model
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_latest_checkpoint(trained_run, compose, tmp_path):
     cfg, run_dir, _ = trained_run
     longer = compose(OVERRIDES[:-1] + ["peft.config.r=8", "trainer.max_steps=45"])
@@ -141,6 +143,7 @@ PLAIN = ["feature_cache=null", "trainer.pack_length=0"]  # the fast paths are th
 
 
 @pytest.mark.parametrize("fast_paths", [PLAIN, FAST_PATHS])
+@pytest.mark.slow
 def test_vqa_runs_report_official_vqa_accuracy(compose, tmp_path, fast_paths):
     out = tmp_path / "demo"
     cfg = compose(

@@ -45,6 +45,7 @@ def _train_command(run_dir: Path, overrides: list[str], processes: int = 1) -> l
     return [*launcher, *overrides, f"hydra.run.dir={run_dir}"]
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_gives_bitwise_the_uninterrupted_weights(compose, tmp_path):
     reference = tmp_path / "reference"
     run(compose(TEXT), reference)
@@ -103,6 +104,7 @@ def nan_at(monkeypatch):
     return install
 
 
+@pytest.mark.slow
 def test_nan_loss_skips_the_update_and_is_counted(compose, tmp_path, nan_at):
     nan_at({3, 4})
     summary = run(compose([*TEXT, "trainer.max_steps=8"]), tmp_path / "run")
@@ -166,6 +168,7 @@ def test_a_malicious_pickle_is_refused_and_never_executed(tmp_path):
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+@pytest.mark.slow
 def test_two_processes_match_one_and_survive_mixed_batches(strategy, compose, tmp_path):
     from mmit.factory import instantiate_source
 
@@ -219,6 +222,7 @@ def test_two_processes_match_one_and_survive_mixed_batches(strategy, compose, tm
     assert len(state["data"]["per_rank"]) == 2
 
 
+@pytest.mark.slow
 def test_a_short_last_batch_with_fewer_rows_than_processes_completes_and_matches(compose, tmp_path):
     # 9 samples in global batches of 4: the epoch's last batch has one row, so the second process
     # has none and steps on a stand-in without loss; the losses equal one process's.

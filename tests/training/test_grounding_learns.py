@@ -4,6 +4,7 @@ answers (the colour of a flat image), scores near 1 in mmit.eval, and near 0 wit
 import json
 import random
 
+import pytest
 from PIL import Image
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 160, 60), "blue": (30, 80, 220), "yellow": (240, 200, 0)}
@@ -31,6 +32,7 @@ def _write_set(folder, name: str, n: int, seed: int) -> str:
     return str(folder / f"{name}.jsonl")
 
 
+@pytest.mark.slow
 def test_a_tiny_model_learns_an_image_only_question(tmp_path):
     from mmit.eval import main as evaluate
     from mmit.inference import compose_config

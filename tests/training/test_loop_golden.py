@@ -120,6 +120,7 @@ def summary_numbers(summary: dict) -> dict:
     return {k: summary[k] for k in keys}
 
 
+@pytest.mark.slow
 def test_a_tiny_text_run_reproduces_its_recorded_numbers(compose, tmp_path, nan_on_micro_batch):
     run_dir = tmp_path / "run"
     nan_on_micro_batch(NAN_MICRO_BATCH)
@@ -131,6 +132,7 @@ def test_a_tiny_text_run_reproduces_its_recorded_numbers(compose, tmp_path, nan_
     )
 
 
+@pytest.mark.slow
 def test_a_tiny_vqa_run_reproduces_its_recorded_numbers(compose, tmp_path):
     summary = run(compose(vqa(tmp_path)), tmp_path / "run")
     metrics = pinned(tmp_path / "run")

@@ -38,6 +38,14 @@ def test_a_packed_batch_restarts_positions_and_drops_each_sample_s_first_label()
     assert packed.num_label_tokens == padded.num_label_tokens and packed.ids == padded.ids
 
 
+def test_a_batch_stays_padded_where_packing_saves_too_little():
+    ids = torch.tensor([[1, 2, 3, 0], [4, 5, 6, 0], [7, 8, 0, 0]])  # 12 tokens padded, 8 packed at best
+    mask = (ids != 0).long()
+    padded = Batch(ids, mask, torch.where(mask.bool(), ids, -100), ["a", "b", "c"])
+    assert pack_batch(padded, 8, pad_token_id=0, min_saving=0.5) is padded  # saves a third, not a half
+    assert pack_batch(padded, 8, pad_token_id=0, min_saving=0.25).input_ids.numel() == 8
+
+
 TINY_TEXT = [
     "+recipe=text_tiny",
     "data.source.n_train=48",
@@ -60,6 +68,7 @@ def _train_records(run_dir):
     return [(r["train/loss"], r["train/grad_norm"]) for r in records if "train/loss" in r]
 
 
+@pytest.mark.slow
 def test_the_default_packed_run_learns_what_the_padded_run_learns(compose, tmp_path):
     packed = run(compose(TINY_TEXT), tmp_path / "packed")  # pack_length: the default, data.max_length
     padded = run(compose([*TINY_TEXT, "trainer.pack_length=0"]), tmp_path / "padded")
@@ -86,7 +95,7 @@ def test_what_cannot_pack_falls_back_to_padded_rows_with_one_line(compose, caplo
     lines = [r.getMessage() for r in caplog.records if r.name == "mmit.training.packing"]
     assert lines[0].startswith("batches padded, not packed: prompt tuning prepends its prompt")
     assert lines[1].startswith("batches padded, not packed: trainer.compile=true")
-    assert lines[2].startswith("batches packed: ")
+    assert lines[2].startswith("batches packed where that removes at least 25% of their tokens: ")
     with pytest.raises(ValueError, match="trainer.pack_length=384: prompt tuning"):
         resolve_pack_length(384, 512, prompt_tuned, compile_model=False)
     assert resolve_pack_length(0, 512, lora, compile_model=False) == 0

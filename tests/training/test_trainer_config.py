@@ -56,6 +56,7 @@ def test_when_the_loop_logs_evaluates_and_saves():
     assert [s for s in range(1, 11) if save_due(s, cfg)] == [3, 6, 9, 10]
 
 
+@pytest.mark.slow
 def test_a_run_sets_up_processes_once_and_leaves_the_trainer_config_as_given(compose, tmp_path, monkeypatch):
     setups, seen = [], {}
     real_setup, real_train = distributed.setup, mmit.train.train
