@@ -173,6 +173,7 @@ def test_the_own_data_guide_runs_from_images_and_json_to_an_exported_model(guide
 
 
 @pytest.mark.parametrize("command", [c for c in ALL if c.doc == "own_data.md"], ids=str)
+@pytest.mark.slow
 def test_every_command_of_the_guide_is_valid(command, guide_folder, monkeypatch):
     monkeypatch.chdir(guide_folder[0])  # its files exist there, as for a reader who ran the tested blocks
     _check_as_documented(command)

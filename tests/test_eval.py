@@ -132,6 +132,7 @@ def vqa_run(tiny_vqa_run):
     return tiny_vqa_run
 
 
+@pytest.mark.slow
 def test_training_logs_in_loop_scores_tensorboard_and_curves(vqa_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -230,6 +231,7 @@ def test_eval_of_base_model_extra_sets_and_beam_search(vqa_run, tmp_path):
         main([str(run_dir), "--only", "nope"])
 
 
+@pytest.mark.slow
 def test_chat_one_shot_and_interactive(vqa_run, tmp_path, capsys):
     from mmit.chat import interact, main
     from mmit.generation import GenerationOptions
@@ -265,6 +267,7 @@ def test_media_errors_are_clear(tiny, tmp_path):
         media_ref(tmp_path / "missing.png")
 
 
+@pytest.mark.slow
 def test_eval_cli_scores_standard_benchmarks(vqa_run, tmp_path):
     """--benchmark alone: only the benchmarks run, each scored by its official metric with images
     given and swapped; a set without references gets its EvalAI submission file instead."""

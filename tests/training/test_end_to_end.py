@@ -62,6 +62,7 @@ def test_loss_goes_down(trained_run):
         assert 0.0 <= summary["after"][f"eval/{name}/exact_match"] <= 1.0
 
 
+@pytest.mark.slow
 def test_run_directory_holds_only_safe_files(trained_run):
     _, run_dir, _ = trained_run
     for name in (
@@ -104,6 +105,7 @@ def _logits(model, batch):
         return model.eval().logits(batch)
 
 
+@pytest.mark.slow
 def test_saved_adapter_reproduces_trained_logits(trained_run):
     cfg, run_dir, _ = trained_run
     ckpt = latest_checkpoint(run_dir)
