@@ -59,6 +59,20 @@ def plot_training_curves(records: list[dict], path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def _bars(ax, positions: list[float], values: list[float], width: float, label: str, fmt: str) -> None:
+    """Bars with their values written on top; a NaN is a missing bar without a label."""
+    bars = ax.bar(positions, [0 if math.isnan(v) else v for v in values], width, label=label)
+    for bar, value in zip(bars, values):
+        if not math.isnan(value):
+            ax.annotate(
+                fmt.format(value),
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
+
+
 def plot_task_scores(scores: dict, path: Path) -> Path | None:
     """Grouped bars: each task's headline score in every evaluation set (seen vs held-out)."""
     tasks_by_set = scores["tasks"]
@@ -71,16 +85,7 @@ def plot_task_scores(scores: dict, path: Path) -> Path | None:
     for i, set_name in enumerate(sets):
         values = [tasks_by_set[set_name].get(t, {}).get(headline_metric(t), math.nan) for t in tasks]
         positions = [j + (i - (len(sets) - 1) / 2) * width for j in range(len(tasks))]
-        bars = ax.bar(positions, [0 if math.isnan(v) else v for v in values], width, label=set_name)
-        for bar, value in zip(bars, values):
-            if not math.isnan(value):
-                ax.annotate(
-                    f"{value:.2f}",
-                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center",
-                    va="bottom",
-                    fontsize=7,
-                )
+        _bars(ax, positions, values, width, set_name, "{:.2f}")
     ax.set_xticks(range(len(tasks)), [f"{t}\n({headline_metric(t)})" for t in tasks], fontsize=8)
     ax.set_ylabel("score")
     ax.set_title("Per-task scores: seen vs held-out")
@@ -101,17 +106,7 @@ def plot_benchmarks(benchmarks: dict[str, dict], path: Path) -> Path | None:
     own = [scored[n]["metrics"][scored[n]["headline"]] for n in names]
     swapped = [scored[n].get("swapped_media", {}).get(scored[n]["headline"], math.nan) for n in names]
     for offset, values, label in ((-0.2, own, "own image"), (0.2, swapped, "swapped image")):
-        bars = ax.bar([i + offset for i in range(len(names))], [0 if math.isnan(v) else v for v in values], 0.4)
-        bars.set_label(label)
-        for bar, value in zip(bars, values):
-            if not math.isnan(value):
-                ax.annotate(
-                    f"{value:.3g}",
-                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center",
-                    va="bottom",
-                    fontsize=7,
-                )
+        _bars(ax, [i + offset for i in range(len(names))], values, 0.4, label, "{:.3g}")
     ax.set_xticks(range(len(names)), [f"{n}\n({scored[n]['headline']})" for n in names], fontsize=8)
     ax.set_ylabel("score")
     ax.set_title("Benchmarks: own vs swapped image")
