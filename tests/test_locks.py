@@ -142,7 +142,8 @@ def test_two_trainings_started_together_leave_one_intact_run(tmp_path):
     (loser,) = [p for p in procs if p.poll() is not None]
     (winner,) = [p for p in procs if p is not loser]
     output = loser.communicate(timeout=60)[0]
-    assert loser.returncode != 0 and "is being written by" in output and "pid" in output, output
+    # the holder's pid is named once it is written; a loser that comes in between says the rest
+    assert loser.returncode != 0 and "is being written by" in output, output
     while not (run / "metrics.jsonl").is_file() and winner.poll() is None:  # the winner is training
         time.sleep(0.2)
     winner.kill()

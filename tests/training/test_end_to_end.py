@@ -164,8 +164,9 @@ def test_vqa_runs_report_official_vqa_accuracy(compose, tmp_path, fast_paths):
         assert summary["feature_cache_hits"] > 0 and summary["feature_cache_misses"] == 0
         from mmit.data.features import FeatureStore
 
-        root = Path(summary["feature_cache"]["image"]["dir"]).expanduser()
-        assert len(FeatureStore(root)) == 40  # every demo image, encoded once for all splits
+        cache = summary["feature_cache"]["image"]
+        assert len(FeatureStore(Path(cache["dir"]).expanduser())) == cache["items"] >= 40
+        assert cache["encoded_now"] <= 40  # each of the 40 demo images encoded at most once, for all splits
     assert 0.0 <= summary["after"]["eval/seen/vqa_accuracy"] <= 1.0
     assert "eval/heldout_tasks/vqa_accuracy" not in summary["after"]  # detailed captions are not VQA
 
