@@ -5,7 +5,7 @@ clip (all of its captions, all of its question-answer pairs, or its transcript) 
 conversation. Errors are yielded, not raised, so the builder's ``on_error`` policy decides; a
 location names the file and record. A file that cannot be read at all (bad JSON, or not the
 layout's shape) raises SampleError naming the file. Audio readers: Clotho and AudioCaps caption
-CSVs, audio caption / QA / transcript JSONL, and LibriSpeech transcripts.
+CSVs, and audio caption / QA / transcript JSONL.
 
 Every field's type is checked (``wrong_type``). Media files must lie inside the reader's folder
 (``images_dir``, ``audio_dir``, the JSONL's own folder): ``..``, absolute paths and symlinks that
@@ -592,19 +592,3 @@ def read_transcript_jsonl(path: str, audio_dir: str | None = None, allow_outside
         seen.add(name)
         text = _clean(record["text"])
         yield _transcribed_clip(where, "transcript_jsonl", "transcript-", root, name, text, allow_outside_root)
-
-
-def read_librispeech(root: str, audio_ext: str = "flac", allow_outside_root: bool = False) -> Item:
-    """LibriSpeech-style ``<speaker>/<chapter>/<speaker>-<chapter>.trans.txt`` lines ``ID TEXT``; audio ``ID.flac``."""
-    base = Path(root)
-    for listing in sorted(base.rglob("*.trans.txt")):
-        for k, line in enumerate(listing.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            where = f"{listing}:{k}"
-            utterance, _, text = line.strip().partition(" ")
-            if not text.strip():
-                yield where, SampleError("empty_answer", f"{where}: no transcript for {utterance}")
-                continue
-            name = str((listing.parent / f"{utterance}.{audio_ext}").relative_to(base))
-            yield _transcribed_clip(where, "librispeech", "librispeech-", base, name, text.strip(), allow_outside_root)

@@ -19,7 +19,6 @@ from mmit.data.annotations import (
     read_audiocaps,
     read_clotho_captions,
     read_jsonl,
-    read_librispeech,
     read_transcript_jsonl,
 )
 from mmit.data.audio import AudioPolicy, check_audio, decode_audio, prepare_audio, resample
@@ -191,16 +190,6 @@ def test_audio_jsonl_readers(tmp_path, clips):
     chat.write_text(json.dumps(record) + "\n")
     (ann,), _ = items(read_jsonl(str(chat), str(clips)))
     assert [m.kind for m in ann.media] == ["audio"] and ann.group == "c0.wav"
-
-
-def test_librispeech_reader(tmp_path, clips):
-    chapter = tmp_path / "LibriSpeech" / "dev-clean" / "84" / "121123"
-    chapter.mkdir(parents=True)
-    soundfile.write(chapter / "84-121123-0000.flac", np.sin(np.arange(8000) / 5.0) * 0.3, 16000)
-    (chapter / "84-121123.trans.txt").write_text("84-121123-0000 GO DO YOU HEAR\n84-121123-0001 BUT IN LESS\n")
-    anns, errors = items(read_librispeech(str(tmp_path / "LibriSpeech")))
-    assert [(a.transcript, a.group) for a in anns] == [("GO DO YOU HEAR", "dev-clean/84/121123/84-121123-0000.flac")]
-    assert errors == ["missing_media"]
 
 
 # --- shaping -------------------------------------------------------------------------------
