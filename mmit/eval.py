@@ -28,9 +28,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from mmit.benchmarks import BENCHMARKS, load_benchmark
+from mmit.benchmarks import BENCHMARKS
 from mmit.cli import user_errors
-from mmit.evaluation import evaluate_set
+from mmit.evaluation import evaluate_benchmarks, evaluate_set
 from mmit.generation import GenerationOptions
 from mmit.grounding import GROUNDING_NOTE, PRIOR_FILE, AnswerPrior, grounding_line, grounding_table
 from mmit.inference import LoadedModel, load_base, load_run
@@ -134,41 +134,19 @@ def run_benchmarks(
     seed: int = 0,
     keep_max_new_tokens: bool = False,
 ) -> tuple[list[Prediction], list[Prediction], dict[str, dict], dict[str, list]]:
-    """Answer and score each benchmark (``specs``: name -> root) with its official metric, and
-    again with images swapped between samples; returns predictions, swapped predictions, scores
-    per benchmark and EvalAI submission rows for benchmarks without references (test-dev)."""
-    from dataclasses import replace
-
-    from mmit.benchmarks import vqav2
-
-    predictions, swapped, scores, submissions = [], [], {}, {}
-    for name, root in specs.items():
-        bench = load_benchmark(name, root)
-        log.info("benchmark %s: %d samples from %s (%s)", name, len(bench.samples), root, bench.layout)
-        # lmms-eval's generation length for the task, unless the user chose one
-        opts = options if keep_max_new_tokens else replace(options, max_new_tokens=bench.max_new_tokens)
-        result = evaluate_loaded(
-            loaded, name, bench.samples, opts, None, swap_media and bench.has_references, seed, batch_size
-        )
-        predictions += result.predictions
-        swapped += result.swapped
-        if not bench.has_references:
-            ids = vqav2.all_test_question_ids(root) if (Path(root) / vqav2.TEST_QUESTIONS).is_file() else ()
-            submissions[name] = vqav2.submission(bench, result.predictions, ids)
-            scores[name] = {"benchmark": name, "n": len(bench.samples), "submission": f"{name}_submission.json"}
-            continue
-        scored = bench.score(result.predictions)
-        scored["headline"] = next(iter(scored["metrics"]))
-        if len(result.swapped) == len(bench.samples):
-            blind = bench.score(result.swapped)["metrics"]
-            scored["swapped_media"] = blind
-            scored["dependence"] = scored["metrics"][scored["headline"]] - blind[scored["headline"]]
-        elif swap_media:  # the official scorers take whole sets only
-            scored["no_dependence"] = (
-                f"only {len(result.swapped)} of {len(bench.samples)} samples have another image in the set to swap in"
-            )
-        scores[name] = scored
-    return predictions, swapped, scores, submissions
+    """``mmit.evaluation.evaluate_benchmarks`` with a loaded model's precision and preprocessing."""
+    return evaluate_benchmarks(
+        loaded.model,
+        loaded.tokenizer,
+        specs,
+        options,
+        batch_size=batch_size,
+        swap_media=swap_media,
+        seed=seed,
+        keep_max_new_tokens=keep_max_new_tokens,
+        autocast_dtype=loaded.autocast_dtype,
+        preprocess=loaded.preprocess,
+    )
 
 
 def benchmark_lines(benchmarks: dict[str, dict]) -> list[str]:

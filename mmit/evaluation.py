@@ -103,3 +103,74 @@ def evaluate_set(
         bar.update()
     bar.close()
     return SetResult(own, others)
+
+
+def evaluate_benchmarks(
+    model: MultimodalLM,
+    tokenizer: PreTrainedTokenizerBase,
+    specs: dict[str, str],
+    options: GenerationOptions,
+    batch_size: int = 16,
+    swap_media: bool = True,
+    seed: int = 0,
+    keep_max_new_tokens: bool = False,
+    autocast_dtype: torch.dtype | None = None,
+    preprocess: dict | None = None,
+) -> tuple[list[Prediction], list[Prediction], dict[str, dict], dict[str, list]]:
+    """Answer and score each benchmark (``specs``: name -> root, ``mmit.benchmarks``) with its
+    official metric, and again with images swapped between samples; returns predictions, swapped
+    predictions, scores per benchmark and EvalAI submission rows for those without references
+    (test-dev). ``mmit.eval --benchmark`` and training's final evaluation (``trainer.benchmarks``)
+    both come here, so a benchmark is prompted and scored the same way in both."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from mmit.benchmarks import load_benchmark, vqav2
+
+    predictions, swapped_predictions, scores, submissions = [], [], {}, {}
+    for name, root in specs.items():
+        bench = load_benchmark(name, root)
+        # lmms-eval's generation length for the task, unless the user chose one
+        opts = options if keep_max_new_tokens else replace(options, max_new_tokens=bench.max_new_tokens)
+        result = evaluate_set(
+            model,
+            tokenizer,
+            name,
+            bench.samples,
+            opts,
+            swap_media=swap_media and bench.has_references,
+            seed=seed,
+            batch_size=batch_size,
+            autocast_dtype=autocast_dtype,
+            preprocess=preprocess,
+            progress=True,
+        )
+        predictions += result.predictions
+        swapped_predictions += result.swapped
+        if not bench.has_references:
+            ids = vqav2.all_test_question_ids(root) if (Path(root) / vqav2.TEST_QUESTIONS).is_file() else ()
+            submissions[name] = vqav2.submission(bench, result.predictions, ids)
+            scores[name] = {"benchmark": name, "n": len(bench.samples), "submission": f"{name}_submission.json"}
+            continue
+        scored = bench.score(result.predictions)
+        scored["headline"] = next(iter(scored["metrics"]))
+        if len(result.swapped) == len(bench.samples):
+            blind = bench.score(result.swapped)["metrics"]
+            scored["swapped_media"] = blind
+            scored["dependence"] = scored["metrics"][scored["headline"]] - blind[scored["headline"]]
+        elif swap_media:  # the official scorers take whole sets only
+            scored["no_dependence"] = (
+                f"only {len(result.swapped)} of {len(bench.samples)} samples have another image in the set to swap in"
+            )
+        scores[name] = scored
+    return predictions, swapped_predictions, scores, submissions
+
+
+def benchmark_metrics(scores: dict[str, dict]) -> dict[str, float]:
+    """Flat ``bench/<name>/<metric>`` values (and ``.../dependence``) for metrics logs."""
+    flat = {}
+    for name, b in scores.items():
+        flat.update({f"bench/{name}/{k}": float(v) for k, v in b.get("metrics", {}).items()})
+        if "dependence" in b:
+            flat[f"bench/{name}/dependence"] = float(b["dependence"])
+    return flat

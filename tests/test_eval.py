@@ -299,3 +299,38 @@ def test_eval_cli_scores_standard_benchmarks(vqa_run, tmp_path):
         assert image.size[0] > 300
     with pytest.raises(SystemExit, match="NAME=ROOT"):
         main([str(run_dir), "--benchmark", "nope=/tmp"])
+
+
+@pytest.mark.slow
+def test_a_benchmark_scored_after_training_equals_mmit_eval_on_the_checkpoint(tmp_path):
+    """trainer.benchmarks and mmit.eval --benchmark share their code: the same prompts, answers and scores."""
+    from mmit.eval import main
+    from mmit.inference import compose_config
+    from mmit.train import run
+
+    pope = Path(__file__).resolve().parent / "benchmarks" / "fixtures" / "pope"
+    overrides = [
+        "+recipe=vqa_tiny",
+        "trainer.max_steps=2",
+        "trainer.save_every=2",
+        "trainer.batch_size=4",
+        "trainer.generate_samples=2",
+        "trainer.eval_batches=1",
+        "trainer.precision=fp32",
+        f"trainer.benchmarks={{pope: '{pope}'}}",
+        f"data.source.overrides=['prepare.n_images=40','out_dir={tmp_path}/demo','prepare.out_dir={tmp_path}/demo-src']",
+    ]
+    summary = run(compose_config(overrides), tmp_path / "run")
+    in_loop = summary["benchmarks"]["pope"]
+    assert in_loop["n"] == 8 and set(in_loop["tables"]["split"]) == {"random", "popular", "adversarial"}
+    assert summary["after"]["bench/pope/f1"] == in_loop["metrics"]["f1"]
+    answers = json.loads((tmp_path / "run" / "answers_after.json").read_text())["pope"]
+
+    out = main(
+        [str(tmp_path / "run"), "--benchmark", f"pope={pope}", "--batch-size", "8", "--out", str(tmp_path / "e")]
+    )
+    offline = json.loads((out / "metrics.json").read_text())["scores"]["benchmarks"]["pope"]
+    preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [a["prompt"] for a in answers] == [p["prompt"] for p in preds]
+    assert [a["prediction"] for a in answers] == [p["prediction"] for p in preds]
+    assert offline["metrics"] == in_loop["metrics"]

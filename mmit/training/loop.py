@@ -21,7 +21,7 @@ from mmit.data.datasets import StreamedDataset, TokenizedDataset
 from mmit.data.features import FeatureStore
 from mmit.data.loader import Prefetch, batch_stream
 from mmit.data.samples import Conversation
-from mmit.evaluation import evaluate_set, sample_losses
+from mmit.evaluation import benchmark_metrics, evaluate_benchmarks, evaluate_set, sample_losses
 from mmit.generation import GenerationOptions
 from mmit.grounding import AnswerPrior, swap_plan, swapped
 from mmit.metrics import VQA_NORMALISATIONS
@@ -83,6 +83,8 @@ class TrainerConfig:
     eval_before: str = "full"  # evaluation before training: full | loss (no generation) | none
     max_new_tokens: int = 32
     vqa_normalisation: str = "official"  # official (VQAv2's vqaEval.py) | lmms_eval (mmit.metrics.vqa_accuracy)
+    # Standard benchmarks scored after training, {name: folder} (mmit.benchmarks), as mmit.eval --benchmark does
+    benchmarks: dict[str, str] | None = None
     save_every: int = 100
     keep_last: int = 2
     resume: bool = True
@@ -540,17 +542,42 @@ def save(run: TrainingRun, done: int, stream, optimizer, scheduler, before: dict
 
 
 def evaluate_at_end(run: TrainingRun) -> tuple[dict, dict]:
-    """The final metrics and scores; the first process writes the answers and closes the metrics log."""
+    """The final metrics and scores, and the benchmarks' (``trainer.benchmarks``); the first process
+    writes the answers and closes the metrics log."""
     after, scores = {}, {}
     if run.d.is_main or run.sharded:
         with distributed.whole(run.model, run.sharded):
             after, answers, scores = run.evaluate()
+            if run.cfg.benchmarks:
+                after, scores = score_benchmarks(run, after, scores, answers)
     if run.d.is_main:
         _write_json(run.run_dir / "answers_after.json", answers)
         run.tracker.log({"step": run.cfg.max_steps, **after})
         run.tracker.close()
     distributed.barrier(run.d)
     return after, scores
+
+
+def score_benchmarks(run: TrainingRun, after: dict, scores: dict, answers: dict) -> tuple[dict, dict]:
+    """The benchmarks answered and scored as ``mmit.eval --benchmark`` does (the same code); their
+    answers join ``answers``, a test-dev set's EvalAI file goes to the run folder."""
+    model = run.model.eval()
+    predictions, swapped, benchmarks, submissions = evaluate_benchmarks(
+        model,
+        run.tokenizer,
+        dict(run.cfg.benchmarks),
+        GenerationOptions(run.cfg.max_new_tokens),
+        batch_size=run.cfg.batch_size * 2,
+        swap_media=run.cfg.swap_media,
+        seed=run.cfg.seed,
+        autocast_dtype=autocast_dtype(run.cfg.precision),
+        preprocess=run.collate.preprocess,
+    )
+    answers.update(answers_by_set(predictions, swapped))
+    if run.d.is_main:
+        for name, rows in submissions.items():
+            _write_json(run.run_dir / f"{name}_submission.json", rows)
+    return {**after, **benchmark_metrics(benchmarks)}, {**scores, "benchmarks": benchmarks}
 
 
 FLOPS_FORMULA = "6 x N x tokens / s, N: LLM + projector parameters (not the encoders), tokens: not padding"
@@ -598,6 +625,7 @@ def run_summary(run: TrainingRun, progress: Progress, elapsed: float, before: di
         "after": after,
         "grounding": scores.get("grounding", {}),
         "vqa_normalisation": run.cfg.vqa_normalisation,
+        "benchmarks": scores.get("benchmarks", {}),
     }
 
 
