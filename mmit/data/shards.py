@@ -291,13 +291,6 @@ class TarWriter:
         self.abort() if kind else self.close()
 
 
-def write_tar(path: Path, files: list[tuple[str, bytes]]) -> None:
-    """A whole tar at once (see :class:`TarWriter`)."""
-    with TarWriter(path) as tar:
-        for name, data in files:
-            tar.add(name, data)
-
-
 def shard_urls(directory: str | Path) -> list[str]:
     urls = sorted(str(p) for p in Path(directory).glob("shard-*.tar"))
     if not urls:

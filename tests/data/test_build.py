@@ -22,7 +22,7 @@ from mmit.data.annotations import (
     read_vqav2,
 )
 from mmit.data.samples import SampleError
-from mmit.data.shards import ShardStream, check_image, read_shards, shard_urls, write_tar
+from mmit.data.shards import ShardStream, TarWriter, check_image, read_shards, shard_urls
 from mmit.data.templates import load_templates
 from mmit.paths import RECIPES_DIR
 
@@ -313,7 +313,9 @@ def test_shards_of_one_conversation_per_sample_still_read(tmp_path):
         "media": [{"kind": "image", "ext": "png"}],
     }
     shard = tmp_path / "shard-000000.tar"
-    write_tar(shard, [("k-000000.json", json.dumps(record).encode()), ("k-000000.0.png", _png("red"))])
+    with TarWriter(shard) as tar:
+        tar.add("k-000000.json", json.dumps(record).encode())
+        tar.add("k-000000.0.png", _png("red"))
     (conv,) = read_shards([str(shard)])
     assert conv.id == "old-1" and conv.messages[1].content == "red" and conv.media[0].data == _png("red")
 
@@ -570,11 +572,13 @@ def test_streaming_batches_cover_each_sample_once_and_resume(built):
     assert head + [next(resumed) for _ in range(per_epoch)] == expected
 
 
-def test_write_tar_gives_the_bytes_tarfile_writes(tmp_path):
+def test_the_tar_writer_gives_the_bytes_tarfile_writes(tmp_path):
 
     files = [("s-000000.json", b'{"id": 1}'), ("s-000000.0.png", bytes(range(256)) * 5), ("x" * 120 + ".json", b"")]
     files += [("ñandú-é.json", b"x" * 511), ("y" * 99, b"z" * 513), ("y" * 100, b""), ("a.b", b"q" * 70000)]
-    write_tar(tmp_path / "ours.tar", files)
+    with TarWriter(tmp_path / "ours.tar") as ours:
+        for name, data in files:
+            ours.add(name, data)
     with tarfile.open(tmp_path / "tarfile.tar", "w", format=tarfile.GNU_FORMAT) as tar:
         for name, data in files:
             info = tarfile.TarInfo(name)

@@ -162,7 +162,7 @@ def test_a_streamed_bad_record_reaches_the_tokenizers_policy(tiny, tmp_path):
 def test_what_mmit_build_writes_passes_the_checks(tmp_path):
     """The checks accept every shard the builder writes (text, one image, two images)."""
     from mmit.data.samples import Conversation, MediaRef, Message
-    from mmit.data.shards import encode_sample, write_tar
+    from mmit.data.shards import TarWriter, encode_sample
 
     two = [MediaRef("image", "png", data=_png("red")), MediaRef("image", "png", data=_png("blue"))]
     convs = [
@@ -171,7 +171,9 @@ def test_what_mmit_build_writes_passes_the_checks(tmp_path):
     ]
     files = encode_sample("shard-000000-000000", convs[:1], two) + encode_sample("shard-000000-000001", convs[1:], [])
     (tmp_path / "set").mkdir()
-    write_tar(tmp_path / "set" / "shard-000000.tar", files)
+    with TarWriter(tmp_path / "set" / "shard-000000.tar") as tar:
+        for name, data in files:
+            tar.add(name, data)
     kept = read_conversations([tmp_path / "set"], on_error="raise")
     assert [c.id for c in kept] == ["a", "b"] and [len(c.media) for c in kept] == [2, 0]
     assert kept[0].media[1].read() == _png("blue") and kept[0].meta == {"x": 1}

@@ -254,7 +254,7 @@ def test_tar_member_names_never_escape(tmp_path):
 
     from mmit.data.annotations import read_caption_shards
     from mmit.data.samples import Conversation, Message
-    from mmit.data.shards import encode_sample, write_tar
+    from mmit.data.shards import TarWriter, encode_sample
 
     png = io.BytesIO()
     Image.new("RGB", (8, 8), "red").save(png, format="PNG")
@@ -272,7 +272,9 @@ def test_tar_member_names_never_escape(tmp_path):
     conv = Conversation("../../x", [Message("user", "<image>\nhi"), Message("assistant", "ok")], {}, annotation.media)
     out = tmp_path / "out" / "shard-000000.tar"
     out.parent.mkdir()
-    write_tar(out, encode_sample("shard-000000-000000", [conv], conv.media))
+    with TarWriter(out) as tar:
+        for name, data in encode_sample("shard-000000-000000", [conv], conv.media):
+            tar.add(name, data)
     with tarfile.open(out) as tar:
         names = tar.getnames()
     assert names and all(re.fullmatch(r"shard-\d{6}-\d{6}\.[\w.]+", n) for n in names), names
