@@ -125,30 +125,6 @@ def run_eval(
     return predictions, swapped, score_predictions(predictions, swapped, prior, vqa_normalisation), skipped
 
 
-def run_benchmarks(
-    loaded: LoadedModel,
-    specs: dict[str, str],
-    options: GenerationOptions,
-    batch_size: int = 16,
-    swap_media: bool = True,
-    seed: int = 0,
-    keep_max_new_tokens: bool = False,
-) -> tuple[list[Prediction], list[Prediction], dict[str, dict], dict[str, list]]:
-    """``mmit.evaluation.evaluate_benchmarks`` with a loaded model's precision and preprocessing."""
-    return evaluate_benchmarks(
-        loaded.model,
-        loaded.tokenizer,
-        specs,
-        options,
-        batch_size=batch_size,
-        swap_media=swap_media,
-        seed=seed,
-        keep_max_new_tokens=keep_max_new_tokens,
-        autocast_dtype=loaded.autocast_dtype,
-        preprocess=loaded.preprocess,
-    )
-
-
 def benchmark_lines(benchmarks: dict[str, dict]) -> list[str]:
     """The report's benchmark section: every metric (with swapped images beside it) and every table."""
     lines = []
@@ -401,14 +377,17 @@ def main(argv: list[str] | None = None) -> Path:
     )
     submissions = {}
     if benchmarks:
-        bench_predictions, bench_swapped, scores["benchmarks"], submissions = run_benchmarks(
-            loaded,
+        bench_predictions, bench_swapped, scores["benchmarks"], submissions = evaluate_benchmarks(
+            loaded.model,
+            loaded.tokenizer,
             benchmarks,
             options,
             args.batch_size,
             swap_media=not args.no_swap_media,
             seed=args.seed,
             keep_max_new_tokens=args.max_new_tokens is not None,
+            autocast_dtype=loaded.autocast_dtype,
+            preprocess=loaded.preprocess,
         )
         predictions, swapped = predictions + bench_predictions, swapped + bench_swapped
     elapsed = time.perf_counter() - started
