@@ -23,9 +23,7 @@ from mmit.grounding import AnswerPrior
 from mmit.paths import cache_dir
 
 if TYPE_CHECKING:
-    from mmit.data.collate import Collator
     from mmit.data.datasets import StreamedDataset, TokenizedDataset
-    from mmit.data.features import FeatureStore
     from mmit.data.samples import MediaSlot
     from mmit.models.multimodal_lm import MultimodalLM
     from mmit.training.loop import EvalSet, TrainerConfig
@@ -230,15 +228,6 @@ def prepare_feature_caches(cfg: DictConfig, model, data: BuiltData, device: str 
 
         stores[kind] = build_feature_cache(root, kind, encoder, config, refs(), DECODERS[kind], device=device)
     return stores
-
-
-def build_collator(model: MultimodalLM, tokenizer, features: dict[str, FeatureStore] | None = None) -> Collator:
-    """Samples -> batches for ``model``: padded with the tokenizer's pad token, media preprocessed by
-    each encoder (or read from its feature cache, ``prepare_feature_caches``)."""
-    from mmit.data.collate import Collator
-
-    preprocess = {kind: encoder.preprocess for kind, encoder in model.encoders.items()}
-    return Collator(tokenizer.pad_token_id, preprocess=preprocess, features=features)
 
 
 def build_trainer_config(cfg: DictConfig) -> TrainerConfig:

@@ -144,3 +144,10 @@ class Collator:
         media, features = self.media_inputs(samples)
         ids = [s.id for s in samples]
         return Batch(input_ids, attention_mask, labels, ids, media, position_ids, features, spans)
+
+
+def collator_for(model, tokenizer, features: dict | None = None) -> Collator:
+    """Samples -> batches for ``model`` (a ``MultimodalLM``): padded with the tokenizer's pad token,
+    media preprocessed by each encoder, or read from its feature cache (``features``)."""
+    preprocess = {kind: encoder.preprocess for kind, encoder in model.encoders.items()}
+    return Collator(tokenizer.pad_token_id, preprocess=preprocess, features=features)

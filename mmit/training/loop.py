@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
 
-from mmit.data.collate import Collator
+from mmit.data.collate import Collator, collator_for
 from mmit.data.datasets import StreamedDataset, TokenizedDataset
 from mmit.data.features import FeatureStore
 from mmit.data.loader import Prefetch, batch_stream
@@ -307,9 +307,7 @@ def train(
     )
     log.info("device %s, precision %s", device, cfg.precision)
     prepare_model(model, device, cfg)
-    collate = Collator(
-        tokenizer.pad_token_id, preprocess={k: e.preprocess for k, e in model.encoders.items()}, features=features
-    )
+    collate = collator_for(model, tokenizer, features)
     stream = training_batches(train_set, collate, cfg, d, tokenizer.pad_token_id, min_saving)
     resume_from = latest_checkpoint(run_dir) if cfg.resume else None
     state = resume_weights_and_data(resume_from, model, stream, d)

@@ -164,28 +164,21 @@ class LoopSetup:
         return dataclasses.replace(variant, pack_length=-(-max(self.lengths) // 64) * 64)
 
     def batch_size(self, variant: MmitFastPaths) -> int:
-        """Padded: ``b4_batch`` samples. Packed: as many rows as hold the real tokens of such a batch."""
-        if not variant.pack_length:
-            return self.plan.b4_batch
-        rows = self.plan.b4_batch * self.real_tokens / len(self.lengths) / variant.pack_length
-        return max(1, round(rows))
+        """``b4_batch`` samples a step, padded or packed: the trainer packs each step's own samples."""
+        return self.plan.b4_batch
 
     def epoch_stats(self, variant: MmitFastPaths) -> dict:
         """Steps, samples, computed and real tokens of the first epoch of mmit's loader (seed 0, media undecoded)."""
         from mmit.data.collate import Collator
         from mmit.data.loader import batch_stream
+        from mmit.training.packing import pack_batch
 
-        stream = batch_stream(
-            self.dataset,
-            Collator(self.pad_id),
-            self.batch_size(variant),
-            0,
-            variant.group_by_length,
-            pack_length=variant.pack_length,
-        )
+        stream = batch_stream(self.dataset, Collator(self.pad_id), self.batch_size(variant), 0, variant.group_by_length)
         steps = samples = computed = real = 0
         while samples < len(self.dataset):
             batch = next(stream)
+            if variant.pack_length:  # as the trainer does with trainer.pack_length set
+                batch = pack_batch(batch, variant.pack_length, self.pad_id)
             steps, samples = steps + 1, samples + len(batch.ids)
             computed += batch.input_ids.numel()
             real += int(batch.attention_mask.sum())
@@ -314,7 +307,8 @@ def bench_b1(plan: Plan) -> Result:
             compared=(
                 f"{loop_words(plan, loop)}. **padded**: batches of {plan.b4_batch} samples in shuffled order, each "
                 f"padded to its longest; **packed**: `trainer.pack_length={packed.pack_length}` (the longest "
-                "sample, rounded up), rows filled best-fit, per-sample positions and block-diagonal attention. "
+                "sample, rounded up): each step's samples laid in rows of up to that many tokens, per-sample "
+                "positions and attention. "
                 "Both read cached encoder features"
             ),
             ratio_label="share of the ideal gain: (packed / padded useful tokens/s) / (padded tokens / real tokens)",

@@ -49,13 +49,15 @@ class MmitFastPaths:
 
     name: str
     group_by_length: int = 16  # batches per length-sorted window (trainer.group_by_length), 0 = off
-    pack_length: int = 0  # packed rows of this many tokens (trainer.pack_length); 0 = off, -1 = fit the data
+    pack_length: int = 0  # each batch packed into rows of up to this many tokens (trainer.pack_length); 0 = off, -1 = the longest sample
     feature_cache: bool = False  # frozen-encoder outputs computed once (feature_cache=DIR)
     prefetch: int | None = None  # batches collated ahead (trainer.prefetch); None = mmit's default
 
     def describe(self, batch_size: int) -> str:
         parts = [
-            f"{batch_size} rows of {self.pack_length} packed tokens" if self.pack_length else f"{batch_size} a batch"
+            f"{batch_size} a batch, packed into rows of up to {self.pack_length} tokens"
+            if self.pack_length
+            else f"{batch_size} a batch"
         ]
         if not self.pack_length:
             parts.append(f"group_by_length={self.group_by_length}" if self.group_by_length else "no length grouping")
