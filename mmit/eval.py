@@ -56,26 +56,6 @@ def eval_sets_of(loaded: LoadedModel, extra: dict[str, str]) -> dict[str, list[s
     return sets
 
 
-def evaluate_loaded(
-    loaded: LoadedModel, name: str, convs, options, samples, swap_media: bool, seed: int, batch_size: int
-):
-    """``evaluate_set`` with a loaded model's precision and preprocessing, and a progress bar."""
-    return evaluate_set(
-        loaded.model,
-        loaded.tokenizer,
-        name,
-        convs,
-        options,
-        samples=samples,
-        swap_media=swap_media,
-        seed=seed,
-        batch_size=batch_size,
-        autocast_dtype=loaded.autocast_dtype,
-        preprocess=loaded.preprocess,
-        progress=True,
-    )
-
-
 def run_eval(
     loaded: LoadedModel,
     sets: dict[str, list[str]],
@@ -116,8 +96,19 @@ def run_eval(
         counts.update(Counter(tokenize.skipped) - before)
         pairs = [pairs[i] for i in per_task_prefix([c for c, _ in pairs], max_samples)]
         log.info("%s: %d samples from %s", name, len(pairs), ", ".join(map(str, paths)))
-        result = evaluate_loaded(
-            loaded, name, [c for c, _ in pairs], options, [s for _, s in pairs], swap_media, seed, batch_size
+        result = evaluate_set(
+            loaded.model,
+            loaded.tokenizer,
+            name,
+            [c for c, _ in pairs],
+            options,
+            samples=[s for _, s in pairs],
+            swap_media=swap_media,
+            seed=seed,
+            batch_size=batch_size,
+            autocast_dtype=loaded.autocast_dtype,
+            preprocess=loaded.preprocess,
+            progress=True,
         )
         predictions += result.predictions
         swapped += result.swapped

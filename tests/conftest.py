@@ -61,6 +61,29 @@ def tool():
 
 
 @pytest.fixture(scope="session")
+def build_tiny_multimodal():
+    """Builds a tiny LLM + tiny CLIP tower + MLP projector, wired as mmit does: (model, tokenizer, slot)."""
+
+    def build():
+        from mmit.data.samples import MediaSlot
+        from mmit.models.encoders import tiny_clip_encoder
+        from mmit.models.llm import load_tiny
+        from mmit.models.multimodal_lm import MultimodalLM
+        from mmit.models.projectors import build_projector
+        from mmit.models.tuning import apply_tuning
+
+        loaded = load_tiny()
+        encoder = apply_tuning(tiny_clip_encoder(), "frozen")
+        projector = build_projector("mlp", encoder.output_dim, loaded.model.config.hidden_size)
+        loaded.tokenizer.add_tokens(["<image>"], special_tokens=True)
+        slot = MediaSlot("<image>", loaded.tokenizer.convert_tokens_to_ids("<image>"), encoder.num_tokens)
+        model = MultimodalLM(loaded.model, {"image": encoder}, {"image": projector}, {"image": slot}).eval()
+        return model, loaded.tokenizer, slot
+
+    return build
+
+
+@pytest.fixture(scope="session")
 def tiny():
     """The tiny preset LLM and tokenizer (built once per session, loaded from its directory)."""
     from mmit.models.llm import load_tiny

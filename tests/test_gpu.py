@@ -55,23 +55,11 @@ def _conversations():
 
 
 @pytest.fixture(scope="module")
-def mm_cuda():
+def mm_cuda(build_tiny_multimodal):
     """A tiny LLM + tiny CLIP tower + MLP projector on the GPU, wired as mmit does (as tests/models do)."""
-    from mmit.data.samples import MediaSlot
-    from mmit.models.encoders import tiny_clip_encoder
-    from mmit.models.llm import load_tiny
-    from mmit.models.multimodal_lm import MultimodalLM
-    from mmit.models.projectors import build_projector
-    from mmit.models.tuning import apply_tuning
-
     torch.manual_seed(0)
-    loaded = load_tiny()
-    encoder = apply_tuning(tiny_clip_encoder(), "frozen")
-    projector = build_projector("mlp", encoder.output_dim, loaded.model.config.hidden_size)
-    loaded.tokenizer.add_tokens(["<image>"], special_tokens=True)
-    slot = MediaSlot("<image>", loaded.tokenizer.convert_tokens_to_ids("<image>"), encoder.num_tokens)
-    model = MultimodalLM(loaded.model, {"image": encoder}, {"image": projector}, {"image": slot}).eval()
-    return model.to(CUDA), loaded.tokenizer, slot
+    model, tokenizer, slot = build_tiny_multimodal()
+    return model.to(CUDA), tokenizer, slot
 
 
 def _samples(model, tokenizer, slot):

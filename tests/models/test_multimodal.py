@@ -9,7 +9,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from mmit.data.collate import Collator
-from mmit.data.samples import IGNORE_INDEX, Conversation, MediaRef, MediaSlot, Message, SampleError
+from mmit.data.samples import IGNORE_INDEX, Conversation, MediaRef, Message, SampleError
 from mmit.data.tokenize import tokenize_conversation
 from mmit.factory import build_model
 from mmit.generation import GenerationOptions, generate_answers
@@ -18,7 +18,6 @@ from mmit.models.encoders import (
     HFVisionEncoder,
     OpenClipEncoder,
     build_tiny_clip_dir,
-    tiny_clip_encoder,
 )
 from mmit.models.llm import load_tiny
 from mmit.models.multimodal_lm import MultimodalLM
@@ -36,15 +35,9 @@ def _png(color, size=(40, 30)) -> MediaRef:
 
 
 @pytest.fixture(scope="module")
-def mm():
+def mm(build_tiny_multimodal):
     """A tiny LLM + tiny CLIP tower + MLP projector, wired as mmit does."""
-    loaded = load_tiny()
-    encoder = apply_tuning(tiny_clip_encoder(), "frozen")
-    projector = build_projector("mlp", encoder.output_dim, loaded.model.config.hidden_size)
-    loaded.tokenizer.add_tokens(["<image>"], special_tokens=True)
-    slot = MediaSlot("<image>", loaded.tokenizer.convert_tokens_to_ids("<image>"), encoder.num_tokens)
-    model = MultimodalLM(loaded.model, {"image": encoder}, {"image": projector}, {"image": slot}).eval()
-    return model, loaded.tokenizer, slot
+    return build_tiny_multimodal()
 
 
 def _batch(model, tokenizer, convs):
