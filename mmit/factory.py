@@ -23,9 +23,12 @@ from mmit.grounding import AnswerPrior
 from mmit.paths import cache_dir
 
 if TYPE_CHECKING:
+    from mmit.data.collate import Collator
     from mmit.data.datasets import StreamedDataset, TokenizedDataset
+    from mmit.data.features import FeatureStore
     from mmit.data.samples import MediaSlot
     from mmit.models.multimodal_lm import MultimodalLM
+    from mmit.training.distributed import Dist
     from mmit.training.loop import EvalSet, TrainerConfig
 
 log = logging.getLogger(__name__)
@@ -228,6 +231,53 @@ def prepare_feature_caches(cfg: DictConfig, model, data: BuiltData, device: str 
 
         stores[kind] = build_feature_cache(root, kind, encoder, config, refs(), DECODERS[kind], device=device)
     return stores
+
+
+@dataclass
+class TrainingBatches:
+    """What the loop trains on: this process's endless stream of ready batches (``state()`` /
+    ``load_state()`` resume it exactly; ``close()`` stops its prefetch thread), and the collator
+    that made them, with which evaluation batches its sets."""
+
+    stream: object
+    collate: Collator
+    pack_length: int  # as resolved for this run: 0 when padded
+
+    def close(self) -> None:
+        if hasattr(self.stream, "close"):
+            self.stream.close()
+
+
+def build_training_batches(
+    cfg: TrainerConfig,
+    model: MultimodalLM,
+    tokenizer,
+    train_set: TokenizedDataset | StreamedDataset,
+    features: dict[str, FeatureStore] | None = None,
+    d: Dist | None = None,
+) -> TrainingBatches:
+    """The training set's batches for this process (``d``, the run's ``distributed.setup()``): in the
+    loader's seeded, length-grouped order, media decoded or read from the feature caches, each batch
+    packed where ``trainer.pack_length`` says (``mmit.training.packing``) and prepared ahead in a
+    thread with ``trainer.prefetch``."""
+    from mmit.data.collate import collator_for
+    from mmit.data.loader import Prefetch, batch_stream
+    from mmit.training.distributed import Dist
+    from mmit.training.packing import AUTO_MIN_SAVING, PackedBatches, resolve_pack_length
+
+    d = d or Dist()
+    collate = collator_for(model, tokenizer, features)
+    stream = batch_stream(
+        train_set, collate, cfg.batch_size, cfg.seed, cfg.group_by_length, rank=d.rank, world_size=d.world_size
+    )
+    pack_length = resolve_pack_length(cfg.pack_length, train_set.tokenize.max_length, model, cfg.compile)
+    if pack_length:
+        # Unset, packing applies where it pays (AUTO_MIN_SAVING); set, to every batch.
+        min_saving = AUTO_MIN_SAVING if cfg.pack_length is None else 0.0
+        stream = PackedBatches(stream, pack_length, tokenizer.pad_token_id, min_saving)
+    if cfg.prefetch:
+        stream = Prefetch(stream, cfg.prefetch)
+    return TrainingBatches(stream, collate, pack_length)
 
 
 def build_trainer_config(cfg: DictConfig) -> TrainerConfig:

@@ -18,7 +18,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from mmit.cli import user_errors
 from mmit.config_checks import check_config
-from mmit.factory import build_data, build_model, build_trainer_config, prepare_feature_caches
+from mmit.factory import (
+    build_data,
+    build_model,
+    build_trainer_config,
+    build_training_batches,
+    prepare_feature_caches,
+)
 from mmit.grounding import PRIOR_FILE
 from mmit.models.align import align_projectors
 from mmit.paths import CONF_DIR, atomic_write_text, exclusive_folder
@@ -79,9 +85,8 @@ def _run(cfg: DictConfig, run_dir: Path, place: tuple[distributed.Dist, torch.de
     if d.is_main and data.prior is not None:  # mmit.eval reads the run's blind prior from here
         data.prior.save(run_dir / PRIOR_FILE)
     trainer_cfg = build_trainer_config(cfg)
-    summary = train(
-        built.model, built.tokenizer, data.train, data.eval, trainer_cfg, run_dir, features, data.prior, place
-    )
+    batches = build_training_batches(trainer_cfg, built.model, built.tokenizer, data.train, features, d)
+    summary = train(built.model, built.tokenizer, batches, data.eval, trainer_cfg, run_dir, data.prior, place)
     if aligned:
         summary["projector_align"] = aligned
     summary.update(

@@ -150,8 +150,11 @@ def test_packed_and_padded_batches_give_equal_losses_on_cuda(mm_cuda, attention)
 
     model, tokenizer, slot = mm_cuda
     collate, samples = _samples(model, tokenizer, slot)
-    padded = collate(samples).to(CUDA)
-    packed = collate.pack([[samples[0], samples[1]], [samples[2]]], length=len(samples[2].input_ids) + 8).to(CUDA)
+    from mmit.training.packing import pack_batch
+
+    padded = collate(samples)
+    packed = pack_batch(padded, len(samples[0].input_ids) + len(samples[1].input_ids), tokenizer.pad_token_id).to(CUDA)
+    padded = padded.to(CUDA)
     # flash-attention has no fp32 kernel: that one runs under bf16 autocast, with a bf16 tolerance.
     precision, tol = ("bf16", 2e-2) if attention == "flash_attention_2" else ("fp32", 1e-4)
     model.base_llm.set_attn_implementation(attention)

@@ -1,8 +1,7 @@
 """Tokenized samples -> a batch of tensors, with media decoded (per kind) and preprocessed.
 
-Samples are either right-padded, one per row, or packed several to a row: then each sample
-restarts its position ids at 0, which is what tells the LLM's attention to keep them apart
-(a block-diagonal causal mask; flash-attention's varlen path on GPU).
+Samples are right-padded, one per row; ``mmit.training.packing`` may then lay a batch's samples
+back to back in fewer rows (``Batch.position_ids`` and ``spans`` say where each starts).
 """
 
 from __future__ import annotations
@@ -70,7 +69,7 @@ def preprocess_media(refs: list[MediaRef], preprocess: dict[str, Callable]) -> d
 
 
 class Collator:
-    """Right-pads to the longest sample (rounded up to ``pad_to_multiple_of``), or packs rows.
+    """Right-pads to the longest sample (rounded up to ``pad_to_multiple_of``).
 
     With feature caches, a modality whose items are all cached comes as encoder outputs
     (``Batch.features``) and is neither decoded nor encoded.
@@ -112,38 +111,6 @@ class Collator:
             attention_mask[row, :n] = 1
         media, features = self.media_inputs(samples)
         return Batch(input_ids, attention_mask, labels, [s.id for s in samples], media, features=features)
-
-    def pack(self, rows: list[list[TokenizedSample]], length: int) -> Batch:
-        """Rows of ``length`` tokens, each holding whole samples back to back, then padding.
-
-        The first label of each sample is dropped: it would be predicted from the previous
-        sample's last token. Padding gets positions of its own, so it is a block of its own too.
-        """
-        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-        position_ids = torch.zeros((len(rows), length), dtype=torch.long)
-        spans = [[] for _ in rows]
-        for r, row in enumerate(rows):
-            start = 0
-            for s in row:
-                end = start + len(s.input_ids)
-                if end > length:
-                    raise ValueError(f"samples {[x.id for x in row]} need more than {length} tokens in one row")
-                input_ids[r, start:end] = torch.tensor(s.input_ids)
-                labels[r, start:end] = torch.tensor(s.labels)
-                labels[r, start] = IGNORE_INDEX
-                attention_mask[r, start:end] = 1
-                position_ids[r, start:end] = torch.arange(end - start)
-                spans[r].append((start, end))
-                start = end
-            position_ids[r, start:] = torch.arange(length - start)
-            if start < length:
-                spans[r].append((start, length))
-        samples = [s for row in rows for s in row]
-        media, features = self.media_inputs(samples)
-        ids = [s.id for s in samples]
-        return Batch(input_ids, attention_mask, labels, ids, media, position_ids, features, spans)
 
 
 def collator_for(model, tokenizer, features: dict | None = None) -> Collator:

@@ -1,10 +1,10 @@
 """Batches in a seeded order that changes every epoch, with a position that can be saved.
 
-A batch is planned as rows of sample indices. Padded (the default): one sample per row. With
-``group_by_length`` the epoch's shuffled order is cut into windows of that many batches, each
-window is sorted by length and split into batches, and the batches are shuffled again: samples
-of similar length share a batch, so little compute goes to padding. Packed (``pack_length``):
-samples are packed best-fit into rows of that many tokens, and the rows are shuffled.
+A batch is planned as a list of sample indices, one padded row each. With ``group_by_length``
+the epoch's shuffled order is cut into windows of that many batches, each window is sorted by
+length and split into batches, and the batches are shuffled again: samples of similar length
+share a batch, so little compute goes to padding. (Packing repacks these same batches:
+``mmit.training.packing``.)
 
 ``batch_stream`` is the entry point: a dataset (``mmit.data.datasets``) and a collator in, this
 process's endless stream of batches out.
@@ -12,7 +12,6 @@ process's endless stream of batches out.
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import queue
 import threading
@@ -28,9 +27,6 @@ from mmit.data.samples import IGNORE_INDEX
 if TYPE_CHECKING:
     from mmit.data.datasets import StreamedDataset, TokenizedDataset
 
-# Samples packed together at a time when streaming (in memory, a whole epoch is packed at once).
-PACK_WINDOW = 2048
-
 
 def split_batches(items: list, size: int, length: Callable | None = None) -> list[list]:
     """Consecutive batches of ``size``; longest first when ``length`` is given (stable for ties)."""
@@ -39,36 +35,8 @@ def split_batches(items: list, size: int, length: Callable | None = None) -> lis
     return [items[k : k + size] for k in range(0, len(items), size)]
 
 
-def pack_rows(items: list, length: Callable, row_length: int) -> list[list]:
-    """Best-fit decreasing: longest first, each into the fullest row it still fits (stable for ties)."""
-    rows: list[list] = []
-    free: list[tuple[int, int]] = []  # (tokens left, row), sorted
-    for item in sorted(items, key=lambda item: -length(item)):
-        n = length(item)
-        if n > row_length:
-            raise ValueError(f"a sample of {n} tokens does not fit rows of {row_length} (trainer.pack_length)")
-        k = bisect.bisect_left(free, (n, -1))
-        if k == len(free):
-            rows.append([item])
-            left, row = row_length - n, len(rows) - 1
-        else:
-            left, row = free.pop(k)
-            rows[row].append(item)
-            left -= n
-        if left:
-            bisect.insort(free, (left, row))
-    return rows
-
-
 def shuffled(items: list, generator: torch.Generator) -> list:
     return [items[i] for i in torch.randperm(len(items), generator=generator).tolist()]
-
-
-def collate_rows(collate: Collator, rows: list[list], pack_length: int) -> Batch:
-    """Packed rows, or one padded row per sample."""
-    if pack_length:
-        return collate.pack(rows, pack_length)
-    return collate([s for row in rows for s in row])
 
 
 def without_loss(batch: Batch) -> Batch:
@@ -78,7 +46,7 @@ def without_loss(batch: Batch) -> Batch:
     return dataclasses.replace(batch, labels=torch.full_like(batch.labels, IGNORE_INDEX), ids=[])
 
 
-# ours: exact (epoch, index) resume of length-grouped, packed, rank-strided batches; torchdata is not installed, not measured
+# ours: exact (epoch, index) resume of length-grouped, rank-strided batches; torchdata is not installed, not measured
 class BatchStream:
     """An endless iterator of batches; ``state()`` / ``load_state()`` make resume exact."""
 
@@ -92,36 +60,32 @@ class BatchStream:
         group_by_length: int = 0,
         rank: int = 0,
         world_size: int = 1,
-        pack_length: int = 0,
     ):
-        # Every process computes the same global batches of batch_size x world_size rows and
-        # takes every world_size-th row of each: together they see each sample once per epoch.
+        # Every process computes the same global batches of batch_size x world_size samples and
+        # takes every world_size-th of each: together they see each sample once per epoch.
         self.dataset, self.batch_size, self.collate = dataset, batch_size * world_size, collate
         self.seed, self.shuffle, self.group_by_length = seed, shuffle, group_by_length
-        self.rank, self.world_size, self.pack_length = rank, world_size, pack_length
+        self.rank, self.world_size = rank, world_size
         self.epoch, self.index = 0, 0
-        self._cached: tuple[int, list[list[list[int]]]] | None = None
+        self._cached: tuple[int, list[list[int]]] | None = None
 
     def _length(self, i: int) -> int:
         return len(self.dataset[i].input_ids)
 
-    def _batches(self) -> list[list[list[int]]]:
-        """This epoch's batches, each a list of rows of sample indices."""
+    def _batches(self) -> list[list[int]]:
+        """This epoch's global batches, each a list of sample indices."""
         if self._cached is None or self._cached[0] != self.epoch:
             n, size = len(self.dataset), self.batch_size
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             order = torch.randperm(n, generator=generator).tolist() if self.shuffle else list(range(n))
-            if self.pack_length:
-                rows = pack_rows(order, self._length, self.pack_length)
-                batches = split_batches(shuffled(rows, generator) if self.shuffle else rows, size)
-            elif self.group_by_length and self.shuffle:
+            if self.group_by_length and self.shuffle:
                 window = size * self.group_by_length
                 batches = []
                 for start in range(0, n, window):
                     batches += split_batches(order[start : start + window], size, length=self._length)
-                batches = [[[i] for i in b] for b in shuffled(batches, generator)]
+                batches = shuffled(batches, generator)
             else:
-                batches = [[[i] for i in b] for b in split_batches(order, size)]
+                batches = split_batches(order, size)
             self._cached = (self.epoch, batches)
         return self._cached[1]
 
@@ -131,15 +95,12 @@ class BatchStream:
     def __next__(self) -> Batch:
         if self.index >= len(self._batches()):
             self.epoch, self.index = self.epoch + 1, 0
-        global_rows = self._batches()[self.index]
-        rows = global_rows[self.rank :: self.world_size]
+        global_batch = self._batches()[self.index]
+        mine = global_batch[self.rank :: self.world_size]
         self.index += 1
-        if not rows:  # a short last batch has no row for this process: it steps on a stand-in
-            return without_loss(self._collate(global_rows[:1]))
-        return self._collate(rows)
-
-    def _collate(self, rows: list[list[int]]) -> Batch:
-        return collate_rows(self.collate, [[self.dataset[i] for i in row] for row in rows], self.pack_length)
+        if not mine:  # a short last batch has no sample for this process: it steps on a stand-in
+            return without_loss(self.collate([self.dataset[global_batch[0]]]))
+        return self.collate([self.dataset[i] for i in mine])
 
     def state(self) -> dict:
         return {"epoch": self.epoch, "index": self.index}
@@ -168,11 +129,10 @@ class StreamingBatches:
         group_by_length: int = 0,
         rank: int = 0,
         world_size: int = 1,
-        pack_length: int = 0,
     ):
         self.urls, self.tokenize, self.batch_size, self.collate = urls, tokenize, batch_size, collate
         self.seed, self.shuffle_buffer, self.group_by_length = seed, shuffle_buffer, group_by_length
-        self.rank, self.world_size, self.pack_length = rank, world_size, pack_length
+        self.rank, self.world_size = rank, world_size
         self.epoch, self.index = 0, 0
         self._batches: Iterator[list] | None = None
 
@@ -181,7 +141,7 @@ class StreamingBatches:
 
         stream = ShardStream(self.urls, self.shuffle_buffer, self.seed, self.rank, self.world_size)
         stream.set_epoch(epoch)
-        window_size = PACK_WINDOW if self.pack_length else self.batch_size * max(self.group_by_length, 1)
+        window_size = self.batch_size * max(self.group_by_length, 1)
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         window: list = []
         for conv in stream:
@@ -194,15 +154,9 @@ class StreamingBatches:
         if window:
             yield from self._split(window, generator)
 
-    def _split(self, window: list, generator: torch.Generator) -> Iterator[list[list]]:
-        """Batches of rows of samples."""
-        if self.pack_length:
-            rows = pack_rows(window, lambda s: len(s.input_ids), self.pack_length)
-            yield from split_batches(shuffled(rows, generator), self.batch_size)
-            return
+    def _split(self, window: list, generator: torch.Generator) -> Iterator[list]:
         length = (lambda s: len(s.input_ids)) if self.group_by_length else None
-        for batch in shuffled(split_batches(window, self.batch_size, length), generator):
-            yield [[s] for s in batch]
+        yield from shuffled(split_batches(window, self.batch_size, length), generator)
 
     def __iter__(self) -> StreamingBatches:
         return self
@@ -218,7 +172,7 @@ class StreamingBatches:
             self._batches = self._epoch(self.epoch)
             batch = next(self._batches)
         self.index += 1
-        return collate_rows(self.collate, batch, self.pack_length)
+        return self.collate(batch)
 
     def state(self) -> dict:
         return {"epoch": self.epoch, "index": self.index}
@@ -237,20 +191,18 @@ def batch_stream(
     shuffle: bool = True,
     rank: int = 0,
     world_size: int = 1,
-    pack_length: int = 0,
-    prefetch: int = 0,
-) -> BatchStream | StreamingBatches | Prefetch:
-    """This process's endless stream of ``dataset``'s batches, prepared ahead in a thread with ``prefetch``.
+) -> BatchStream | StreamingBatches:
+    """This process's endless stream of ``dataset``'s batches.
 
     A dataset held in memory is batched by :class:`BatchStream`; one that names shard ``urls``
     (``StreamedDataset``) is read and tokenized on the fly by :class:`StreamingBatches`, always
-    shuffled (by its shuffle buffer).
+    shuffled (by its shuffle buffer). :class:`Prefetch` prepares them ahead in a thread.
     """
     if hasattr(dataset, "urls"):
         if not shuffle:
             raise ValueError(f"{dataset.name}: a streamed dataset is always shuffled")
         # Each process streams its own shards (split by rank and loader worker).
-        stream = StreamingBatches(
+        return StreamingBatches(
             dataset.urls,
             dataset.tokenize,
             batch_size,
@@ -260,13 +212,8 @@ def batch_stream(
             group_by_length,
             rank,
             world_size,
-            pack_length,
         )
-    else:
-        stream = BatchStream(
-            dataset, batch_size, collate, seed, shuffle, group_by_length, rank, world_size, pack_length
-        )
-    return Prefetch(stream, prefetch) if prefetch else stream
+    return BatchStream(dataset, batch_size, collate, seed, shuffle, group_by_length, rank, world_size)
 
 
 # ours: one thread, position of the last batch handed out; torchdata's StatefulDataLoader is not installed, not measured

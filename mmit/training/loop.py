@@ -11,15 +11,15 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
 
-from mmit.data.collate import Collator, collator_for
-from mmit.data.datasets import StreamedDataset, TokenizedDataset
+from mmit.data.collate import Collator
+from mmit.data.datasets import TokenizedDataset
 from mmit.data.features import FeatureStore
-from mmit.data.loader import Prefetch, batch_stream
 from mmit.data.samples import Conversation
 from mmit.evaluation import benchmark_metrics, evaluate_benchmarks, evaluate_set, sample_losses
 from mmit.generation import GenerationOptions
@@ -40,8 +40,10 @@ from mmit.training.checkpoint import (
 )
 from mmit.training.device import autocast, autocast_dtype, release_freed_memory, resolve_precision
 from mmit.training.loss import answer_turns, next_token_loss_sum
-from mmit.training.packing import AUTO_MIN_SAVING, PackedBatches, resolve_pack_length
 from mmit.training.tracking import MetricsLog
+
+if TYPE_CHECKING:
+    from mmit.factory import TrainingBatches
 
 log = logging.getLogger(__name__)
 
@@ -276,19 +278,19 @@ class Progress:
 def train(
     model: MultimodalLM,
     tokenizer: PreTrainedTokenizerBase,
-    train_set: TokenizedDataset | StreamedDataset,
+    batches: TrainingBatches,
     eval_sets: dict[str, EvalSet],
     cfg: TrainerConfig,
     run_dir: Path,
-    features: dict[str, FeatureStore] | None = None,
     prior: AnswerPrior | None = None,
     place: tuple[distributed.Dist, torch.device] | None = None,
 ) -> dict:
-    """Train ``model`` in place; returns the run's summary (also written to the run dir).
+    """Train ``model`` in place on ``batches`` (``mmit.factory.build_training_batches``); returns the
+    run's summary (also written to the run dir).
 
-    ``features``: caches of frozen encoders' outputs, used in place of running those encoders.
     ``prior``: the training set's answers, for the blind prior beside each evaluation score.
-    ``place``: this process's ``distributed.setup()``, done by the caller once; here when not given.
+    ``place``: this process's ``distributed.setup()``, done by the caller once (the batches were
+    built for it); here when not given.
 
     Under torchrun every process runs this; only the first evaluates and writes files.
     """
@@ -299,16 +301,10 @@ def train(
     run_dir = Path(run_dir)
     check_same_run_dir(run_dir, d)
     # Resolved into a copy: the caller's config stays as given.
-    min_saving = AUTO_MIN_SAVING if cfg.pack_length is None else 0.0
-    cfg = replace(
-        cfg,
-        precision=resolve_precision(cfg.precision, device),
-        pack_length=resolve_pack_length(cfg.pack_length, train_set.tokenize.max_length, model, cfg.compile),
-    )
+    cfg = replace(cfg, precision=resolve_precision(cfg.precision, device), pack_length=batches.pack_length)
     log.info("device %s, precision %s", device, cfg.precision)
     prepare_model(model, device, cfg)
-    collate = collator_for(model, tokenizer, features)
-    stream = training_batches(train_set, collate, cfg, d, tokenizer.pad_token_id, min_saving)
+    stream, collate = batches.stream, batches.collate
     resume_from = latest_checkpoint(run_dir) if cfg.resume else None
     state = resume_weights_and_data(resume_from, model, stream, d)
     start_step = state["step"] if state else 0
@@ -347,7 +343,7 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         if cfg.release_memory:
             release_freed_memory()
-        progress.count(micro_batches, features or {})
+        progress.count(micro_batches, collate.features)
         lr = scheduler.get_last_lr()[0]
         bar.set_postfix(loss=f"{progress.last_loss:.4f}", lr=f"{lr:.2e}")
         if d.is_main and log_due(progress.step, cfg):
@@ -358,8 +354,7 @@ def train(
             save(run, progress.step, stream, optimizer, scheduler, before)
     bar.close()
     touch.remove()
-    if cfg.prefetch:
-        stream.close()
+    batches.close()
     elapsed = time.perf_counter() - progress.started
     after, scores = evaluate_at_end(run)
     return run_summary(run, progress, elapsed, before, after, scores)
@@ -385,25 +380,6 @@ def prepare_model(model: MultimodalLM, device: torch.device, cfg: TrainerConfig)
     model.to(device).train()
     if cfg.gradient_checkpointing:
         model.base_llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-
-def training_batches(
-    train_set: TokenizedDataset | StreamedDataset,
-    collate: Collator,
-    cfg: TrainerConfig,
-    d: distributed.Dist,
-    pad_token_id: int,
-    min_saving: float = 0.0,
-):
-    """This process's endless stream of batches, packed with ``pack_length`` and prepared ahead in a
-    thread with ``prefetch``. The loader plans padded batches either way, so packing keeps each
-    step's samples."""
-    stream = batch_stream(
-        train_set, collate, cfg.batch_size, cfg.seed, cfg.group_by_length, rank=d.rank, world_size=d.world_size
-    )
-    if cfg.pack_length:
-        stream = PackedBatches(stream, cfg.pack_length, pad_token_id, min_saving)
-    return Prefetch(stream, cfg.prefetch) if cfg.prefetch else stream
 
 
 def resume_weights_and_data(resume_from: Path | None, model: MultimodalLM, stream, d: distributed.Dist) -> dict | None:

@@ -2,7 +2,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from mmit.data.loader import BatchStream, Prefetch, pack_rows
+from mmit.data.loader import BatchStream, Prefetch
 
 
 @dataclass
@@ -44,35 +44,6 @@ def test_position_restores_the_same_batches():
     assert head + [next(resumed) for _ in range(7)] == reference
 
 
-def test_packing_fills_rows_and_covers_every_sample_once():
-    data = [Item(i, [0] * (3 + (i * 37) % 60)) for i in range(300)]
-    rows = pack_rows(list(range(300)), lambda i: len(data[i].input_ids), 64)
-    assert sorted(i for row in rows for i in row) == list(range(300))
-    assert all(sum(len(data[i].input_ids) for i in row) <= 64 for row in rows)
-    used = sum(len(s.input_ids) for s in data)
-    assert len(rows) * 64 < 1.05 * used  # best-fit leaves under 5% of the rows empty here
-
-
-def test_packed_epochs_cover_every_sample_once_per_rank_split():
-    data = [Item(i, [0] * (1 + (i * 7) % 30)) for i in range(120)]
-
-    class Rows:
-        def pack(self, rows, length):
-            return [[s.id for s in row] for row in rows]
-
-    seen = []
-    for rank in (0, 1):
-        stream = BatchStream(data, 2, Rows(), seed=5, rank=rank, world_size=2, pack_length=32)
-        batches = len(stream._batches())
-        seen += [i for _ in range(batches) for row in next(stream) for i in row]
-    assert sorted(seen) == list(range(120))
-
-
-def test_pack_rows_refuses_a_sample_longer_than_a_row():
-    with pytest.raises(ValueError, match="does not fit rows of 8"):
-        pack_rows([1, 9], lambda n: n, 8)
-
-
 def test_prefetch_hands_out_the_same_batches_and_an_exact_position():
     data = [Item(i, [0] * (1 + i % 9)) for i in range(40)]
     plain = BatchStream(data, 6, _ids, seed=3)
@@ -96,8 +67,7 @@ def test_prefetch_raises_the_streams_error_in_the_consumer():
         next(ahead)
 
 
-@pytest.mark.parametrize("pack_length", [0, 8])
-def test_a_process_left_without_rows_steps_on_a_stand_in_without_loss(pack_length):
+def test_a_process_left_without_rows_steps_on_a_stand_in_without_loss():
     from mmit.data.collate import Collator
     from mmit.data.samples import IGNORE_INDEX, TokenizedSample
 
@@ -105,7 +75,7 @@ def test_a_process_left_without_rows_steps_on_a_stand_in_without_loss(pack_lengt
     data = [TokenizedSample(f"s{i}", [1 + i] * 6, [IGNORE_INDEX] * 3 + [1 + i] * 3) for i in range(5)]
     labelled, steps = {}, []
     for rank in (0, 1):
-        stream = BatchStream(data, 2, Collator(0), seed=0, rank=rank, world_size=2, pack_length=pack_length)
+        stream = BatchStream(data, 2, Collator(0), seed=0, rank=rank, world_size=2)
         assert len(stream._batches()) == 2
         batches = [next(stream) for _ in range(2)]
         steps.append([b.num_label_tokens for b in batches])

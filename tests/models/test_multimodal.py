@@ -26,6 +26,7 @@ from mmit.models.tuning import apply_tuning
 from mmit.train import run
 from mmit.training.checkpoint import latest_checkpoint, trainable_state
 from mmit.training.loss import next_token_loss_sum
+from mmit.training.packing import pack_batch
 
 
 def _png(color, size=(40, 30)) -> MediaRef:
@@ -282,20 +283,19 @@ def test_packed_rows_give_each_sample_its_unpacked_logits_and_loss(mm, attention
     )
     collate = Collator(tokenizer.pad_token_id, preprocess={"image": model.encoders["image"].preprocess})
     samples = [tokenize_conversation(c, tokenizer, 512, slots=[slot])[0] for c in (IMAGE_CONV, TEXT_CONV, TWO_IMAGES)]
-    rows = [[samples[0], samples[1]], [samples[2]]]
     padded = collate(samples)
-    packed = collate.pack(rows, length=len(samples[2].input_ids) + 8)
-    assert packed.position_ids[0, len(samples[0].input_ids)] == 0  # the second sample starts afresh
-    # The spans the collator records (no device sync) are those the positions imply, padding included.
-    third = len(samples[2].input_ids)
+    first, second, third = (len(s.input_ids) for s in samples)
+    packed = pack_batch(padded, first + second, tokenizer.pad_token_id)
+    assert packed.position_ids[0, first] == 0  # the second sample starts afresh
+    # The spans packing records (no device sync) are those the positions imply, padding included.
     assert packed.spans == packed_sdpa.sample_spans(packed.position_ids)
-    assert packed.spans[1] == [(0, third), (third, third + 8)]
+    assert packed.spans[0][:2] == [(0, first), (first, first + second)] and packed.spans[1][0] == (0, third)
     assert packed.to("cpu").spans == packed.spans
     with torch.no_grad():
         padded_logits, packed_logits = model.logits(padded), model.logits(packed)
         padded_loss = next_token_loss_sum(model(padded), padded.labels, model.output_head)
         packed_loss = next_token_loss_sum(model(packed), packed.labels, model.output_head)
-    where = {0: (0, 0), 1: (0, len(samples[0].input_ids)), 2: (1, 0)}
+    where = {0: (0, 0), 1: (0, first), 2: (1, 0)}
     for i, sample in enumerate(samples):
         row, start = where[i]
         n = len(sample.input_ids)

@@ -65,9 +65,9 @@ def test_a_run_sets_up_processes_once_and_leaves_the_trainer_config_as_given(com
         setups.append(device_name)
         return real_setup(device_name)
 
-    def watched_train(model, tokenizer, train_set, eval_sets, cfg, *args, **kwargs):
+    def watched_train(model, tokenizer, batches, eval_sets, cfg, *args, **kwargs):
         seen["given"] = copy.deepcopy(cfg)
-        summary = real_train(model, tokenizer, train_set, eval_sets, cfg, *args, **kwargs)
+        summary = real_train(model, tokenizer, batches, eval_sets, cfg, *args, **kwargs)
         seen["after"] = cfg
         return summary
 

@@ -203,14 +203,16 @@ class LoopSetup:
 
     def epoch(self, variant: MmitFastPaths, steps: int | None = None) -> float:
         """Seconds of one epoch (or ``steps``) of ``mmit.training.loop.train``: its own ``train_seconds``."""
+        from mmit.factory import build_training_batches
         from mmit.training.loop import train
 
         steps = steps or self.epoch_stats(variant)["steps"]
         config = mmit_trainer_config(self.plan, variant, steps, self.batch_size(variant), self.precision)
-        extra = {"features": self.features()} if variant.feature_cache else {}
+        features = self.features() if variant.feature_cache else None
+        batches = build_training_batches(config, self.model, self.tokenizer, self.dataset, features)
         run_dir = self.plan.tmp / f"run-{next(self._runs)}"
         with contextlib.redirect_stderr(io.StringIO()):  # the loop's progress bar
-            summary = train(self.model, self.tokenizer, self.dataset, {}, config, run_dir, **extra)
+            summary = train(self.model, self.tokenizer, batches, {}, config, run_dir)
         return summary["train_seconds"]
 
     def timed_sides(self, variants: list[MmitFastPaths]) -> tuple[dict, dict[str, Callable[[], float]]]:
