@@ -29,6 +29,7 @@ TRAINER_RANGES: dict[str, tuple[float | None, float | None]] = {
     "group_by_length": (0, None),
     "pack_length": (0, None),
     "prefetch": (0, None),
+    "decode_workers": (0, None),
     "lr": (0, None),
     "weight_decay": (0, None),
     "warmup_steps": (0, None),
@@ -182,6 +183,11 @@ def _check_trainer(trainer: dict, problems: list[str]) -> None:
             problems.append(f"trainer.lr_per_component.{name}: not a component; components are {', '.join(COMPONENTS)}")
         elif _is_number(rate) and rate <= 0:
             problems.append(f"trainer.lr_per_component.{name}={rate}: must be > 0")
+    workers, prefetch = trainer.get("decode_workers"), trainer.get("prefetch")
+    if _is_number(workers) and workers > 0 and _is_number(prefetch) and prefetch == 0:
+        problems.append(
+            f"trainer.decode_workers={workers}: needs trainer.prefetch >= 1 (the batches they decode ahead)"
+        )
     device = trainer.get("device", "auto")
     if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
         problems.append(f"trainer.device={_show(device)}: must be auto, cpu, cuda, cuda:N or mps")

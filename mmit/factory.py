@@ -23,6 +23,8 @@ from mmit.grounding import AnswerPrior
 from mmit.paths import cache_dir
 
 if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
+
     from mmit.data.collate import Collator
     from mmit.data.datasets import StreamedDataset, TokenizedDataset
     from mmit.data.features import FeatureStore
@@ -242,10 +244,13 @@ class TrainingBatches:
     stream: object
     collate: Collator
     pack_length: int  # as resolved for this run: 0 when padded
+    pool: ProcessPoolExecutor | None = None  # decode workers, when the stream has them
 
     def close(self) -> None:
         if hasattr(self.stream, "close"):
             self.stream.close()
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
 
 
 def build_training_batches(
@@ -259,16 +264,28 @@ def build_training_batches(
     """The training set's batches for this process (``d``, the run's ``distributed.setup()``): in the
     loader's seeded, length-grouped order, media decoded or read from the feature caches, each batch
     packed where ``trainer.pack_length`` says (``mmit.training.packing``) and prepared ahead in a
-    thread with ``trainer.prefetch``."""
-    from mmit.data.collate import collator_for
+    thread with ``trainer.prefetch``, the media of up to that many batches decoded at once in
+    ``trainer.decode_workers`` processes where any are decoded at all (not all from a cache)."""
+    from mmit.data.collate import collator_for, decode_pool
     from mmit.data.loader import Prefetch, batch_stream
     from mmit.training.distributed import Dist
     from mmit.training.packing import AUTO_MIN_SAVING, PackedBatches, resolve_pack_length
 
     d = d or Dist()
     collate = collator_for(model, tokenizer, features)
+    decoded = sorted(set(collate.preprocess) - set(collate.features))  # modalities decoded every step
+    pool = None
+    if cfg.decode_workers and decoded:
+        pool = decode_pool({kind: collate.preprocess[kind] for kind in decoded}, cfg.decode_workers)
+        log.info("%s decoded in %d worker processes", " and ".join(decoded), cfg.decode_workers)
     stream = batch_stream(
-        train_set, collate, cfg.batch_size, cfg.seed, cfg.group_by_length, rank=d.rank, world_size=d.world_size
+        train_set,
+        collate.with_pool(pool) if pool else collate,
+        cfg.batch_size,
+        cfg.seed,
+        cfg.group_by_length,
+        rank=d.rank,
+        world_size=d.world_size,
     )
     pack_length = resolve_pack_length(cfg.pack_length, train_set.tokenize.max_length, model, cfg.compile)
     if pack_length:
@@ -276,8 +293,8 @@ def build_training_batches(
         min_saving = AUTO_MIN_SAVING if cfg.pack_length is None else 0.0
         stream = PackedBatches(stream, pack_length, tokenizer.pad_token_id, min_saving)
     if cfg.prefetch:
-        stream = Prefetch(stream, cfg.prefetch)
-    return TrainingBatches(stream, collate, pack_length)
+        stream = Prefetch(stream, max(cfg.prefetch, cfg.decode_workers if pool else 0))
+    return TrainingBatches(stream, collate, pack_length, pool)
 
 
 def build_trainer_config(cfg: DictConfig) -> TrainerConfig:

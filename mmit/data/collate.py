@@ -6,7 +6,10 @@ back to back in fewer rows (``Batch.position_ids`` and ``spans`` say where each 
 
 from __future__ import annotations
 
+import dataclasses
+import multiprocessing
 from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -23,8 +26,9 @@ class Batch:
     attention_mask: torch.Tensor  # (B, T) long, 0 on padding
     labels: torch.Tensor  # (B, T) long, IGNORE_INDEX where no loss; not shifted
     ids: list[str]
-    # modality -> preprocessed items of the whole batch, in placeholder order; absent when none
-    media: dict[str, torch.Tensor] = field(default_factory=dict)
+    # modality -> preprocessed items of the whole batch, in placeholder order; absent when none.
+    # PendingMedia while a decode worker prepares them (``ready()`` waits for them).
+    media: dict[str, torch.Tensor] | PendingMedia = field(default_factory=dict)
     # (B, T) long, per-sample positions of packed rows; None for padded rows (one sample each)
     position_ids: torch.Tensor | None = None
     # modality -> cached encoder outputs (N, tokens, dim), in place of ``media`` (mmit.data.features)
@@ -32,6 +36,12 @@ class Batch:
     # per packed row, the (start, end) of each sample and of the padding: read by packed_sdpa, kept on
     # the host so that no device sync is needed to find them
     spans: list[list[tuple[int, int]]] | None = None
+
+    def ready(self) -> Batch:
+        """This batch with its media decoded: waits for a decode worker's result (and raises its error)."""
+        if isinstance(self.media, PendingMedia):
+            return dataclasses.replace(self, media=self.media.future.result())
+        return self
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(
@@ -68,6 +78,36 @@ def preprocess_media(refs: list[MediaRef], preprocess: dict[str, Callable]) -> d
     return out
 
 
+@dataclass(frozen=True)
+class PendingMedia:
+    """A batch's media being decoded and preprocessed in a worker process (``decode_pool``)."""
+
+    future: Future
+
+
+_WORKER_PREPROCESS: dict[str, Callable] = {}  # set in each decode worker when it starts
+
+
+def _start_decode_worker(preprocess: dict[str, Callable]) -> None:
+    torch.set_num_threads(1)  # several workers beside the training step: one core each at most
+    _WORKER_PREPROCESS.update(preprocess)
+
+
+def _decode_in_worker(refs: list[MediaRef], kinds: list[str]) -> dict[str, torch.Tensor]:
+    return preprocess_media(refs, {kind: _WORKER_PREPROCESS[kind] for kind in kinds})
+
+
+# ours: concurrent.futures' pool; torch's DataLoader workers would need the batch plan, not only its media, in them
+def decode_pool(preprocess: dict[str, Callable], workers: int) -> ProcessPoolExecutor:
+    """``workers`` processes that decode and preprocess media. They are forked, so they inherit the
+    encoders' ``preprocess`` functions (bound to modules, never pickled) and the pixel limit. All are
+    started here, from the calling thread, before any prefetch thread runs."""
+    context = multiprocessing.get_context("fork")  # Linux; the functions above cannot be pickled
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_decode_worker, initargs=(preprocess,))
+    pool.submit(int).result()  # a forking pool starts every worker at its first task
+    return pool
+
+
 class Collator:
     """Right-pads to the longest sample (rounded up to ``pad_to_multiple_of``).
 
@@ -81,11 +121,17 @@ class Collator:
         pad_to_multiple_of: int = 8,
         preprocess: dict[str, Callable] | None = None,
         features: dict[str, FeatureStore] | None = None,
+        pool: ProcessPoolExecutor | None = None,
     ):
         self.pad_token_id = pad_token_id
         self.multiple = pad_to_multiple_of
         self.preprocess = preprocess or {}
         self.features = features or {}
+        self.pool = pool  # decode workers: media come as PendingMedia (Batch.ready() waits for them)
+
+    def with_pool(self, pool: ProcessPoolExecutor) -> Collator:
+        """The same collator, decoding in ``pool``'s workers."""
+        return Collator(self.pad_token_id, self.multiple, self.preprocess, self.features, pool)
 
     def media_inputs(self, samples: list[TokenizedSample]) -> tuple[dict, dict]:
         """(decoded and preprocessed media, cached features) of the samples' media, per modality."""
@@ -96,6 +142,8 @@ class Collator:
             if items and all(r in store for r in items):
                 cached[kind] = store.features(items)
         live = {kind: fn for kind, fn in self.preprocess.items() if kind not in cached}
+        if self.pool is not None and any(r.kind in live for r in refs):
+            return PendingMedia(self.pool.submit(_decode_in_worker, refs, sorted(live))), cached
         return preprocess_media(refs, live), cached
 
     def __call__(self, samples: list[TokenizedSample]) -> Batch:

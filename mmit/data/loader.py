@@ -220,8 +220,10 @@ def batch_stream(
 class Prefetch:
     """Prepares the next ``depth`` batches in a background thread while the model trains.
 
-    Decoding images and audio mostly releases the GIL, so it overlaps the step. ``state()`` is
-    the position after the last batch handed out, not the last one prepared, so resume is exact.
+    Decoding images and audio mostly releases the GIL, so it overlaps the step; with decode workers
+    (``Collator.pool``) up to ``depth`` batches' media are decoded at once in other processes. Batches
+    are handed out in order, media ready. ``state()`` is the position after the last batch handed
+    out, not the last one prepared, so resume is exact.
     """
 
     _DONE = object()
@@ -257,7 +259,7 @@ class Prefetch:
         if batch is self._DONE:
             raise state
         self._state = state
-        return batch
+        return batch.ready() if isinstance(batch, Batch) else batch
 
     def state(self) -> dict:
         return self._state

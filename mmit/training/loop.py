@@ -61,6 +61,9 @@ class TrainerConfig:
     # pack, else padded (logged); 0: padded, one sample per row.
     pack_length: int | None = None
     prefetch: int = 2  # batches prepared ahead in a background thread (0 = in the loop)
+    # processes that decode and preprocess media where the step decodes any (no feature cache); 0: the
+    # prefetch thread decodes them
+    decode_workers: int = 0
     gradient_checkpointing: bool = False  # recompute the LLM's activations in backward: less memory
     release_memory: bool = False  # after each step, return freed heap memory to the OS: less RSS, slower steps
     compile: bool = False  # torch.compile the model's training forward (evaluation and generation stay eager)

@@ -86,3 +86,74 @@ def test_a_process_left_without_rows_steps_on_a_stand_in_without_loss():
             assert int((batch.labels != IGNORE_INDEX).sum()) == 3 * len(batch.ids)  # stand-ins carry none
     assert labelled == {f"s{i}": 1 for i in range(5)}  # every sample's loss counted once, none twice
     assert 0 in (steps[0][1], steps[1][1]) and steps[0][1] + steps[1][1] > 0
+
+
+def _png(colour: tuple[int, int, int], size: int = 24) -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (size, size), colour).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _pixels(images):
+    import numpy as np
+    import torch
+
+    return torch.stack([torch.from_numpy(np.asarray(im, dtype=np.float32)) for im in images])
+
+
+def _image_samples(n: int, broken: int | None = None):
+    from mmit.data.samples import IGNORE_INDEX, MediaRef, TokenizedSample
+
+    samples = []
+    for i in range(n):
+        data = b"not an image" if i == broken else _png((i * 20 % 256, 7 * i % 256, 99))
+        media = [MediaRef("image", "png", path=f"img{i}.png", data=data)]
+        samples.append(TokenizedSample(f"s{i}", [5, 1 + i % 4] * (1 + i % 3), [IGNORE_INDEX, 2] * (1 + i % 3), media))
+    return samples
+
+
+def test_decode_workers_hand_out_the_same_batches_in_order_with_an_exact_position():
+    import torch
+
+    from mmit.data.collate import Collator, decode_pool
+
+    data = _image_samples(23)
+    collate = Collator(0, preprocess={"image": _pixels})
+    reference = [next(s) for s in [BatchStream(data, 4, collate, seed=2, group_by_length=2)] for _ in range(9)]
+    pool = decode_pool({"image": _pixels}, workers=2)
+    try:
+        ahead = Prefetch(BatchStream(data, 4, collate.with_pool(pool), seed=2, group_by_length=2), depth=3)
+        head = [next(ahead) for _ in range(4)]
+        assert ahead.state() == {"epoch": 0, "index": 4}
+        ahead.close()
+        resumed = Prefetch(BatchStream(data, 4, collate.with_pool(pool), seed=2, group_by_length=2), depth=3)
+        resumed.load_state(ahead.state())
+        batches = head + [next(resumed) for _ in range(5)]  # into the second epoch (6 batches an epoch)
+        resumed.close()
+    finally:
+        pool.shutdown()
+    for got, want in zip(batches, reference, strict=True):
+        assert got.ids == want.ids and torch.equal(got.input_ids, want.input_ids)
+        assert torch.equal(got.media["image"], want.media["image"])  # decoded in a worker, as in the thread
+
+
+def test_a_decode_workers_error_reaches_the_consumer_naming_the_file():
+    from mmit.data.collate import Collator, decode_pool
+
+    pool = decode_pool({"image": _pixels}, workers=1)
+    try:
+        ahead = Prefetch(
+            BatchStream(
+                _image_samples(4, broken=2), 4, Collator(0, preprocess={"image": _pixels}, pool=pool), shuffle=False
+            ),
+            depth=2,
+        )
+        with pytest.raises(Exception, match="img2.png"):
+            next(ahead)
+        ahead.close()
+    finally:
+        pool.shutdown()

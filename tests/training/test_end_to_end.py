@@ -192,3 +192,34 @@ def test_freed_heap_memory_goes_back_to_the_os():
     before = rss_kib()
     assert release_freed_memory()
     assert before - rss_kib() > 50_000  # of the ~117 MiB in holes, most returns
+
+
+@pytest.mark.slow
+def test_decode_workers_train_exactly_as_the_prefetch_thread(compose, tmp_path, monkeypatch):
+    from mmit.data import collate
+
+    pools, real_pool = [], collate.decode_pool
+    monkeypatch.setattr(
+        collate, "decode_pool", lambda fns, workers: pools.append((sorted(fns), workers)) or real_pool(fns, workers)
+    )
+    out = tmp_path / "demo"
+    losses = {}
+    for workers in (0, 2):
+        cfg = compose(
+            [
+                "+recipe=vqa_tiny",
+                "trainer.max_steps=3",
+                "trainer.log_every=1",
+                "trainer.eval_before=none",
+                "trainer.generate_samples=0",
+                "trainer.eval_batches=1",
+                "feature_cache=null",  # the images are decoded every step
+                f"trainer.decode_workers={workers}",
+                f"data.source.overrides=['prepare.n_images=40','out_dir={out}','prepare.out_dir={out}-src']",
+            ]
+        )
+        run(cfg, tmp_path / f"run{workers}")
+        rows = [json.loads(line) for line in (tmp_path / f"run{workers}" / "metrics.jsonl").read_text().splitlines()]
+        losses[workers] = [r["train/loss"] for r in rows if "train/loss" in r]
+    assert pools == [(["image"], 2)]  # only the run with workers made a pool
+    assert len(losses[0]) == 3 and losses[2] == losses[0]
