@@ -90,6 +90,7 @@ def check_config(cfg: DictConfig) -> None:
         pool = _get(values, f"{group}.pool_to")
         if pool not in (_ABSENT, None) and not _is_int(pool, 1):
             problems.append(f"{group}.pool_to={_show(pool)}: must be a whole number >= 1 or null")
+    _check_video(values.get("video"), bool(values.get("vision_encoder")), problems)
     if not _is_int(values.get("seed", 0), 0):
         problems.append(f"seed={_show(values.get('seed'))}: must be a whole number >= 0")
     pack, length = _get(values, "trainer.pack_length"), _get(values, "data.max_length")
@@ -191,6 +192,31 @@ def _check_trainer(trainer: dict, problems: list[str]) -> None:
     device = trainer.get("device", "auto")
     if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
         problems.append(f"trainer.device={_show(device)}: must be auto, cpu, cuda, cuda:N or mps")
+
+
+VIDEO_KEYS = ("frames", "fps", "pool_to", "temporal")
+
+
+def _check_video(video, has_vision: bool, problems: list[str]) -> None:
+    if video is None:
+        return
+    if not isinstance(video, dict):
+        problems.append(f"video={_show(video)}: must be null or {{frames, fps, pool_to, temporal}}")
+        return
+    if not has_vision:
+        problems.append("video is set but no vision_encoder is: video frames go through the image encoder")
+    for key in sorted(set(video) - set(VIDEO_KEYS)):
+        problems.append(f"video.{key}: not a video setting; settings are {', '.join(VIDEO_KEYS)}")
+    if not _is_int(video.get("frames", 8), 1):
+        problems.append(f"video.frames={_show(video.get('frames'))}: must be a whole number >= 1")
+    fps = video.get("fps")
+    if fps is not None and not (_is_number(fps) and fps > 0):
+        problems.append(f"video.fps={_show(fps)}: must be a number > 0 or null (uniform over the clip)")
+    pool = video.get("pool_to", 2)
+    if pool is not None and not _is_int(pool, 1):
+        problems.append(f"video.pool_to={_show(pool)}: must be a whole number >= 1 or null")
+    if video.get("temporal", "learned") not in ("learned", "sinusoidal", "none"):
+        problems.append(f"video.temporal={_show(video.get('temporal'))}: must be one of learned, sinusoidal, none")
 
 
 def _check_data(data: dict, problems: list[str]) -> None:

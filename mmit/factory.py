@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Each modality's encoder config group (video frames go through the image encoder).
+ENCODER_GROUPS = {"image": "vision_encoder", "audio": "audio_encoder", "video": "vision_encoder"}
+
 TINY_NOTE = (
     "llm=tiny is a random 2-layer model: empty, repeated or gibberish answers and scores near 0 (or at the "
     "blind prior) are expected, before and after training; it checks that the pipeline runs, not that it learns."
@@ -125,17 +128,19 @@ def build_model(cfg: DictConfig) -> BuiltModel:
         if from_llava:
             load_llava_projector(projector, cfg.projector.llava)
         projector = apply_tuning(projector, cfg.tuning.projector, name="projector")
-        placeholder = f"<{kind}>"
-        loaded.tokenizer.add_tokens([placeholder], special_tokens=True)
-        slots[kind] = MediaSlot(
-            placeholder,
-            loaded.tokenizer.convert_tokens_to_ids(placeholder),
-            projector.num_tokens(encoder.num_tokens),
-            kind=kind,
-        )
         encoders[kind], projectors[kind] = encoder, projector
         components[group] = (encoder, cfg.tuning[group])
         components[f"projector ({kind})"] = (projector, cfg.tuning.projector)
+    if cfg.get("video"):  # frames through the image encoder and projector, marked in time
+        if "image" not in encoders:
+            raise ValueError("video is set but no vision_encoder is: video frames go through the image encoder")
+        encoders["video"], projectors["video"] = video_path(cfg, encoders["image"], projectors["image"])
+        components["frame code (video)"] = (projectors["video"].frame_code, cfg.tuning.projector)
+    for kind in encoders:
+        placeholder = f"<{kind}>"
+        loaded.tokenizer.add_tokens([placeholder], special_tokens=True)
+        count = projectors[kind].num_tokens(encoders[kind].num_tokens)
+        slots[kind] = MediaSlot(placeholder, loaded.tokenizer.convert_tokens_to_ids(placeholder), count, kind=kind)
     model = MultimodalLM(llm, encoders, projectors, slots)
     if cfg.get("init_from") and is_llava_checkpoint(cfg.init_from):  # +model=llava read it above
         log.info("%s built from the LLaVA checkpoint %s", ", ".join(check_llava_start(cfg)), cfg.init_from)
@@ -143,6 +148,22 @@ def build_model(cfg: DictConfig) -> BuiltModel:
         loaded_names = load_matching(model, cfg.init_from)
         log.info("initialised %d tensors from %s", len(loaded_names), cfg.init_from)
     return BuiltModel(model, loaded.tokenizer, loaded.source, parameter_table(components))
+
+
+def video_path(cfg: DictConfig, image_encoder, image_projector):
+    """``video``'s encoder and projector: the image encoder and projector themselves (shared, so
+    what they learn from images serves the frames), with frame pooling and a frame code around them."""
+    from mmit.models.tuning import apply_tuning
+    from mmit.models.video import FrameCode, TemporalProjector, VideoEncoder
+
+    options = OmegaConf.to_container(cfg.video, resolve=True)
+    temporal = options.pop("temporal", "learned")
+    encoder = VideoEncoder(image_encoder, **options)
+    reseed(cfg, "video")
+    code = apply_tuning(
+        FrameCode(encoder.sampling.frames, encoder.output_dim, temporal), cfg.tuning.projector, name="frame code"
+    )
+    return encoder, TemporalProjector(image_projector, code)
 
 
 def build_data(cfg: DictConfig, tokenizer, slots: list[MediaSlot] = ()) -> BuiltData:
@@ -212,12 +233,14 @@ def prepare_feature_caches(cfg: DictConfig, model, data: BuiltData, device: str 
     if not cfg.get("feature_cache") or not model.encoders:
         return {}
     stores = {}
-    for kind, group in (("image", "vision_encoder"), ("audio", "audio_encoder")):
+    for kind, group in ENCODER_GROUPS.items():
         if kind not in model.encoders:
             continue
         if cfg.tuning[group] != "frozen":
             raise ValueError(f"feature_cache needs a frozen {group}, but tuning.{group}={cfg.tuning[group]}")
         encoder, config = model.encoders[kind], OmegaConf.to_container(cfg[group], resolve=True)
+        if kind == "video":  # a clip's features also depend on how its frames are sampled and pooled
+            config = {**config, "video": OmegaConf.to_container(cfg.video, resolve=True)}
         if cfg.feature_cache == "auto":
             root = cache_dir("features") / f"{kind}-{fingerprint_id(fingerprint(kind, encoder, config))}"
         else:

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 MEDIA_KINDS = {
     **dict.fromkeys(("png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"), "image"),
     **dict.fromkeys(("wav", "flac", "mp3", "ogg", "opus", "m4a"), "audio"),
+    **dict.fromkeys(("mp4", "webm", "mkv", "avi", "mov"), "video"),
 }
 
 

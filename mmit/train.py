@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from mmit.cli import user_errors
 from mmit.config_checks import check_config
 from mmit.factory import (
+    ENCODER_GROUPS,
     build_data,
     build_model,
     build_trainer_config,
@@ -118,9 +119,11 @@ def feature_cache_setting(cfg: DictConfig, model) -> str | None:
     if not model.encoders:
         log.info("feature cache not used: text-only, no media encoder")
         return None
-    groups = {"image": "vision_encoder", "audio": "audio_encoder"}
+    groups = ENCODER_GROUPS
     trained = [
-        f"tuning.{groups[k]}={cfg.tuning[groups[k]]}" for k in model.encoders if cfg.tuning[groups[k]] != "frozen"
+        f"tuning.{group}={cfg.tuning[group]}"
+        for group in dict.fromkeys(groups[k] for k in model.encoders)  # video shares the vision encoder
+        if cfg.tuning[group] != "frozen"
     ]
     if trained and setting == "auto":
         log.info(

@@ -102,8 +102,9 @@ def build_chunk(job: ChunkJob, plan: BuildPlan) -> dict[str, dict]:
     # once, and keep its bytes for all of them. An image the pool already checked keeps only the
     # result (None if good): its bytes are read when its records are written.
     # Audio is checked before shaping: a clip the policy splits needs one placeholder per window.
+    # A good video keeps only its result (None), like a pool-checked image: videos are large.
     files = sorted(
-        {(m.path, m.kind) for a in job.annotations for m in a.media if m.path and m.kind in ("image", "audio")}
+        {(m.path, m.kind) for a in job.annotations for m in a.media if m.path and m.kind in ("image", "audio", "video")}
     )
     storage = plan.storage
     media = {

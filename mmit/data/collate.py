@@ -61,9 +61,14 @@ class Batch:
         return int((self.labels[:, 1:] != IGNORE_INDEX).sum())
 
 
+def video_ref(ref: MediaRef) -> MediaRef:
+    """A clip as it is: the video encoder decodes it itself, with its own frame sampling."""
+    return ref
+
+
 # How each modality's bytes become what its encoder's ``preprocess`` takes. An image is refused from
 # its header above the pixel limit (``data.max_pixels``), before any pixel is decoded.
-DECODERS: dict[str, Callable] = {"image": decode_image, "audio": load_audio}
+DECODERS: dict[str, Callable] = {"image": decode_image, "audio": load_audio, "video": video_ref}
 
 
 def preprocess_media(refs: list[MediaRef], preprocess: dict[str, Callable]) -> dict[str, torch.Tensor]:

@@ -61,7 +61,8 @@ def fingerprint(kind: str, encoder: nn.Module, config: dict) -> dict:
         weights.update(name.encode())
         _sha256_tensor(weights, tensor)
     preprocessed = hashlib.sha256()
-    _sha256_tensor(preprocessed, encoder.preprocess([probe_input(kind)]).float())
+    probe = encoder.probe_input() if hasattr(encoder, "probe_input") else probe_input(kind)  # video: its own clip
+    _sha256_tensor(preprocessed, encoder.preprocess([probe]).float())
     return {
         "modality": kind,
         "encoder": config,

@@ -18,7 +18,7 @@ from mmit.data.samples import MediaRef, SampleError, json_type
 DEFAULT_MAX_PIXELS = 40_000_000
 
 # The record fields that name media files, per kind (the plural first, as LLaVA-style data has it).
-MEDIA_FIELDS = {"image": ("images", "image"), "audio": ("audios", "audio")}
+MEDIA_FIELDS = {"image": ("images", "image"), "audio": ("audios", "audio"), "video": ("videos", "video")}
 
 _limit = {"max_pixels": DEFAULT_MAX_PIXELS}
 

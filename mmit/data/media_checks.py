@@ -1,7 +1,8 @@
 """The build's media checks: each media file is read and fully checked once, images decode
 within the pixel limit (``check_image``); audio decodes, is complete and not silent, and long clips
-follow the recipe's ``audio.long_clips`` policy (``mmit.data.audio``). With a worker pool, images
-are checked in small batches while the annotations are still being read (:class:`ImageChecks`)."""
+follow the recipe's ``audio.long_clips`` policy (``mmit.data.audio``); videos decode to the end
+they declare, within the pixel limit (``check_video``). With a worker pool, images are checked in
+small batches while the annotations are still being read (:class:`ImageChecks`)."""
 
 from __future__ import annotations
 
@@ -16,19 +17,24 @@ from mmit.data.annotations import Annotation
 from mmit.data.audio import AudioPolicy, CheckedAudio, prepare_audio
 from mmit.data.media import DEFAULT_MAX_PIXELS, check_image
 from mmit.data.samples import MediaRef, SampleError
+from mmit.data.video import check_video
 
 Checked = bytes | CheckedAudio | tuple[str, str]  # image bytes, audio to store, or (reason, message) if unusable
 
 
 def read_media_file(
     path: str, kind: str = "image", audio: AudioPolicy | None = None, max_pixels: int | None = None
-) -> Checked:
+) -> Checked | None:
     """A media file read and fully decoded once: image bytes, audio after the long-clip policy,
-    or (reason, message) if unusable (an image over ``max_pixels`` is refused from its header)."""
+    None for a good video (too large to hold: its bytes are read again when written), or
+    (reason, message) if unusable (an image or video over ``max_pixels`` is refused from its header)."""
     try:
         data = Path(path).read_bytes()
         if kind == "audio":
             return prepare_audio(data, Path(path).suffix.lstrip(".").lower(), path, audio or AudioPolicy())
+        if kind == "video":
+            check_video(data, path, max_pixels or DEFAULT_MAX_PIXELS)
+            return None
         check_image(data, path, max_pixels or DEFAULT_MAX_PIXELS)
     except OSError as err:
         return "missing_media", f"cannot read {path} ({err})"
@@ -40,8 +46,8 @@ def read_media_file(
 def check_media_file(
     path: str, kind: str = "image", audio: AudioPolicy | None = None, max_pixels: int | None = None
 ) -> Checked | None:
-    """What a full check of a media file found: None for a good image (its bytes are read again when
-    written, rather than held), audio to store, or (reason, message)."""
+    """What a full check of a media file found: None for a good image or video (its bytes are read
+    again when written, rather than held), audio to store, or (reason, message)."""
     checked = read_media_file(path, kind, audio, max_pixels)
     return None if isinstance(checked, bytes) else checked
 

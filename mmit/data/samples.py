@@ -14,7 +14,7 @@ from functools import cached_property
 from typing import Any
 
 ROLES = ("system", "user", "assistant")
-PLACEHOLDERS = {"image": "<image>", "audio": "<audio>"}  # one per media item, in order
+PLACEHOLDERS = {"image": "<image>", "audio": "<audio>", "video": "<video>"}  # one per media item, in order
 IGNORE_INDEX = -100  # a label that takes no loss
 _LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
@@ -40,7 +40,7 @@ class Message:
 class MediaRef:
     """An encoded media file: on disk (``path``) or already in memory (``data``)."""
 
-    kind: str  # image | audio
+    kind: str  # image | audio | video
     ext: str  # file extension, lowercase, no dot
     path: str | None = None
     data: bytes | None = None
@@ -59,7 +59,7 @@ class MediaRef:
 
 @dataclass
 class Conversation:
-    """One training or evaluation sample; ``media`` fill the ``<image>`` / ``<audio>`` placeholders in order."""
+    """One training or evaluation sample; ``media`` fill the ``<image>`` / ``<audio>`` / ``<video>`` placeholders in order."""
 
     id: str
     messages: list[Message]
@@ -93,7 +93,7 @@ class InvalidConversation(Conversation):
 class MediaSlot:
     """How one modality appears in token space: its placeholder id, repeated ``count`` times.
 
-    ``kind`` (image | audio) is the ``MediaRef.kind`` the slot takes; when not given it is read
+    ``kind`` (image | audio | video) is the ``MediaRef.kind`` the slot takes; when not given it is read
     from the placeholder (``<image>`` -> image)."""
 
     placeholder: str  # e.g. "<image>" in message text

@@ -17,6 +17,7 @@ from mmit.data.media_checks import Checked
 from mmit.data.recipes import BuildError
 from mmit.data.samples import Conversation, MediaRef, SampleError, check_placeholders
 from mmit.data.shards import TarWriter, encode_sample
+from mmit.data.video import check_video
 from mmit.paths import atomic_write_text
 
 
@@ -75,6 +76,8 @@ def stored_media(conv: Conversation, media: dict[str, Checked | None], storage: 
                 raise SampleError("missing_media", f"sample {conv.id}: cannot read {ref.path} ({err})") from err
         elif ref.kind == "image" and ref.path is None:  # in-memory bytes were not checked yet
             check_image(data, f"sample {conv.id} (in-memory {ref.ext})", storage.max_pixels)
+        elif ref.kind == "video" and ref.path is None:  # in-memory video: decoded to its end once
+            check_video(data, f"sample {conv.id} (in-memory {ref.ext})", storage.max_pixels)
         elif ref.kind == "audio" and ref.path is None:  # in-memory audio: checked; a long clip is truncated
             where = f"sample {conv.id} (in-memory {ref.ext})"
             policy = storage.audio

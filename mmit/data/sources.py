@@ -140,6 +140,10 @@ def with_media(
         data = ref.read()
         if ref.kind == "image":
             check_image(data, ref.path, max_pixels)
+        elif ref.kind == "video":
+            from mmit.data.video import check_video
+
+            check_video(data, ref.path, max_pixels)
         else:
             from mmit.data.audio import decode_audio
 

@@ -330,6 +330,7 @@ RESUME_FIXED = (
     "llm",
     "vision_encoder",
     "audio_encoder",
+    "video",
     "projector",
     "peft",
     "tuning",

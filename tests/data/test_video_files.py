@@ -1,0 +1,43 @@
+"""Your own video data in JSONL: clips read and checked like images and audio, bad ones named or counted."""
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from mmit.data.sources import DataFileError, read_conversations
+from mmit.data.video import write_clip
+
+
+def _data(tmp_path):
+    write_clip(tmp_path / "good.mp4", [np.full((16, 16, 3), 40 * k, np.uint8) for k in range(5)], fps=5)
+    (tmp_path / "broken.mp4").write_bytes((tmp_path / "good.mp4").read_bytes()[:300])
+    records = [
+        {
+            "id": "a",
+            "video": "good.mp4",
+            "conversations": [{"from": "human", "value": "What changes?"}, {"from": "gpt", "value": "It brightens."}],
+        },
+        {"id": "b", "videos": ["broken.mp4"], "instruction": "Describe the clip.", "output": "Grey."},
+    ]
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    return path
+
+
+def test_a_video_field_becomes_a_clip_with_its_placeholder(tmp_path):
+    skipped = Counter()
+    convs = read_conversations([_data(tmp_path)], on_error="skip", skipped=skipped)
+    assert [c.id for c in convs] == ["a"] and sum(skipped.values()) == 1  # the cut file: no stream left in it
+    assert convs[0].media[0].kind == "video" and convs[0].messages[0].content.startswith("<video>\n")
+
+
+def test_a_broken_clip_is_an_error_naming_the_file_and_record(tmp_path):
+    with pytest.raises(DataFileError, match=r"data.jsonl:2.*broken.mp4"):
+        read_conversations([_data(tmp_path)])
+
+
+def test_video_without_a_vision_path_is_refused_by_name(tmp_path):
+    with pytest.raises(DataFileError, match="has video media but the model has no video encoder"):
+        read_conversations([_data(tmp_path)], media_kinds={"image"}, on_error="raise")
