@@ -41,12 +41,10 @@ PUBLISHED_DTYPE = torch.bfloat16  # the dtype SmolLM2 (and most hub LLMs) is pub
 # Qwen2.5-0.5B's shape as a Llama (no QKV bias): the 0.5B-class LLM of the GPU runs.
 LLM_05B_CLASS = llama(896, 24, 14, 2, mlp=4864, vocab=151936, positions=8192)
 TINY_LLM = llama(64, 2, 4, 2, mlp=128, vocab=2048, positions=1024, head_dim=16)
-# B4 on a 2-core CPU: a small Llama (6.3M parameters) whose output head has SmolLM2-135M's
-# share of the weights (25% vs 27%), and a ViT-S/32-class tower of half depth (49 patches at
-# 224 px). On GPUs: SmolLM2-135M and ViT-B/16.
-B4_LLM_CPU = llama(256, 6, 4, 2, mlp=768, vocab=6144, positions=2048)
-VIT_S32_HALF = dict(
-    image_size=224, patch_size=32, hidden_size=384, intermediate_size=1536, num_hidden_layers=6, num_attention_heads=6
+# B1, B2 and B4's towers: at the sizes users train, SmolLM2-135M beside ViT-B/32 (CPU: 49 patches at
+# 224 px) or ViT-B/16 (GPU: 196 patches).
+VIT_B32 = dict(
+    image_size=224, patch_size=32, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12
 )
 VIT_B16 = dict(
     image_size=224, patch_size=16, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12

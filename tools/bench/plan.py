@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench.models import B4_LLM_CPU, LLM_05B_CLASS, SMOLLM2_135M, TINY_LLM, VIT_B16, VIT_S32_HALF, VIT_TINY
+from bench.models import LLM_05B_CLASS, SMOLLM2_135M, TINY_LLM, VIT_B16, VIT_B32, VIT_TINY
 
 if TYPE_CHECKING:
     from bench.loops import LoopSetup
@@ -110,9 +110,9 @@ def make_plan(args: argparse.Namespace, tmp: Path) -> Plan:
         b3_tokens=(8, 512) if cuda else (2, 128),
         b5_tokens=(16, 1024) if cuda else (4, 128),
         b6_tokens=(16, 512) if cuda else (8, 64),  # CPU: trainer.batch_size 8 of demo-VQA-length samples
-        b4_llm=SMOLLM2_135M if cuda else B4_LLM_CPU,
-        b4_vision=VIT_B16 if cuda else VIT_S32_HALF,
-        b4_samples=512 if cuda else 48,
+        b4_llm=SMOLLM2_135M,
+        b4_vision=VIT_B16 if cuda else VIT_B32,
+        b4_samples=512 if cuda else 32,
         b4_batch=16 if cuda else 8,
         b4_variants=variants,
         extra_b5_shapes={"0.5B-class (Qwen2.5-0.5B shape)": LLM_05B_CLASS} if cuda else {},
