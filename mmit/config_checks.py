@@ -220,7 +220,7 @@ def _check_video(video, has_vision: bool, problems: list[str]) -> None:
 
 
 def _check_data(data: dict, problems: list[str]) -> None:
-    for key, low in (("max_length", 1), ("max_pixels", 1), ("shuffle_buffer", 1)):
+    for key, low in (("max_length", 1), ("max_pixels", 1), ("shuffle_buffer", 1), ("max_media", 1)):
         if key in data and not _is_int(data[key], low):
             problems.append(f"data.{key}={_show(data[key])}: must be a whole number >= {low}")
     for key in ("stream", "allow_outside_root"):

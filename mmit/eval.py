@@ -71,7 +71,7 @@ def run_eval(
     """Generate and score every set, with own and swapped media and beside the blind prior;
     returns predictions (each with what it said given swapped media), scores and what was skipped."""
     from mmit.data.sources import read_conversations
-    from mmit.data.tokenize import Tokenizer
+    from mmit.data.tokenize import MAX_MEDIA, Tokenizer
 
     data = loaded.cfg.get("data") or {}
     tokenize = Tokenizer(
@@ -80,6 +80,7 @@ def run_eval(
         data.get("overlength", "truncate"),
         on_error,
         list(loaded.model.slots.values()),
+        data.get("max_media", MAX_MEDIA),
     )
     predictions, swapped, skipped = [], [], {}
     for name, paths in sets.items():

@@ -176,7 +176,7 @@ def build_data(cfg: DictConfig, tokenizer, slots: list[MediaSlot] = ()) -> Built
     from mmit.data.datasets import StreamedDataset, TokenizedDataset
     from mmit.data.media import DEFAULT_MAX_PIXELS, set_max_pixels
     from mmit.data.shards import shard_urls
-    from mmit.data.tokenize import Tokenizer
+    from mmit.data.tokenize import MAX_MEDIA, Tokenizer
     from mmit.training.loop import EvalSet
 
     files: DataFiles = instantiate(cfg.data.source, _convert_="all")
@@ -189,7 +189,7 @@ def build_data(cfg: DictConfig, tokenizer, slots: list[MediaSlot] = ()) -> Built
     media_kinds = {slot.kind for slot in slots}
 
     def tokenizer_for() -> Tokenizer:
-        return Tokenizer(tokenizer, d.max_length, d.overlength, d.on_error, list(slots))
+        return Tokenizer(tokenizer, d.max_length, d.overlength, d.on_error, list(slots), d.get("max_media", MAX_MEDIA))
 
     def load(name: str, paths: list[str], shuffle: bool) -> tuple[TokenizedDataset, list]:
         read_skips[name] = Counter()

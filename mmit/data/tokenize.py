@@ -19,6 +19,7 @@ from mmit.data.samples import IGNORE_INDEX, Conversation, MediaRef, MediaSlot, S
 log = logging.getLogger(__name__)
 
 OVERLENGTH = ("truncate", "drop", "raise")
+MAX_MEDIA = 16  # media items one sample may hold (data.max_media): a 17th is an error or a counted skip
 
 
 class ChatTemplateError(ValueError):
@@ -63,7 +64,13 @@ def expand_media(input_ids: list[int], labels: list[int], slots: list[MediaSlot]
     return ids_out, labels_out
 
 
-def _check_media(conv: Conversation, input_ids: list[int], slots: list[MediaSlot]) -> None:
+def _check_media(conv: Conversation, input_ids: list[int], slots: list[MediaSlot], max_media: int) -> None:
+    if len(conv.media) > max_media:
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(Counter(m.kind for m in conv.media).items()))
+        raise SampleError(
+            "too_many_media",
+            f"sample {conv.id!r}: {len(conv.media)} media items ({kinds}), more than data.max_media={max_media}",
+        )
     by_kind = {slot.kind: slot for slot in slots}
     for kind in {m.kind for m in conv.media} - set(by_kind):
         raise SampleError("no_encoder", f"sample {conv.id!r} has {kind} media but the model has no {kind} encoder")
@@ -97,6 +104,7 @@ def tokenize_conversation(
     max_length: int,
     overlength: str = "truncate",
     slots: list[MediaSlot] = (),
+    max_media: int = MAX_MEDIA,
 ) -> tuple[TokenizedSample, bool]:
     """Token ids and labels of one conversation; the flag says whether it was truncated."""
     if overlength not in OVERLENGTH:
@@ -110,7 +118,7 @@ def tokenize_conversation(
         # that straddles the boundary still carries the answer's first characters.
         if any(tok_end > start and tok_start < end for start, end in spans):
             labels[k] = input_ids[k]
-    _check_media(conv, input_ids, list(slots))
+    _check_media(conv, input_ids, list(slots), max_media)
     input_ids, labels = expand_media(input_ids, labels, list(slots))
     media = list(conv.media)
     truncated = len(input_ids) > max_length
@@ -142,6 +150,7 @@ class Tokenizer:
     overlength: str = "truncate"
     on_error: str = "raise"
     slots: list[MediaSlot] = field(default_factory=list)
+    max_media: int = MAX_MEDIA
     skipped: Counter = field(default_factory=Counter)
     truncated: int = 0
 
@@ -149,7 +158,7 @@ class Tokenizer:
         """The tokenized sample, or None when the policy skips it."""
         try:
             sample, truncated = tokenize_conversation(
-                conv, self.tokenizer, self.max_length, self.overlength, self.slots
+                conv, self.tokenizer, self.max_length, self.overlength, self.slots, self.max_media
             )
         except SampleError as err:
             # Over-long samples follow the overlength policy; every other fault on_error.

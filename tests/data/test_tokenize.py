@@ -93,3 +93,24 @@ def test_collate_pads_right_and_counts_shifted_labels(tiny):
     assert batch.attention_mask[1].sum() == len(b.input_ids)
     assert (batch.labels[1, len(b.input_ids) :] == IGNORE_INDEX).all()
     assert batch.num_label_tokens == a.num_labels + b.num_labels
+
+
+def test_a_sample_with_more_media_than_the_limit_is_named_or_counted(build_tiny_multimodal):
+    from mmit.data.samples import MediaRef
+
+    model, tokenizer, slot = build_tiny_multimodal()
+    images = [MediaRef("image", "png", path=f"img{i}.png") for i in range(3)]
+    conv = Conversation(
+        "three-images",
+        [
+            Message("user", "<image> first, <image> second and <image> third: which has most shapes?"),
+            Message("assistant", "the second"),
+        ],
+        media=images,
+    )
+    sample, _ = tokenize_conversation(conv, tokenizer, 512, slots=[slot], max_media=3)  # interleaved, at the limit
+    assert sample.input_ids.count(slot.token_id) == 3 * slot.count and sample.media == images
+    with pytest.raises(SampleError, match=r"'three-images': 3 media items \(3 image\), more than data.max_media=2"):
+        tokenize_conversation(conv, tokenizer, 512, slots=[slot], max_media=2)
+    skip = Tokenizer(tokenizer, 512, on_error="skip", slots=[slot], max_media=2)
+    assert skip(conv) is None and skip.skipped == {"too_many_media": 1}
