@@ -90,6 +90,9 @@ def check_config(cfg: DictConfig) -> None:
         pool = _get(values, f"{group}.pool_to")
         if pool not in (_ABSENT, None) and not _is_int(pool, 1):
             problems.append(f"{group}.pool_to={_show(pool)}: must be a whole number >= 1 or null")
+    windows = _get(values, "audio_encoder.windows")
+    if windows is not _ABSENT and not _is_int(windows, 1):
+        problems.append(f"audio_encoder.windows={_show(windows)}: must be a whole number >= 1")
     _check_video(values.get("video"), bool(values.get("vision_encoder")), problems)
     if not _is_int(values.get("seed", 0), 0):
         problems.append(f"seed={_show(values.get('seed'))}: must be a whole number >= 0")

@@ -141,6 +141,8 @@ def build_model(cfg: DictConfig) -> BuiltModel:
         loaded.tokenizer.add_tokens([placeholder], special_tokens=True)
         count = projectors[kind].num_tokens(encoders[kind].num_tokens)
         slots[kind] = MediaSlot(placeholder, loaded.tokenizer.convert_tokens_to_ids(placeholder), count, kind=kind)
+    if slots:
+        log.info("tokens per media item: %s", ", ".join(f"{kind} {slot.count}" for kind, slot in slots.items()))
     model = MultimodalLM(llm, encoders, projectors, slots)
     if cfg.get("init_from") and is_llava_checkpoint(cfg.init_from):  # +model=llava read it above
         log.info("%s built from the LLaVA checkpoint %s", ", ".join(check_llava_start(cfg)), cfg.init_from)

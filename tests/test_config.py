@@ -27,7 +27,7 @@ def small_data(cfg, tmp_path) -> list[str]:
     out = tmp_path / "demo"
     size = (
         "'prepare.n_clips=16','prepare.n_heldout_clips=6'"
-        if cfg.data.source.recipe == "demo_audio"
+        if cfg.data.source.recipe in ("demo_audio", "demo_video")
         else "'prepare.n_images=60'"
     )
     return [f"data.source.overrides=[{size},'out_dir={out}','prepare.out_dir={out}-src']"]
@@ -42,7 +42,8 @@ def test_every_recipe_composes_and_instantiates(recipe, compose, tmp_path):
     built = build_model(cfg)
     assert "llm" in built.table and built.tokenizer.chat_template
     if cfg.get("vision_encoder"):
-        assert "vision_encoder" in built.table and set(built.model.slots) == {"image"}
+        media = {"image", "video"} if cfg.get("video") else {"image"}
+        assert "vision_encoder" in built.table and set(built.model.slots) == media
     if cfg.get("audio_encoder"):
         assert "audio_encoder" in built.table and set(built.model.slots) == {"audio"}
     data = build_data(cfg, built.tokenizer, list(built.model.slots.values()))

@@ -5,11 +5,12 @@ clip (all of its captions, all of its question-answer pairs, or its transcript) 
 conversation. Errors are yielded, not raised, so the builder's ``on_error`` policy decides; a
 location names the file and record. A file that cannot be read at all (bad JSON, or not the
 layout's shape) raises SampleError naming the file. Audio readers: Clotho and AudioCaps caption
-CSVs, and audio caption / QA / transcript JSONL.
+CSVs, and audio caption / QA / transcript JSONL. Video readers: MSR-VTT captions, MSRVTT-QA /
+MSVD-QA questions, ActivityNet Captions' timestamped events, and LLaVA-Video conversations.
 
 Every field's type is checked (``wrong_type``). Media files must lie inside the reader's folder
-(``images_dir``, ``audio_dir``, the JSONL's own folder): ``..``, absolute paths and symlinks that
-leave it are refused (``outside_root``) unless ``allow_outside_root=True``.
+(``images_dir``, ``audio_dir``, ``videos_dir``, the JSONL's own folder): ``..``, absolute paths and
+symlinks that leave it are refused (``outside_root``) unless ``allow_outside_root=True``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import tarfile
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,6 +30,7 @@ from typing import Any
 from mmit.data.media import media_file, media_names
 from mmit.data.samples import PLACEHOLDERS, MediaRef, Message, SampleError, conversation_from_record, json_type
 from mmit.data.sources import jsonl_records
+from mmit.data.video import VIDEO_EXTENSIONS
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
 AUDIO_EXTENSIONS = ("wav", "flac", "mp3", "ogg", "opus")
@@ -48,11 +52,13 @@ class Annotation:
 
     ``group`` is the media identity used for splits: the image name as the annotation gives it
     (relative to its folder), so all annotations of one image share a split wherever the data lives.
+    ``events`` annotations (a video's timestamped events) carry the dense caption in ``captions``
+    and the questions about when things happen in ``qas``.
     """
 
     id: str
     source: str
-    kind: str  # caption | vqa | conversation | transcript
+    kind: str  # caption | vqa | conversation | transcript | events
     media: list[MediaRef]
     group: str
     captions: list[str] = field(default_factory=list)
@@ -321,37 +327,45 @@ def _conversation(
     allow_outside_root: bool = False,
     media: bool = True,
 ) -> Annotation:
-    """A conversation record with the images and clips it names (``image(s)``, ``audio(s)``; none
+    """A conversation record with the media it names (``image(s)``, ``audio(s)``, ``video(s)``; none
     when not ``media``) as an Annotation; raises SampleError naming ``where``."""
     try:
         conv = conversation_from_record(record, default_id=default_id or where)
-        names = media_names(record, "image") if media else []
-        audio_names = media_names(record, "audio") if media else []
-        refs = [_media("image", root, n, allow_outside_root) for n in names]
-        refs += [_media("audio", root, n, allow_outside_root) for n in audio_names]
+        names = {kind: media_names(record, kind) if media else [] for kind in PLACEHOLDERS}
+        refs = [_media(kind, root, n, allow_outside_root) for kind in PLACEHOLDERS for n in names[kind]]
         for kind, placeholder in PLACEHOLDERS.items():  # missing ones are added when shaped, extra ones never fit
-            given, files = sum(m.content.count(placeholder) for m in conv.messages), sum(r.kind == kind for r in refs)
+            given, files = sum(m.content.count(placeholder) for m in conv.messages), len(names[kind])
             if given > files:
                 raise SampleError("media_mismatch", f"{given} {placeholder} placeholder(s) for {files} {kind} file(s)")
     except SampleError as err:
         raise SampleError(err.reason, str(err) if where in str(err) else f"{where}: {err}") from err
-    group = names[0] if names else audio_names[0] if audio_names else f"text:{conv.id}"
+    group = next((n[0] for n in names.values() if n), f"text:{conv.id}")
     return Annotation(f"{id_prefix}{conv.id}", source, "conversation", refs, group, messages=conv.messages)
 
 
-def read_llava(json_file: str, images_dir: str | None = None, allow_outside_root: bool = False) -> Item:
-    """LLaVA instruct JSON: [{id, image?, conversations: [{from: human|gpt, value}]}] with ``<image>``."""
+def _llava_records(json_file: str, root: str | None, source: str, allow_outside_root: bool) -> Item:
     for k, record in enumerate(_load_json(json_file, list, "a JSON list of conversations")):
         where = f"{json_file}[{k}]"
         try:
-            item = _conversation(record, where, "llava", "llava-", Path(images_dir or "."), None, allow_outside_root)
+            item = _conversation(record, where, source, f"{source}-", Path(root or "."), None, allow_outside_root)
         except SampleError as err:
             item = err
         yield where, item
 
 
+def read_llava(json_file: str, images_dir: str | None = None, allow_outside_root: bool = False) -> Item:
+    """LLaVA instruct JSON: [{id, image?, conversations: [{from: human|gpt, value}]}] with ``<image>``
+    (``video`` / ``audio`` fields and placeholders are read too; every file under ``images_dir``)."""
+    return _llava_records(json_file, images_dir, "llava", allow_outside_root)
+
+
+def read_llava_video(json_file: str, videos_dir: str | None = None, allow_outside_root: bool = False) -> Item:
+    """LLaVA-Video JSON: [{id, video: "x.mp4", conversations: [{from: human|gpt, value: "<video>\\n..."}]}]."""
+    return _llava_records(json_file, videos_dir, "llava_video", allow_outside_root)
+
+
 def read_jsonl(path: str, media_root: str | None = None, allow_outside_root: bool = False) -> Item:
-    """Generic JSONL: messages / conversations / Alpaca fields, plus ``image(s)`` and ``audio(s)`` paths."""
+    """Generic JSONL: messages / conversations / Alpaca fields, plus ``image(s)``, ``audio(s)`` and ``video(s)`` paths."""
     root = Path(media_root or Path(path).parent)
     for where, record in jsonl_records(path):
         try:
@@ -592,3 +606,259 @@ def read_transcript_jsonl(path: str, audio_dir: str | None = None, allow_outside
         seen.add(name)
         text = _clean(record["text"])
         yield _transcribed_clip(where, "transcript_jsonl", "transcript-", root, name, text, allow_outside_root)
+
+
+# --- Video ---
+
+
+def _video_name(root: str | Path, video: Any, pattern: str, ext: str) -> str:
+    """The file of a video as an annotation names it (a name, with or without extension, or an id
+    through ``pattern``): ``.ext`` is added to a name without a video extension, or another video
+    extension where only that file exists (downloads of one dataset mix mp4, mkv and webm).
+    Raises SampleError for a value that is no name or does not fit ``pattern``."""
+    if isinstance(video, bool) or not isinstance(video, str | int):
+        raise SampleError("wrong_type", f"the video must be a name or an integer id, not {json_type(video)}")
+    try:
+        name = pattern.format(video=video).strip()
+    except (ValueError, KeyError, IndexError) as err:
+        raise SampleError("wrong_type", f"video_pattern {pattern!r} does not fit {video!r} ({err})") from err
+    if not name:
+        raise SampleError("missing_field", "an empty video name")
+    if Path(name).suffix[1:].lower() in VIDEO_EXTENSIONS:
+        return name
+    for other in dict.fromkeys([ext, *VIDEO_EXTENSIONS]):
+        if os.path.isfile(os.path.join(root, f"{name}.{other}")):
+            return f"{name}.{other}"
+    return f"{name}.{ext}"  # missing: the media check names this file
+
+
+def _optional_texts(record: dict, where: str, keys: tuple[str, ...]) -> SampleError | None:
+    """A wrong_type error for the first of ``keys`` present with a non-string value."""
+    wrong = next((key for key in keys if record.get(key) is not None and not isinstance(record[key], str)), None)
+    return _wrong(where, wrong, "a string", record[wrong]) if wrong else None
+
+
+def read_msrvtt_captions(
+    annotations_file: str, videos_dir: str, split: str | None = None, ext: str = "mp4", allow_outside_root: bool = False
+) -> Item:
+    """MSR-VTT ``videodatainfo.json``: ``videos`` [{video_id, split?}] + ``sentences`` [{video_id, caption}]
+    (twenty per video); videos ``<video_id>.<ext>`` in ``videos_dir``, only those of ``split`` if given."""
+    data = _load_json(annotations_file, dict, "an MSR-VTT object with 'videos' and 'sentences'")
+    by_video: dict[str, list[str]] = {}
+    for k, sentence in enumerate(_items(data, "sentences", annotations_file)):
+        where = f"{annotations_file}:sentences[{k}]"
+        if not isinstance(sentence, dict):
+            yield where, SampleError("not_an_object", f"{where}: expected an object, not {json_type(sentence)}")
+            continue
+        if "video_id" not in sentence or "caption" not in sentence:
+            yield where, SampleError("missing_field", f"{where}: needs video_id and caption")
+            continue
+        if not isinstance(sentence["video_id"], str):
+            yield where, _wrong(where, "video_id", "a string", sentence["video_id"])
+            continue
+        if not isinstance(sentence["caption"], str):
+            yield where, _wrong(where, "caption", "a string", sentence["caption"])
+            continue
+        if not _clean(sentence["caption"]):
+            yield where, SampleError("empty_answer", f"{where}: empty caption")
+            continue
+        by_video.setdefault(sentence["video_id"], []).append(_clean(sentence["caption"]))
+    seen: set[str] = set()
+    for k, video in enumerate(_items(data, "videos", annotations_file)):
+        where = f"{annotations_file}:videos[{k}]"
+        if not isinstance(video, dict):
+            yield where, SampleError("not_an_object", f"{where}: expected an object, not {json_type(video)}")
+            continue
+        video_id = video.get("video_id")
+        if not isinstance(video_id, str) or not video_id.strip():
+            yield where, _wrong(where, "video_id", "a non-empty string", video_id)
+            continue
+        wrong = _optional_texts(video, where, ("split",))
+        if wrong:
+            yield where, wrong
+            continue
+        if video_id in seen:
+            yield where, SampleError("duplicate_id", f"{where}: video {video_id} appears twice")
+            continue
+        seen.add(video_id)
+        if video_id not in by_video or (split is not None and video.get("split") != split):
+            continue  # a video without captions (or of another split) is simply not annotated here
+        try:
+            name = _video_name(videos_dir, video_id, "{video}", ext)
+            media = _media("video", videos_dir, name, allow_outside_root)
+        except SampleError as err:
+            yield where, SampleError(err.reason, f"{where}: {err}")
+            continue
+        yield (
+            where,
+            Annotation(f"msrvtt-{video_id}", "msrvtt_captions", "caption", [media], name, captions=by_video[video_id]),
+        )
+
+
+VIDEO_NAME_FIELDS = ("video", "video_name", "video_id")  # MSRVTT-QA / MSVD-QA spell it in these ways
+
+
+def read_video_qa(
+    json_file: str,
+    videos_dir: str,
+    ext: str = "mp4",
+    video_pattern: str = "{video}",
+    allow_outside_root: bool = False,
+) -> Item:
+    """MSRVTT-QA / MSVD-QA JSON: a list of ``{"video" | "video_name" | "video_id", "question", "answer"}``,
+    optionally with ``id``, ``answer_type`` (yes/no | number | other) and ``type`` (the question's
+    kind, e.g. ``order``: asked as temporal ordering). MSRVTT-QA names ``"video": "video7010"``
+    for ``video7010.mp4`` (``ext`` is added to a name without one); integer ids take
+    ``video_pattern``, e.g. ``video{video}``. The questions of one video become one vqa annotation."""
+    by_video: dict[str, list[QA]] = {}
+    first: dict[str, str] = {}
+    for k, record in enumerate(_load_json(json_file, list, "a JSON list of questions")):
+        where = f"{json_file}[{k}]"
+        if not isinstance(record, dict):
+            yield where, SampleError("not_an_object", f"{where}: expected an object, not {json_type(record)}")
+            continue
+        field_name = next((key for key in VIDEO_NAME_FIELDS if record.get(key) is not None), None)
+        if field_name is None or "question" not in record or "answer" not in record:
+            yield (
+                where,
+                SampleError(
+                    "missing_field", f"{where}: needs a video ({'/'.join(VIDEO_NAME_FIELDS)}), question and answer"
+                ),
+            )
+            continue
+        wrong = _optional_texts(record, where, ("question", "answer", "answer_type", "type"))
+        if wrong:
+            yield where, wrong
+            continue
+        if record.get("id") is not None and not _is_id(record["id"]):
+            yield where, _wrong(where, "id", "an integer or a string", record["id"])
+            continue
+        question, answer = _clean(record["question"]), _clean(record["answer"])
+        if not question or not answer:
+            reason = "missing_field" if not question else "empty_answer"
+            yield where, SampleError(reason, f"{where}: empty {'question' if not question else 'answer'}")
+            continue
+        try:
+            name = _video_name(videos_dir, record[field_name], video_pattern, ext)
+        except SampleError as err:
+            yield where, SampleError(err.reason, f"{where}: {field_name!r}: {err}")
+            continue
+        answer_type = record.get("answer_type") or ("yes/no" if answer.lower() in ("yes", "no") else "other")
+        qid = str(record["id"]) if record.get("id") is not None else f"{Path(json_file).name}[{k}]"
+        qa = QA(question, [answer], answer, answer_type, qid, _clean(record.get("type")))
+        by_video.setdefault(name, []).append(qa)
+        first.setdefault(name, where)
+    for name in sorted(by_video):
+        where = f"{first[name]} (video {name})"
+        try:
+            media = _media("video", videos_dir, name, allow_outside_root)
+        except SampleError as err:
+            yield where, SampleError(err.reason, f"{where}: {err}")
+            continue
+        yield where, Annotation(f"videoqa-{name}", "video_qa", "vqa", [media], name, qas=by_video[name])
+
+
+def format_seconds(value: float) -> str:
+    """A time as events are told: 0.0, 1.25, 12.5 (at most two decimals, at least one)."""
+    text = f"{value:.2f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
+
+
+def _clause(sentence: str) -> str:
+    return sentence.rstrip(" .")
+
+
+def event_targets(video: str, events: list[tuple[float, float, str]]) -> tuple[str, list[QA]]:
+    """A video's events (start, end, sentence; in time order) as a dense caption, one line per
+    event (``0.0-2.5 s: A red square moves left.``), and questions about time: what happens
+    between an event's start and end (``temporal``), and, for consecutive events that do not
+    overlap, which of the two happens first (``order``; which one is named first is drawn from the
+    video's name, so the answer is not always the first option)."""
+    caption = "\n".join(f"{format_seconds(start)}-{format_seconds(end)} s: {text}" for start, end, text in events)
+    qas = [
+        QA(
+            f"What happens between {format_seconds(s)} s and {format_seconds(e)} s?",
+            [text],
+            text,
+            "other",
+            f"{video}:{i}",
+            "temporal",
+        )
+        for i, (s, e, text) in enumerate(events)
+    ]
+    for i, ((_, end, before), (start, _, after)) in enumerate(zip(events, events[1:])):
+        if end > start or _clause(before).lower() == _clause(after).lower():
+            continue
+        a, b = (before, after) if zlib.crc32(f"{video}:{i}".encode()) % 2 else (after, before)
+        question = f'Which happens first: "{_clause(a)}" or "{_clause(b)}"?'
+        qas.append(QA(question, [_clause(before)], _clause(before), "other", f"{video}:order{i}", "order"))
+    return caption, qas
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _events(record: Any, where: str) -> list[tuple[float, float, str]]:
+    """The events (start, end, sentence) of an ActivityNet Captions record in time order; raises SampleError.
+    Times are clamped to [0, duration]: the official files have ends a little past the video's."""
+    if not isinstance(record, dict):
+        raise SampleError("not_an_object", f"{where}: expected an object, not {json_type(record)}")
+    missing = [key for key in ("duration", "timestamps", "sentences") if key not in record]
+    if missing:
+        raise SampleError("missing_field", f"{where}: needs {missing}")
+    duration, stamps, sentences = record["duration"], record["timestamps"], record["sentences"]
+    if not _number(duration):
+        raise _wrong(where, "duration", "a number of seconds", duration)
+    if not duration > 0:
+        raise SampleError("bad_timestamp", f"{where}: 'duration' must be positive, not {duration}")
+    if not isinstance(stamps, list) or not all(
+        isinstance(s, list) and len(s) == 2 and all(_number(t) for t in s) for s in stamps
+    ):
+        raise SampleError(
+            "wrong_type", f"{where}: 'timestamps' must be a list of [start, end] numbers, not {stamps!r:.60}"
+        )
+    if not isinstance(sentences, list) or not all(isinstance(s, str) for s in sentences):
+        raise SampleError("wrong_type", f"{where}: 'sentences' must be a list of strings, not {sentences!r:.60}")
+    if len(stamps) != len(sentences):
+        raise SampleError("missing_field", f"{where}: {len(stamps)} timestamps for {len(sentences)} sentences")
+    if not stamps:
+        raise SampleError("empty_answer", f"{where}: no events")
+    events = []
+    for i, ((start, end), text) in enumerate(zip(stamps, sentences)):
+        if not _clean(text):
+            raise SampleError("empty_answer", f"{where}: sentence {i} is empty")
+        if start > end or start >= duration:
+            raise SampleError(
+                "bad_timestamp", f"{where}: event {i} [{start}, {end}] is not within the video's {duration} s"
+            )
+        events.append((max(0.0, float(start)), min(float(end), float(duration)), _clean(text)))
+    return sorted(events, key=lambda e: (e[0], e[1]))
+
+
+def read_activitynet_captions(
+    json_file: str,
+    videos_dir: str,
+    ext: str = "mp4",
+    video_pattern: str = "{video}",
+    allow_outside_root: bool = False,
+) -> Item:
+    """ActivityNet Captions ``train.json`` / ``val_1.json``: ``{"v_xxx": {"duration", "timestamps":
+    [[start, end], ...], "sentences": [...]}}``; videos ``<key>.<ext>`` (or ``video_pattern``).
+
+    One ``events`` annotation per video: ``captions`` holds the dense caption (the events in time
+    order, each with its times) and ``qas`` the questions about time built from the events
+    (:func:`event_targets`): what happens between two times, and which of two events comes first.
+    """
+    data = _load_json(json_file, dict, "an ActivityNet Captions object of video -> events")
+    for key, record in data.items():
+        where = f"{json_file}:{key}"
+        try:
+            events = _events(record, where)
+            name = _video_name(videos_dir, key, video_pattern, ext)
+            media = _media("video", videos_dir, name, allow_outside_root)
+        except SampleError as err:
+            yield where, SampleError(err.reason, str(err) if where in str(err) else f"{where}: {err}")
+            continue
+        caption, qas = event_targets(name, events)
+        yield where, Annotation(f"anet-{key}", "activitynet_captions", "events", [media], name, [caption], qas)

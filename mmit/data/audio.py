@@ -8,8 +8,9 @@ files become ``SampleError`` with reasons ``audio_empty``, ``audio_undecodable``
 counts.
 
 Long clips. An audio slot has a fixed token count: the encoder covers the first
-``max_seconds`` of a clip (``mmit.models.audio``). A clip longer than that follows the
-recipe's ``audio.long_clips`` policy at build time, counted in the manifest:
+``max_seconds`` of a clip, or ``windows`` consecutive windows of ``max_seconds``
+(``mmit.models.audio``). A clip longer than ``max_seconds`` follows the recipe's
+``audio.long_clips`` policy at build time, counted in the manifest (``long_audio``):
 
 - ``truncate`` (default): the original bytes are stored; the encoder hears only the first
   ``max_seconds``.
@@ -18,6 +19,11 @@ recipe's ``audio.long_clips`` policy at build time, counted in the manifest:
   WAV at the clip's own rate, and the sample gets one ``<audio>`` placeholder per window,
   in order. The model hears the whole clip, and captions, answers and transcripts still
   refer to all of it. Short clips keep their original bytes.
+- ``windows``: the clip stays one item (one ``<audio>`` placeholder) whose encoder reads up to
+  ``max_windows`` windows of ``max_seconds`` (``audio_encoder.windows``, set to
+  ``max_windows``). A clip up to ``max_windows * max_seconds`` keeps its original bytes
+  (counted as ``windows``); a longer one is cut to that length, stored as a 16-bit WAV and
+  counted as truncated.
 - ``skip``: samples with a long clip are dropped, counted under ``audio_too_long``.
 """
 
@@ -36,7 +42,7 @@ from mmit.data.samples import MediaRef, SampleError
 if TYPE_CHECKING:
     import torch
 
-LONG_CLIPS = ("truncate", "split", "skip")
+LONG_CLIPS = ("truncate", "split", "windows", "skip")
 
 
 @dataclass(frozen=True)
@@ -57,11 +63,20 @@ class Waveform:
 
 @dataclass
 class AudioPolicy:
-    """The build's audio checks and long-clip handling (a recipe's ``audio:`` block)."""
+    """The build's audio checks and long-clip handling (a recipe's ``audio:`` block).
+
+    Which policy for clips longer than ``max_seconds``: ``truncate`` when their start says
+    enough; ``split`` when the model should hear them as several clips (one item and one
+    ``<audio>`` placeholder per window, so each window's tokens stand on their own in the
+    prompt and the number of items varies with the length); ``windows`` when each clip should
+    stay one item, one placeholder and a fixed number of tokens, read by an encoder with
+    ``audio_encoder.windows = max_windows`` (the windows' tokens are concatenated, silent
+    windows pad shorter clips, so short clips cost as much as long ones); ``skip`` to drop them.
+    """
 
     max_seconds: float = 30.0  # the audio encoder's window
-    long_clips: str = "truncate"  # truncate | split | skip
-    max_windows: int = 4  # split: windows kept per clip
+    long_clips: str = "truncate"  # truncate | split | windows | skip
+    max_windows: int = 4  # split / windows: windows kept per clip
     silence_db: float = -60.0  # a clip whose peak stays below this (dBFS) is silent
 
     def __post_init__(self) -> None:
@@ -169,7 +184,8 @@ class CheckedAudio:
     """What the build stores for one audio file: its bytes (or windows) and how long it was."""
 
     items: list[tuple[str, bytes]]  # (ext, bytes): one item, or one per window when split
-    long: str = ""  # "" | truncated | split | split_truncated (windows beyond max_windows dropped)
+    # "" | truncated | split | split_truncated (windows beyond max_windows dropped) | windows (kept whole)
+    long: str = ""
 
 
 def prepare_audio(data: bytes, ext: str, where: str, policy: AudioPolicy) -> CheckedAudio:
@@ -180,4 +196,10 @@ def prepare_audio(data: bytes, ext: str, where: str, policy: AudioPolicy) -> Che
     if policy.long_clips == "split":
         windows, dropped = split_windows(wave, policy)
         return CheckedAudio([("wav", w) for w in windows], "split_truncated" if dropped else "split")
+    if policy.long_clips == "windows":
+        # Cut here rather than by the encoder, so the shard holds exactly what its windows read.
+        limit = round(policy.max_windows * policy.max_seconds * wave.sample_rate)
+        if len(wave.samples) <= limit:
+            return CheckedAudio([(ext, data)], "windows")
+        return CheckedAudio([("wav", encode_wav(wave.samples[:limit], wave.sample_rate))], "truncated")
     return CheckedAudio([(ext, data)], "truncated")

@@ -3,7 +3,10 @@
 Training conversations may chain several QA pairs of one image or clip (as LLaVA does);
 evaluation samples are single-turn so each answer is scored on its own. Audio annotations
 become the tasks ``audio_caption``, ``audio_qa`` and ``audio_transcription``, with one
-``<audio>`` placeholder per clip (per window, when the build split a long clip). Every choice (template,
+``<audio>`` placeholder per clip (per window, when the build split a long clip). Video annotations
+become ``video_caption``, ``video_qa``, ``video_yesno``, ``video_order`` (which happens first) and,
+from timestamped events, ``video_dense_caption`` and ``video_temporal`` (what happens between two
+times), with one ``<video>`` placeholder per clip. Every choice (template,
 caption, distractors, grouping) comes from a generator seeded by the sample, so a rebuild is
 identical whatever the order or number of workers.
 """
@@ -20,6 +23,7 @@ from mmit.data.templates import Template, choose_template, sample_rng
 
 IMAGE_TOKEN = "<image>"
 AUDIO_TOKEN = "<audio>"
+VIDEO_TOKEN = "<video>"
 LETTERS = "ABCDEFGH"
 
 
@@ -103,7 +107,7 @@ def _qa_turn(
             prompt = f"{prompt}\n{cfg.multiple_choice_hint}"
         return prompt, LETTERS[options.index(qa.answer)]
     prompt = template.render({"question": qa.question})
-    if task in ("vqa_short", "audio_qa") and cfg.short_answer_hint and hint:
+    if task in ("vqa_short", "audio_qa", "video_qa") and cfg.short_answer_hint and hint:
         prompt = f"{prompt}\n{cfg.short_answer_hint}"
     return prompt, qa.answer
 
@@ -117,6 +121,24 @@ def _with_media(prompt: str, media: list[MediaRef], position: str = "before") ->
 
 def _is_audio(ann: Annotation) -> bool:
     return bool(ann.media) and all(m.kind == "audio" for m in ann.media)
+
+
+def _is_video(ann: Annotation) -> bool:
+    return bool(ann.media) and all(m.kind == "video" for m in ann.media)
+
+
+def video_qa_task(qa: QA) -> str:
+    """A question about a video: yes/no, which happens first (``order``), what happens when
+    (``temporal``: answered by a sentence, so no short-answer hint), or a short answer."""
+    if qa.answer_type == "yes/no" or qa.answer.lower() in ("yes", "no"):
+        return "video_yesno"
+    return {"order": "video_order", "temporal": "video_temporal"}.get(qa.question_type, "video_qa")
+
+
+def _media_task(ann: Annotation, qa: QA, rng: random.Random, cfg: ShapingConfig, pool: dict[str, list[str]]) -> str:
+    if _is_audio(ann):
+        return "audio_qa"
+    return video_qa_task(qa) if _is_video(ann) else qa_task(qa, rng, cfg, pool)
 
 
 def shape_annotation(
@@ -165,8 +187,7 @@ def shape_annotation(
         wanted = held_out_templates and task not in cfg.held_out_tasks
         return choose_template(templates[task], rng, held_out=wanted)
 
-    if ann.kind == "caption":
-        task = "audio_caption" if _is_audio(ann) else "caption_detailed" if ann.detailed else "caption_brief"
+    def captions(task: str) -> None:
         if train:
             count = len(ann.captions) if cfg.captions_per_image == 0 else min(cfg.captions_per_image, len(ann.captions))
             chosen = rng.sample(ann.captions, count)
@@ -175,7 +196,8 @@ def shape_annotation(
         for caption in chosen:
             template = template_for(task)
             emit([(task, template.id, template.render({}), caption)], ann.captions)
-    elif ann.kind == "vqa":
+
+    def questions() -> None:
         qas = list(ann.qas)
         if train:
             rng.shuffle(qas)
@@ -183,7 +205,7 @@ def shape_annotation(
         for start in range(0, len(qas), group):
             turns, answers, question_types = [], [], []
             for qa in qas[start : start + group]:
-                task = "audio_qa" if _is_audio(ann) else qa_task(qa, rng, cfg, pool)
+                task = _media_task(ann, qa, rng, cfg, pool)
                 if train and task in cfg.held_out_tasks:
                     continue  # keep the rest of the conversation
                 template = template_for(task)
@@ -193,6 +215,19 @@ def shape_annotation(
                 answers = [answer] if task == "vqa_multiple_choice" else qa.answers
             if turns:
                 emit(turns, answers, question_types)
+
+    if ann.kind == "caption":
+        if _is_audio(ann):
+            captions("audio_caption")
+        elif _is_video(ann):
+            captions("video_caption")
+        else:
+            captions("caption_detailed" if ann.detailed else "caption_brief")
+    elif ann.kind == "vqa":
+        questions()
+    elif ann.kind == "events":  # a video's timestamped events: its dense caption, then questions about time
+        captions("video_dense_caption")
+        questions()
     elif ann.kind == "transcript":
         task = "audio_transcription"
         template = template_for(task)
@@ -230,7 +265,7 @@ def answer_pool(annotations: list[Annotation]) -> dict[str, list[str]]:
     relies on it): the wrong options of multiple choice (image questions only)."""
     pool: dict[str, set[str]] = {}
     for ann in annotations:
-        if _is_audio(ann):
+        if _is_audio(ann) or _is_video(ann):
             continue
         for qa in ann.qas:
             pool.setdefault(qa.answer_type, set()).add(qa.answer)

@@ -66,7 +66,9 @@ def _checked_media(location: str, record: dict, members: dict[str, bytes], max_p
     media = []
     for i, item in enumerate(described):
         if not isinstance(item, dict) or item.get("kind") not in PLACEHOLDERS or not isinstance(item.get("ext"), str):
-            raise SampleError("wrong_type", f"{location}: media {i} must be {{kind: image | audio, ext}}, not {item!r}")
+            raise SampleError(
+                "wrong_type", f"{location}: media {i} must be {{kind: image | audio | video, ext}}, not {item!r}"
+            )
         kind, ext = item["kind"], item["ext"]
         if not _EXT.fullmatch(ext):
             raise SampleError("wrong_type", f"{location}: media {i} has the extension {ext!r}")
@@ -75,15 +77,24 @@ def _checked_media(location: str, record: dict, members: dict[str, bytes], max_p
             raise SampleError(
                 "missing_media", f"{location}: the record names media {i} ({i}.{ext}), the shard has no such file"
             )
-        where = f"{location}.{i}.{ext}"
-        if kind == "image":
-            check_image(data, where, max_pixels)
-        else:
-            from mmit.data.audio import decode_audio
-
-            decode_audio(data, where)
+        check_media_bytes(kind, data, f"{location}.{i}.{ext}", max_pixels)
         media.append(MediaRef(kind, ext, data=data))
     return media
+
+
+def check_media_bytes(kind: str, data: bytes, where: str, max_pixels: int | None = None) -> None:
+    """Decode a media item once to check it (an image within the pixel limit, audio, a video to the end
+    it declares); raises SampleError naming ``where``."""
+    if kind == "image":
+        check_image(data, where, max_pixels)
+    elif kind == "video":
+        from mmit.data.video import check_video
+
+        check_video(data, where, max_pixels)
+    else:
+        from mmit.data.audio import decode_audio
+
+        decode_audio(data, where)
 
 
 def decode_record(

@@ -129,7 +129,8 @@ def with_media(
     """The conversation with the media files its record names: inside ``root`` (unless
     ``allow_outside_root``), decodable, each with a placeholder (missing ones go before the first
     user turn's text)."""
-    from mmit.data.media import check_image, media_file, media_names
+    from mmit.data.media import media_file, media_names
+    from mmit.data.shards import check_media_bytes
 
     media = [
         media_file(kind, root, name, allow_outside_root) for kind in PLACEHOLDERS for name in media_names(record, kind)
@@ -137,17 +138,7 @@ def with_media(
     if not media:
         return conv
     for ref in media:
-        data = ref.read()
-        if ref.kind == "image":
-            check_image(data, ref.path, max_pixels)
-        elif ref.kind == "video":
-            from mmit.data.video import check_video
-
-            check_video(data, ref.path, max_pixels)
-        else:
-            from mmit.data.audio import decode_audio
-
-            decode_audio(data, ref.path)
+        check_media_bytes(ref.kind, ref.read(), ref.path, max_pixels)
     messages = list(conv.messages)
     missing = []
     for kind, placeholder in PLACEHOLDERS.items():

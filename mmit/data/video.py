@@ -304,6 +304,10 @@ def write_clip(
         with av.open(tmp, "w", format="mp4", options={"movflags": "+faststart"}) as container:
             video = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(10000))
             video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+            # One encoder thread, no look-ahead: the same frames always give the same bytes (the
+            # feature cache keys a clip by them); x264's threads otherwise vary its output now and then.
+            video.thread_count = 1
+            video.options = {"x264-params": "rc-lookahead=0"}
             sound = container.add_stream("aac", rate=sample_rate, layout="mono") if audio is not None else None
             for index, pixels in enumerate(frames):
                 frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")

@@ -1,11 +1,12 @@
 """Audio encoders behind the image encoders' interface: ``preprocess`` waveforms, ``forward`` -> [B, tokens, dim].
 
-A media slot has a fixed token count, so every encoder here covers a fixed window of
-``max_seconds`` per clip: shorter clips are padded, longer ones are cut (the dataset build
-decides beforehand what happens to long clips, see ``mmit.data.audio``). Backends: the
-encoder of a Hugging Face Whisper checkpoint (hub id or local directory; the offline
-Whisper base is converted once from its CTranslate2 file) and a small log-fbank + conv
-baseline trained from scratch.
+A media slot has a fixed token count, so every encoder here covers a fixed length per clip:
+``windows`` consecutive windows of ``max_seconds`` (one by default), each encoded on its own and
+their tokens concatenated in time order. Shorter clips are padded (the windows past their end are
+silent), longer ones are cut (the dataset build decides beforehand what happens to long clips, see
+``mmit.data.audio``). Backends: the encoder of a Hugging Face Whisper checkpoint (hub id or local
+directory; the offline Whisper base is converted once from its CTranslate2 file) and a small
+log-fbank + conv baseline trained from scratch.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import re
 import struct
 from collections import OrderedDict
@@ -25,13 +27,21 @@ from torch import nn
 
 from mmit.data.audio import Waveform, resample
 
+log = logging.getLogger(__name__)
+
 
 class AudioEncoder(nn.Module):
     """Shared window cut and temporal pooling; backends implement ``preprocess`` and ``features``.
 
     ``features`` returns frames at ``frames_per_second``; ``forward`` keeps the frames that
-    cover the first ``max_seconds`` and averages every ``stride`` of them into one token, so
-    ``num_tokens = ceil(max_seconds * frames_per_second / stride)`` for every clip.
+    cover the first ``max_seconds`` of a window and averages every ``stride`` of them into one
+    token, so a window is ``ceil(max_seconds * frames_per_second / stride)`` tokens.
+
+    ``windows > 1`` (long clips): ``preprocess`` cuts each clip into that many consecutive
+    windows of ``max_seconds`` and returns [clips, windows, ...]; each window is encoded as if it
+    were a clip of its own, and a clip's tokens are its windows' tokens in time order, so
+    ``num_tokens = windows * tokens a window`` for every clip, however long (``stride`` bounds
+    it further). A clip longer than ``windows * max_seconds`` is cut, with a warning once.
 
     ``cache_items > 0``: while the encoder is frozen and in eval mode, the tokens of up to that
     many clips are remembered (keyed by their preprocessed input), so a clip seen again in a
@@ -42,15 +52,18 @@ class AudioEncoder(nn.Module):
     sample_rate = 16000
     frames_per_second = 50.0
 
-    def __init__(self, max_seconds: float, stride: int = 1, cache_items: int = 0):
+    def __init__(self, max_seconds: float, stride: int = 1, cache_items: int = 0, windows: int = 1):
         super().__init__()
-        if max_seconds <= 0 or stride < 1:
-            raise ValueError(f"max_seconds must be > 0 and stride >= 1, not {max_seconds} and {stride}")
-        self.max_seconds, self.stride = float(max_seconds), int(stride)
+        if max_seconds <= 0 or stride < 1 or windows < 1:
+            raise ValueError(
+                f"max_seconds must be > 0, stride >= 1 and windows >= 1, not {max_seconds}, {stride} and {windows}"
+            )
+        self.max_seconds, self.stride, self.windows = float(max_seconds), int(stride), int(windows)
         self.output_dim = 0
         self.num_tokens = 0
         self.cache_items = int(cache_items)
         self._cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self._warned_long = False
 
     @property
     def kept_frames(self) -> int:
@@ -60,10 +73,42 @@ class AudioEncoder(nn.Module):
     def tokens_per_second(self) -> float:
         return self.frames_per_second / self.stride
 
+    @property
+    def clip_seconds(self) -> float:
+        """How much of a clip the encoder hears: ``windows`` windows of ``max_seconds``."""
+        return self.windows * self.max_seconds
+
     def window(self, waves: list[Waveform]) -> list[torch.Tensor]:
-        """Each clip as mono samples at the encoder's rate, cut to ``max_seconds``."""
+        """Each clip as mono samples at the encoder's rate, cut into ``windows`` windows of
+        ``max_seconds``: clip 0's windows in time order, then clip 1's, ...; a window past the
+        clip's end is empty (silence once the backend pads it)."""
         limit = round(self.max_seconds * self.sample_rate)
-        return [resample(w, self.sample_rate)[:limit] for w in waves]
+        out = []
+        for wave in waves:
+            self._warn_if_cut(wave)
+            samples = resample(wave, self.sample_rate)
+            out += [samples[k * limit : (k + 1) * limit] for k in range(self.windows)]
+        return out
+
+    def _warn_if_cut(self, wave: Waveform) -> None:
+        # A warning, not an error: data built with long_clips=truncate keep long clips on purpose,
+        # and inference takes any clip. Once per process (each decode worker warns once).
+        if self._warned_long or wave.seconds <= self.clip_seconds + 0.01:  # 10 ms: resampling rounds
+            return
+        self._warned_long = True
+        log.warning(
+            "audio: a %.1f s clip is longer than the encoder's %d window(s) of %g s: it hears the first %g s only "
+            "(data built with audio.long_clips=windows need audio_encoder.windows >= audio.max_windows); "
+            "warned once",
+            wave.seconds,
+            self.windows,
+            self.max_seconds,
+            self.clip_seconds,
+        )
+
+    def _per_clip(self, windows: torch.Tensor) -> torch.Tensor:
+        """Preprocessed windows [clips * windows, ...] as [clips, windows, ...] (as they are for one window)."""
+        return windows if self.windows == 1 else windows.unflatten(0, (-1, self.windows))
 
     def preprocess(self, waves: list[Waveform]) -> torch.Tensor:
         raise NotImplementedError
@@ -73,10 +118,21 @@ class AudioEncoder(nn.Module):
         raise NotImplementedError
 
     def _finish_init(self) -> None:
-        """Record the output shape by running one silent clip."""
+        """Record the output shape by running one silent clip, and say what a clip becomes."""
         with torch.no_grad():
             out = self(self.preprocess([Waveform(np.zeros(self.sample_rate, np.float32), self.sample_rate)]))
         self.num_tokens, self.output_dim = out.shape[1], out.shape[2]
+        if self.windows > 1:
+            log.info(
+                "audio: up to %d windows of %g s = %g s a clip, %d encoder tokens (%d a window)",
+                self.windows,
+                self.max_seconds,
+                self.clip_seconds,
+                self.num_tokens,
+                self.num_tokens // self.windows,
+            )
+        else:
+            log.info("audio: %g s a clip (longer ones are cut), %d encoder tokens", self.max_seconds, self.num_tokens)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         trainable = any(p.requires_grad for p in self.parameters())
@@ -86,6 +142,12 @@ class AudioEncoder(nn.Module):
             return self._tokens(inputs)
 
     def _tokens(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.windows == 1:
+            return self._window_tokens(inputs)
+        tokens = self._window_tokens(inputs.flatten(0, 1))  # every window of every clip in one batch
+        return tokens.reshape(inputs.shape[0], -1, tokens.shape[-1])  # a clip's windows, in time order
+
+    def _window_tokens(self, inputs: torch.Tensor) -> torch.Tensor:
         frames = self.features(inputs)[:, : self.kept_frames]
         if self.stride > 1:
             # ceil_mode: a last, partial group is averaged over the frames it has.
@@ -123,7 +185,8 @@ class WhisperEncoder(AudioEncoder):
     Whisper only accepts its full window (30 s, 3000 mel frames; 1500 encoder frames, 50 per
     second). Each clip is cut to ``max_seconds``, padded with silence to the window as
     Whisper was trained, encoded, and only the frames of the first ``max_seconds`` are kept:
-    the clip itself plus, for a shorter clip, the padding up to ``max_seconds``.
+    the clip itself plus, for a shorter clip, the padding up to ``max_seconds``. With
+    ``windows > 1`` each ``max_seconds`` window of a clip is such a clip.
     """
 
     def __init__(
@@ -135,8 +198,9 @@ class WhisperEncoder(AudioEncoder):
         window_seconds: float | None = None,
         cache_items: int = 0,
         trust_remote_code: bool = False,
+        windows: int = 1,
     ):
-        super().__init__(max_seconds, stride, cache_items)
+        super().__init__(max_seconds, stride, cache_items, windows)
         from transformers import WhisperFeatureExtractor, WhisperModel
 
         self.feature_extractor = WhisperFeatureExtractor.from_pretrained(name_or_path)
@@ -178,7 +242,7 @@ class WhisperEncoder(AudioEncoder):
     def preprocess(self, waves: list[Waveform]) -> torch.Tensor:
         clips = [clip.numpy() for clip in self.window(waves)]
         out = self.feature_extractor(clips, sampling_rate=self.sample_rate, padding="max_length", return_tensors="pt")
-        return out["input_features"]
+        return self._per_clip(out["input_features"])
 
     def features(self, inputs: torch.Tensor) -> torch.Tensor:
         dtype = self.encoder.conv1.weight.dtype
@@ -191,8 +255,10 @@ class FbankEncoder(AudioEncoder):
     """A cheap baseline trained from scratch: Kaldi log-mel filterbanks (100 frames/s) and a
     small strided conv stack (to 25 frames/s). Random weights: train it (``tuning.audio_encoder=full``)."""
 
-    def __init__(self, max_seconds: float = 10.0, stride: int = 5, num_mel_bins: int = 80, hidden: int = 256):
-        super().__init__(max_seconds, stride)  # no feature cache: the convolutions train
+    def __init__(
+        self, max_seconds: float = 10.0, stride: int = 5, num_mel_bins: int = 80, hidden: int = 256, windows: int = 1
+    ):
+        super().__init__(max_seconds, stride, windows=windows)  # no feature cache: the convolutions train
         self.num_mel_bins = num_mel_bins
         self.frames_per_second = 25.0
         self.convs = nn.Sequential(
@@ -208,13 +274,16 @@ class FbankEncoder(AudioEncoder):
         from torchaudio.compliance.kaldi import fbank
 
         frames = round(self.max_seconds * 100)
-        out = torch.zeros(len(waves), frames, self.num_mel_bins)
-        for row, clip in enumerate(self.window(waves)):
+        clips = self.window(waves)
+        out = torch.zeros(len(clips), frames, self.num_mel_bins)
+        for row, clip in enumerate(clips):
             clip = F.pad(clip, (0, max(0, 400 - clip.numel())))  # at least one 25 ms frame
             feats = fbank(clip.unsqueeze(0), num_mel_bins=self.num_mel_bins, sample_frequency=self.sample_rate)
-            feats = (feats - feats.mean(0)) / (feats.std(0) + 1e-5)
+            centred = feats - feats.mean(0)
+            # One frame (an empty window, or a window's last few ms) has no spread: zero, as silence.
+            feats = centred / (feats.std(0) + 1e-5) if len(feats) > 1 else centred
             out[row, : min(frames, len(feats))] = feats[:frames]
-        return out
+        return self._per_clip(out)
 
     def features(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.norm(self.convs(inputs.transpose(1, 2)).transpose(1, 2))
@@ -471,10 +540,11 @@ def whisper_base_encoder(
     layer: int = -1,
     window_seconds: float | None = None,
     cache_items: int = 0,
+    windows: int = 1,
 ) -> WhisperEncoder:
     """The offline preset: Whisper base's encoder (512 features, 50 frames/s) from the converted checkpoint."""
     path = str(whisper_base_offline())
-    return WhisperEncoder(path, max_seconds, stride, layer, window_seconds, cache_items)
+    return WhisperEncoder(path, max_seconds, stride, layer, window_seconds, cache_items, windows=windows)
 
 
 def build_tiny_whisper_dir(
@@ -519,8 +589,8 @@ def build_tiny_whisper_dir(
 
 
 def tiny_whisper_encoder(
-    max_seconds: float = 4.0, stride: int = 10, layer: int = -1, cache_items: int = 0, **spec
+    max_seconds: float = 4.0, stride: int = 10, layer: int = -1, cache_items: int = 0, windows: int = 1, **spec
 ) -> WhisperEncoder:
     """The tiny preset: a random Whisper built once, then loaded like any local directory."""
     path = str(build_tiny_whisper_dir(**spec))
-    return WhisperEncoder(path, max_seconds, stride, layer, cache_items=cache_items)
+    return WhisperEncoder(path, max_seconds, stride, layer, cache_items=cache_items, windows=windows)

@@ -100,6 +100,17 @@ def test_long_clip_policy_truncate_split_skip():
         AudioPolicy(long_clips="chop")
 
 
+def test_long_clip_policy_windows_keeps_one_item_up_to_max_windows():
+    policy = AudioPolicy(max_seconds=5, long_clips="windows", max_windows=3)
+    cut = prepare_audio(tone(20.0, 8000), "wav", "long.wav", policy)
+    assert cut.long == "truncated" and [ext for ext, _ in cut.items] == ["wav"]  # what the encoder's windows read
+    assert decode_audio(cut.items[0][1]).seconds == pytest.approx(15.0)
+    whole = tone(12.0, 8000, fmt="FLAC")
+    kept = prepare_audio(whole, "flac", "mid.flac", policy)
+    assert kept.items == [("flac", whole)] and kept.long == "windows"  # one item, its original bytes
+    assert prepare_audio(tone(4.0), "wav", "short.wav", policy).long == ""
+
+
 # --- readers -------------------------------------------------------------------------------
 
 
@@ -300,6 +311,18 @@ def test_build_checks_audio_once_counts_skips_and_splits_long_clips(tmp_path):
 
     with pytest.raises(BuildError, match="silent"):
         build(audio_recipe(tmp_path / "src2", tmp_path / "strict", on_error="raise"))
+
+
+def test_build_with_windows_stores_a_long_clip_as_one_cut_item(tmp_path):
+    audio = {"max_seconds": 10.0, "long_clips": "windows", "max_windows": 2}
+    manifest = build(audio_recipe(tmp_path / "src", tmp_path / "out", audio=audio))
+    truncated = sum(s["long_audio"].get("truncated", 0) for s in manifest["sets"].values())
+    samples = [c for name in manifest["sets"] for c in read_shards(shard_urls(tmp_path / "out" / name))]
+    long = [c for c in samples if c.meta["group"] == "long.wav"]
+    assert len(long) == truncated >= 1  # the 25 s clip, cut to 2 windows of 10 s
+    for conv in long:
+        assert len(conv.media) == 1 and conv.messages[0].content.count("<audio>") == 1
+        assert decode_audio(conv.media[0].data).seconds == pytest.approx(20.0)
 
 
 def test_mixed_image_and_audio_templates(tmp_path):

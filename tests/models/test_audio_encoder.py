@@ -3,6 +3,7 @@
 import importlib.util
 import io
 import json
+import logging
 import shutil
 import struct
 
@@ -102,6 +103,87 @@ def test_fbank_baseline_shapes():
     features = enc.preprocess([wave(0.3, 8000), wave(3.0, 48000)])
     assert features.shape == (2, 200, 80)
     assert enc(features).shape == (2, 10, 32) and enc.num_tokens == 10  # 25 frames/s * 2 s / 5
+
+
+def noise(seconds: float, rate: int = 16000, seed: int = 0) -> Waveform:
+    """A clip whose every window sounds different (a tone's windows would be alike)."""
+    rng = np.random.default_rng(seed)
+    return Waveform((0.3 * rng.standard_normal(round(seconds * rate))).astype(np.float32), rate)
+
+
+def cut(clip: Waveform, start: float, end: float) -> Waveform:
+    rate = clip.sample_rate
+    return Waveform(clip.samples[round(start * rate) : round(end * rate)], rate)
+
+
+def test_windows_cover_a_long_clip_with_a_fixed_token_count(caplog):
+    torch.manual_seed(0)
+    with caplog.at_level(logging.INFO, logger="mmit.models.audio"):
+        enc = FbankEncoder(max_seconds=5.0, stride=5, hidden=32, windows=3).eval()
+    assert "up to 3 windows of 5 s = 15 s a clip, 75 encoder tokens (25 a window)" in caplog.text
+    single = FbankEncoder(max_seconds=5.0, stride=5, hidden=32).eval()
+    single.load_state_dict(enc.state_dict())
+    assert single.num_tokens == 25 and enc.num_tokens == 3 * 25 and enc.clip_seconds == 15.0
+    clip = noise(15.0)
+    with torch.no_grad():
+        inputs = enc.preprocess([clip, cut(clip, 0, 4)])
+        assert inputs.shape == (2, 3, 500, 80)  # [clips, windows, fbank frames, mel bins]
+        out = enc(inputs)
+        alone = {span: single(single.preprocess([cut(clip, *span)])) for span in ((0, 5), (5, 10), (0, 4))}
+        nothing = single(single.preprocess([Waveform(np.zeros(0, np.float32), 16000)]))
+    assert out.shape == (2, 75, 32)
+    # Each window is encoded as a clip of its own; a clip's tokens are its windows' in time order.
+    torch.testing.assert_close(out[0, :25], alone[0, 5][0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[0, 25:50], alone[5, 10][0], atol=1e-5, rtol=0)
+    assert not torch.allclose(out[0, :25], out[0, 25:50])
+    # A 4 s clip: the same count, its first window the clip, the others empty (zero features, silence).
+    torch.testing.assert_close(out[1, :25], alone[0, 4][0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[1, 25:], nothing[0].repeat(2, 1), atol=1e-5, rtol=0)
+    # A window holding only the clip's last 10 ms (a single fbank frame) is as finite as silence.
+    with torch.no_grad():
+        assert torch.isfinite(enc(enc.preprocess([cut(clip, 0, 5.01)]))).all()
+    # stride pools each window's frames: twice the stride, half the tokens (4 s windows: 100 frames).
+    assert FbankEncoder(4.0, stride=5, hidden=8, windows=3).num_tokens == 3 * 20
+    assert FbankEncoder(4.0, stride=10, hidden=8, windows=3).num_tokens == 3 * 10
+    with pytest.raises(ValueError, match="windows >= 1"):
+        FbankEncoder(4.0, windows=0)
+
+
+def test_a_clip_beyond_the_windows_is_cut_with_one_warning(caplog):
+    enc = FbankEncoder(max_seconds=2.0, hidden=8, windows=2).eval()
+    clip = noise(5.0)
+    with caplog.at_level(logging.WARNING, logger="mmit.models.audio"), torch.no_grad():
+        longer, kept = enc(enc.preprocess([clip, clip])), enc(enc.preprocess([cut(clip, 0, 4)]))
+    torch.testing.assert_close(longer[0], kept[0])  # the encoder hears 2 windows of 2 s
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "5.0 s clip is longer than the encoder's 2 window(s) of 2 s" in warnings[0].message
+
+
+def test_whisper_windows_match_the_window_encoded_alone():
+    enc = apply_tuning(tiny_whisper_encoder(max_seconds=2.0, stride=10, windows=2), "frozen").eval()
+    single = apply_tuning(tiny_whisper_encoder(max_seconds=2.0, stride=10), "frozen").eval()
+    assert single.num_tokens == 10 and enc.num_tokens == 20
+    clip = noise(4.0)  # at the encoder's rate: a window cut before resampling would differ at its edges
+    with torch.no_grad():
+        inputs = enc.preprocess([clip])
+        assert inputs.shape == (1, 2, 80, 400)  # each window padded to the tiny model's 4 s, as Whisper expects
+        out = enc(inputs)
+        second = single(single.preprocess([cut(clip, 2, 4)]))
+    assert out.shape == (1, 20, 32)
+    torch.testing.assert_close(out[:, 10:], second, atol=1e-5, rtol=0)
+
+
+def test_feature_cache_fingerprint_differs_by_windows():
+    from mmit.data.features import fingerprint
+
+    prints = []
+    for windows in (1, 3):
+        torch.manual_seed(0)
+        enc = FbankEncoder(max_seconds=2.0, hidden=8, windows=windows)
+        config = {"_target_": "mmit.models.audio.FbankEncoder", "max_seconds": 2.0, "hidden": 8, "windows": windows}
+        prints.append(fingerprint("audio", enc, config))
+    one, three = prints
+    assert {k for k in one if one[k] != three[k]} == {"encoder", "preprocess_sha256", "tokens"}  # same weights
 
 
 def test_waveforms_from_files_of_any_layout(tiny_whisper):

@@ -223,3 +223,24 @@ def test_decode_workers_train_exactly_as_the_prefetch_thread(compose, tmp_path, 
         losses[workers] = [r["train/loss"] for r in rows if "train/loss" in r]
     assert pools == [(["image"], 2)]  # only the run with workers made a pool
     assert len(losses[0]) == 3 and losses[2] == losses[0]
+
+
+@pytest.mark.slow
+def test_the_video_pipeline_trains_reads_its_clips_from_the_cache_and_reports_grounding(compose, tmp_path):
+    out = tmp_path / "demo"
+    cfg = compose(
+        [
+            "+recipe=video_qa_tiny",
+            "trainer.max_steps=4",
+            "trainer.eval_every=4",
+            "trainer.generate_samples=4",
+            f"data.source.overrides=['prepare.n_clips=16','prepare.n_heldout_clips=6','out_dir={out}','prepare.out_dir={out}-src']",
+        ]
+    )
+    summary = run(cfg, tmp_path / "run")
+    assert summary["feature_cache_hits"] > 0 and summary["feature_cache_misses"] == 0
+    video_cache = summary["feature_cache"]["video"]
+    assert video_cache["items"] >= 16 and "video-" in video_cache["dir"]  # a folder of its own, keyed by sampling
+    tasks = summary["grounding"]["heldout_templates"]
+    video_tasks = {task: g for task, g in tasks.items() if task.startswith("video_")}
+    assert video_tasks and any("dependence" in g for g in video_tasks.values())  # answered with swapped clips too
