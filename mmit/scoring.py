@@ -7,6 +7,9 @@ Each task family is scored by the metrics its community reports (``mmit.metrics`
 - ``vqa_multiple_choice``: accuracy of the option letter (exact match), and ``option_accuracy``:
   the reply read as an option by its letter or its exact text (MMBench's rule);
 - ``caption_*``: BLEU-4, CIDEr-D and ROUGE-L against all captions of the image;
+- audio and video tasks as the image task they resemble (``FAMILY``): their captions (and
+  dense captions, and what happens between two times) as captions, their yes/no questions by
+  yes/no accuracy, and questions with one reference answer by exact-match accuracy;
 - anything else (text instructions, conversations): exact match and ROUGE-L.
 
 The first metric of each family is the task's headline ``score``. Training's in-loop
@@ -32,14 +35,38 @@ from mmit.grounding import AnswerPrior
 
 LETTERS = dict.fromkeys("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "")  # options known by their letters only
 
-HEADLINE = {
-    "vqa_short": "vqa_accuracy",
-    "vqa_yesno": "yes_no_accuracy",
-    "vqa_multiple_choice": "accuracy",
-    "audio_caption": "cider_d",
-    "audio_qa": "accuracy",
-    "audio_transcription": "word_accuracy",
+# How each task is scored: its family's metrics (``task_metrics``), the first of them the headline.
+# Audio and video tasks are scored as the image task they resemble; a task not named here by its
+# prefix (caption_*, vqa_*), else as free text.
+FAMILY = {
+    "vqa_multiple_choice": "choice",
+    "vqa_yesno": "vqa_yesno",
+    "video_yesno": "yesno",
+    "audio_qa": "short",  # one reference answer: exact-match accuracy
+    "video_qa": "short",
+    "video_order": "short",  # which of two named events or colours comes first
+    "audio_caption": "caption",
+    "video_caption": "caption",
+    "video_dense_caption": "caption",
+    "video_temporal": "caption",  # what happens between two times: one event's sentence
+    "audio_transcription": "transcription",
 }
+HEADLINES = {
+    "choice": "accuracy",
+    "vqa_yesno": "yes_no_accuracy",
+    "yesno": "yes_no_accuracy",
+    "short": "accuracy",
+    "caption": "cider_d",
+    "transcription": "word_accuracy",
+    "vqa": "vqa_accuracy",
+    "text": "rouge_l",
+}
+
+
+def family(task: str) -> str:
+    if task in FAMILY:
+        return FAMILY[task]
+    return "caption" if task.startswith("caption") else "vqa" if task.startswith("vqa") else "text"
 
 
 @dataclass
@@ -83,36 +110,37 @@ class Prediction:
 
 
 def headline_metric(task: str) -> str:
-    if task in HEADLINE:
-        return HEADLINE[task]
-    return "cider_d" if task.startswith("caption") else "rouge_l"
+    return HEADLINES[family(task)]
 
 
 def task_metrics(task: str, preds: list[Prediction], vqa_normalisation: str = "official") -> dict[str, float]:
     """The metrics of one task over its predictions (headline first), plus the count ``n``."""
     hyps = [p.prediction for p in preds]
     exact = _mean([metrics.exact_match(p.prediction, p.reference) for p in preds])
-    if task.startswith("caption") or task == "audio_caption":
+    kind = family(task)
+    if kind == "caption":
         refs = [p.references for p in preds]
         scores = {
             "cider_d": metrics.cider_d(hyps, refs),
             "bleu_4": metrics.bleu(hyps, refs, 4),
             "rouge_l": metrics.rouge_l_corpus(hyps, refs),
         }
-    elif task == "vqa_multiple_choice":
+    elif kind == "choice":
         # a prompt that lists no options (its own wording) leaves the letter alone to name the option
         named = [metrics.option_letter(p.prediction, metrics.listed_options(p.prompt) or LETTERS) for p in preds]
         scores = {"accuracy": exact, "option_accuracy": _mean([n == p.reference for n, p in zip(named, preds)])}
-    elif task.startswith("vqa"):
+    elif kind in ("vqa", "vqa_yesno"):
         scores = {
             "vqa_accuracy": _mean([metrics.vqa_accuracy(p.prediction, p.references, vqa_normalisation) for p in preds]),
             "exact_match": exact,
         }
-        if task == "vqa_yesno":
+        if kind == "vqa_yesno":
             scores = {"yes_no_accuracy": metrics.yes_no_accuracy(hyps, [p.reference for p in preds]), **scores}
-    elif task == "audio_qa":  # spoken-content questions with one short answer
+    elif kind == "yesno":
+        scores = {"yes_no_accuracy": metrics.yes_no_accuracy(hyps, [p.reference for p in preds]), "exact_match": exact}
+    elif kind == "short":  # one reference answer
         scores = {"accuracy": exact, "rouge_l": _mean([metrics.text_rouge_l(p.prediction, p.reference) for p in preds])}
-    elif task == "audio_transcription":  # headline 1 - WER, so that higher is better like the others
+    elif kind == "transcription":  # headline 1 - WER, so that higher is better like the others
         wer = metrics.word_error_rate(hyps, [p.reference for p in preds])
         scores = {"word_accuracy": max(0.0, 1.0 - wer), "wer": wer, "exact_match": exact}
     else:
@@ -133,15 +161,16 @@ def sample_scores(
     reference length (the clip at 0 aside).
     """
     hyps, ones = [p.prediction for p in preds], [1.0] * len(preds)
-    if task.startswith("caption") or task == "audio_caption":
+    kind = family(task)
+    if kind == "caption":
         return metrics.cider_d_scores(hyps, [p.references for p in preds]), ones
-    if task in ("vqa_multiple_choice", "audio_qa"):
+    if kind in ("choice", "short"):
         return [metrics.exact_match(p.prediction, p.reference) for p in preds], ones
-    if task == "vqa_yesno":
+    if kind in ("vqa_yesno", "yesno"):
         return [metrics.yes_no_accuracy([p.prediction], [p.reference]) for p in preds], ones
-    if task.startswith("vqa"):
+    if kind == "vqa":
         return [metrics.vqa_accuracy(p.prediction, p.references, vqa_normalisation) for p in preds], ones
-    if task == "audio_transcription":
+    if kind == "transcription":
         words = [float(max(len(p.reference.split()), 1)) for p in preds]
         return [1.0 - metrics.word_error_rate([p.prediction], [p.reference]) for p in preds], words
     return [metrics.text_rouge_l(p.prediction, p.reference) for p in preds], ones

@@ -305,10 +305,31 @@ def test_audio_tasks_have_their_own_headlines():
     assert asr["word_accuracy"] == pytest.approx(0.75)
 
 
+def test_video_tasks_are_scored_as_the_image_tasks_they_resemble():
+    from mmit.scoring import Prediction, task_metrics
+
+    def pred(task, prediction, reference):
+        return Prediction("s", "x", task, "t", "prompt", reference, [reference], prediction)
+
+    qa = task_metrics("video_qa", [pred("video_qa", "Left.", "left"), pred("video_qa", "up", "down")])
+    assert list(qa)[0] == "accuracy" and qa["accuracy"] == 0.5  # one reference: exact match, not VQA's 3-of-10
+    yes_no = task_metrics("video_yesno", [pred("video_yesno", "Yes", "yes"), pred("video_yesno", "no", "yes")])
+    assert list(yes_no)[0] == "yes_no_accuracy" and yes_no["yes_no_accuracy"] == 0.5
+    order = task_metrics("video_order", [pred("video_order", "A red square appears", "A red square appears.")])
+    assert order["accuracy"] == 1.0
+    for task in ("video_caption", "video_dense_caption", "video_temporal"):
+        assert (
+            list(task_metrics(task, [pred(task, "a red square moves left", "A red square moves left.")]))[0]
+            == "cider_d"
+        )
+
+
 def test_every_task_family_reports_its_headline_first():
     from mmit.scoring import Prediction, headline_metric, task_metrics
 
-    for task in ("caption_brief", "vqa_short", "vqa_yesno", "audio_caption", "audio_qa", "audio_transcription", "x"):
+    tasks = ("caption_brief", "vqa_short", "vqa_yesno", "audio_caption", "audio_qa", "audio_transcription", "x")
+    video = ("video_caption", "video_dense_caption", "video_temporal", "video_qa", "video_yesno", "video_order")
+    for task in tasks + video:
         scores = task_metrics(task, [Prediction("s", "1", task, "t", "p", "yes", ["yes"], "yes")])
         assert list(scores)[0] == headline_metric(task), task
 
