@@ -109,3 +109,39 @@ def test_a_video_sample_trains_and_its_tokens_come_from_its_frames(compose, tmp_
         other = model.embed(batch.input_ids, {"video": batch.media["video"].flip(0)})
     at = batch.input_ids == model.slots["video"].token_id
     assert not torch.allclose(own[at], other[at]) and torch.equal(own[~at], other[~at])
+
+
+def test_packed_video_samples_give_the_unpacked_loss(compose, tmp_path):
+    from mmit.data.collate import collator_for
+    from mmit.data.tokenize import tokenize_conversation
+    from mmit.factory import build_model
+    from mmit.training.loss import next_token_loss_sum
+    from mmit.training.packing import pack_batch
+
+    built = build_model(compose(["+recipe=vqa_tiny", "+video={frames: 3, pool_to: 2, temporal: learned}"]))
+    model, tokenizer = built.model, built.tokenizer
+    convs = []
+    for n in range(3):
+        path = tmp_path / f"clip{n}.mp4"
+        write_clip(path, [np.full((32, 32, 3), 60 * n + 20 * k, np.uint8) for k in range(5)], fps=5)
+        convs.append(
+            Conversation(
+                f"v{n}",
+                [
+                    Message("user", "<video>\nWhat happens?" + " Look closely." * n),
+                    Message("assistant", "It brightens."),
+                ],
+                media=[MediaRef("video", "mp4", path=str(path))],
+            )
+        )
+    convs.append(Conversation("t", [Message("user", "Say hi."), Message("assistant", "Hi.")]))
+    samples = [tokenize_conversation(c, tokenizer, 256, slots=list(model.slots.values()))[0] for c in convs]
+    padded = collator_for(model, tokenizer)(samples)
+    packed = pack_batch(padded, sum(len(s.input_ids) for s in samples), tokenizer.pad_token_id)
+    assert packed.input_ids.shape[0] < padded.input_ids.shape[0]  # the four samples share rows
+    model.eval()
+    with torch.no_grad():
+        padded_loss = next_token_loss_sum(model(padded), padded.labels, model.output_head)
+        packed_loss = next_token_loss_sum(model(packed), packed.labels, model.output_head)
+    torch.testing.assert_close(packed_loss, padded_loss, atol=1e-4, rtol=1e-5)
+    assert packed.num_label_tokens == padded.num_label_tokens
