@@ -108,7 +108,11 @@ def decode_audio(data: bytes, where: str = "audio") -> Waveform:
     try:
         sound = soundfile.SoundFile(io.BytesIO(data))
     except Exception as err:  # libsndfile reports unknown and broken formats alike
-        raise SampleError("audio_undecodable", f"{where}: audio does not decode ({err})") from err
+        # Not a format libsndfile reads (AAC in MP4 / M4A, a video's sound track): FFmpeg's decoders.
+        wave = sound_track(data, where)
+        if wave is None:
+            raise SampleError("audio_undecodable", f"{where}: audio does not decode ({err})") from err
+        return wave
     with sound:
         declared, rate, log = sound.frames, sound.samplerate, sound.extra_info
         try:
@@ -129,6 +133,34 @@ def decode_audio(data: bytes, where: str = "audio") -> Waveform:
         raise SampleError("audio_undecodable", f"{where}: sample rate {rate} Hz")
     # Average the channels: stereo (or more) becomes mono at the same level.
     return Waveform(np.ascontiguousarray(samples.mean(axis=1), dtype=np.float32), rate)
+
+
+def sound_track(data: bytes, where: str) -> Waveform | None:
+    """The first audio stream of a container FFmpeg reads (MP4, M4A, WebM, MKV, ...) through PyAV, mixed
+    to mono at its own rate; None when there is no such container; SampleError when it has no sound."""
+    import av
+
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            streams = container.streams.audio
+            if not streams:
+                kinds = sorted({s.type for s in container.streams}) or ["none"]
+                raise SampleError(
+                    "no_audio_stream", f"{where}: the file has no audio stream (streams: {', '.join(kinds)})"
+                )
+            stream = streams[0]
+            mono = av.AudioResampler(format="flt", layout="mono", rate=stream.rate)
+            chunks = [
+                out.to_ndarray().reshape(-1) for frame in container.decode(stream) for out in mono.resample(frame)
+            ]
+            chunks += [out.to_ndarray().reshape(-1) for out in mono.resample(None)]
+            rate = stream.rate
+    except av.FFmpegError:
+        return None
+    samples = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    if len(samples) == 0:
+        raise SampleError("audio_empty", f"{where}: the audio has no samples")
+    return Waveform(np.ascontiguousarray(samples, dtype=np.float32), int(rate))
 
 
 def load_audio(ref: MediaRef) -> Waveform:

@@ -41,3 +41,36 @@ def test_a_broken_clip_is_an_error_naming_the_file_and_record(tmp_path):
 def test_video_without_a_vision_path_is_refused_by_name(tmp_path):
     with pytest.raises(DataFileError, match="has video media but the model has no video encoder"):
         read_conversations([_data(tmp_path)], media_kinds={"image"}, on_error="raise")
+
+
+def test_a_clips_sound_track_is_its_audio(tmp_path):
+    from mmit.data.audio import decode_audio
+    from mmit.data.samples import SampleError
+
+    t = np.arange(32000) / 16000
+    tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    write_clip(tmp_path / "sound.mp4", [np.zeros((16, 16, 3), np.uint8)] * 8, fps=4, audio=tone, sample_rate=16000)
+    wave = decode_audio((tmp_path / "sound.mp4").read_bytes(), "sound.mp4")
+    assert wave.sample_rate == 16000 and 2.0 <= len(wave.samples) / 16000 < 2.1  # AAC adds a little padding
+    spectrum = np.abs(np.fft.rfft(wave.samples[4000:20000]))
+    assert abs(np.argmax(spectrum) * 16000 / 16000 - 440) <= 2  # the tone, at its pitch
+    write_clip(tmp_path / "silent.mp4", [np.zeros((16, 16, 3), np.uint8)] * 8, fps=4)
+    with pytest.raises(SampleError, match="silent.mp4: the file has no audio stream"):
+        decode_audio((tmp_path / "silent.mp4").read_bytes(), "silent.mp4")
+
+
+def test_one_clip_as_video_and_audio_in_one_sample(tmp_path):
+    t = np.arange(16000) / 16000
+    tone = (0.3 * np.sin(2 * np.pi * 330 * t)).astype(np.float32)
+    write_clip(tmp_path / "both.mp4", [np.full((16, 16, 3), 9 * k, np.uint8) for k in range(4)], fps=4, audio=tone)
+    record = {
+        "id": "both",
+        "video": "both.mp4",
+        "audio": "both.mp4",
+        "instruction": "What do you see and hear?",
+        "output": "A tone.",
+    }
+    (tmp_path / "data.jsonl").write_text(json.dumps(record) + "\n")
+    (conv,) = read_conversations([tmp_path / "data.jsonl"])
+    assert [m.kind for m in conv.media] == ["audio", "video"]  # placeholders in the order of PLACEHOLDERS' kinds
+    assert conv.messages[0].content.startswith("<audio>\n<video>\n")

@@ -145,3 +145,30 @@ def test_packed_video_samples_give_the_unpacked_loss(compose, tmp_path):
         packed_loss = next_token_loss_sum(model(packed), packed.labels, model.output_head)
     torch.testing.assert_close(packed_loss, padded_loss, atol=1e-4, rtol=1e-5)
     assert packed.num_label_tokens == padded.num_label_tokens
+
+
+def test_a_clips_frames_and_sound_track_train_together(compose, tmp_path):
+    from mmit.data.collate import collator_for
+    from mmit.data.tokenize import tokenize_conversation
+    from mmit.factory import build_model
+    from mmit.training.loss import next_token_loss_sum
+
+    overrides = ["+recipe=vqa_tiny", "audio_encoder=tiny", "+video={frames: 3, pool_to: 2, temporal: learned}"]
+    built = build_model(compose(overrides))
+    model, tokenizer = built.model, built.tokenizer
+    assert set(model.slots) == {"image", "audio", "video"}
+    tone = (0.3 * np.sin(2 * np.pi * 330 * np.arange(16000) / 16000)).astype(np.float32)
+    path = tmp_path / "both.mp4"
+    write_clip(path, [np.full((32, 32, 3), 30 * k, np.uint8) for k in range(4)], fps=4, audio=tone)
+    conv = Conversation(
+        "both",
+        [Message("user", "<audio>\n<video>\nWhat do you see and hear?"), Message("assistant", "A tone.")],
+        media=[MediaRef("audio", "mp4", path=str(path)), MediaRef("video", "mp4", path=str(path))],
+    )
+    sample, _ = tokenize_conversation(conv, tokenizer, 512, slots=list(model.slots.values()))
+    batch = collator_for(model, tokenizer)([sample])
+    assert set(batch.media) == {"audio", "video"}
+    model.train()
+    next_token_loss_sum(model(batch), batch.labels, model.output_head).backward()
+    assert model.projectors["audio"].mlp[0].weight.grad.abs().sum() > 0  # the sound track reached the loss
+    assert model.projectors["video"].frame_code.code.grad.abs().sum() > 0  # and so did the frames
