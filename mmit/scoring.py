@@ -42,9 +42,11 @@ FAMILY = {
     "vqa_multiple_choice": "choice",
     "vqa_yesno": "vqa_yesno",
     "video_yesno": "yesno",
+    "compare_statement": "yesno",  # a statement about several images, true or false (NLVR2)
     "audio_qa": "short",  # one reference answer: exact-match accuracy
     "video_qa": "short",
     "video_order": "short",  # which of two named events or colours comes first
+    "compare_qa": "short",  # which image has more shapes, is different, ...
     "audio_caption": "caption",
     "video_caption": "caption",
     "video_dense_caption": "caption",

@@ -25,11 +25,13 @@ def small_data(cfg, tmp_path) -> list[str]:
     if cfg.data.source._target_.endswith("prepare_text_skills"):
         return ["data.source.n_train=16", "data.source.n_eval=4"]
     out = tmp_path / "demo"
-    size = (
-        "'prepare.n_clips=16','prepare.n_heldout_clips=6'"
-        if cfg.data.source.recipe in ("demo_audio", "demo_video")
-        else "'prepare.n_images=60'"
-    )
+    recipe = cfg.data.source.recipe
+    if recipe in ("demo_audio", "demo_video"):
+        size = "'prepare.n_clips=16','prepare.n_heldout_clips=6'"
+    elif recipe == "demo_compare":
+        size = "'prepare.n_pairs=20','prepare.n_heldout_pairs=6'"
+    else:
+        size = "'prepare.n_images=60'"
     return [f"data.source.overrides=[{size},'out_dir={out}','prepare.out_dir={out}-src']"]
 
 

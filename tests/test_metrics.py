@@ -329,6 +329,7 @@ def test_every_task_family_reports_its_headline_first():
 
     tasks = ("caption_brief", "vqa_short", "vqa_yesno", "audio_caption", "audio_qa", "audio_transcription", "x")
     video = ("video_caption", "video_dense_caption", "video_temporal", "video_qa", "video_yesno", "video_order")
+    video += ("compare_statement", "compare_qa")
     for task in tasks + video:
         scores = task_metrics(task, [Prediction("s", "1", task, "t", "p", "yes", ["yes"], "yes")])
         assert list(scores)[0] == headline_metric(task), task

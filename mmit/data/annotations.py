@@ -4,8 +4,10 @@ Each reader yields ``(location, Annotation | SampleError)``: one annotation per 
 clip (all of its captions, all of its question-answer pairs, or its transcript) or per
 conversation. Errors are yielded, not raised, so the builder's ``on_error`` policy decides; a
 location names the file and record. A file that cannot be read at all (bad JSON, or not the
-layout's shape) raises SampleError naming the file. Audio readers: Clotho and AudioCaps caption
-CSVs, and audio caption / QA / transcript JSONL. Video readers: MSR-VTT captions, MSRVTT-QA /
+layout's shape) raises SampleError naming the file. Several images: LLaVA-Interleave / OneVision
+conversations (``read_llava``: an ``image`` list, its ``<image>`` placeholders anywhere in the text,
+in order) and NLVR2 statements about a pair (``read_nlvr2``). Audio readers: Clotho and AudioCaps
+caption CSVs, and audio caption / QA / transcript JSONL. Video readers: MSR-VTT captions, MSRVTT-QA /
 MSVD-QA questions, ActivityNet Captions' timestamped events, and LLaVA-Video conversations.
 
 Every field's type is checked (``wrong_type``). Media files must lie inside the reader's folder
@@ -357,6 +359,88 @@ def read_llava(json_file: str, images_dir: str | None = None, allow_outside_root
     """LLaVA instruct JSON: [{id, image?, conversations: [{from: human|gpt, value}]}] with ``<image>``
     (``video`` / ``audio`` fields and placeholders are read too; every file under ``images_dir``)."""
     return _llava_records(json_file, images_dir, "llava", allow_outside_root)
+
+
+def _nlvr2_records(json_file: str) -> Iterator[tuple[str, Any]]:
+    """NLVR2's own files hold one JSON object per line; a JSON list is read too."""
+    with open(json_file, "rb") as f:
+        head = f.read(256).lstrip()
+    if head.startswith(b"["):
+        for k, record in enumerate(_load_json(json_file, list, "a JSON list of NLVR2 records")):
+            yield f"{json_file}[{k}]", record
+        return
+    for where, record in jsonl_records(json_file):
+        yield where, SampleError(record.reason, f"{where}: {record}") if isinstance(record, SampleError) else record
+
+
+def _nlvr2_statement(record: Any, where: str) -> tuple[str, str, str, str, str]:
+    """(identifier, left image, right image, sentence, yes | no) of an NLVR2 record; raises SampleError."""
+    if not isinstance(record, dict):
+        raise SampleError("not_an_object", f"{where}: expected an object, not {json_type(record)}")
+    missing = [key for key in ("identifier", "sentence", "label") if key not in record]
+    if missing:
+        raise SampleError("missing_field", f"{where}: needs {missing}")
+    identifier, sentence, label = record["identifier"], record["sentence"], record["label"]
+    if not _is_id(identifier):
+        raise _wrong(where, "identifier", "an integer or a string", identifier)
+    if not isinstance(sentence, str):
+        raise _wrong(where, "sentence", "a string", sentence)
+    if not _clean(sentence):
+        raise SampleError("missing_field", f"{where}: empty sentence")
+    if isinstance(label, str) and label.strip().lower() in ("true", "false"):
+        label = label.strip().lower() == "true"
+    if not isinstance(label, bool):
+        raise SampleError("wrong_type", f'{where}: \'label\' must be "True" or "False", not {label!r:.40}')
+    sides = [key for key in ("left", "right") if record.get(key) is not None]
+    if not sides and isinstance(identifier, str) and identifier.count("-") >= 3:
+        pair = identifier.rsplit("-", 1)[0]  # NLVR2's dev / test naming: split-set-pair-sentence
+        left, right = f"{pair}-img0.png", f"{pair}-img1.png"
+    elif len(sides) < 2:
+        raise SampleError("missing_field", f"{where}: needs 'left' and 'right' image paths")
+    else:
+        left, right = record["left"], record["right"]
+        for key, value in (("left", left), ("right", right)):
+            if not isinstance(value, str):
+                raise _wrong(where, key, "an image path", value)
+    return str(identifier), left, right, _clean(sentence), "yes" if label else "no"
+
+
+def read_nlvr2(json_file: str, images_dir: str, allow_outside_root: bool = False) -> Item:
+    """NLVR2 statements about two images: ``{"identifier", "left", "right", "sentence", "label":
+    "True" | "False"}`` per line (NLVR2's JSON lines; a JSON list is read too), images under
+    ``images_dir``. Without ``left`` and ``right``, an identifier ``split-set-pair-k`` names
+    ``split-set-pair-img0.png`` and ``-img1.png``, as NLVR2's dev and test images are named.
+
+    The statements of one pair of images become one ``vqa`` annotation: each a QA whose question
+    is the sentence (``question_type`` ``statement``) and whose answer is yes (true) or no (false);
+    the build asks it as a yes/no question about both images (``compare_statement``)."""
+    by_pair: dict[tuple[str, str], list[QA]] = {}
+    first: dict[tuple[str, str], tuple[str, str]] = {}  # pair -> (where, identifier) of its first record
+    seen: set[str] = set()
+    for where, record in _nlvr2_records(json_file):
+        if isinstance(record, SampleError):
+            yield where, record
+            continue
+        try:
+            identifier, left, right, sentence, answer = _nlvr2_statement(record, where)
+        except SampleError as err:
+            yield where, err
+            continue
+        if identifier in seen:
+            yield where, SampleError("duplicate_id", f"{where}: identifier {identifier!r} appears twice")
+            continue
+        seen.add(identifier)
+        by_pair.setdefault((left, right), []).append(QA(sentence, [answer], answer, "yes/no", identifier, "statement"))
+        first.setdefault((left, right), (where, identifier))
+    for (left, right), qas in by_pair.items():
+        where, identifier = first[(left, right)]
+        where = f"{where} (images {left}, {right})"
+        try:
+            media = [_media("image", images_dir, name, allow_outside_root) for name in (left, right)]
+        except SampleError as err:
+            yield where, SampleError(err.reason, f"{where}: {err}")
+            continue
+        yield where, Annotation(f"nlvr2-{identifier}", "nlvr2", "vqa", media, left, qas=qas)
 
 
 def read_llava_video(json_file: str, videos_dir: str | None = None, allow_outside_root: bool = False) -> Item:

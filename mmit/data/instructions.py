@@ -6,7 +6,10 @@ become the tasks ``audio_caption``, ``audio_qa`` and ``audio_transcription``, wi
 ``<audio>`` placeholder per clip (per window, when the build split a long clip). Video annotations
 become ``video_caption``, ``video_qa``, ``video_yesno``, ``video_order`` (which happens first) and,
 from timestamped events, ``video_dense_caption`` and ``video_temporal`` (what happens between two
-times), with one ``<video>`` placeholder per clip. Every choice (template,
+times), with one ``<video>`` placeholder per clip. Questions about several images at once (an
+annotation with more than one image, e.g. NLVR2's pairs) become ``compare_statement`` (is the
+statement true of the images: yes / no) or ``compare_qa``, each image numbered where it is placed
+("Image 1: <image>", LLaVA-Interleave's layout). Every choice (template,
 caption, distractors, grouping) comes from a generator seeded by the sample, so a rebuild is
 identical whatever the order or number of workers.
 """
@@ -106,8 +109,8 @@ def _qa_turn(
         if cfg.multiple_choice_hint and hint:
             prompt = f"{prompt}\n{cfg.multiple_choice_hint}"
         return prompt, LETTERS[options.index(qa.answer)]
-    prompt = template.render({"question": qa.question})
-    if task in ("vqa_short", "audio_qa", "video_qa") and cfg.short_answer_hint and hint:
+    prompt = template.render({"statement" if task == "compare_statement" else "question": qa.question})
+    if task in ("vqa_short", "audio_qa", "video_qa", "compare_qa") and cfg.short_answer_hint and hint:
         prompt = f"{prompt}\n{cfg.short_answer_hint}"
     return prompt, qa.answer
 
@@ -117,6 +120,23 @@ def _with_media(prompt: str, media: list[MediaRef], position: str = "before") ->
     prompt (or after it)."""
     placeholders = [f"<{m.kind}>" for m in media]
     return "\n".join([*placeholders, prompt] if position == "before" else [prompt, *placeholders])
+
+
+def numbered_images(prompt: str, media: list[MediaRef], position: str = "before") -> str:
+    """Each image after its number on its own line ("Image 1: <image>"), before the prompt (or after
+    it): LLaVA-Interleave's layout, so a question can name the images it compares."""
+    numbered = [f"Image {k}: <image>" for k in range(1, len(media) + 1)]
+    return "\n".join([*numbered, prompt] if position == "before" else [prompt, *numbered])
+
+
+def _is_compare(ann: Annotation) -> bool:
+    """Several images that one question is about."""
+    return len(ann.media) > 1 and all(m.kind == "image" for m in ann.media)
+
+
+def compare_task(qa: QA) -> str:
+    """A question about several images: a statement to verify (NLVR2), or any other question."""
+    return "compare_statement" if qa.question_type == "statement" else "compare_qa"
 
 
 def _is_audio(ann: Annotation) -> bool:
@@ -138,6 +158,8 @@ def video_qa_task(qa: QA) -> str:
 def _media_task(ann: Annotation, qa: QA, rng: random.Random, cfg: ShapingConfig, pool: dict[str, list[str]]) -> str:
     if _is_audio(ann):
         return "audio_qa"
+    if _is_compare(ann):
+        return compare_task(qa)
     return video_qa_task(qa) if _is_video(ann) else qa_task(qa, rng, cfg, pool)
 
 
@@ -156,6 +178,7 @@ def shape_annotation(
     rng = sample_rng(cfg.seed, f"{split}:{held_out_templates}:{ann.id}")
     train = split == "train"
     out: dict[str, list[Conversation]] = {"seen": [], "heldout_tasks": []}
+    place_media = numbered_images if _is_compare(ann) else _with_media
 
     def emit(turns: list[tuple[str, str, str, str]], answers: list[str], question_types: list[str] = ()) -> None:
         """turns: (task, template id, prompt, answer); question_types: per turn, where the data has them."""
@@ -166,7 +189,7 @@ def shape_annotation(
         messages = []
         for i, (_, _, prompt, answer) in enumerate(turns):
             messages += [
-                Message("user", _with_media(prompt, ann.media, cfg.media_position) if i == 0 else prompt),
+                Message("user", place_media(prompt, ann.media, cfg.media_position) if i == 0 else prompt),
                 Message("assistant", answer),
             ]
         n = len(out["seen"]) + len(out["heldout_tasks"])
@@ -262,10 +285,10 @@ def shape_annotation(
 
 def answer_pool(annotations: list[Annotation]) -> dict[str, list[str]]:
     """Distinct answers per answer type and per answer and question type, sorted (``distractors``
-    relies on it): the wrong options of multiple choice (image questions only)."""
+    relies on it): the wrong options of multiple choice (questions about one image only)."""
     pool: dict[str, set[str]] = {}
     for ann in annotations:
-        if _is_audio(ann) or _is_video(ann):
+        if _is_audio(ann) or _is_video(ann) or _is_compare(ann):
             continue
         for qa in ann.qas:
             pool.setdefault(qa.answer_type, set()).add(qa.answer)

@@ -1,2 +1,3 @@
-"""The offline demo data, generated with exact ground truth: image scenes (``scenes``), spoken
-clips (``speech``) and text skills (``text``)."""
+"""The offline demo data, generated with exact ground truth: image scenes (``scenes``), image pairs
+and triples to compare (``pairs``), clips of moving shapes (``motion``), spoken clips (``speech``)
+and text skills (``text``)."""
