@@ -43,10 +43,12 @@ FAMILY = {
     "vqa_yesno": "vqa_yesno",
     "video_yesno": "yesno",
     "compare_statement": "yesno",  # a statement about several images, true or false (NLVR2)
+    "av_yesno": "yesno",  # about a clip's frames and sound track together
     "audio_qa": "short",  # one reference answer: exact-match accuracy
     "video_qa": "short",
     "video_order": "short",  # which of two named events or colours comes first
     "compare_qa": "short",  # which image has more shapes, is different, ...
+    "av_qa": "short",  # which colour appears when the beep sounds
     "audio_caption": "caption",
     "video_caption": "caption",
     "video_dense_caption": "caption",

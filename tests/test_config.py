@@ -26,7 +26,7 @@ def small_data(cfg, tmp_path) -> list[str]:
         return ["data.source.n_train=16", "data.source.n_eval=4"]
     out = tmp_path / "demo"
     recipe = cfg.data.source.recipe
-    if recipe in ("demo_audio", "demo_video"):
+    if recipe in ("demo_audio", "demo_video", "demo_av"):
         size = "'prepare.n_clips=16','prepare.n_heldout_clips=6'"
     elif recipe == "demo_compare":
         size = "'prepare.n_pairs=20','prepare.n_heldout_pairs=6'"
@@ -43,11 +43,14 @@ def test_every_recipe_composes_and_instantiates(recipe, compose, tmp_path):
     assert OmegaConf.to_yaml(cfg, resolve=True)
     built = build_model(cfg)
     assert "llm" in built.table and built.tokenizer.chat_template
+    media = set()
     if cfg.get("vision_encoder"):
-        media = {"image", "video"} if cfg.get("video") else {"image"}
-        assert "vision_encoder" in built.table and set(built.model.slots) == media
+        media |= {"image", "video"} if cfg.get("video") else {"image"}
+        assert "vision_encoder" in built.table
     if cfg.get("audio_encoder"):
-        assert "audio_encoder" in built.table and set(built.model.slots) == {"audio"}
+        media.add("audio")
+        assert "audio_encoder" in built.table
+    assert set(built.model.slots) == media
     data = build_data(cfg, built.tokenizer, list(built.model.slots.values()))
     assert len(data.train) > 0 and len(data.eval) >= 2
     trainer = build_trainer_config(cfg)

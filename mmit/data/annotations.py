@@ -788,12 +788,16 @@ def read_video_qa(
     ext: str = "mp4",
     video_pattern: str = "{video}",
     allow_outside_root: bool = False,
+    with_audio: bool = False,
 ) -> Item:
     """MSRVTT-QA / MSVD-QA JSON: a list of ``{"video" | "video_name" | "video_id", "question", "answer"}``,
     optionally with ``id``, ``answer_type`` (yes/no | number | other) and ``type`` (the question's
     kind, e.g. ``order``: asked as temporal ordering). MSRVTT-QA names ``"video": "video7010"``
     for ``video7010.mp4`` (``ext`` is added to a name without one); integer ids take
-    ``video_pattern``, e.g. ``video{video}``. The questions of one video become one vqa annotation."""
+    ``video_pattern``, e.g. ``video{video}``. The questions of one video become one vqa annotation.
+    ``with_audio``: questions that need the sound track too; the annotation (``av_qa``, id
+    ``avqa-<name>``) has the file twice, as its video and as its audio (``mmit.data.audio`` decodes
+    a clip's sound track), so a sample has one ``<video>`` and one ``<audio>``."""
     by_video: dict[str, list[QA]] = {}
     first: dict[str, str] = {}
     for k, record in enumerate(_load_json(json_file, list, "a JSON list of questions")):
@@ -838,6 +842,10 @@ def read_video_qa(
             media = _media("video", videos_dir, name, allow_outside_root)
         except SampleError as err:
             yield where, SampleError(err.reason, f"{where}: {err}")
+            continue
+        if with_audio:
+            sound = MediaRef("audio", media.ext, path=media.path)
+            yield where, Annotation(f"avqa-{name}", "av_qa", "vqa", [media, sound], name, qas=by_video[name])
             continue
         yield where, Annotation(f"videoqa-{name}", "video_qa", "vqa", [media], name, qas=by_video[name])
 

@@ -6,7 +6,10 @@ become the tasks ``audio_caption``, ``audio_qa`` and ``audio_transcription``, wi
 ``<audio>`` placeholder per clip (per window, when the build split a long clip). Video annotations
 become ``video_caption``, ``video_qa``, ``video_yesno``, ``video_order`` (which happens first) and,
 from timestamped events, ``video_dense_caption`` and ``video_temporal`` (what happens between two
-times), with one ``<video>`` placeholder per clip. Questions about several images at once (an
+times), with one ``<video>`` placeholder per clip. Questions about a clip's frames and its sound
+track together (an annotation with one video and its audio, e.g. ``read_video_qa(with_audio=True)``)
+become ``av_qa`` and ``av_yesno``, with a ``<video>`` and an ``<audio>`` placeholder, in the
+annotation's order. Questions about several images at once (an
 annotation with more than one image, e.g. NLVR2's pairs) become ``compare_statement`` (is the
 statement true of the images: yes / no) or ``compare_qa``, each image numbered where it is placed
 ("Image 1: <image>", LLaVA-Interleave's layout). Every choice (template,
@@ -110,7 +113,7 @@ def _qa_turn(
             prompt = f"{prompt}\n{cfg.multiple_choice_hint}"
         return prompt, LETTERS[options.index(qa.answer)]
     prompt = template.render({"statement" if task == "compare_statement" else "question": qa.question})
-    if task in ("vqa_short", "audio_qa", "video_qa", "compare_qa") and cfg.short_answer_hint and hint:
+    if task in ("vqa_short", "audio_qa", "video_qa", "compare_qa", "av_qa") and cfg.short_answer_hint and hint:
         prompt = f"{prompt}\n{cfg.short_answer_hint}"
     return prompt, qa.answer
 
@@ -155,9 +158,21 @@ def video_qa_task(qa: QA) -> str:
     return {"order": "video_order", "temporal": "video_temporal"}.get(qa.question_type, "video_qa")
 
 
+def _is_audio_visual(ann: Annotation) -> bool:
+    """A clip's frames and sound: video and audio items, and nothing else."""
+    return {m.kind for m in ann.media} == {"audio", "video"}
+
+
+def av_qa_task(qa: QA) -> str:
+    """A question about a clip's frames and sound together: yes/no, or a short answer."""
+    return "av_yesno" if qa.answer_type == "yes/no" or qa.answer.lower() in ("yes", "no") else "av_qa"
+
+
 def _media_task(ann: Annotation, qa: QA, rng: random.Random, cfg: ShapingConfig, pool: dict[str, list[str]]) -> str:
     if _is_audio(ann):
         return "audio_qa"
+    if _is_audio_visual(ann):
+        return av_qa_task(qa)
     if _is_compare(ann):
         return compare_task(qa)
     return video_qa_task(qa) if _is_video(ann) else qa_task(qa, rng, cfg, pool)
@@ -288,7 +303,7 @@ def answer_pool(annotations: list[Annotation]) -> dict[str, list[str]]:
     relies on it): the wrong options of multiple choice (questions about one image only)."""
     pool: dict[str, set[str]] = {}
     for ann in annotations:
-        if _is_audio(ann) or _is_video(ann) or _is_compare(ann):
+        if _is_audio(ann) or _is_video(ann) or _is_compare(ann) or _is_audio_visual(ann):
             continue
         for qa in ann.qas:
             pool.setdefault(qa.answer_type, set()).add(qa.answer)

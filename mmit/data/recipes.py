@@ -186,7 +186,7 @@ def load_template_files(paths: str | list[str]) -> dict:
 def recipe_templates(cfg: DictConfig) -> dict:
     """The templates of a composed recipe (``templates``: one file or a list of them)."""
     return load_template_files(
-        OmegaConf.to_container(cfg.templates) if OmegaConf.is_list(cfg.templates) else cfg.templates
+        OmegaConf.to_container(cfg.templates, resolve=True) if OmegaConf.is_list(cfg.templates) else cfg.templates
     )
 
 

@@ -14,6 +14,7 @@ and shape never seen in training, each colour and each shape being well known on
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -55,7 +56,14 @@ QUESTION_KINDS = {  # kind: the MSRVTT-QA "type" written for it (order: asked as
     "new_colour": "colour_change",
     "old_colour": "colour_change",
     "change_check": "colour_change",
+    "beep_colour": "audio_visual",  # the sound track's questions (sound=True): need the sound and the frames
+    "beep_check": "audio_visual",
 }
+SAMPLE_RATE = 16000  # Hz, of the sound track
+BEEP_HZ = 1000.0
+BEEP_SECONDS = 0.15
+BEEP_LEVEL = 0.5  # peak amplitude of the beep
+NOISE_LEVEL = 0.003  # standard deviation of the faint noise under it (about -50 dBFS)
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,8 @@ class MotionClip:
     events: tuple[Event, ...]  # in time order, as ActivityNet Captions gives them
     captions: tuple[str, ...]  # one-sentence summaries, as MSR-VTT gives them
     questions: tuple[DemoQuestion, ...]
+    beep_at: float | None = None  # seconds: when the sound track beeps (sound=True, order clips)
+    av_questions: tuple[DemoQuestion, ...] = ()  # about the beep: need the sound and the frames
 
 
 @dataclass
@@ -106,6 +116,7 @@ class DemoVideoSources:
     n_clips: dict[str, int]
     n_questions: dict[str, int]
     answers: dict[str, dict[str, dict[str, int]]]  # per split and question kind: how often each answer is right
+    n_av_questions: dict[str, int] = dataclasses.field(default_factory=dict)  # sound=True: msrvtt_qa_av.json
 
     def annotations(self, split: str) -> Path:
         return self.root / "annotations" / split
@@ -308,8 +319,28 @@ def change_clip(
     return MotionClip(name, "change", _background(rng), (actor,), events, captions, questions)
 
 
-def plan_clips(split: str, n: int, seed: int, size: int = 64, frames: int = 8, fps: float = 4.0) -> list[MotionClip]:
-    """The clips of one split: stories, directions, colours and yes/no answers dealt from balanced decks."""
+def with_beep(clip: MotionClip, on_first: bool, truthful: bool, fps: float) -> MotionClip:
+    """An order clip whose sound track beeps as its first (or second) shape appears, with the
+    questions only the sound and the frames together answer: the sound alone does not say which
+    colour, and the frames alone show both shapes appear, not which of them the beep marks."""
+    first, second = clip.actors
+    beeping, silent = (first, second) if on_first else (second, first)
+    at = next(k for k, c in enumerate(beeping.colours) if c is not None)
+    colour, other = (next(c for c in actor.colours if c is not None) for actor in (beeping, silent))
+    asked = colour if truthful else other
+    questions = (
+        DemoQuestion("beep_colour", "Which colour appears when the beep sounds?", colour),
+        DemoQuestion("beep_check", f"Does the beep sound when the {asked} shape appears?", _yes(truthful)),
+    )
+    return dataclasses.replace(clip, beep_at=_seconds(at, fps), av_questions=questions)
+
+
+def plan_clips(
+    split: str, n: int, seed: int, size: int = 64, frames: int = 8, fps: float = 4.0, sound: bool = False
+) -> list[MotionClip]:
+    """The clips of one split: stories, directions, colours and yes/no answers dealt from balanced
+    decks; with ``sound``, the order clips' beeps too (from decks of their own, so the clips and
+    their video questions are the same with or without)."""
     if frames < 6:
         raise ValueError(f"the video demo needs at least 6 frames per clip, not {frames}")
     if size % 2 or size < 32:
@@ -340,6 +371,11 @@ def plan_clips(split: str, n: int, seed: int, size: int = 64, frames: int = 8, f
         else:
             new = next(new_colours)
             clips.append(change_clip(name, rng, main, others, new, next(change_truth), size, frames, fps))
+    if sound:
+        beeps = random.Random(f"{seed}:{split}:beeps")
+        on_first = iter(_deck([True, False], counts["order"], beeps))
+        beep_truth = iter(_deck([True, False], counts["order"], beeps))
+        clips = [with_beep(c, next(on_first), next(beep_truth), fps) if c.story == "order" else c for c in clips]
     return clips
 
 
@@ -372,6 +408,22 @@ def render_clip(clip: MotionClip, size: int) -> list[np.ndarray]:
                 frame[_shape_mask(actor.shape, actor.centres[k], radius, xs, ys)] = PALETTE[actor.colours[k]]
         out.append(frame)
     return out
+
+
+def render_sound(clip: MotionClip, frames: int, fps: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """The clip's sound track, mono float32 in [-1, 1]: faint noise (seeded by the clip's name) for
+    the clip's length, and its beep, if any: a 1 kHz tone with 5 ms fades, starting at ``beep_at``."""
+    length = round(frames / fps * sample_rate)
+    if clip.beep_at is not None:
+        length = max(length, round((clip.beep_at + BEEP_SECONDS) * sample_rate))
+    noise = np.random.default_rng(random.Random(f"{clip.name}:noise").getrandbits(64))
+    samples = NOISE_LEVEL * noise.standard_normal(length)
+    if clip.beep_at is not None:
+        t = np.arange(round(BEEP_SECONDS * sample_rate)) / sample_rate
+        fade = np.clip(np.minimum(t, BEEP_SECONDS - t) / 0.005, 0.0, 1.0)
+        start = round(clip.beep_at * sample_rate)
+        samples[start : start + len(t)] += BEEP_LEVEL * fade * np.sin(2 * np.pi * BEEP_HZ * t)
+    return np.clip(samples, -1.0, 1.0).astype(np.float32)
 
 
 def narration(clip: MotionClip) -> str:
@@ -411,18 +463,22 @@ def _annotation_files(clips: list[MotionClip], split: str, seed: int, fps: float
             }
         )
     info = {"description": f"mmit video demo ({split})", "version": "1.0"}
-    return {
+    files = {
         "msrvtt_captions.json": json.dumps({"info": info, "videos": videos, "sentences": sentences}),
         "msrvtt_qa.json": json.dumps(questions),
         "activitynet_captions.json": json.dumps(events),
         "llava_video.json": json.dumps(conversations),
     }
+    if any(c.beep_at is not None for c in clips):  # sound=True: the questions that need the sound track too
+        av = [qa.record(c.name, f"{c.name}:av{j}") for c in clips for j, qa in enumerate(c.av_questions)]
+        files["msrvtt_qa_av.json"] = json.dumps(av)
+    return files
 
 
 def answer_counts(clips: list[MotionClip]) -> dict[str, dict[str, int]]:
     """How often each answer is the right one, per question kind, and over all yes/no questions."""
     counts: dict[str, Counter] = {}
-    for qa in (qa for clip in clips for qa in clip.questions):
+    for qa in (qa for clip in clips for qa in (*clip.questions, *clip.av_questions)):
         counts.setdefault(qa.kind, Counter())[qa.answer] += 1
         if qa.answer in ("yes", "no"):
             counts.setdefault("all yes/no", Counter())[qa.answer] += 1
@@ -437,8 +493,11 @@ def write_demo_videos(
     size: int = 64,
     frames: int = 8,
     fps: float = 4.0,
+    sound: bool = False,
 ) -> DemoVideoSources:
-    """Draw and encode the clips and write their annotation files once; return where they are."""
+    """Draw and encode the clips and write their annotation files once; return where they are.
+    ``sound``: each clip with a sound track (AAC, 16 kHz), the order clips' with a beep, and the
+    questions about the beep in ``msrvtt_qa_av.json``."""
     root = Path(out_dir)
     info = {
         "seed": seed,
@@ -449,8 +508,10 @@ def write_demo_videos(
         "fps": fps,
         "version": "1.0",
     }
+    if sound:  # only then: a silent demo's info.json stays as it was
+        info["sound"] = True
     counts = {"seen": n_clips, "heldout_combos": n_heldout_clips}
-    plans = {split: plan_clips(split, counts[split], seed, size, frames, fps) for split in SPLITS}
+    plans = {split: plan_clips(split, counts[split], seed, size, frames, fps, sound) for split in SPLITS}
     answers = {split: answer_counts(plans[split]) for split in SPLITS}
     sources = DemoVideoSources(
         root,
@@ -458,6 +519,7 @@ def write_demo_videos(
         counts,
         {split: sum(len(c.questions) for c in plans[split]) for split in SPLITS},
         answers,
+        {split: sum(len(c.av_questions) for c in plans[split]) for split in SPLITS} if sound else {},
     )
     done = root / "info.json"
     if done.exists() and json.loads(done.read_text()) == info:
@@ -466,7 +528,8 @@ def write_demo_videos(
     sources.videos_dir.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
         for clip in plans[split]:
-            write_clip(sources.videos_dir / f"{clip.name}.mp4", render_clip(clip, size), fps)
+            audio = render_sound(clip, frames, fps) if sound else None
+            write_clip(sources.videos_dir / f"{clip.name}.mp4", render_clip(clip, size), fps, audio, SAMPLE_RATE)
         folder = sources.annotations(split)
         folder.mkdir(parents=True, exist_ok=True)
         for name, text in _annotation_files(plans[split], split, seed, fps, frames).items():
@@ -484,6 +547,12 @@ def write_demo_videos(
         sources.n_questions["heldout_combos"],
         root,
     )
+    if sound:
+        log.info(
+            "  with sound: %d + %d questions about the beep in msrvtt_qa_av.json",
+            sources.n_av_questions["seen"],
+            sources.n_av_questions["heldout_combos"],
+        )
     for kind, count in sources.answers["seen"].items():
         log.info("  %-15s %s", kind, ", ".join(f"{a} {n}" for a, n in count.items()))
     return sources
