@@ -3,47 +3,10 @@ or right (any one frame is as likely in either clip; only the frames' order tell
 in mmit.eval, and cannot with swapped clips."""
 
 import json
-import random
 
-import numpy as np
 import pytest
 
-
-def _clip(rng: random.Random, direction: str, frames: int = 4, size: int = 32) -> list[np.ndarray]:
-    start = rng.randint(0, 4)
-    step = 5 if direction == "right" else -5
-    xs = (
-        [start + step * k for k in range(frames)]
-        if direction == "right"
-        else [start + 15 - 5 * k for k in range(frames)]
-    )
-    assert step
-    colour = [rng.randint(150, 255), rng.randint(0, 90), rng.randint(0, 255)]
-    out = []
-    for x in xs:
-        frame = np.full((size, size, 3), 20, np.uint8)
-        frame[10:22, x : x + 12] = colour
-        out.append(frame)
-    return out
-
-
-def _write_set(folder, name: str, n: int, seed: int) -> str:
-    from mmit.data.video import write_clip
-
-    rng = random.Random(seed)
-    lines = []
-    for i in range(n):
-        direction = "right" if i % 2 == 0 else "left"
-        path = folder / f"{name}-{i:03d}.mp4"
-        write_clip(path, _clip(rng, direction), fps=4)
-        messages = [
-            {"role": "user", "content": "<video>\nWhich way does the square move?"},
-            {"role": "assistant", "content": direction},
-        ]
-        record = {"id": f"{name}-{i}", "video": path.name, "messages": messages, "meta": {"tasks": ["video_qa"]}}
-        lines.append(json.dumps(record))
-    (folder / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
-    return str(folder / f"{name}.jsonl")
+from mmit.data.demo.motion import write_direction_set
 
 
 @pytest.mark.slow
@@ -52,8 +15,8 @@ def test_a_tiny_model_learns_which_way_a_square_moves(tmp_path):
     from mmit.inference import compose_config
     from mmit.train import run
 
-    train = _write_set(tmp_path, "train", 160, seed=0)
-    val = _write_set(tmp_path, "val", 60, seed=1)
+    train = write_direction_set(tmp_path, "train", 160, seed=0)
+    val = write_direction_set(tmp_path, "val", 60, seed=1)
     overrides = [
         "+recipe=video_qa_tiny",
         "data=files",

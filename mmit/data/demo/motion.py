@@ -556,3 +556,37 @@ def write_demo_videos(
     for kind, count in sources.answers["seen"].items():
         log.info("  %-15s %s", kind, ", ".join(f"{a} {n}" for a, n in count.items()))
     return sources
+
+
+def write_direction_set(folder: str | Path, name: str, n: int, seed: int, frames: int = 4, size: int = 32) -> Path:
+    """The smallest question only a clip's frame order answers, as a JSONL data file: a square moves
+    left or right (alternately), from a random start, so any one frame is as likely in either clip.
+    ``<name>-<i>.mp4`` clips beside ``<name>.jsonl``; for tests and ``tools/video_temporal.py``."""
+    folder = Path(folder)
+    rng = random.Random(seed)
+    lines = []
+    for i in range(n):
+        direction = "right" if i % 2 == 0 else "left"
+        start = rng.randint(0, 4)
+        xs = (
+            [start + 5 * k for k in range(frames)]
+            if direction == "right"
+            else [start + 15 - 5 * k for k in range(frames)]
+        )
+        colour = [rng.randint(150, 255), rng.randint(0, 90), rng.randint(0, 255)]
+        clip = []
+        for x in xs:
+            frame = np.full((size, size, 3), 20, np.uint8)
+            frame[10:22, x : x + 12] = colour
+            clip.append(frame)
+        path = folder / f"{name}-{i:03d}.mp4"
+        write_clip(path, clip, fps=4)
+        messages = [
+            {"role": "user", "content": "<video>\nWhich way does the square move?"},
+            {"role": "assistant", "content": direction},
+        ]
+        record = {"id": f"{name}-{i}", "video": path.name, "messages": messages, "meta": {"tasks": ["video_qa"]}}
+        lines.append(json.dumps(record))
+    out = folder / f"{name}.jsonl"
+    atomic_write_text(out, "\n".join(lines) + "\n")
+    return out
