@@ -337,51 +337,6 @@ def test_every_task_family_reports_its_headline_first():
 
 # --- cross-check with coco-caption (pycocoevalcap) ----------------------------------------------
 
-_CAPTION_WORDS = (
-    "a man woman dog cat red blue green small large riding sitting on in the of with near two three "
-    "horse table street park grass beach car bus white black and is are playing running holding ball"
-).split()
-
-
-def _caption_corpus(n: int, seed: int = 0) -> tuple[list[str], list[list[str]]]:
-    """``n`` predictions, each with 1-5 references: edits of a shared base caption, so that every
-    n-gram order finds partial matches; lowercase words only, so they are already tokenized."""
-    import random
-
-    rng = random.Random(seed)
-
-    def edit(words: list[str]) -> list[str]:
-        words = list(words)
-        for _ in range(rng.randint(0, 3)):
-            i = rng.randrange(len(words) + 1)
-            action = rng.choice(("insert", "drop", "replace", "swap"))
-            if action == "insert" or len(words) < 2:
-                words.insert(i, rng.choice(_CAPTION_WORDS))
-            elif action == "drop":
-                del words[min(i, len(words) - 1)]
-            elif action == "replace":
-                words[min(i, len(words) - 1)] = rng.choice(_CAPTION_WORDS)
-            else:
-                j = rng.randrange(len(words))
-                words[min(i, len(words) - 1)], words[j] = words[j], words[min(i, len(words) - 1)]
-        return words
-
-    predictions, references = [], []
-    for k in range(n):
-        base = [rng.choice(_CAPTION_WORDS) for _ in range(rng.randint(1, 14))]
-        refs = [" ".join(edit(base)) for _ in range(rng.randint(1, 5))]
-        # Most predictions paraphrase the image's own caption; some repeat words (CIDEr-D's clipping),
-        # some are unrelated.
-        if k % 10 == 0:
-            prediction = [rng.choice(_CAPTION_WORDS) for _ in range(rng.randint(1, 10))]
-        elif k % 10 == 1:
-            prediction = base + base[: rng.randint(1, len(base))]
-        else:
-            prediction = edit(base)
-        predictions.append(" ".join(prediction))
-        references.append(refs)
-    return predictions, references
-
 
 def test_caption_metrics_equal_pycocoevalcap():
     """BLEU-1..4, CIDEr-D and ROUGE-L equal coco-caption's own scorers on 400 captions.
@@ -390,11 +345,12 @@ def test_caption_metrics_equal_pycocoevalcap():
     metrics, not the tokenizer (coco-caption's is Stanford's PTBTokenizer, in Java).
     """
     pytest.importorskip("pycocoevalcap", reason="the cross-check needs pycocoevalcap (pip install -e .[dev])")
+    from bench.libraries import caption_corpus  # tools/bench: the corpus its speed comparison also uses
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
 
-    predictions, references = _caption_corpus(400)
+    predictions, references = caption_corpus(400)
     # Empty captions ("" is one token to coco-caption's split(" ")) would differ by construction.
     assert all(p for p in predictions) and all(r for refs in references for r in refs)
     assert all(tokenize_caption(c) == c.split(" ") for c in predictions + [r for refs in references for r in refs])

@@ -20,6 +20,51 @@ import webdataset as wds
 
 from mmit.data.shards import TarWriter, shard_members
 
+CAPTION_WORDS = (
+    "a man woman dog cat red blue green small large riding sitting on in the of with near two three "
+    "horse table street park grass beach car bus white black and is are playing running holding ball"
+).split()
+
+
+def caption_corpus(n: int, seed: int = 0) -> tuple[list[str], list[list[str]]]:
+    """``n`` predictions, each with 1-5 references: edits of a shared base caption, so that every
+    n-gram order finds partial matches; lowercase words only, so they are already tokenized."""
+    import random
+
+    rng = random.Random(seed)
+
+    def edit(words: list[str]) -> list[str]:
+        words = list(words)
+        for _ in range(rng.randint(0, 3)):
+            i = rng.randrange(len(words) + 1)
+            action = rng.choice(("insert", "drop", "replace", "swap"))
+            if action == "insert" or len(words) < 2:
+                words.insert(i, rng.choice(CAPTION_WORDS))
+            elif action == "drop":
+                del words[min(i, len(words) - 1)]
+            elif action == "replace":
+                words[min(i, len(words) - 1)] = rng.choice(CAPTION_WORDS)
+            else:
+                j = rng.randrange(len(words))
+                words[min(i, len(words) - 1)], words[j] = words[j], words[min(i, len(words) - 1)]
+        return words
+
+    predictions, references = [], []
+    for k in range(n):
+        base = [rng.choice(CAPTION_WORDS) for _ in range(rng.randint(1, 14))]
+        refs = [" ".join(edit(base)) for _ in range(rng.randint(1, 5))]
+        # Most predictions paraphrase the image's own caption; some repeat words (CIDEr-D's clipping),
+        # some are unrelated.
+        if k % 10 == 0:
+            prediction = [rng.choice(CAPTION_WORDS) for _ in range(rng.randint(1, 10))]
+        elif k % 10 == 1:
+            prediction = base + base[: rng.randint(1, len(base))]
+        else:
+            prediction = edit(base)
+        predictions.append(" ".join(prediction))
+        references.append(refs)
+    return predictions, references
+
 
 def _samples(n: int, media_bytes: int, seed: int = 0) -> list[tuple[str, bytes, bytes]]:
     """(key, json, media) for ``n`` shard samples: a small JSON record and one media file."""
@@ -187,9 +232,8 @@ def bench_metrics(reps: int) -> None:
     from pycocoevalcap.rouge.rouge import Rouge
 
     from mmit.metrics import bleu, cider_d, rouge_l_corpus
-    from tests.test_metrics import _caption_corpus
 
-    predictions, references = _caption_corpus(5000)
+    predictions, references = caption_corpus(5000)
     res = {i: [p] for i, p in enumerate(predictions)}
     gts = dict(enumerate(references))
     pairs = (
