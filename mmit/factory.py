@@ -225,8 +225,9 @@ def build_data(cfg: DictConfig, tokenizer, slots: list[MediaSlot] = ()) -> Built
 
 def prepare_feature_caches(cfg: DictConfig, model, data: BuiltData, device: str = "cpu") -> dict:
     """``feature_cache``: null (encoders run every step) | auto (under the mmit cache, one folder
-    per encoder fingerprint) | a directory. Encodes whatever media are not cached yet, for the
-    training and evaluation sets, and returns modality -> FeatureStore."""
+    per encoder fingerprint; a trained encoder's media are left out, with a log line) | a directory
+    (every encoder must be frozen). Encodes whatever media are not cached yet, for the training and
+    evaluation sets, and returns modality -> FeatureStore."""
     from mmit.data.collate import DECODERS
     from mmit.data.datasets import StreamedDataset
     from mmit.data.features import build_feature_cache, fingerprint, fingerprint_id
@@ -239,7 +240,15 @@ def prepare_feature_caches(cfg: DictConfig, model, data: BuiltData, device: str 
         if kind not in model.encoders:
             continue
         if cfg.tuning[group] != "frozen":
-            raise ValueError(f"feature_cache needs a frozen {group}, but tuning.{group}={cfg.tuning[group]}")
+            if cfg.feature_cache != "auto":
+                raise ValueError(f"feature_cache needs a frozen {group}, but tuning.{group}={cfg.tuning[group]}")
+            log.info(
+                "feature cache: %s media run their encoder every step (tuning.%s=%s: its outputs change)",
+                kind,
+                group,
+                cfg.tuning[group],
+            )
+            continue
         encoder, config = model.encoders[kind], OmegaConf.to_container(cfg[group], resolve=True)
         if kind == "video":  # a clip's features also depend on how its frames are sampled and pooled
             config = {**config, "video": OmegaConf.to_container(cfg.video, resolve=True)}

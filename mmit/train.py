@@ -112,7 +112,8 @@ def _run(cfg: DictConfig, run_dir: Path, place: tuple[distributed.Dist, torch.de
 
 def feature_cache_setting(cfg: DictConfig, model) -> str | None:
     """``feature_cache`` for this run: ``auto`` (the default) turns itself off, with one log line
-    saying why, where there is nothing to cache; a directory named explicitly is used as given."""
+    saying why, where there is nothing to cache (text only, or every encoder trained); a directory
+    named explicitly is used as given."""
     setting = cfg.get("feature_cache")
     if not setting:
         return None
@@ -125,12 +126,12 @@ def feature_cache_setting(cfg: DictConfig, model) -> str | None:
         for group in dict.fromkeys(groups[k] for k in model.encoders)  # video shares the vision encoder
         if cfg.tuning[group] != "frozen"
     ]
-    if trained and setting == "auto":
+    if setting == "auto" and all(cfg.tuning[groups[k]] != "frozen" for k in model.encoders):
         log.info(
             "feature cache off, encoders run every step: %s (a trained encoder's outputs change)", ", ".join(trained)
         )
         return None
-    return setting
+    return setting  # a trained encoder beside frozen ones: only the frozen ones' media are cached
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")

@@ -122,3 +122,23 @@ def test_the_feature_cache_is_on_for_frozen_encoders_and_says_why_not_otherwise(
     ]
     chosen = compose(["+recipe=vqa_tiny", "tuning.vision_encoder=lora", "feature_cache=/somewhere"])
     assert feature_cache_setting(chosen, build_model(chosen).model) == "/somewhere"  # refused later, by name
+
+
+def test_a_trained_encoder_beside_a_frozen_one_leaves_only_its_own_media_uncached(compose, caplog, tmp_path):
+    from mmit.factory import prepare_feature_caches
+
+    cfg = compose(["+recipe=vqa_tiny", "audio_encoder=tiny", "tuning.vision_encoder=lora"])
+    model = build_model(cfg).model
+    assert feature_cache_setting(cfg, model) == "auto"  # the audio encoder is frozen: its clips are cached
+    data = SimpleNamespace(train=SimpleNamespace(samples=[]), eval={})
+    with caplog.at_level(logging.INFO, logger="mmit.factory"):
+        stores = prepare_feature_caches(cfg, model, data)
+    assert set(stores) == {"audio"}
+    assert any(
+        "image media run their encoder every step (tuning.vision_encoder=lora" in r.getMessage() for r in caplog.records
+    )
+    explicit = compose(
+        ["+recipe=vqa_tiny", "audio_encoder=tiny", "tuning.vision_encoder=lora", f"feature_cache={tmp_path}"]
+    )
+    with pytest.raises(ValueError, match="feature_cache needs a frozen vision_encoder, but tuning.vision_encoder=lora"):
+        prepare_feature_caches(explicit, model, data)
