@@ -328,6 +328,7 @@ def train(
         load_training_state(resume_from, state, optimizer, scheduler)
 
     progress = Progress(start_step)  # its clock starts now: train_seconds leaves set-up and evaluation out
+    progress.skipped_steps = state["extra"].get("skipped_steps", 0) if state else 0  # across resumes
     bar = tqdm(
         range(start_step, cfg.max_steps),
         initial=start_step,
@@ -354,7 +355,7 @@ def train(
         if eval_due(progress.step, cfg):
             evaluate_in_loop(run, progress.step, bar)
         if save_due(progress.step, cfg):
-            save(run, progress.step, stream, optimizer, scheduler, before)
+            save(run, progress, stream, optimizer, scheduler, before)
     bar.close()
     touch.remove()
     batches.close()
@@ -499,8 +500,9 @@ def evaluate_in_loop(run: TrainingRun, done: int, bar: tqdm) -> None:
         bar.write(f"step {done}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 
 
-def save(run: TrainingRun, done: int, stream, optimizer, scheduler, before: dict) -> None:
+def save(run: TrainingRun, progress: Progress, stream, optimizer, scheduler, before: dict) -> None:
     """A checkpoint with every process's data position, written by the first process."""
+    done = progress.step
     data_states = distributed.gather_objects(run.d, stream.state())
     payload = gather_checkpoint(run.model, optimizer) if run.sharded else None  # every process gathers
     if run.d.is_main:
@@ -512,7 +514,7 @@ def save(run: TrainingRun, done: int, stream, optimizer, scheduler, before: dict
             scheduler,
             data_states[0] if len(data_states) == 1 else {"per_rank": data_states},
             run.cfg.keep_last,
-            extra={"before": before},
+            extra={"before": before, "skipped_steps": progress.skipped_steps},
             payload=payload,
         )
     distributed.barrier(run.d)
