@@ -25,6 +25,9 @@ from bench.report import markdown_table
 from mmit.paths import atomic_write_text
 
 
+MIN_STEPS = 500
+
+
 def last_step(metrics: Path) -> int:
     if not metrics.exists():
         return 0
@@ -46,7 +49,10 @@ def measure(training: list[tuple[float, int, float]], steps: int) -> dict:
     """
 
     def median_between(lo: float, hi: float) -> float:
-        return statistics.median(r for _, s, r in training if lo * steps < s <= hi * steps)
+        window = [r for _, s, r in training if lo * steps < s <= hi * steps]
+        if not window:
+            raise ValueError(f"no RSS sample between steps {lo * steps:g} and {hi * steps:g}: run more --steps")
+        return statistics.median(window)
 
     after = [(s, r) for _, s, r in training if s > 0.1 * steps]
     mean_s = statistics.fmean(s for s, _ in after)
@@ -67,6 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--out", type=Path, default=Path("docs/bench"))
     args = p.parse_args(argv)
+    if args.steps < MIN_STEPS:  # RSS is read every 0.5 s: a shorter run leaves its windows without a reading
+        p.error(f"--steps must be at least {MIN_STEPS}, not {args.steps}: the tiny run takes ~15 steps a second")
     run_dir = Path(tempfile.mkdtemp(prefix="mmit-bench-memory-")) / "run"
     overrides = [
         "+recipe=text_tiny",
