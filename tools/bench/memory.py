@@ -24,7 +24,6 @@ from bench.harness import processor, rss_mib
 from bench.report import markdown_table
 from mmit.paths import atomic_write_text
 
-
 MIN_STEPS = 500
 
 
