@@ -172,3 +172,19 @@ def test_a_clips_frames_and_sound_track_train_together(compose, tmp_path):
     next_token_loss_sum(model(batch), batch.labels, model.output_head).backward()
     assert model.projectors["audio"].mlp[0].weight.grad.abs().sum() > 0  # the sound track reached the loss
     assert model.projectors["video"].frame_code.code.grad.abs().sum() > 0  # and so did the frames
+
+
+def test_the_feature_cache_keys_clips_by_their_sampling(compose):
+    from types import SimpleNamespace
+
+    from mmit.factory import build_model, prepare_feature_caches
+
+    folders = {}
+    for name, video in (("uniform", "{frames: 4, fps: null}"), ("fps", "{frames: 4, fps: 2.0}")):
+        cfg = compose(["+recipe=vqa_tiny", f"+video={video}"])
+        model = build_model(cfg).model
+        data = SimpleNamespace(train=SimpleNamespace(samples=[]), eval={})
+        stores = prepare_feature_caches(cfg, model, data)
+        folders[name] = stores["video"].root.name
+        assert stores["image"].root.name != folders[name]
+    assert folders["uniform"].startswith("video-") and folders["uniform"] != folders["fps"]
