@@ -13,11 +13,10 @@ from PIL import Image
 
 from mmit.build import main
 from mmit.data.annotations import QA, Annotation, read_llava, read_nlvr2
+from mmit.data.demo.motion import HELDOUT_COMBOS
 from mmit.data.demo.pairs import (
     BACKGROUNDS,
     CHANGES,
-    HELDOUT_COMBOS,
-    PALETTE,
     QUESTION_TASK,
     SPLITS,
     answer_counts,
@@ -26,6 +25,7 @@ from mmit.data.demo.pairs import (
     question_wordings,
     write_demo_pairs,
 )
+from mmit.data.demo.scenes import PALETTE
 from mmit.data.instructions import ShapingConfig, answer_pool, numbered_images, shape_annotation
 from mmit.data.samples import MediaRef, SampleError
 from mmit.data.shards import shard_members, shard_urls

@@ -25,13 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mmit.data.demo.scenes import BACKGROUNDS, PALETTE
+from mmit.data.demo.scenes import BACKGROUNDS, PALETTE, SHAPES
 from mmit.data.video import write_clip
 from mmit.paths import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-SHAPES = ("circle", "square", "triangle")
 COLOURS = tuple(sorted(PALETTE))
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 MOVES = {"left": "to the left", "right": "to the right", "up": "up", "down": "down"}
@@ -130,7 +129,7 @@ def combos(split: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     return (list(HELDOUT_COMBOS) if split == "heldout_combos" else seen), seen
 
 
-def _deck(values, n: int, rng: random.Random) -> list:
+def deck(values, n: int, rng: random.Random) -> list:
     """``n`` values, each of ``values`` equally often (to one), in a shuffled order: exact balance."""
     out = [values[i % len(values)] for i in range(n)]
     rng.shuffle(out)
@@ -141,11 +140,11 @@ def _seconds(frame: int, fps: float) -> float:
     return round(frame / fps, 3)
 
 
-def _cap(text: str) -> str:
+def capitalised(text: str) -> str:
     return text[0].upper() + text[1:]
 
 
-def _a(*words: str) -> str:
+def with_article(*words: str) -> str:
     """The words with their indefinite article: "a red circle", "an orange square"."""
     text = " ".join(words)
     return ("an " if text[0] in "aeiou" else "a ") + text
@@ -187,10 +186,10 @@ def motion_clip(
     end_time = _seconds(frames, fps)
     if not moves:
         centres = _still(_spot(rng, size), frames)
-        events: list[Event] = [(0.0, end_time, f"{_cap(thing)} stays still.")]
+        events: list[Event] = [(0.0, end_time, f"{capitalised(thing)} stays still.")]
         captions = (
-            f"{_cap(_a(colour, shape))} stays still.",
-            f"{_cap(_a(colour, shape))} sits in place and does not move.",
+            f"{capitalised(with_article(colour, shape))} stays still.",
+            f"{capitalised(with_article(colour, shape))} sits in place and does not move.",
             f"Nothing moves: {thing} stays where it is.",
         )
         questions = [DemoQuestion("moves", f"Does {thing} move?", "no")]
@@ -207,14 +206,14 @@ def motion_clip(
             done = min(1.0, max(0.0, (k - begin) / (end - begin)))
             position = start_along + (dx + dy) * travel * done
             centres.append((round(position, 1), round(across, 1)) if dx else (round(across, 1), round(position, 1)))
-        events = [(0.0, _seconds(begin, fps), f"{_cap(thing)} stays still.")] if begin else []
-        events.append((_seconds(begin, fps), _seconds(end, fps), f"{_cap(thing)} moves {MOVES[direction]}."))
+        events = [(0.0, _seconds(begin, fps), f"{capitalised(thing)} stays still.")] if begin else []
+        events.append((_seconds(begin, fps), _seconds(end, fps), f"{capitalised(thing)} moves {MOVES[direction]}."))
         if end < frames - 1:
-            events.append((_seconds(end, fps), end_time, f"{_cap(thing)} stops."))
+            events.append((_seconds(end, fps), end_time, f"{capitalised(thing)} stops."))
         captions = (
-            f"{_cap(_a(colour, shape))} moves {MOVES[direction]}.",
-            f"{_cap(_a(colour, shape))} slides {MOVES[direction]} across a plain background.",
-            f"{_cap(thing)} travels {MOVES[direction]}.",
+            f"{capitalised(with_article(colour, shape))} moves {MOVES[direction]}.",
+            f"{capitalised(with_article(colour, shape))} slides {MOVES[direction]} across a plain background.",
+            f"{capitalised(thing)} travels {MOVES[direction]}.",
         )
         asked = direction if truthful else rng.choice([d for d in DIRECTIONS if d != direction])
         questions = [
@@ -265,13 +264,13 @@ def order_clip(
     a, b = f"{first_colour} {first_shape}", f"{second_colour} {second_shape}"
     events: list[Event] = [(0.0, _seconds(first_at, fps), "The background is empty.")] if first_at else []
     events += [
-        (_seconds(first_at, fps), _seconds(second_at, fps), f"{_cap(_a(a))} appears."),
-        (_seconds(second_at, fps), _seconds(frames, fps), f"{_cap(_a(b))} appears."),
+        (_seconds(first_at, fps), _seconds(second_at, fps), f"{capitalised(with_article(a))} appears."),
+        (_seconds(second_at, fps), _seconds(frames, fps), f"{capitalised(with_article(b))} appears."),
     ]
     captions = (
-        f"{_cap(_a(a))} appears, then {_a(b)}.",
-        f"First {_a(a)} and then {_a(b)} appear.",
-        f"{_cap(_a(b))} appears after {_a(a)}.",
+        f"{capitalised(with_article(a))} appears, then {with_article(b)}.",
+        f"First {with_article(a)} and then {with_article(b)} appear.",
+        f"{capitalised(with_article(b))} appears after {with_article(a)}.",
     )
     one, other = (first_shape, second_shape) if rng.random() < 0.5 else (second_shape, first_shape)
     asked = (b, a) if not truthful else (a, b)
@@ -302,11 +301,11 @@ def change_clip(
         shape, tuple(old_colour if k < at else new_colour for k in range(frames)), _still(_spot(rng, size), frames)
     )
     events = (
-        (0.0, _seconds(at, fps), f"{_cap(_a(old_colour, shape))} is shown."),
+        (0.0, _seconds(at, fps), f"{capitalised(with_article(old_colour, shape))} is shown."),
         (_seconds(at, fps), _seconds(frames, fps), f"The {shape} turns {new_colour}."),
     )
     captions = (
-        f"{_cap(_a(old_colour, shape))} turns {new_colour}.",
+        f"{capitalised(with_article(old_colour, shape))} turns {new_colour}.",
         f"A {shape} changes colour from {old_colour} to {new_colour}.",
         f"The {shape} is {old_colour} at first and {new_colour} at the end.",
     )
@@ -348,15 +347,15 @@ def plan_clips(
     main, others = combos(split)
     colours = sorted({c for c, _ in main})
     deal = random.Random(f"{seed}:{split}:decks")
-    stories = _deck(STORIES, n, deal)
+    stories = deck(STORIES, n, deal)
     counts = Counter(stories)
-    moving = _deck([True, False], counts["motion"], deal)
-    directions = iter(_deck(list(DIRECTIONS), sum(moving), deal))
-    direction_truth = iter(_deck([True, False], sum(moving), deal))
-    first_colours = iter(_deck(colours, counts["order"], deal))
-    order_truth = iter(_deck([True, False], counts["order"], deal))
-    new_colours = iter(_deck(colours, counts["change"], deal))
-    change_truth = iter(_deck([True, False], counts["change"], deal))
+    moving = deck([True, False], counts["motion"], deal)
+    directions = iter(deck(list(DIRECTIONS), sum(moving), deal))
+    direction_truth = iter(deck([True, False], sum(moving), deal))
+    first_colours = iter(deck(colours, counts["order"], deal))
+    order_truth = iter(deck([True, False], counts["order"], deal))
+    new_colours = iter(deck(colours, counts["change"], deal))
+    change_truth = iter(deck([True, False], counts["change"], deal))
     moves = iter(moving)
     clips = []
     for i, story in enumerate(stories, start=1):
@@ -373,8 +372,8 @@ def plan_clips(
             clips.append(change_clip(name, rng, main, others, new, next(change_truth), size, frames, fps))
     if sound:
         beeps = random.Random(f"{seed}:{split}:beeps")
-        on_first = iter(_deck([True, False], counts["order"], beeps))
-        beep_truth = iter(_deck([True, False], counts["order"], beeps))
+        on_first = iter(deck([True, False], counts["order"], beeps))
+        beep_truth = iter(deck([True, False], counts["order"], beeps))
         clips = [with_beep(c, next(on_first), next(beep_truth), fps) if c.story == "order" else c for c in clips]
     return clips
 

@@ -26,15 +26,13 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mmit.data.demo.motion import HELDOUT_COMBOS
+from mmit.data.demo.motion import COLOURS, capitalised, combos, deck, with_article
 from mmit.data.demo.scenes import (
     BACKGROUNDS,
     COLUMNS,
     EXTENTS,
-    PALETTE,
     RADIUS,
     ROWS,
-    SHAPES,
     Scene,
     SceneObject,
     render_scene,
@@ -44,7 +42,6 @@ from mmit.paths import RECIPES_DIR, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-COLOURS = tuple(sorted(PALETTE))
 SPLITS = ("seen", "heldout_combos")
 STORY_SHARES = ("change", "different", "change", "different", "odd_one_out")  # a fifth are triples
 CHANGES = ("colour", "added", "removed", "moved")
@@ -118,28 +115,6 @@ def image_name(item: str, k: int) -> str:
     return f"{item}-img{k}.png"
 
 
-def combos(split: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """The (colour, shape) pairs a split draws for the shape its questions are about, and for the
-    other shapes: held-out items show a held-out pair in the first role, seen pairs in the others."""
-    seen = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in HELDOUT_COMBOS]
-    return (list(HELDOUT_COMBOS) if split == "heldout_combos" else seen), seen
-
-
-def _deck(values, n: int, rng: random.Random) -> list:
-    """``n`` values, each of ``values`` equally often (to one), in a shuffled order: exact balance."""
-    out = [values[i % len(values)] for i in range(n)]
-    rng.shuffle(out)
-    return out
-
-
-def _cap(text: str) -> str:
-    return text[0].upper() + text[1:]
-
-
-def _a(words: str) -> str:
-    return ("an " if words[0] in "aeiou" else "a ") + words
-
-
 def _place(obj: SceneObject) -> str:
     return f"the {obj.row} {obj.column}"
 
@@ -189,7 +164,7 @@ def _changed(
     if kind == "added":
         before = _fill(rng, [subject], n + 1, rest, image_size)[1:]  # the subject's cell stays free
         after = [*before, subject]
-        sentence = f"{_cap(_a(f'{colour} {shape}'))} was added in {_place(subject)}."
+        sentence = f"{capitalised(with_article(f'{colour} {shape}'))} was added in {_place(subject)}."
         return before, after, Change(kind, None, subject, sentence)
     before = _fill(rng, [subject], n, rest, image_size)
     if kind == "removed":
@@ -215,7 +190,7 @@ def _statements(rng: random.Random, first, second) -> tuple[Statement, ...]:
     if not in_both:
         return ()
     true, false = rng.choice(in_both), rng.choice(in_one or in_none)
-    made = [Statement(f"Both images contain {_a(c)} shape.", c, c == true) for c in (true, false)]
+    made = [Statement(f"Both images contain {with_article(c)} shape.", c, c == true) for c in (true, false)]
     rng.shuffle(made)
     return tuple(made)
 
@@ -307,14 +282,14 @@ def plan_items(split: str, n: int, seed: int, image_size: int = 224) -> list[Pai
         raise ValueError(f"image_size {image_size} is too small to draw distinguishable shapes (need >= 64)")
     main, others = combos(split)
     deal = random.Random(f"{seed}:{split}:decks")
-    stories = _deck(STORY_SHARES, n, deal)
+    stories = deck(STORY_SHARES, n, deal)
     counts = Counter(stories)
-    changes = _deck(CHANGES, counts["change"], deal)
-    ask_before = iter(_deck([True, False], changes.count("colour"), deal))
-    more = iter(_deck([0, 1], counts["different"], deal))
-    holders = iter(_deck([0, 1], counts["different"], deal))
-    odd_changes = iter(_deck(CHANGES, counts["odd_one_out"], deal))
-    odd = iter(_deck([0, 1, 2], counts["odd_one_out"], deal))
+    changes = deck(CHANGES, counts["change"], deal)
+    ask_before = iter(deck([True, False], changes.count("colour"), deal))
+    more = iter(deck([0, 1], counts["different"], deal))
+    holders = iter(deck([0, 1], counts["different"], deal))
+    odd_changes = iter(deck(CHANGES, counts["odd_one_out"], deal))
+    odd = iter(deck([0, 1, 2], counts["odd_one_out"], deal))
     kinds = iter(changes)
     items = []
     for i, story in enumerate(stories, start=1):
