@@ -124,7 +124,12 @@ def build_model(cfg: DictConfig) -> BuiltModel:
             options["embeddings"] = loaded.model.get_input_embeddings().weight
         from_llava = "llava" in options and kind == "image"  # projector=llava: LLaVA's weights for the image path
         options.pop("llava", None)
-        projector = build_projector(options.pop("kind"), encoder.output_dim, hidden, **options)
+        # where in the image a token came from: images (and video frames) only; audio encoders
+        # give their tokens positions of their own
+        position_code = options.pop("position_code", "none") if kind == "image" else "none"
+        options.pop("position_code", None)
+        kind_name = options.pop("kind")
+        projector = build_projector(kind_name, encoder.output_dim, hidden, encoder.num_tokens, position_code, **options)
         if from_llava:
             load_llava_projector(projector, cfg.projector.llava)
         projector = apply_tuning(projector, cfg.tuning.projector, name="projector")
@@ -161,6 +166,13 @@ def video_path(cfg: DictConfig, image_encoder, image_projector):
     options = OmegaConf.to_container(cfg.video, resolve=True)
     temporal = options.pop("temporal", "learned")
     encoder = VideoEncoder(image_encoder, **options)
+    code = getattr(image_projector, "position_code", None)
+    if code is not None and code.code.shape[0] != encoder.tokens_per_frame:
+        raise ValueError(
+            f"projector.position_code=learned marks the image's {code.code.shape[0]} token positions; video.pool_to="
+            f"{encoder.pool_to} gives frames of {encoder.tokens_per_frame}: set video.pool_to to the image grid's side "
+            "(or null) or projector.position_code=none"
+        )
     reseed(cfg, "video")
     code = apply_tuning(
         FrameCode(encoder.sampling.frames, encoder.output_dim, temporal), cfg.tuning.projector, name="frame code"

@@ -2,6 +2,8 @@
 
 ``linear`` and ``mlp`` (LLaVA-1.5's two layers with GELU) keep the token count; the
 ``resampler`` turns any number of features into a fixed number of learned queries.
+``position_code: learned`` marks each image token with where in the grid it came from
+(:class:`PositionCode`).
 """
 
 from __future__ import annotations
@@ -108,10 +110,58 @@ class VocabProjector(nn.Module):
         return weights @ self.vocab
 
 
+class PositionCode(nn.Module):
+    """One learned vector per token position of an image, added to the projected tokens.
+
+    A ViT's features carry position embeddings of their own; a CNN's pooled grid (EfficientNet)
+    does not, and the LLM can tell where a token came from only by counting its place in the
+    sequence, which it learns slowly ("is the square on the left?" stayed at chance through 900
+    steps of the main job). The code is in the LLM's embedding space, starts at zero (training
+    starts from the projector's reading alone), and each frame of a clip gets the same codes.
+    """
+
+    def __init__(self, tokens: int, dim: int):
+        super().__init__()
+        self.code = nn.Parameter(torch.zeros(tokens, dim))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        n, total, dim = tokens.shape
+        per_item = self.code.shape[0]
+        if total % per_item:
+            raise ValueError(f"{total} tokens are not whole images of {per_item} positions")
+        return (tokens.view(n, total // per_item, per_item, dim) + self.code.to(tokens.dtype)).view(n, total, dim)
+
+
+class PlacedProjector(nn.Module):
+    """``projector``, then each output token's :class:`PositionCode`."""
+
+    def __init__(self, projector: nn.Module, position_code: PositionCode):
+        super().__init__()
+        self.projector, self.position_code = projector, position_code
+
+    def num_tokens(self, encoder_tokens: int) -> int:
+        return self.projector.num_tokens(encoder_tokens)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.position_code(self.projector(features))
+
+
+POSITION_CODES = ("none", "learned")
 PROJECTORS = {"linear": LinearProjector, "mlp": MLPProjector, "resampler": ResamplerProjector, "vocab": VocabProjector}
 
 
-def build_projector(kind: str, in_dim: int, out_dim: int, **options) -> nn.Module:
+def build_projector(
+    kind: str, in_dim: int, out_dim: int, encoder_tokens: int | None = None, position_code: str = "none", **options
+) -> nn.Module:
+    """``kind``'s projector; with ``position_code=learned``, a :class:`PlacedProjector` around it
+    (``encoder_tokens``: how many tokens the encoder gives per image)."""
     if kind not in PROJECTORS:
         raise ValueError(f"projector kind must be one of {sorted(PROJECTORS)}, not {kind!r}")
-    return PROJECTORS[kind](in_dim, out_dim, **options)
+    if position_code not in POSITION_CODES:
+        raise ValueError(f"projector.position_code must be one of {POSITION_CODES}, not {position_code!r}")
+    projector = PROJECTORS[kind](in_dim, out_dim, **options)
+    if position_code == "none":
+        return projector
+    if not encoder_tokens:
+        raise ValueError("projector.position_code=learned needs the encoder's token count")
+    return PlacedProjector(projector, PositionCode(projector.num_tokens(encoder_tokens), out_dim))

@@ -360,3 +360,34 @@ def test_packed_sdpa_runs_each_sample_alone_and_matches_masked_sdpa(monkeypatch)
     torch.testing.assert_close(results["packed_sdpa"][0], results["sdpa"][0], atol=1e-5, rtol=1e-5)
     for packed, masked in zip(results["packed_sdpa"][1], results["sdpa"][1], strict=True):
         torch.testing.assert_close(packed, masked, atol=1e-5, rtol=1e-5)
+
+
+def test_a_learned_position_code_starts_at_zero_and_marks_each_image_position_the_same_in_every_frame():
+    projector = build_projector("mlp", 48, 64, encoder_tokens=16, position_code="learned")
+    features = torch.randn(3, 16, 48)
+    assert torch.equal(projector(features), projector.projector(features))  # zero at the start
+    with torch.no_grad():
+        projector.position_code.code.copy_(torch.randn(16, 64))
+        clip = projector(torch.cat([features, features], dim=1))  # two frames of the same picture
+    assert torch.allclose(clip[:, :16], clip[:, 16:])
+    moved = projector(features) - projector.projector(features)
+    assert torch.allclose(moved, projector.position_code.code.expand(3, -1, -1))
+    resampled = build_projector("resampler", 48, 64, encoder_tokens=16, position_code="learned", num_queries=5, heads=4)
+    assert resampled.position_code.code.shape == (5, 64)  # one per output token
+    with pytest.raises(ValueError, match="position_code must be one of"):
+        build_projector("mlp", 48, 64, encoder_tokens=16, position_code="sinusoidal")
+    with pytest.raises(ValueError, match="not whole images of 16"):
+        projector(torch.randn(1, 20, 48))
+
+
+def test_the_factory_trains_the_position_code_with_the_projector_and_checks_video_frames(compose):
+    placed = ["+recipe=vqa_tiny", "projector.position_code=learned"]
+    model = build_model(compose(placed)).model
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "projectors.image.position_code.code" in trainable
+    assert model.projectors["image"].position_code.code.shape[0] == model.slots["image"].count
+    side = int(model.encoders["image"].num_tokens ** 0.5)
+    video = build_model(compose([*placed, f"+video={{frames: 2, pool_to: {side}}}"])).model
+    assert video.projectors["video"].projector is video.projectors["image"]
+    with pytest.raises(ValueError, match="video.pool_to"):
+        build_model(compose([*placed, "+video={frames: 2, pool_to: 1}"]))
