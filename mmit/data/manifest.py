@@ -18,8 +18,20 @@ from mmit.paths import RECIPES_DIR, atomic_write_text
 
 
 def build_fingerprint(cfg: DictConfig) -> str:
-    """What a build's shards depend on: the resolved recipe, and the mmit version (the shard format)."""
-    return hashlib.sha256(f"mmit {mmit.__version__}\n{OmegaConf.to_yaml(cfg, resolve=True)}".encode()).hexdigest()
+    """What a build's shards depend on: the resolved recipe, the content of its template files (an
+    edited wording is another build) and the mmit version (the shard format)."""
+    templates = "".join(f"{path} {digest}\n" for path, digest in template_hashes(cfg).items())
+    text = f"mmit {mmit.__version__}\n{OmegaConf.to_yaml(cfg, resolve=True)}{templates}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def template_hashes(cfg: DictConfig) -> dict[str, str]:
+    """The sha256 of each template file the recipe names (``templates``: one file or a list)."""
+    named = cfg.get("templates")
+    if named is None:
+        return {}
+    paths = OmegaConf.to_container(named, resolve=True) if OmegaConf.is_list(named) else [named]
+    return {str(path): file_sha256(Path(path)) for path in paths if os.path.isfile(path)}
 
 
 def stamp_build(out: Path, fingerprint: str) -> None:
@@ -31,14 +43,14 @@ def built_from_another(out: Path, fingerprint: str, cfg: DictConfig | None = Non
     settings or mmit version. A finished build stamped before recipes were merged over
     ``data_recipes/base.yaml`` (its fingerprint covered only the keys its recipe set) counts as the
     same build when its manifest's recipe, with the base's defaults filled in, is ``cfg`` and its
-    mmit version this one; it is stamped again rather than built again."""
+    mmit version and template files this one's; it is stamped again rather than built again."""
     stamp = out / "build.json"
     if not stamp.exists() or json.loads(stamp.read_text())["fingerprint"] == fingerprint:
         return False
     if cfg is None or cfg.get("mode") or not (out / "manifest.json").is_file():
         return True
     manifest = json.loads((out / "manifest.json").read_text())
-    if manifest.get("mmit_version") != mmit.__version__:
+    if manifest.get("mmit_version") != mmit.__version__ or manifest.get("templates") != template_hashes(cfg):
         return True
     base = OmegaConf.load(RECIPES_DIR / "base.yaml")
     earlier = OmegaConf.to_container(OmegaConf.merge(base, manifest.get("config") or {}), resolve=True)
@@ -88,6 +100,7 @@ def recipe_manifest(cfg: DictConfig, sources: dict[str, str], skipped: dict, set
         "seed": cfg.seed,
         "config": OmegaConf.to_container(cfg, resolve=True),
         "sources": sources,
+        "templates": template_hashes(cfg),
         "skipped_annotations": dict(sorted(skipped.items())),
         "sets": summarize_sets(sets),
     }

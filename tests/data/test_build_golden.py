@@ -22,7 +22,7 @@ CASES = {
 # case -> the sha256 of each shard file (by path under out_dir) and of the stable manifest
 GOLDEN: dict[str, dict] = {
     "demo": {
-        "manifest": "8292e2bd45f2b2c8ee142038ddc8e5fecb64db0c1530bdaa766a22fb465d6073",
+        "manifest": "89272c63ca6ec99c568fa74d8d8e58cd45cccce40595f88b9b4e6737003489da",
         "shards": {
             "train/shard-000000.json": "3046885ea82685f041beb9dd41bf6e5a4cecce040c81f910a5089aef33ea541c",
             "train/shard-000000.tar": "cc215b160d781f57df286c096dcfa77d6beed3566446e041c94cb9a246313e31",
@@ -37,7 +37,7 @@ GOLDEN: dict[str, dict] = {
         },
     },
     "skip_resize_unshared": {
-        "manifest": "fe56f7ac26d3f96730bd143175aa0f4f7c1cba1e2cc44a805b2ce0e796605333",
+        "manifest": "ca46daa1f275bb0a35785d98ad0bd2012348f9b7f6aee6be26c337b8f641f01e",
         "shards": {
             "train/shard-000000.json": "622b141b11094dd170d77da4f4320bfebddb48471845606ee0ca4c79ab41b679",
             "train/shard-000000.tar": "993bcc032498f51481c8788be1dfda40fb74e1e0bd83b640e37b7a1bb631c9e2",
@@ -69,6 +69,7 @@ def stable_manifest(manifest: dict) -> dict:
         "seed": manifest["seed"],
         "config": config,
         "source_digests": sorted(manifest["sources"].values()),
+        "template_digests": sorted(manifest["templates"].values()),
         "skipped_annotations": manifest["skipped_annotations"],
         "sets": manifest["sets"],
     }

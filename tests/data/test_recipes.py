@@ -172,3 +172,26 @@ def test_a_build_stamped_before_the_base_is_still_used(tmp_path):
     (out / "build.json").write_text(json.dumps({"fingerprint": thin}))
     with pytest.raises(BuildError, match="holds a build of a different recipe"):
         build(compose_recipe("demo_vqa", overrides))
+
+
+def test_an_edited_template_file_is_another_build(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMIT_CACHE", str(tmp_path / "cache"))  # a stale build in the mmit cache is rebuilt
+    out = tmp_path / "cache" / "datasets" / "demo"
+    templates = tmp_path / "vision.yaml"
+    templates.write_text((RECIPES_DIR / "templates" / "vision.yaml").read_text())
+    overrides = [
+        f"out_dir={out}",
+        f"templates={templates}",
+        "prepare.n_images=30",
+        f"prepare.out_dir={tmp_path / 'src'}",
+        "num_workers=1",
+    ]
+    recipe_data_files("demo_vqa", overrides)
+    before = json.loads((out / "manifest.json").read_text())
+    assert before["templates"] == {str(templates): hashlib.sha256(templates.read_bytes()).hexdigest()}
+    assert "vqayn-01" in before["sets"]["train"]["by_template"]
+
+    templates.write_text(templates.read_text().replace("{id: vqayn-01,", "{id: vqayn-01b,"))
+    recipe_data_files("demo_vqa", overrides)  # the same recipe and settings, another wording: built again
+    after = json.loads((out / "manifest.json").read_text())["sets"]["train"]["by_template"]
+    assert "vqayn-01b" in after and "vqayn-01" not in after
