@@ -33,6 +33,9 @@ class MultimodalLM(nn.Module):
         self.encoders = nn.ModuleDict(encoders or {})
         self.projectors = nn.ModuleDict(projectors or {})
         self.slots = dict(slots or {})  # modality -> placeholder token and count
+        # Frozen parameters that init_from set: checkpoints keep them beside the trained ones,
+        # because a run folder is rebuilt without init_from (mmit.inference.load_run).
+        self.kept_from_init: frozenset[str] = frozenset()
         if set(self.encoders) != set(self.projectors) or set(self.encoders) != set(self.slots):
             raise ValueError("every encoder needs a projector and a media slot")
 

@@ -75,7 +75,10 @@ def full(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: full(p) for n, p in model.named_parameters() if p.requires_grad}
+    """What a checkpoint's weights file holds: every trained parameter, and the frozen ones that
+    init_from set (``MultimodalLM.kept_from_init``), which a rebuilt run would not have otherwise."""
+    kept = getattr(model, "kept_from_init", frozenset())
+    return {n: full(p) for n, p in model.named_parameters() if p.requires_grad or n in kept}
 
 
 def load_trainable(model: nn.Module, ckpt_dir: str | Path) -> None:

@@ -24,7 +24,7 @@ from mmit.models.multimodal_lm import MultimodalLM
 from mmit.models.projectors import build_projector
 from mmit.models.tuning import apply_tuning
 from mmit.train import run
-from mmit.training.checkpoint import latest_checkpoint, trainable_state
+from mmit.training.checkpoint import latest_checkpoint, load_trainable, trainable_state
 from mmit.training.loss import next_token_loss_sum
 from mmit.training.packing import pack_batch
 
@@ -247,6 +247,27 @@ def test_init_from_copies_matching_trained_weights(compose, tmp_path):
     save_file(trainable_state(stage1), tmp_path / "ckpt" / "trainable.safetensors")
     stage2 = build_model(compose([*overrides, f"init_from={tmp_path / 'ckpt'}"])).model
     for a, b in zip(stage1.projectors.parameters(), stage2.projectors.parameters()):
+        torch.testing.assert_close(a, b)
+    assert not stage2.kept_from_init  # a trained projector is saved anyway
+
+
+def test_a_frozen_projector_from_init_from_is_kept_in_the_runs_checkpoints(compose, tmp_path):
+    out = tmp_path / "demo"
+    overrides = ["+recipe=vqa_tiny", f"data.source.overrides=['prepare.n_images=40','out_dir={out}']"]
+    stage1 = build_model(compose(overrides)).model
+    with torch.no_grad():
+        for p in stage1.projectors.parameters():
+            p.add_(1.0)
+    (tmp_path / "stage1").mkdir()
+    save_file(trainable_state(stage1), tmp_path / "stage1" / "trainable.safetensors")
+    frozen = [*overrides, "tuning.projector=frozen"]
+    stage2 = build_model(compose([*frozen, f"init_from={tmp_path / 'stage1'}"])).model
+    assert {n for n in stage2.kept_from_init} == {f"projectors.{n}" for n, _ in stage1.projectors.named_parameters()}
+    (tmp_path / "stage2").mkdir()
+    save_file(trainable_state(stage2), tmp_path / "stage2" / "trainable.safetensors")
+    rebuilt = build_model(compose(frozen)).model  # as load_run builds a run: without init_from
+    load_trainable(rebuilt, tmp_path / "stage2")
+    for a, b in zip(stage1.projectors.parameters(), rebuilt.projectors.parameters()):
         torch.testing.assert_close(a, b)
 
 
