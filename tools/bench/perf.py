@@ -68,10 +68,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
     parser.add_argument(
         "--b4-pack-length",
         type=int,
-        default=-1,
-        help="B4's fast mmit side: packed rows of N tokens (default -1: the longest sample, rounded up; 0: off)",
+        help="B4: a third mmit side, packed into rows of N tokens with the feature cache (-1: the longest sample)",
     )
-    parser.add_argument("--b4-no-feature-cache", action="store_true", help="B4's fast mmit side: run the encoder")
     parser.add_argument("--child", nargs=2, metavar=("TASK", "JSON"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
