@@ -154,7 +154,9 @@ def build_model(cfg: DictConfig) -> BuiltModel:
     elif cfg.get("init_from"):
         loaded_names = load_matching(model, cfg.init_from)
         log.info("initialised %d tensors from %s", len(loaded_names), cfg.init_from)
-        model.kept_from_init = frozenset(n for n, p in model.named_parameters() if n in loaded_names and not p.requires_grad)
+        model.kept_from_init = frozenset(
+            n for n, p in model.named_parameters() if n in loaded_names and not p.requires_grad
+        )
     return BuiltModel(model, loaded.tokenizer, loaded.source, parameter_table(components))
 
 
