@@ -168,14 +168,20 @@ def av_qa_task(qa: QA) -> str:
     return "av_yesno" if qa.answer_type == "yes/no" or qa.answer.lower() in ("yes", "no") else "av_qa"
 
 
+def _asked_as_vqa(ann: Annotation) -> bool:
+    """Whether the annotation's questions take the image (or text) VQA tasks, multiple choice among
+    them: not audio, video, a clip with sound, or several images."""
+    return not (_is_audio(ann) or _is_audio_visual(ann) or _is_compare(ann) or _is_video(ann))
+
+
 def _media_task(ann: Annotation, qa: QA, rng: random.Random, cfg: ShapingConfig, pool: dict[str, list[str]]) -> str:
+    if _asked_as_vqa(ann):
+        return qa_task(qa, rng, cfg, pool)
     if _is_audio(ann):
         return "audio_qa"
     if _is_audio_visual(ann):
         return av_qa_task(qa)
-    if _is_compare(ann):
-        return compare_task(qa)
-    return video_qa_task(qa) if _is_video(ann) else qa_task(qa, rng, cfg, pool)
+    return compare_task(qa) if _is_compare(ann) else video_qa_task(qa)
 
 
 def shape_annotation(
@@ -300,10 +306,10 @@ def shape_annotation(
 
 def answer_pool(annotations: list[Annotation]) -> dict[str, list[str]]:
     """Distinct answers per answer type and per answer and question type, sorted (``distractors``
-    relies on it): the wrong options of multiple choice (questions about one image only)."""
+    relies on it): the wrong options of multiple choice, from the questions that can be asked as one."""
     pool: dict[str, set[str]] = {}
     for ann in annotations:
-        if _is_audio(ann) or _is_video(ann) or _is_compare(ann) or _is_audio_visual(ann):
+        if not _asked_as_vqa(ann):
             continue
         for qa in ann.qas:
             pool.setdefault(qa.answer_type, set()).add(qa.answer)
