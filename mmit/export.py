@@ -165,10 +165,11 @@ def describe_multimodal(model: MultimodalLM, cfg: DictConfig | None = None) -> d
 
 
 def multimodal_state(model: MultimodalLM) -> dict[str, torch.Tensor]:
-    """Every projector tensor, and the encoders' trained ones (frozen weights come from their own checkpoints)."""
+    """Every projector tensor, and the encoders' trained ones and those init_from set (other frozen
+    weights come from the encoders' own checkpoints)."""
     state = {f"projectors.{n}": t.detach().cpu().contiguous() for n, t in model.projectors.state_dict().items()}
     for name, param in model.encoders.named_parameters():
-        if param.requires_grad:
+        if param.requires_grad or f"encoders.{name}" in model.kept_from_init:
             state[f"encoders.{name}"] = param.detach().cpu().contiguous()
     return state
 
@@ -213,6 +214,12 @@ def export_adapter(model: MultimodalLM, out_dir: str | Path, cfg: DictConfig | N
         raise ExportError(
             "the LLM has no peft adapter (it was trained with peft=full, frozen or a non-peft method): "
             "there is nothing for PeftModel.from_pretrained to load; use --format merged"
+        )
+    from_init = sorted(n for n in model.kept_from_init if n.startswith("llm."))
+    if from_init:
+        raise ExportError(
+            f"the LLM has {len(from_init)} frozen weights set by init_from ({from_init[0]}, ...), which a peft "
+            "adapter does not carry and its base model lacks; use --format merged"
         )
     out_dir = Path(out_dir)
     base = base_model_info(model, cfg)
@@ -306,6 +313,8 @@ def llava_mapping(model: MultimodalLM) -> LlavaMapping:
             f"{' (the mean patch standing in for a CLS token)' if not extra else ''}; "
             "LLaVA selects either all of the tower's tokens or all but the CLS token"
         )
+    if getattr(projector, "position_code", None) is not None:
+        raise ExportError("projector.position_code=learned adds a vector per image token; LLaVA has no place for it")
     if not isinstance(projector, MLPProjector) or len(projector.mlp) != 3:
         depth = f" of depth {(len(projector.mlp) + 1) // 2}" if isinstance(projector, MLPProjector) else ""
         raise ExportError(

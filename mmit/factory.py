@@ -88,7 +88,7 @@ def build_model(cfg: DictConfig) -> BuiltModel:
     from mmit.models.llava_import import check_llava_start, is_llava_checkpoint, load_llava_projector
     from mmit.models.llm import set_system_prompt
     from mmit.models.multimodal_lm import MultimodalLM
-    from mmit.models.projectors import build_projector
+    from mmit.models.projectors import POSITION_CODES, attach_position_code, build_projector
     from mmit.models.tuning import apply_tuning, narrow_frozen, parameter_table, resolve_frozen_dtype
     from mmit.training.checkpoint import load_matching
 
@@ -124,15 +124,18 @@ def build_model(cfg: DictConfig) -> BuiltModel:
             options["embeddings"] = loaded.model.get_input_embeddings().weight
         from_llava = "llava" in options and kind == "image"  # projector=llava: LLaVA's weights for the image path
         options.pop("llava", None)
-        # where in the image a token came from: images (and video frames) only; audio encoders
-        # give their tokens positions of their own
-        position_code = options.pop("position_code", "none") if kind == "image" else "none"
-        options.pop("position_code", None)
-        kind_name = options.pop("kind")
-        projector = build_projector(kind_name, encoder.output_dim, hidden, encoder.num_tokens, position_code, **options)
+        position_code = options.pop("position_code", "none")
+        if position_code not in POSITION_CODES:
+            raise ValueError(f"projector.position_code must be one of {POSITION_CODES}, not {position_code!r}")
+        projector = build_projector(options.pop("kind"), encoder.output_dim, hidden, **options)
         if from_llava:
             load_llava_projector(projector, cfg.projector.llava)
         projector = apply_tuning(projector, cfg.tuning.projector, name="projector")
+        # Where in the picture a token came from: images (and video frames) only, as audio encoders
+        # give their tokens positions of their own. A new weight, it trains unless the projector is frozen.
+        if position_code == "learned" and kind == "image":
+            code = attach_position_code(projector, encoder.num_tokens, hidden)
+            code.requires_grad_(cfg.tuning.projector != "frozen")
         encoders[kind], projectors[kind] = encoder, projector
         components[group] = (encoder, cfg.tuning[group])
         components[f"projector ({kind})"] = (projector, cfg.tuning.projector)
@@ -170,11 +173,11 @@ def video_path(cfg: DictConfig, image_encoder, image_projector):
     temporal = options.pop("temporal", "learned")
     encoder = VideoEncoder(image_encoder, **options)
     code = getattr(image_projector, "position_code", None)
-    if code is not None and code.code.shape[0] != encoder.tokens_per_frame:
+    if code is not None and image_projector.num_tokens(encoder.tokens_per_frame) != code.code.shape[0]:
         raise ValueError(
             f"projector.position_code=learned marks the image's {code.code.shape[0]} token positions; video.pool_to="
-            f"{encoder.pool_to} gives frames of {encoder.tokens_per_frame}: set video.pool_to to the image grid's side "
-            "(or null) or projector.position_code=none"
+            f"{encoder.pool_to} gives frames of {encoder.tokens_per_frame} tokens: set video.pool_to to the image "
+            "grid's side (or null), or projector.position_code=none"
         )
     reseed(cfg, "video")
     code = apply_tuning(

@@ -23,7 +23,7 @@ from mmit.inference import load_run
 from mmit.models.encoders import HFVisionEncoder, build_tiny_clip_dir
 from mmit.models.llm import load_tiny
 from mmit.models.multimodal_lm import MultimodalLM
-from mmit.models.projectors import build_projector
+from mmit.models.projectors import attach_position_code, build_projector
 from mmit.models.tuning import apply_tuning
 
 IMAGE_CHAT = [{"role": "user", "content": "<image>\nWhat color is the square?"}]
@@ -86,13 +86,21 @@ def _llava_vs_mmit(model: MultimodalLM, tokenizer, out_dir) -> float:
 
 
 def _hand_built(
-    encoder_tuning="frozen", projector_tuning="full", projector="mlp", path=None, vocab_size=512, **encoder_options
+    encoder_tuning="frozen",
+    projector_tuning="full",
+    projector="mlp",
+    path=None,
+    vocab_size=512,
+    position_code=False,
+    **encoder_options,
 ):
     """A MultimodalLM wired as mmit.factory does, with any LoRA layers given random (non-zero) B matrices."""
     llm = load_tiny(vocab_size=vocab_size)
     torch.manual_seed(0)
     encoder = apply_tuning(HFVisionEncoder(str(path or build_tiny_clip_dir()), **encoder_options), encoder_tuning)
     proj = apply_tuning(build_projector(projector, encoder.output_dim, llm.model.config.hidden_size), projector_tuning)
+    if position_code:
+        attach_position_code(proj, encoder.num_tokens, llm.model.config.hidden_size)
     with torch.no_grad():
         for name, param in [*encoder.named_parameters(), *proj.named_parameters()]:
             if "lora_B" in name:
@@ -191,6 +199,7 @@ def test_llava_maps_other_feature_selections(options, tmp_path):
         (dict(tokens="cls"), "tokens='cls'"),
         (dict(projector="resampler"), "this one is ResamplerProjector"),
         (dict(projector="linear"), "this one is LinearProjector"),
+        (dict(position_code=True), "position_code=learned"),
     ],
 )
 def test_llava_refuses_what_it_cannot_express(options, reason, tmp_path):
@@ -210,6 +219,14 @@ def test_adapter_and_merged_refuse_llms_they_cannot_hold(tmp_path):
         export_merged(adapted, llm.tokenizer, tmp_path / "merged")
     export_merged(plain, llm.tokenizer, tmp_path / "merged")  # a fully tuned LLM is already "merged"
     assert (tmp_path / "merged" / "model.safetensors").is_file()
+    from peft import LoraConfig
+
+    lora = MultimodalLM(apply_tuning(load_tiny().model, "lora", LoraConfig(r=2, target_modules=["q_proj"]), "llm"))
+    frozen = next(n for n, p in lora.named_parameters() if not p.requires_grad)
+    lora.kept_from_init = frozenset({frozen})  # a frozen LLM weight that init_from set
+    with pytest.raises(ExportError, match="set by init_from"):
+        export_adapter(lora, tmp_path / "adapter")
+    assert not (tmp_path / "adapter").exists()
 
 
 def test_cli_writes_every_format(trained_run, tmp_path, capsys):

@@ -13,7 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 import mmit
-from mmit.data.recipes import BuildError
+from mmit.data.recipes import BuildError, template_paths
 from mmit.paths import RECIPES_DIR, atomic_write_text
 
 
@@ -26,12 +26,13 @@ def build_fingerprint(cfg: DictConfig) -> str:
 
 
 def template_hashes(cfg: DictConfig) -> dict[str, str]:
-    """The sha256 of each template file the recipe names (``templates``: one file or a list)."""
-    named = cfg.get("templates")
-    if named is None:
-        return {}
-    paths = OmegaConf.to_container(named, resolve=True) if OmegaConf.is_list(named) else [named]
-    return {str(path): file_sha256(Path(path)) for path in paths if os.path.isfile(path)}
+    """The sha256 of each template file the recipe names."""
+    hashes = {}
+    for path in template_paths(cfg):
+        if not os.path.isfile(path):
+            raise BuildError(f"templates: {path} is not a file")
+        hashes[path] = file_sha256(Path(path))
+    return hashes
 
 
 def stamp_build(out: Path, fingerprint: str) -> None:

@@ -183,11 +183,17 @@ def load_template_files(paths: str | list[str]) -> dict:
     return templates
 
 
+def template_paths(cfg: DictConfig) -> list[str]:
+    """The template files a composed recipe names (``templates``: one file or a list of them)."""
+    named = cfg.get("templates")
+    if named is None:
+        return []
+    return [str(p) for p in OmegaConf.to_container(named, resolve=True)] if OmegaConf.is_list(named) else [named]
+
+
 def recipe_templates(cfg: DictConfig) -> dict:
     """The templates of a composed recipe (``templates``: one file or a list of them)."""
-    return load_template_files(
-        OmegaConf.to_container(cfg.templates, resolve=True) if OmegaConf.is_list(cfg.templates) else cfg.templates
-    )
+    return load_template_files(template_paths(cfg))
 
 
 def shaping_config(cfg: DictConfig, templates: dict) -> ShapingConfig:

@@ -132,36 +132,20 @@ class PositionCode(nn.Module):
         return (tokens.view(n, total // per_item, per_item, dim) + self.code.to(tokens.dtype)).view(n, total, dim)
 
 
-class PlacedProjector(nn.Module):
-    """``projector``, then each output token's :class:`PositionCode`."""
-
-    def __init__(self, projector: nn.Module, position_code: PositionCode):
-        super().__init__()
-        self.projector, self.position_code = projector, position_code
-
-    def num_tokens(self, encoder_tokens: int) -> int:
-        return self.projector.num_tokens(encoder_tokens)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.position_code(self.projector(features))
+def attach_position_code(projector: nn.Module, encoder_tokens: int, out_dim: int) -> PositionCode:
+    """``projector.position_code``, added to every output of ``projector`` by a forward hook, so that
+    the projector's own weights keep their names: a run with the code starts from one without it
+    (``init_from``), and LLaVA's projector weights load into it."""
+    projector.position_code = PositionCode(projector.num_tokens(encoder_tokens), out_dim)
+    projector.register_forward_hook(lambda module, inputs, output: module.position_code(output))
+    return projector.position_code
 
 
 POSITION_CODES = ("none", "learned")
 PROJECTORS = {"linear": LinearProjector, "mlp": MLPProjector, "resampler": ResamplerProjector, "vocab": VocabProjector}
 
 
-def build_projector(
-    kind: str, in_dim: int, out_dim: int, encoder_tokens: int | None = None, position_code: str = "none", **options
-) -> nn.Module:
-    """``kind``'s projector; with ``position_code=learned``, a :class:`PlacedProjector` around it
-    (``encoder_tokens``: how many tokens the encoder gives per image)."""
+def build_projector(kind: str, in_dim: int, out_dim: int, **options) -> nn.Module:
     if kind not in PROJECTORS:
         raise ValueError(f"projector kind must be one of {sorted(PROJECTORS)}, not {kind!r}")
-    if position_code not in POSITION_CODES:
-        raise ValueError(f"projector.position_code must be one of {POSITION_CODES}, not {position_code!r}")
-    projector = PROJECTORS[kind](in_dim, out_dim, **options)
-    if position_code == "none":
-        return projector
-    if not encoder_tokens:
-        raise ValueError("projector.position_code=learned needs the encoder's token count")
-    return PlacedProjector(projector, PositionCode(projector.num_tokens(encoder_tokens), out_dim))
+    return PROJECTORS[kind](in_dim, out_dim, **options)

@@ -94,6 +94,8 @@ def load_trainable(model: nn.Module, ckpt_dir: str | Path) -> None:
     with torch.no_grad():
         for name, tensor in state.items():
             params[name].copy_(tensor)
+    if hasattr(model, "kept_from_init"):  # frozen weights the run's init_from set: saved again if it is
+        model.kept_from_init = frozenset(n for n in state if not params[n].requires_grad)
 
 
 def load_matching(model: nn.Module, run_or_ckpt: str | Path) -> list[str]:

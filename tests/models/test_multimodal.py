@@ -21,7 +21,7 @@ from mmit.models.encoders import (
 )
 from mmit.models.llm import load_tiny
 from mmit.models.multimodal_lm import MultimodalLM
-from mmit.models.projectors import build_projector
+from mmit.models.projectors import attach_position_code, build_projector
 from mmit.models.tuning import apply_tuning
 from mmit.train import run
 from mmit.training.checkpoint import latest_checkpoint, load_trainable, trainable_state
@@ -269,6 +269,7 @@ def test_a_frozen_projector_from_init_from_is_kept_in_the_runs_checkpoints(compo
     load_trainable(rebuilt, tmp_path / "stage2")
     for a, b in zip(stage1.projectors.parameters(), rebuilt.projectors.parameters()):
         torch.testing.assert_close(a, b)
+    assert rebuilt.kept_from_init == stage2.kept_from_init  # and saved again from the reloaded run
 
 
 @pytest.mark.slow
@@ -384,19 +385,19 @@ def test_packed_sdpa_runs_each_sample_alone_and_matches_masked_sdpa(monkeypatch)
 
 
 def test_a_learned_position_code_starts_at_zero_and_marks_each_image_position_the_same_in_every_frame():
-    projector = build_projector("mlp", 48, 64, encoder_tokens=16, position_code="learned")
+    projector = build_projector("mlp", 48, 64)
     features = torch.randn(3, 16, 48)
-    assert torch.equal(projector(features), projector.projector(features))  # zero at the start
+    before = projector(features)
+    code = attach_position_code(projector, 16, 64)
+    assert torch.equal(projector(features), before)  # zero at the start
     with torch.no_grad():
-        projector.position_code.code.copy_(torch.randn(16, 64))
+        code.code.copy_(torch.randn(16, 64))
         clip = projector(torch.cat([features, features], dim=1))  # two frames of the same picture
+        moved = projector(features) - before
     assert torch.allclose(clip[:, :16], clip[:, 16:])
-    moved = projector(features) - projector.projector(features)
-    assert torch.allclose(moved, projector.position_code.code.expand(3, -1, -1))
-    resampled = build_projector("resampler", 48, 64, encoder_tokens=16, position_code="learned", num_queries=5, heads=4)
-    assert resampled.position_code.code.shape == (5, 64)  # one per output token
-    with pytest.raises(ValueError, match="position_code must be one of"):
-        build_projector("mlp", 48, 64, encoder_tokens=16, position_code="sinusoidal")
+    assert torch.allclose(moved, code.code.expand(3, -1, -1))
+    resampler = build_projector("resampler", 48, 64, num_queries=5, heads=4)
+    assert attach_position_code(resampler, 16, 64).code.shape == (5, 64)  # one per output token
     with pytest.raises(ValueError, match="not whole images of 16"):
         projector(torch.randn(1, 20, 48))
 
@@ -407,6 +408,13 @@ def test_the_factory_trains_the_position_code_with_the_projector_and_checks_vide
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert "projectors.image.position_code.code" in trainable
     assert model.projectors["image"].position_code.code.shape[0] == model.slots["image"].count
+    # the projector's own weights keep their names: runs with and without the code start from each other
+    plain = {n for n, _ in build_model(compose(["+recipe=vqa_tiny"])).model.named_parameters()}
+    assert {n for n, _ in model.named_parameters()} - plain == {"projectors.image.position_code.code"}
+    lora = build_model(compose([*placed, "tuning.projector=lora"])).model
+    assert lora.projectors["image"].position_code.code.requires_grad  # a new weight, trained beside the LoRA
+    with pytest.raises(ValueError, match="position_code must be one of"):
+        build_model(compose(["+recipe=vqa_tiny", "projector.position_code=sinusoidal"]))
     side = int(model.encoders["image"].num_tokens ** 0.5)
     video = build_model(compose([*placed, f"+video={{frames: 2, pool_to: {side}}}"])).model
     assert video.projectors["video"].projector is video.projectors["image"]

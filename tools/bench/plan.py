@@ -80,7 +80,7 @@ def make_plan(args: argparse.Namespace, tmp: Path) -> Plan:
     # --b4-pack-length adds a side packed into rows of that many tokens, with the cache.
     variants = [
         MmitFastPaths(DEFAULTS, args.b4_group_by_length, None, True, args.b4_prefetch),
-        MmitFastPaths("mmit, fast paths off", args.b4_group_by_length, 0, False, args.b4_prefetch),
+        MmitFastPaths("mmit, no packing or cache", args.b4_group_by_length, 0, False, args.b4_prefetch),
     ]
     if args.b4_pack_length is not None:
         name = f"mmit, rows of {'the longest sample' if args.b4_pack_length < 0 else args.b4_pack_length}"
