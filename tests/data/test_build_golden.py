@@ -22,33 +22,33 @@ CASES = {
 # case -> the sha256 of each shard file (by path under out_dir) and of the stable manifest
 GOLDEN: dict[str, dict] = {
     "demo": {
-        "manifest": "89272c63ca6ec99c568fa74d8d8e58cd45cccce40595f88b9b4e6737003489da",
+        "manifest": "e0cdfda17ead3936fcb864f06ead549d1105ded082b21394fe4a0d7aa904c648",
         "shards": {
-            "train/shard-000000.json": "3046885ea82685f041beb9dd41bf6e5a4cecce040c81f910a5089aef33ea541c",
-            "train/shard-000000.tar": "cc215b160d781f57df286c096dcfa77d6beed3566446e041c94cb9a246313e31",
+            "train/shard-000000.json": "68ca5af3df9880d7eb62dafbbacffca2fa3abf67af6039408d6e69c026f43cb7",
+            "train/shard-000000.tar": "5fab41c792cbd65a13979ab68974f27883ad3e7188d5d3e1d61125884a37a9e6",
             "train/shard-000001.json": "e85176e62342c4caa31d806c1c85ad04bcfd9c375d9356d600617982b1c87208",
             "train/shard-000001.tar": "992e00e75563fe8258e7c707cdc6467ecd799d8b29ae11050f0ab3e5e241bed8",
             "val_heldout_tasks/shard-000000.json": "fdfd2f54e518628de19b619bf55cf2a4a4913267e4dadf70d37c4484bf731d4b",
             "val_heldout_tasks/shard-000000.tar": "66f3c43acef5e6b259929c3a752d3f694d64af633def0ba6b47420ab724232e6",
             "val_heldout_templates/shard-000000.json": "b35eeda0e79f3bb8f0619bbddeedb4d5e2e9a0ede9d7711af462d097ccdd0ed3",
             "val_heldout_templates/shard-000000.tar": "150e64622cb98ed79146793be67da6319aa88727547dce66b72feb6605335469",
-            "val_seen/shard-000000.json": "ce551ebea0fcd23c426f9c3adc83116ffcbdafcb394e3b61b3b2b9cc418b11b5",
-            "val_seen/shard-000000.tar": "570f1fc38d06ba422914ca10d6c468812d1c3a746905616dc17d5f33ccdeee11",
+            "val_seen/shard-000000.json": "9fad00ce46fcbb69df402b495f9c31bdbccb38b3420dcc3201abfc826344737a",
+            "val_seen/shard-000000.tar": "8258f6d67e52aa3ecab5bc533efe639cdc3271bbf0a2730e65c48cbf5fb7680b",
         },
     },
     "skip_resize_unshared": {
-        "manifest": "ca46daa1f275bb0a35785d98ad0bd2012348f9b7f6aee6be26c337b8f641f01e",
+        "manifest": "c5088fd2a59e80f0f91d654d13c122cd24260d3cd91a4ad2eda4d0a3a7157af1",
         "shards": {
-            "train/shard-000000.json": "622b141b11094dd170d77da4f4320bfebddb48471845606ee0ca4c79ab41b679",
-            "train/shard-000000.tar": "993bcc032498f51481c8788be1dfda40fb74e1e0bd83b640e37b7a1bb631c9e2",
+            "train/shard-000000.json": "5c502f77418aa2a3c284c8b921be389a8f0f47dd933aa441c106c8cedf23644d",
+            "train/shard-000000.tar": "81dbbe9ec3be331240f511083d6a06f01407f3e04d0ee0aad354205225c23c90",
             "train/shard-000001.json": "717c97e6290f5763b7ff34c2cd3cca1eaeb1e9afd8b336ee77fd16697bd8e363",
             "train/shard-000001.tar": "811de1f00712171660d3e6a4b8612b4588c36ba2b13ac528a28fe8d167d59188",
             "val_heldout_tasks/shard-000000.json": "fdfd2f54e518628de19b619bf55cf2a4a4913267e4dadf70d37c4484bf731d4b",
             "val_heldout_tasks/shard-000000.tar": "2c0d1032d0e853fd4f3660a26a8f2e4bc4f3c71966fe08afb955c817805c9c7e",
             "val_heldout_templates/shard-000000.json": "6aa795a98aa4be0dfe698d89116c5243d52c4249d254a6fc581662f898bb87c5",
             "val_heldout_templates/shard-000000.tar": "d75110bdf385d5359556b36b48b2ea65f423d766968301f7eee4e773c5df9d37",
-            "val_seen/shard-000000.json": "bbf59b3f21a2339019d4009119670e81e42980a04ec05dc37224173dca373497",
-            "val_seen/shard-000000.tar": "0c3c0393f6a9a6f16c66800d21b61593d6d8cc10549974ca26932867e298cd63",
+            "val_seen/shard-000000.json": "822bdd94b246d71e79f90d67d1267348b7546beabff334bc8d59811791263388",
+            "val_seen/shard-000000.tar": "600d4263b40ad520f45d829ef5f9ffc51fb598b991b9c2fa728662f7db2f8a74",
         },
     },
 }
