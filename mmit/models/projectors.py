@@ -115,9 +115,9 @@ class PositionCode(nn.Module):
 
     A ViT's features carry position embeddings of their own; a CNN's pooled grid (EfficientNet)
     does not, and the LLM can tell where a token came from only by counting its place in the
-    sequence, which it learns slowly ("is the square on the left?" stayed at chance through 900
-    steps of the main job). The code is in the LLM's embedding space, starts at zero (training
-    starts from the projector's reading alone), and each frame of a clip gets the same codes.
+    sequence. The code is in the LLM's embedding space, starts at zero (training starts from the
+    projector's reading alone), and each frame of a clip gets the same codes. On the main job it
+    did not make "is the square on the left?" learnable within 900 steps (docs/grounding.md).
     """
 
     def __init__(self, tokens: int, dim: int):
