@@ -53,6 +53,7 @@ CHOICES = {
     "tuning.vision_encoder": ("frozen", "lora", "full"),
     "tuning.audio_encoder": ("frozen", "lora", "full"),
     "tuning.projector": ("full", "lora", "frozen"),
+    "projector.position_code": ("none", "learned"),
     "frozen_dtype": ("auto", "float32", "bfloat16", "float16"),
     "data.overlength": ("truncate", "drop", "raise"),
     "data.on_error": ("raise", "skip"),

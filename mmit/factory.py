@@ -88,7 +88,7 @@ def build_model(cfg: DictConfig) -> BuiltModel:
     from mmit.models.llava_import import check_llava_start, is_llava_checkpoint, load_llava_projector
     from mmit.models.llm import set_system_prompt
     from mmit.models.multimodal_lm import MultimodalLM
-    from mmit.models.projectors import POSITION_CODES, attach_position_code, build_projector
+    from mmit.models.projectors import attach_position_code, build_projector
     from mmit.models.tuning import apply_tuning, narrow_frozen, parameter_table, resolve_frozen_dtype
     from mmit.training.checkpoint import load_matching
 
@@ -124,9 +124,7 @@ def build_model(cfg: DictConfig) -> BuiltModel:
             options["embeddings"] = loaded.model.get_input_embeddings().weight
         from_llava = "llava" in options and kind == "image"  # projector=llava: LLaVA's weights for the image path
         options.pop("llava", None)
-        position_code = options.pop("position_code", "none")
-        if position_code not in POSITION_CODES:
-            raise ValueError(f"projector.position_code must be one of {POSITION_CODES}, not {position_code!r}")
+        position_code = options.pop("position_code", "none")  # none or learned (mmit.config_checks)
         projector = build_projector(options.pop("kind"), encoder.output_dim, hidden, **options)
         if from_llava:
             load_llava_projector(projector, cfg.projector.llava)

@@ -141,7 +141,6 @@ def attach_position_code(projector: nn.Module, encoder_tokens: int, out_dim: int
     return projector.position_code
 
 
-POSITION_CODES = ("none", "learned")
 PROJECTORS = {"linear": LinearProjector, "mlp": MLPProjector, "resampler": ResamplerProjector, "vocab": VocabProjector}
 
 

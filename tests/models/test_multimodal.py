@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from mmit.config_checks import check_config
 from mmit.data.collate import Collator
 from mmit.data.samples import IGNORE_INDEX, Conversation, MediaRef, Message, SampleError
 from mmit.data.tokenize import tokenize_conversation
@@ -236,22 +237,9 @@ def test_efficientnet_lite0_gives_spatial_tokens_from_the_offline_weights():
     assert not torch.allclose(out[0], out[1])  # real weights tell red from blue
 
 
-def test_init_from_copies_matching_trained_weights(compose, tmp_path):
-    out = tmp_path / "demo"
-    overrides = ["+recipe=vqa_tiny", f"data.source.overrides=['prepare.n_images=40','out_dir={out}']"]
-    stage1 = build_model(compose(overrides)).model
-    with torch.no_grad():
-        for p in stage1.projectors.parameters():
-            p.add_(1.0)
-    (tmp_path / "ckpt").mkdir()
-    save_file(trainable_state(stage1), tmp_path / "ckpt" / "trainable.safetensors")
-    stage2 = build_model(compose([*overrides, f"init_from={tmp_path / 'ckpt'}"])).model
-    for a, b in zip(stage1.projectors.parameters(), stage2.projectors.parameters()):
-        torch.testing.assert_close(a, b)
-    assert not stage2.kept_from_init  # a trained projector is saved anyway
-
-
-def test_a_frozen_projector_from_init_from_is_kept_in_the_runs_checkpoints(compose, tmp_path):
+def _stage1(compose, tmp_path) -> tuple[list[str], MultimodalLM]:
+    """The tiny recipe's overrides and a model whose projector moved from its initial weights, saved
+    as a checkpoint in ``tmp_path / "stage1"``."""
     out = tmp_path / "demo"
     overrides = ["+recipe=vqa_tiny", f"data.source.overrides=['prepare.n_images=40','out_dir={out}']"]
     stage1 = build_model(compose(overrides)).model
@@ -260,6 +248,19 @@ def test_a_frozen_projector_from_init_from_is_kept_in_the_runs_checkpoints(compo
             p.add_(1.0)
     (tmp_path / "stage1").mkdir()
     save_file(trainable_state(stage1), tmp_path / "stage1" / "trainable.safetensors")
+    return overrides, stage1
+
+
+def test_init_from_copies_matching_trained_weights(compose, tmp_path):
+    overrides, stage1 = _stage1(compose, tmp_path)
+    stage2 = build_model(compose([*overrides, f"init_from={tmp_path / 'stage1'}"])).model
+    for a, b in zip(stage1.projectors.parameters(), stage2.projectors.parameters()):
+        torch.testing.assert_close(a, b)
+    assert not stage2.kept_from_init  # a trained projector is saved anyway
+
+
+def test_a_frozen_projector_from_init_from_is_kept_in_the_runs_checkpoints(compose, tmp_path):
+    overrides, stage1 = _stage1(compose, tmp_path)
     frozen = [*overrides, "tuning.projector=frozen"]
     stage2 = build_model(compose([*frozen, f"init_from={tmp_path / 'stage1'}"])).model
     assert {n for n in stage2.kept_from_init} == {f"projectors.{n}" for n, _ in stage1.projectors.named_parameters()}
@@ -413,8 +414,8 @@ def test_the_factory_trains_the_position_code_with_the_projector_and_checks_vide
     assert {n for n, _ in model.named_parameters()} - plain == {"projectors.image.position_code.code"}
     lora = build_model(compose([*placed, "tuning.projector=lora"])).model
     assert lora.projectors["image"].position_code.code.requires_grad  # a new weight, trained beside the LoRA
-    with pytest.raises(ValueError, match="position_code must be one of"):
-        build_model(compose(["+recipe=vqa_tiny", "projector.position_code=sinusoidal"]))
+    with pytest.raises(ValueError, match="position_code='sinusoidal': must be one of none, learned"):
+        check_config(compose(["+recipe=vqa_tiny", "projector.position_code=sinusoidal"]))
     side = int(model.encoders["image"].num_tokens ** 0.5)
     video = build_model(compose([*placed, f"+video={{frames: 2, pool_to: {side}}}"])).model
     assert video.projectors["video"].projector is video.projectors["image"]
