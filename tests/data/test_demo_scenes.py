@@ -12,6 +12,7 @@ from mmit.data.demo.scenes import (
     COLUMNS,
     EXTENTS,
     PALETTE,
+    EXTRA_KINDS,
     QUESTION_KINDS,
     ROWS,
     Scene,
@@ -110,6 +111,9 @@ def _expected_answer(question: str, objects: list[SceneObject]) -> str:
     if m := re.fullmatch(r"Is the (\w+) (\w+) (on the left|in the middle|on the right)\?", question):
         (match,) = [o for o in objects if (o.color, o.shape) == (m[1], m[2])]
         return "yes" if match.column == columns[m[3]] else "no"
+    if m := re.fullmatch(r"Where is the (\w+) (\w+): on the left, in the middle or on the right\?", question):
+        (match,) = [o for o in objects if (o.color, o.shape) == (m[1], m[2])]
+        return match.column
     raise AssertionError(f"unexpected question {question!r}")
 
 
@@ -259,3 +263,25 @@ def test_text_oracle_replaces_each_image_by_its_scene_description(tool, tmp_path
     for record in records:
         first = record["messages"][0]["content"]
         assert "<image>" not in first and details[record["meta"]["group"]] in first
+
+
+def test_extra_question_kinds_are_asked_exactly_and_only_when_chosen(tmp_path):
+    kinds = [*QUESTION_KINDS, *EXTRA_KINDS]
+    default = write_demo_scenes(tmp_path / "default", n_images=12, questions_per_image=8)
+    where = write_demo_scenes(tmp_path / "where", n_images=12, questions_per_image=8, kinds=kinds)
+    assert _load(default.questions_file)["info"].get("question_kinds") is None  # earlier builds stay valid
+    assert _load(where.questions_file)["info"]["question_kinds"] == kinds
+    questions = {q["question_id"]: q["question"] for q in _load(where.questions_file)["questions"]}
+    asked = Counter()
+    for a in _load(where.vqa_annotations_file)["annotations"]:
+        scene = plan_scene(a["image_id"], questions_per_image=8, kinds=kinds)
+        question = questions[a["question_id"]]
+        assert a["multiple_choice_answer"] == _expected_answer(question, scene.objects), question
+        asked[next(q.kind for q in scene.questions if q.question == question)] += 1
+    assert set(asked) == set(kinds) and asked["where"] >= 6
+    assert {a["multiple_choice_answer"] for a in _load(where.vqa_annotations_file)["annotations"]} >= set(COLUMNS)
+    # The images do not depend on the kinds asked; the default questions never include the extra kinds.
+    assert _files(default.images_dir) == _files(where.images_dir)
+    assert not any(q["question"].startswith("Where") for q in _load(default.questions_file)["questions"])
+    with pytest.raises(ValueError, match="question kinds .*'colour'"):
+        plan_scene(1, kinds=["colour"])

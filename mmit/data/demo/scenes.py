@@ -11,6 +11,7 @@ import os
 import random
 import tempfile
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,8 @@ RADIUS = {"small": (16, 21), "large": (28, 35)}
 EXTENTS = {"circle": (1.0, 1.0, 1.0), "square": (0.9, 0.9, 0.9), "triangle": (0.996, 1.15, 0.575)}
 NUMBER_WORDS = ("zero", "one", "two", "three", "four")
 QUESTION_KINDS = ("count_all", "count_color", "color_of_shape", "shape_of_color", "exists", "position")
+# Kinds a recipe may add to QUESTION_KINDS: "where" asks an object's column as a short answer.
+EXTRA_KINDS = ("where",)
 QUESTIONS_PER_IMAGE = 4
 ANSWER_TYPES = ("yes/no", "number", "other")
 
@@ -223,23 +226,45 @@ def _ask(rng: random.Random, kind: str, objects: list[SceneObject]) -> SceneQues
         column = obj.column if answer == "yes" else rng.choice([c for c in COLUMNS if c != obj.column])
         question = f"Is the {obj.color} {obj.shape} {_column_phrase(column)}?"
         return SceneQuestion(kind, question, answer, "is the", "yes/no")
+    if kind == "where":
+        unique = _unique(objects, lambda o: (o.color, o.shape))
+        if not unique:
+            return None
+        obj = unique[rng.choice(sorted(unique))]
+        question = f"Where is the {obj.color} {obj.shape}: on the left, in the middle or on the right?"
+        return SceneQuestion(kind, question, obj.column, "where is the", "other")
     raise ValueError(f"unknown question kind {kind!r}")
 
 
+def _question_kinds(kinds: Sequence[str] | None) -> tuple[str, ...]:
+    if kinds is None:
+        return QUESTION_KINDS
+    unknown = sorted(set(kinds) - set(QUESTION_KINDS + EXTRA_KINDS))
+    if unknown or not kinds:
+        raise ValueError(f"question kinds {unknown or '[]'}: choose from {list(QUESTION_KINDS + EXTRA_KINDS)}")
+    return tuple(dict.fromkeys(kinds))
+
+
 def plan_scene(
-    image_id: int, seed: int = 0, image_size: int = 224, questions_per_image: int = QUESTIONS_PER_IMAGE
+    image_id: int,
+    seed: int = 0,
+    image_size: int = 224,
+    questions_per_image: int = QUESTIONS_PER_IMAGE,
+    kinds: Sequence[str] | None = None,
 ) -> Scene:
-    """The scene and its questions, decided only by (seed, image_id): independent of build order.
+    """The scene and its questions, decided only by (seed, image_id, kinds): independent of build order.
 
     Questions come in rounds, each round every kind once in a fresh order, until there are
-    ``questions_per_image`` distinct ones (fewer when the scene allows no more).
+    ``questions_per_image`` distinct ones (fewer when the scene allows no more). ``kinds`` defaults
+    to QUESTION_KINDS; EXTRA_KINDS may be added.
     """
+    kinds = _question_kinds(kinds)
     rng = random.Random(f"{seed}:{image_id}")
     background = rng.choice(sorted(BACKGROUNDS))
     objects = _place_objects(rng, image_size)
     questions: list[SceneQuestion] = []
     for _ in range(questions_per_image):
-        for kind in rng.sample(QUESTION_KINDS, len(QUESTION_KINDS)):
+        for kind in rng.sample(kinds, len(kinds)):
             if len(questions) == questions_per_image:
                 break
             question = _ask(rng, kind, objects)
@@ -268,10 +293,14 @@ def render_scene(scene: Scene) -> Image.Image:
 
 
 def draw_scene(
-    image_id: int, seed: int = 0, image_size: int = 224, questions_per_image: int = QUESTIONS_PER_IMAGE
+    image_id: int,
+    seed: int = 0,
+    image_size: int = 224,
+    questions_per_image: int = QUESTIONS_PER_IMAGE,
+    kinds: Sequence[str] | None = None,
 ) -> tuple[Image.Image, Scene]:
     """The image exactly as write_demo_scenes saves it, with the scene it shows."""
-    scene = plan_scene(image_id, seed, image_size, questions_per_image)
+    scene = plan_scene(image_id, seed, image_size, questions_per_image, kinds)
     return render_scene(scene), scene
 
 
@@ -316,8 +345,10 @@ def write_demo_scenes(
     seed: int = 0,
     image_size: int = 224,
     questions_per_image: int = QUESTIONS_PER_IMAGE,
+    kinds: Sequence[str] | None = None,
 ) -> DemoSources:
     """Draw the scenes and write images and annotation files once; return where they are."""
+    kinds = _question_kinds(kinds)
     if image_size < 64:
         raise ValueError(f"image_size {image_size} is too small to draw distinguishable shapes (need >= 64)")
     root = Path(out_dir)
@@ -329,6 +360,8 @@ def write_demo_scenes(
         "n_images": n_images,
         "image_size": image_size,
         "questions_per_image": questions_per_image,
+        # Written only when it differs from the default, so earlier builds stay valid.
+        **({"question_kinds": list(kinds)} if kinds != QUESTION_KINDS else {}),
     }
     sources = _sources(root, n_images, 0)
     n_existing = _existing(sources, info)
@@ -341,7 +374,7 @@ def write_demo_scenes(
 
     images, captions, questions, answers, detailed = [], [], [], [], []
     for image_id in tqdm(range(1, n_images + 1), desc="drawing demo scenes", unit="image"):
-        image, scene = draw_scene(image_id, seed, image_size, questions_per_image)
+        image, scene = draw_scene(image_id, seed, image_size, questions_per_image, kinds)
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         _atomic_write_bytes(sources.images_dir / image_file_name(image_id), buffer.getvalue())
