@@ -134,6 +134,8 @@ def build_model(cfg: DictConfig) -> BuiltModel:
         if position_code == "learned" and kind == "image":
             code = attach_position_code(projector, encoder.num_tokens, hidden)
             code.requires_grad_(cfg.tuning.projector != "frozen")
+        elif position_code == "learned":
+            log.info("projector.position_code=learned applies to images and video; the %s projector has none", kind)
         encoders[kind], projectors[kind] = encoder, projector
         components[group] = (encoder, cfg.tuning[group])
         components[f"projector ({kind})"] = (projector, cfg.tuning.projector)

@@ -421,3 +421,11 @@ def test_the_factory_trains_the_position_code_with_the_projector_and_checks_vide
     assert video.projectors["video"].projector is video.projectors["image"]
     with pytest.raises(ValueError, match="video.pool_to"):
         build_model(compose([*placed, "+video={frames: 2, pool_to: 1}"]))
+
+
+def test_the_position_code_leaves_audio_alone_and_says_so(compose, caplog):
+    with caplog.at_level("INFO", logger="mmit.factory"):
+        model = build_model(compose(["+recipe=av_qa_tiny", "projector.position_code=learned", "video.pool_to=null"])).model
+    assert hasattr(model.projectors["image"], "position_code")
+    assert not hasattr(model.projectors["audio"], "position_code")
+    assert "applies to images and video; the audio projector has none" in caplog.text
