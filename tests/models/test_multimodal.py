@@ -425,7 +425,9 @@ def test_the_factory_trains_the_position_code_with_the_projector_and_checks_vide
 
 def test_the_position_code_leaves_audio_alone_and_says_so(compose, caplog):
     with caplog.at_level("INFO", logger="mmit.factory"):
-        model = build_model(compose(["+recipe=av_qa_tiny", "projector.position_code=learned", "video.pool_to=null"])).model
+        model = build_model(
+            compose(["+recipe=av_qa_tiny", "projector.position_code=learned", "video.pool_to=null"])
+        ).model
     assert hasattr(model.projectors["image"], "position_code")
     assert not hasattr(model.projectors["audio"], "position_code")
     assert "applies to images and video; the audio projector has none" in caplog.text
