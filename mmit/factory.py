@@ -321,7 +321,7 @@ def build_training_batches(
     from mmit.data.collate import collator_for, decode_pool
     from mmit.data.loader import Prefetch, batch_stream
     from mmit.training.distributed import Dist
-    from mmit.training.packing import AUTO_MIN_SAVING, PackedBatches, resolve_pack_length
+    from mmit.training.packing import PackedBatches, min_saving_for, resolve_pack_length
 
     d = d or Dist()
     collate = collator_for(model, tokenizer, features)
@@ -341,9 +341,7 @@ def build_training_batches(
     )
     pack_length = resolve_pack_length(cfg.pack_length, train_set.tokenize.max_length, model, cfg.compile)
     if pack_length:
-        # Unset, packing applies where it pays (AUTO_MIN_SAVING); set, to every batch.
-        min_saving = AUTO_MIN_SAVING if cfg.pack_length is None else 0.0
-        stream = PackedBatches(stream, pack_length, tokenizer.pad_token_id, min_saving)
+        stream = PackedBatches(stream, pack_length, tokenizer.pad_token_id, min_saving_for(cfg.pack_length))
     if cfg.prefetch:
         stream = Prefetch(stream, max(cfg.prefetch, cfg.decode_workers if pool else 0))
     return TrainingBatches(stream, collate, pack_length, pool)

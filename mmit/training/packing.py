@@ -125,6 +125,12 @@ def why_not_packed(model, compile_model: bool) -> str | None:
     return None
 
 
+def min_saving_for(pack_length: int | None) -> float:
+    """The share of a batch's tokens packing must remove before a batch is packed: unset
+    (``trainer.pack_length=null``), packing applies where it pays (AUTO_MIN_SAVING); set, to every batch."""
+    return AUTO_MIN_SAVING if pack_length is None else 0.0
+
+
 def resolve_pack_length(pack_length: int | None, max_length: int, model, compile_model: bool) -> int:
     """``trainer.pack_length`` for this run: null packs rows of up to ``data.max_length`` tokens
     where the model can (else padded rows, with one log line saying why), batch by batch where that

@@ -171,12 +171,12 @@ class LoopSetup:
         """Steps, samples, computed and real tokens of the first epoch of mmit's loader (seed 0, media undecoded)."""
         from mmit.data.collate import Collator
         from mmit.data.loader import batch_stream
-        from mmit.training.packing import AUTO_MIN_SAVING, pack_batch, resolve_pack_length
+        from mmit.training.packing import min_saving_for, pack_batch, resolve_pack_length
 
         stream = batch_stream(self.dataset, Collator(self.pad_id), self.batch_size(variant), 0, variant.group_by_length)
         # as mmit.factory.build_training_batches resolves trainer.pack_length for this model
         pack_length = resolve_pack_length(variant.pack_length, self.dataset.tokenize.max_length, self.model, False)
-        min_saving = AUTO_MIN_SAVING if variant.pack_length is None else 0.0
+        min_saving = min_saving_for(variant.pack_length)
         steps = samples = computed = real = 0
         while samples < len(self.dataset):
             batch = next(stream)
