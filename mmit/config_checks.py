@@ -53,7 +53,7 @@ CHOICES = {
     "tuning.vision_encoder": ("frozen", "lora", "full"),
     "tuning.audio_encoder": ("frozen", "lora", "full"),
     "tuning.projector": ("full", "lora", "frozen"),
-    "projector.position_code": ("none", "learned"),
+    "projector.position_code": ("none", "learned", "words", "word_tokens"),
     "frozen_dtype": ("auto", "float32", "bfloat16", "float16"),
     "data.overlength": ("truncate", "drop", "raise"),
     "data.on_error": ("raise", "skip"),

@@ -314,13 +314,15 @@ def llava_mapping(model: MultimodalLM) -> LlavaMapping:
             "LLaVA selects either all of the tower's tokens or all but the CLS token"
         )
     if getattr(projector, "position_code", None) is not None:
-        raise ExportError("projector.position_code=learned adds a vector per image token; LLaVA has no place for it")
+        raise ExportError("projector.position_code adds a vector per image token; LLaVA has no place for it")
     if not isinstance(projector, MLPProjector) or len(projector.mlp) != 3:
         depth = f" of depth {(len(projector.mlp) + 1) // 2}" if isinstance(projector, MLPProjector) else ""
         raise ExportError(
             f"LLaVA's projector is Linear-GELU-Linear (projector=mlp depth=2); this one is "
             f"{type(projector).__name__}{depth}"
         )
+    if projector.output_norm:
+        raise ExportError("projector.output_norm rescales each projected token; LLaVA's projector has no such step")
     gelu = projector.mlp[1]
     if not isinstance(gelu, nn.GELU) or gelu.approximate != "none":
         raise ExportError(f"the projector's activation is {gelu}; LLaVA's 'gelu' is the exact GELU")

@@ -88,7 +88,7 @@ def build_model(cfg: DictConfig) -> BuiltModel:
     from mmit.models.llava_import import check_llava_start, is_llava_checkpoint, load_llava_projector
     from mmit.models.llm import set_system_prompt
     from mmit.models.multimodal_lm import MultimodalLM
-    from mmit.models.projectors import attach_position_code, build_projector
+    from mmit.models.projectors import attach_position_code, build_projector, place_word_code
     from mmit.models.tuning import apply_tuning, narrow_frozen, parameter_table, resolve_frozen_dtype
     from mmit.training.checkpoint import load_matching
 
@@ -124,18 +124,29 @@ def build_model(cfg: DictConfig) -> BuiltModel:
             options["embeddings"] = loaded.model.get_input_embeddings().weight
         from_llava = "llava" in options and kind == "image"  # projector=llava: LLaVA's weights for the image path
         options.pop("llava", None)
-        position_code = options.pop("position_code", "none")  # none or learned (mmit.config_checks)
+        position_code = options.pop("position_code", "none")  # none, learned or words (mmit.config_checks)
+        if options.get("output_norm"):  # the median length of the LLM's word embeddings
+            options["output_norm"] = float(
+                loaded.model.get_input_embeddings().weight.detach().float().norm(dim=1).median()
+            )
         projector = build_projector(options.pop("kind"), encoder.output_dim, hidden, **options)
         if from_llava:
             load_llava_projector(projector, cfg.projector.llava)
         projector = apply_tuning(projector, cfg.tuning.projector, name="projector")
         # Where in the picture a token came from: images (and video frames) only, as audio encoders
         # give their tokens positions of their own. A new weight, it trains unless the projector is frozen.
-        if position_code == "learned" and kind == "image":
-            code = attach_position_code(projector, encoder.num_tokens, hidden)
+        if position_code != "none" and kind == "image":
+            init = None
+            if position_code in ("words", "word_tokens"):  # each cell starts as the LLM's words for its place
+                tokens = projector.num_tokens(encoder.num_tokens)
+                init = place_word_code(tokens, loaded.tokenizer, loaded.model.get_input_embeddings().weight)
+            insert = position_code == "word_tokens"  # a token of its own after each image token
+            code = attach_position_code(projector, encoder.num_tokens, hidden, init, insert)
             code.requires_grad_(cfg.tuning.projector != "frozen")
-        elif position_code == "learned":
-            log.info("projector.position_code=learned applies to images and video; the %s projector has none", kind)
+        elif position_code != "none":
+            log.info(
+                "projector.position_code=%s applies to images and video; the %s projector has none", position_code, kind
+            )
         encoders[kind], projectors[kind] = encoder, projector
         components[group] = (encoder, cfg.tuning[group])
         components[f"projector ({kind})"] = (projector, cfg.tuning.projector)
@@ -173,9 +184,11 @@ def video_path(cfg: DictConfig, image_encoder, image_projector):
     temporal = options.pop("temporal", "learned")
     encoder = VideoEncoder(image_encoder, **options)
     code = getattr(image_projector, "position_code", None)
+    if code is not None and code.insert:
+        raise ValueError("projector.position_code=word_tokens is for images; video takes none, learned or words")
     if code is not None and image_projector.num_tokens(encoder.tokens_per_frame) != code.code.shape[0]:
         raise ValueError(
-            f"projector.position_code=learned marks the image's {code.code.shape[0]} token positions; video.pool_to="
+            f"projector.position_code marks the image's {code.code.shape[0]} token positions; video.pool_to="
             f"{encoder.pool_to} gives frames of {encoder.tokens_per_frame} tokens: set video.pool_to to the image "
             "grid's side (or null), or projector.position_code=none"
         )

@@ -92,13 +92,16 @@ def _hand_built(
     path=None,
     vocab_size=512,
     position_code=False,
+    output_norm=None,
     **encoder_options,
 ):
     """A MultimodalLM wired as mmit.factory does, with any LoRA layers given random (non-zero) B matrices."""
     llm = load_tiny(vocab_size=vocab_size)
     torch.manual_seed(0)
     encoder = apply_tuning(HFVisionEncoder(str(path or build_tiny_clip_dir()), **encoder_options), encoder_tuning)
-    proj = apply_tuning(build_projector(projector, encoder.output_dim, llm.model.config.hidden_size), projector_tuning)
+    options = {"output_norm": output_norm} if output_norm else {}
+    proj = build_projector(projector, encoder.output_dim, llm.model.config.hidden_size, **options)
+    proj = apply_tuning(proj, projector_tuning)
     if position_code:
         attach_position_code(proj, encoder.num_tokens, llm.model.config.hidden_size)
     with torch.no_grad():
@@ -199,7 +202,8 @@ def test_llava_maps_other_feature_selections(options, tmp_path):
         (dict(tokens="cls"), "tokens='cls'"),
         (dict(projector="resampler"), "this one is ResamplerProjector"),
         (dict(projector="linear"), "this one is LinearProjector"),
-        (dict(position_code=True), "position_code=learned"),
+        (dict(position_code=True), "position_code adds a vector per image token"),
+        (dict(output_norm=2.0), "output_norm rescales each projected token"),
     ],
 )
 def test_llava_refuses_what_it_cannot_express(options, reason, tmp_path):

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmit.models.projectors import without_position_code
+
 if TYPE_CHECKING:
     from mmit.data.features import FeatureStore
     from mmit.data.samples import Conversation, MediaRef
@@ -182,13 +184,16 @@ def align_projector(
     was_training = projector.training
     projector.train()
     loss = torch.tensor(float("nan"))
-    for _ in range(steps):
-        rows = torch.randint(len(targets), (min(batch_size, len(targets)),), generator=generator)
-        loss = aligner.loss(projector(features[rows]), [targets[r] for r in rows.tolist()])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+    # The texts say what is in the media, not which token holds it: a position code trained here
+    # would become a bias toward common words. It is left out, and added only when the LLM reads.
+    with without_position_code(projector):
+        for _ in range(steps):
+            rows = torch.randint(len(targets), (min(batch_size, len(targets)),), generator=generator)
+            loss = aligner.loss(projector(features[rows]), [targets[r] for r in rows.tolist()])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
     projector.train(was_training)
     return float(loss.detach())
 
@@ -350,7 +355,8 @@ def align_projectors(
             for name, eval_set in data.eval.items():
                 held_refs, held = item_targets(media_texts(eval_set.conversations, kind), tokenizer, aligner.objective)
                 if held_refs:
-                    projected = projector(item_features(model, kind, held_refs, store).to(device))
+                    with without_position_code(projector):
+                        projected = projector(item_features(model, kind, held_refs, store).to(device))
                     result.heldout[name] = {"items": len(held_refs), **aligner.score(aligner.decode(projected), held)}
         result.seconds = time.perf_counter() - started
         log.info(

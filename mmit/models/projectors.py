@@ -3,10 +3,14 @@
 ``linear`` and ``mlp`` (LLaVA-1.5's two layers with GELU) keep the token count; the
 ``resampler`` turns any number of features into a fixed number of learned queries.
 ``position_code: learned`` marks each image token with where in the grid it came from
-(:class:`PositionCode`).
+(:class:`PositionCode`); ``position_code: words`` starts that mark from the LLM's own words for the
+place (:func:`place_words`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -27,21 +31,29 @@ class LinearProjector(nn.Module):
 
 class MLPProjector(nn.Module):
     """``input_norm``: a LayerNorm over each feature vector first, so encoders (or layers) whose
-    features differ in scale start from projections of the same size."""
+    features differ in scale start from projections of the same size. ``output_norm``: every
+    projected token rescaled to this length (the factory passes the LLM's typical word-embedding
+    length for ``projector.output_norm=true``), so image tokens stay the size of the words beside them."""
 
-    def __init__(self, in_dim: int, out_dim: int, depth: int = 2, input_norm: bool = False):
+    def __init__(
+        self, in_dim: int, out_dim: int, depth: int = 2, input_norm: bool = False, output_norm: float | None = None
+    ):
         super().__init__()
         layers: list[nn.Module] = [nn.LayerNorm(in_dim)] if input_norm else []
         layers.append(nn.Linear(in_dim, out_dim))
         for _ in range(depth - 1):
             layers += [nn.GELU(), nn.Linear(out_dim, out_dim)]
         self.mlp = nn.Sequential(*layers)
+        self.output_norm = output_norm
 
     def num_tokens(self, encoder_tokens: int) -> int:
         return encoder_tokens
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.mlp(features)
+        tokens = self.mlp(features)
+        if self.output_norm:
+            tokens = self.output_norm * F.normalize(tokens, dim=-1)
+        return tokens
 
 
 class ResamplerProjector(nn.Module):
@@ -111,34 +123,96 @@ class VocabProjector(nn.Module):
 
 
 class PositionCode(nn.Module):
-    """One learned vector per token position of an image, added to the projected tokens.
+    """One vector per token position of an image, added to the projected tokens (or, ``insert``,
+    put after each of them as a token of its own).
 
     A ViT's features carry position embeddings of their own; a CNN's pooled grid (EfficientNet)
     does not, and the LLM can tell where a token came from only by counting its place in the
-    sequence. The code is in the LLM's embedding space, starts at zero (training starts from the
-    projector's reading alone), and each frame of a clip gets the same codes. On the main job it
-    did not make "is the square on the left?" learnable within 900 steps (docs/grounding.md).
+    sequence. The code is in the LLM's embedding space and trains with the projector; it starts at
+    zero (``learned``: training starts from the projector's reading alone) or at ``init`` (``words``:
+    each cell starts as the LLM's words for where it lies). Each frame of a clip gets the same codes.
+    While ``enabled`` is false the tokens pass unchanged (:func:`without_position_code`).
     """
 
-    def __init__(self, tokens: int, dim: int):
+    def __init__(self, tokens: int, dim: int, init: torch.Tensor | None = None, insert: bool = False):
         super().__init__()
-        self.code = nn.Parameter(torch.zeros(tokens, dim))
+        if init is not None and tuple(init.shape) != (tokens, dim):
+            raise ValueError(
+                f"a position code for {tokens} tokens of {dim} needs init of that shape, not {tuple(init.shape)}"
+            )
+        self.code = nn.Parameter(torch.zeros(tokens, dim) if init is None else init.detach().float().clone())
+        self.insert = insert  # each code as a token of its own after its image token, not added to it
+        self.enabled = True
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return tokens
         n, total, dim = tokens.shape
         per_item = self.code.shape[0]
         if total % per_item:
             raise ValueError(f"{total} tokens are not whole images of {per_item} positions")
-        return (tokens.view(n, total // per_item, per_item, dim) + self.code.to(tokens.dtype)).view(n, total, dim)
+        tokens = tokens.view(n, total // per_item, per_item, dim)
+        code = self.code.to(tokens.dtype)
+        if self.insert:
+            return torch.stack([tokens, code.expand_as(tokens)], dim=3).view(n, 2 * total, dim)
+        return (tokens + code).view(n, total, dim)
 
 
-def attach_position_code(projector: nn.Module, encoder_tokens: int, out_dim: int) -> PositionCode:
-    """``projector.position_code``, added to every output of ``projector`` by a forward hook, so that
+def attach_position_code(
+    projector: nn.Module, encoder_tokens: int, out_dim: int, init: torch.Tensor | None = None, insert: bool = False
+) -> PositionCode:
+    """``projector.position_code``, applied to every output of ``projector`` by a forward hook, so that
     the projector's own weights keep their names: a run with the code starts from one without it
-    (``init_from``), and LLaVA's projector weights load into it."""
-    projector.position_code = PositionCode(projector.num_tokens(encoder_tokens), out_dim)
+    (``init_from``), and LLaVA's projector weights load into it. ``insert``: the codes are tokens of
+    their own, one after each image token, and the projector's ``num_tokens`` doubles."""
+    projector.position_code = PositionCode(projector.num_tokens(encoder_tokens), out_dim, init, insert)
     projector.register_forward_hook(lambda module, inputs, output: module.position_code(output))
+    if insert:
+        own = projector.num_tokens
+        projector.num_tokens = lambda encoder_tokens: 2 * own(encoder_tokens)
     return projector.position_code
+
+
+@contextmanager
+def without_position_code(projector: nn.Module) -> Iterator[None]:
+    """The projector's own reading, without its position code (if it has one), inside the block."""
+    code = getattr(projector, "position_code", None)
+    if code is None:
+        yield
+        return
+    code.enabled = False
+    try:
+        yield
+    finally:
+        code.enabled = True
+
+
+ROW_WORDS, COLUMN_WORDS = ("top", "middle", "bottom"), ("left", "middle", "right")
+
+
+def place_words(tokens: int) -> list[tuple[str, str]]:
+    """(row word, column word) for each cell of a square grid of ``tokens`` cells, row by row: a cell
+    is named by the third of the picture its centre lies in, as people say where things are."""
+    side = round(tokens**0.5)
+    if side * side != tokens:
+        raise ValueError(
+            f"projector.position_code=words names the cells of a square grid; this projector gives {tokens} "
+            "tokens a picture (use position_code=learned, or an encoder with a square grid)"
+        )
+    third = [min(int(3 * (i + 0.5) / side), 2) for i in range(side)]
+    return [(ROW_WORDS[third[r]], COLUMN_WORDS[third[c]]) for r in range(side) for c in range(side)]
+
+
+def place_word_code(tokens: int, tokenizer, embeddings: torch.Tensor) -> torch.Tensor:
+    """[tokens, dim]: each grid cell's row word plus its column word, as the LLM embeds them
+    (a word of several tokens is their mean; words are read with a leading space, as in a sentence)."""
+
+    def embed(word: str) -> torch.Tensor:
+        ids = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
+        return embeddings[ids].detach().float().mean(0)
+
+    vectors = {w: embed(w) for w in {*ROW_WORDS, *COLUMN_WORDS}}
+    return torch.stack([vectors[row] + vectors[column] for row, column in place_words(tokens)])
 
 
 PROJECTORS = {"linear": LinearProjector, "mlp": MLPProjector, "resampler": ResamplerProjector, "vocab": VocabProjector}

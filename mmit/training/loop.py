@@ -494,8 +494,10 @@ def evaluate_in_loop(run: TrainingRun, done: int, bar: tqdm) -> None:
     if not (run.d.is_main or run.sharded):
         return
     with distributed.whole(run.model, run.sharded):
-        metrics, _, _ = run.evaluate()
+        metrics, answers, _ = run.evaluate()
     if run.d.is_main:
+        if answers:  # each evaluation's answers, to read how they changed along the run
+            _write_json(run.run_dir / f"answers_step-{done:07d}.json", answers)
         run.tracker.log({"step": done, **metrics})
         bar.write(f"step {done}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 

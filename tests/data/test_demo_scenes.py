@@ -285,3 +285,40 @@ def test_extra_question_kinds_are_asked_exactly_and_only_when_chosen(tmp_path):
     assert not any(q["question"].startswith("Where") for q in _load(default.questions_file)["questions"])
     with pytest.raises(ValueError, match="question kinds .*'colour'"):
         plan_scene(1, kinds=["colour"])
+
+
+def test_demo_answers_groups_each_question_by_what_answering_it_needs(tool):
+    """tools/demo_answers.py: yes/no by what the scene makes of it; a hand count on a redrawn scene."""
+    from mmit.data.demo.scenes import plan_scene
+
+    for image_id in range(1, 300):
+        objects = plan_scene(image_id).objects
+        unique = [o for o in objects if sum(p.color == o.color for p in objects) == 1]
+        pairs = {(o.color, o.shape) for o in objects}
+        crossed = [(a.color, b.shape) for a in objects for b in objects if (a.color, b.shape) not in pairs]
+        if unique and crossed:
+            break
+    found, (color, shape) = unique[0], crossed[0]
+    on_left = found.column == "left"
+
+    def answer(task, prompt, reference, prediction, swapped, **extra):
+        return {"task": task, "id": f"vqa-{image_id}-0", "prompt": f"<image>\n{prompt}", "reference": reference,
+                "prediction": prediction, "prediction_swapped_media": swapped, **extra}  # fmt: skip
+
+    answers = [
+        answer(
+            "vqa_yesno", f"Is the {found.color} {found.shape} on the left?", "yes" if on_left else "no", "yes", "no"
+        ),
+        answer("vqa_yesno", f"Is there a {found.color} {found.shape}?", "yes", "Yes.", "no"),
+        answer("vqa_yesno", f"Is there a {color} {shape}?", "no", "yes", "no"),
+        answer("vqa_short", "How many circles are there?", "2", "2", "3", question_type="how many"),
+        answer("vqa_multiple_choice", "What color? A. red B. blue", "B", "A", "B", question_type="what color is the"),
+        answer("caption_brief", "Describe it.", "A red circle.", "A red circle.", "A square."),
+    ]
+    assert tool("demo_answers").groups(answers) == {
+        "multiple choice (letter), what color is the": [1, 0, 1],
+        "position yes/no, colour unique": [1, int(on_left), int(not on_left)],
+        "presence yes/no, absent: both elsewhere": [1, 0, 1],
+        "presence yes/no, present": [1, 1, 0],
+        "short answer, how many": [1, 1, 0],
+    }

@@ -19,7 +19,7 @@ from mmit.models.align import (
     media_texts,
     token_accuracy,
 )
-from mmit.models.projectors import MLPProjector
+from mmit.models.projectors import MLPProjector, attach_position_code
 
 
 def synthetic_speech(n: int, words: int, frames: int, dim: int, seed: int):
@@ -245,3 +245,23 @@ def test_projector_align_reads_a_streamed_set_and_caps_its_items(compose):
     assert data.train_conversations is None
     result = align_projectors(cfg.projector_align, built.model, built.tokenizer, data)["image"]
     assert result["items"] == 7 and result["steps"] == 5
+
+
+def test_the_alignment_trains_the_projector_without_its_position_code():
+    """Captions say what an image shows, not which token shows it: the code is neither used nor
+    changed by the alignment, and is back in place for the LLM afterwards."""
+    torch.manual_seed(0)
+    embeddings = torch.randn(40, 24)
+    vocab = list(range(5, 15))
+    feats, shown = synthetic_scenes(64, 10, 16, 16, seed=1)
+    projector = MLPProjector(16, 24)
+    code = attach_position_code(projector, 16, 24, init=torch.randn(16, 24))
+    before = code.code.detach().clone()
+    aligner = WordSetAligner(embeddings, vocab)
+    seen = []
+    projector.register_forward_hook(lambda module, inputs, output: seen.append(module.position_code.enabled))
+    align_projector(projector, aligner, feats, [[vocab[w] for w in s] for s in shown], steps=5, lr=1e-2)
+    assert seen == [False] * 5 and code.enabled
+    assert torch.equal(code.code, before)
+    with torch.no_grad():
+        torch.testing.assert_close(projector(feats[:2]), projector.mlp(feats[:2]) + before)

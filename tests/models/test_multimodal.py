@@ -22,7 +22,7 @@ from mmit.models.encoders import (
 )
 from mmit.models.llm import load_tiny
 from mmit.models.multimodal_lm import MultimodalLM
-from mmit.models.projectors import attach_position_code, build_projector
+from mmit.models.projectors import attach_position_code, build_projector, place_word_code, place_words
 from mmit.models.tuning import apply_tuning
 from mmit.train import run
 from mmit.training.checkpoint import latest_checkpoint, load_trainable, trainable_state
@@ -414,13 +414,79 @@ def test_the_factory_trains_the_position_code_with_the_projector_and_checks_vide
     assert {n for n, _ in model.named_parameters()} - plain == {"projectors.image.position_code.code"}
     lora = build_model(compose([*placed, "tuning.projector=lora"])).model
     assert lora.projectors["image"].position_code.code.requires_grad  # a new weight, trained beside the LoRA
-    with pytest.raises(ValueError, match="position_code='sinusoidal': must be one of none, learned"):
+    with pytest.raises(
+        ValueError, match="position_code='sinusoidal': must be one of none, learned, words, word_tokens"
+    ):
         check_config(compose(["+recipe=vqa_tiny", "projector.position_code=sinusoidal"]))
     side = int(model.encoders["image"].num_tokens ** 0.5)
     video = build_model(compose([*placed, f"+video={{frames: 2, pool_to: {side}}}"])).model
     assert video.projectors["video"].projector is video.projectors["image"]
     with pytest.raises(ValueError, match="video.pool_to"):
         build_model(compose([*placed, "+video={frames: 2, pool_to: 1}"]))
+
+
+def test_output_norm_makes_every_projected_token_as_long_as_a_typical_word(compose):
+    projector = build_projector("mlp", 48, 64, output_norm=2.5)
+    lengths = projector(torch.randn(3, 16, 48) * 40).norm(dim=-1)
+    torch.testing.assert_close(lengths, torch.full((3, 16), 2.5))
+    model = build_model(compose(["+recipe=vqa_tiny", "projector.output_norm=true"])).model
+    words = model.base_llm.get_input_embeddings().weight.detach().float().norm(dim=1)
+    assert model.projectors["image"].output_norm == pytest.approx(float(words.median()))
+    assert not build_model(compose(["+recipe=vqa_tiny"])).model.projectors["image"].output_norm
+
+
+def test_place_words_name_each_grid_cell_by_the_third_of_the_picture_it_lies_in():
+    assert place_words(9) == [
+        ("top", "left"), ("top", "middle"), ("top", "right"),
+        ("middle", "left"), ("middle", "middle"), ("middle", "right"),
+        ("bottom", "left"), ("bottom", "middle"), ("bottom", "right"),
+    ]  # fmt: skip
+    four = place_words(16)  # centres at 1/8, 3/8, 5/8, 7/8 of the side
+    assert [c for _, c in four[:4]] == ["left", "middle", "middle", "right"]
+    assert [r for r, _ in four[::4]] == ["top", "middle", "middle", "bottom"]
+    assert place_words(1) == [("middle", "middle")]
+    with pytest.raises(ValueError, match="square grid; this projector gives 5 tokens"):
+        place_words(5)
+
+
+def test_a_words_position_code_starts_as_the_llms_words_for_each_place(compose):
+    model = build_model(compose(["+recipe=vqa_tiny", "projector.position_code=words"]))
+    code = model.model.projectors["image"].position_code.code
+    assert code.requires_grad
+    embeddings = model.model.base_llm.get_input_embeddings().weight.detach().float()
+
+    def word(w):
+        return embeddings[model.tokenizer(" " + w, add_special_tokens=False)["input_ids"]].mean(0)
+
+    names = place_words(code.shape[0])
+    for cell in (0, len(names) - 1):
+        row, column = names[cell]
+        torch.testing.assert_close(code[cell].detach(), word(row) + word(column))
+    assert torch.equal(place_word_code(code.shape[0], model.tokenizer, embeddings), code.detach())
+    resampler = ["+recipe=vqa_tiny", "projector.position_code=words", "projector=resampler", "projector.num_queries=5"]
+    with pytest.raises(ValueError, match="square grid; this projector gives 5 tokens"):
+        build_model(compose(resampler))
+
+
+def test_word_tokens_put_each_places_words_after_its_image_token(compose):
+    placed = ["+recipe=vqa_tiny", "projector.position_code=word_tokens"]
+    model = build_model(compose(placed)).model
+    projector = model.projectors["image"]
+    cells = model.encoders["image"].num_tokens
+    assert model.slots["image"].count == 2 * cells == projector.num_tokens(cells)
+    features = torch.randn(2, 2 * cells, model.encoders["image"].output_dim)  # two images in a row
+    with torch.no_grad():
+        out = projector(features)
+        plain = projector.mlp(features)
+    assert out.shape[1] == 4 * cells
+    torch.testing.assert_close(out[:, 0::2], plain)  # the image tokens, unchanged
+    code = projector.position_code.code.detach()
+    torch.testing.assert_close(out[:, 1::2], code.repeat(2, 1).expand(2, -1, -1))  # each cell's words after it
+    words = build_model(compose(["+recipe=vqa_tiny", "projector.position_code=words"])).model
+    torch.testing.assert_close(code, words.projectors["image"].position_code.code.detach())
+    side = int(cells**0.5)
+    with pytest.raises(ValueError, match="word_tokens is for images"):
+        build_model(compose([*placed, f"+video={{frames: 2, pool_to: {side}}}"]))
 
 
 def test_the_position_code_leaves_audio_alone_and_says_so(compose, caplog):

@@ -74,6 +74,10 @@ def test_run_directory_holds_only_safe_files(trained_run):
         "answers_after.json",
     ):
         assert (run_dir / name).exists(), name
+    during = json.loads((run_dir / "answers_step-0000020.json").read_text())  # the in-loop evaluation at step 20
+    after = json.loads((run_dir / "answers_after.json").read_text())
+    assert during.keys() == after.keys() and [len(v) for v in during.values()] == [len(v) for v in after.values()]
+    assert not (run_dir / "answers_step-0000040.json").exists()  # the last step's is answers_after.json
     ckpt = latest_checkpoint(run_dir)
     assert ckpt.name == "step-0000040"
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest", "step-0000020", "step-0000040"]

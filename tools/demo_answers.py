@@ -1,0 +1,102 @@
+"""A demo run's answers by what each question needs: what the model reads from the image, and what not.
+
+    python tools/demo_answers.py <run dir>/answers_after.json [--set heldout_templates] [--seed 0]
+
+Each answer of the image demo (``+recipe=vqa``) is put in a group by its question and by the
+scene it asks about (redrawn from the demo's seed, ``mmit.data.demo.scenes.plan_scene``):
+
+- yes/no "Is there a red circle?": the circle present; absent with neither its colour nor its
+  shape in the picture; absent with one of them; absent with both elsewhere (only binding colour
+  to shape answers these, a bag of the picture's words does not);
+- yes/no "Is the red circle on the left?": the named colour unique in the picture (finding the
+  object needs no binding, only its place is asked) or shared with another object;
+- short answers and multiple choice (by letter) by VQA question type.
+
+For each group: questions, right, the rate, and the rate with another image (chance for this
+group). Prints a Markdown table; ``--json`` writes the rows too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from mmit.data.demo.scenes import plan_scene
+
+PRESENCE = re.compile(r"Is there an? (\w+) (\w+)\?")
+POSITION = re.compile(r"Is the (\w+) (\w+) (?:on the \w+|in the middle)\?")
+SAMPLE_ID = re.compile(r"-(\d+)-\d+$")  # vqa-<image id>-<question>
+
+
+def yes_no_group(prompt: str, objects) -> str | None:
+    if found := POSITION.search(prompt):
+        color = found.group(1)
+        shared = sum(o.color == color for o in objects) > 1
+        return f"position yes/no, colour {'shared' if shared else 'unique'}"
+    if found := PRESENCE.search(prompt):
+        color, shape = found.groups()
+        if any(o.color == color and o.shape == shape for o in objects):
+            return "presence yes/no, present"
+        others = any(o.color == color for o in objects) + any(o.shape == shape for o in objects)
+        return "presence yes/no, absent: " + ("neither", "colour or shape elsewhere", "both elsewhere")[others]
+    return None
+
+
+def groups(answers: list[dict], seed: int = 0) -> dict[str, list[int]]:
+    """group -> [questions, right, right with another image]"""
+    out: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    scenes = {}
+    for a in answers:
+        reply = a["prediction"].strip().lower().rstrip(".")
+        swapped = a.get("prediction_swapped_media", "").strip().lower().rstrip(".")
+        reference = a["reference"].strip().lower()
+        if a["task"] == "vqa_yesno":
+            image_id = int(SAMPLE_ID.search(a["id"]).group(1))
+            if image_id not in scenes:
+                scenes[image_id] = plan_scene(image_id, seed).objects
+            group = yes_no_group(a["prompt"], scenes[image_id])
+            right, right_swapped = reply.startswith(reference), swapped.startswith(reference)
+        elif a["task"] in ("vqa_short", "vqa_multiple_choice"):
+            kind = "short answer" if a["task"] == "vqa_short" else "multiple choice (letter)"
+            group = f"{kind}, {a.get('question_type') or 'other'}"
+            right, right_swapped = reply == reference, swapped == reference
+        else:
+            continue
+        if group is None:
+            continue
+        row = out[group]
+        row[0] += 1
+        row[1] += right
+        row[2] += right_swapped
+    return dict(sorted(out.items()))
+
+
+def table(rows: dict[str, list[int]]) -> str:
+    lines = ["| question | n | right | rate | with another image |", "|---|---|---|---|---|"]
+    for group, (n, right, swapped) in rows.items():
+        lines.append(f"| {group} | {n} | {right} | {right / n:.2f} | {swapped / n:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, list[int]]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("answers", type=Path, help="answers_after.json or answers_step-*.json of a run")
+    p.add_argument("--set", default="heldout_templates", help="the evaluation set to read")
+    p.add_argument("--seed", type=int, default=0, help="the demo's prepare.seed")
+    p.add_argument("--json", type=Path, help="also write the rows here")
+    args = p.parse_args(argv)
+    answers = json.loads(args.answers.read_text())
+    if args.set not in answers:
+        raise SystemExit(f"{args.answers}: no set {args.set!r}; it has {sorted(answers)}")
+    rows = groups(answers[args.set], args.seed)
+    print(table(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
