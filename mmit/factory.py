@@ -124,7 +124,7 @@ def build_model(cfg: DictConfig) -> BuiltModel:
             options["embeddings"] = loaded.model.get_input_embeddings().weight
         from_llava = "llava" in options and kind == "image"  # projector=llava: LLaVA's weights for the image path
         options.pop("llava", None)
-        position_code = options.pop("position_code", "none")  # none, learned or words (mmit.config_checks)
+        position_code = options.pop("position_code", "none")  # none, learned, words or word_tokens (mmit.config_checks)
         if options.get("output_norm"):  # the median length of the LLM's word embeddings
             options["output_norm"] = float(
                 loaded.model.get_input_embeddings().weight.detach().float().norm(dim=1).median()
