@@ -12,19 +12,23 @@ scene it asks about (redrawn from the demo's seed, ``mmit.data.demo.scenes.plan_
   object needs no binding, only its place is asked) or shared with another object;
 - short answers and multiple choice (by letter) by VQA question type.
 
-For each group: questions, right, the rate, and the rate with another image (chance for this
-group). Prints a Markdown table; ``--json`` writes the rows too.
+Each answer is scored as the run scored it (``mmit.scoring.sample_scores``: the task's headline
+per sample). For each group: questions, right, the rate, and the rate with another image (chance
+for this group). Prints a Markdown table; ``--json`` writes the rows too.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 from collections import defaultdict
 from pathlib import Path
 
 from mmit.data.demo.scenes import plan_scene
+from mmit.metrics import VQA_NORMALISATIONS
+from mmit.scoring import Prediction, sample_scores
 
 PRESENCE = re.compile(r"Is there an? (\w+) (\w+)\?")
 POSITION = re.compile(r"Is the (\w+) (\w+) (?:on the \w+|in the middle)\?")
@@ -45,53 +49,63 @@ def yes_no_group(prompt: str, objects) -> str | None:
     return None
 
 
-def groups(answers: list[dict], seed: int = 0) -> dict[str, list[int]]:
+FIELDS = {f.name for f in dataclasses.fields(Prediction)}
+
+
+def scored(answer: dict, vqa_normalisation: str) -> tuple[float, float]:
+    """The answer's headline score with its own image and with another's, as the run scored them."""
+    own = Prediction(**{k: v for k, v in answer.items() if k in FIELDS})
+    swapped = dataclasses.replace(own, prediction=answer.get("prediction_swapped_media", ""))
+    scores, _ = sample_scores(own.task, [own, swapped], vqa_normalisation)
+    return scores[0], scores[1]
+
+
+def groups(answers: list[dict], seed: int = 0, vqa_normalisation: str = "official") -> dict[str, list[float]]:
     """group -> [questions, right, right with another image]"""
-    out: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    out: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
     scenes = {}
     for a in answers:
-        reply = a["prediction"].strip().lower().rstrip(".")
-        swapped = a.get("prediction_swapped_media", "").strip().lower().rstrip(".")
-        reference = a["reference"].strip().lower()
         if a["task"] == "vqa_yesno":
             image_id = int(SAMPLE_ID.search(a["id"]).group(1))
             if image_id not in scenes:
                 scenes[image_id] = plan_scene(image_id, seed).objects
             group = yes_no_group(a["prompt"], scenes[image_id])
-            right, right_swapped = reply.startswith(reference), swapped.startswith(reference)
         elif a["task"] in ("vqa_short", "vqa_multiple_choice"):
             kind = "short answer" if a["task"] == "vqa_short" else "multiple choice (letter)"
             group = f"{kind}, {a.get('question_type') or 'other'}"
-            right, right_swapped = reply == reference, swapped == reference
         else:
             continue
         if group is None:
             continue
         row = out[group]
+        own, swapped = scored(a, vqa_normalisation)
         row[0] += 1
-        row[1] += right
-        row[2] += right_swapped
+        row[1] += own
+        row[2] += swapped
     return dict(sorted(out.items()))
 
 
-def table(rows: dict[str, list[int]]) -> str:
+def table(rows: dict[str, list[float]]) -> str:
     lines = ["| question | n | right | rate | with another image |", "|---|---|---|---|---|"]
     for group, (n, right, swapped) in rows.items():
-        lines.append(f"| {group} | {n} | {right} | {right / n:.2f} | {swapped / n:.2f} |")
+        lines.append(f"| {group} | {n} | {right:g} | {right / n:.2f} | {swapped / n:.2f} |")
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict[str, list[int]]:
+def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("answers", type=Path, help="answers_after.json or answers_step-*.json of a run")
     p.add_argument("--set", default="heldout_templates", help="the evaluation set to read")
     p.add_argument("--seed", type=int, default=0, help="the demo's prepare.seed")
+    p.add_argument(
+        "--vqa-normalisation", default="official", choices=VQA_NORMALISATIONS, help="as the run's (its summary.json)"
+    )
     p.add_argument("--json", type=Path, help="also write the rows here")
     args = p.parse_args(argv)
     answers = json.loads(args.answers.read_text())
     if args.set not in answers:
         raise SystemExit(f"{args.answers}: no set {args.set!r}; it has {sorted(answers)}")
-    rows = groups(answers[args.set], args.seed)
+    rows = groups(answers[args.set], args.seed, args.vqa_normalisation)
     print(table(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

@@ -301,9 +301,11 @@ def test_demo_answers_groups_each_question_by_what_answering_it_needs(tool):
     found, (color, shape) = unique[0], crossed[0]
     on_left = found.column == "left"
 
-    def answer(task, prompt, reference, prediction, swapped, **extra):
-        return {"task": task, "id": f"vqa-{image_id}-0", "prompt": f"<image>\n{prompt}", "reference": reference,
-                "prediction": prediction, "prediction_swapped_media": swapped, **extra}  # fmt: skip
+    def answer(task, prompt, reference, prediction, swapped, question_type=""):  # as answers_after.json holds it
+        return {"set": "heldout_templates", "id": f"vqa-{image_id}-0", "task": task, "template": "t",
+                "prompt": f"<image>\n{prompt}", "reference": reference, "references": [reference] * 10,
+                "prediction": prediction, "question_type": question_type, "has_media": True, "loss": 1.0,
+                "label_tokens": 2, "prediction_swapped_media": swapped}  # fmt: skip
 
     answers = [
         answer(
