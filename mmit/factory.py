@@ -110,7 +110,8 @@ def build_model(cfg: DictConfig) -> BuiltModel:
         log.info("frozen LLM weights kept in %s: %d tensors", frozen_dtype, narrow_frozen(llm, frozen_dtype))
     components = {"llm": (llm, method)}
     encoders, projectors, slots = {}, {}, {}
-    hidden = loaded.model.get_input_embeddings().embedding_dim
+    embeddings = loaded.model.get_input_embeddings().weight  # the LLM's words, for projectors that start from them
+    hidden = embeddings.shape[1]
     for kind, group in (("image", "vision_encoder"), ("audio", "audio_encoder")):
         if not cfg.get(group):
             continue
@@ -121,14 +122,12 @@ def build_model(cfg: DictConfig) -> BuiltModel:
         encoder = apply_tuning(encoder, cfg.tuning[group], name=group)
         options = OmegaConf.to_container(cfg.projector)
         if options["kind"] == "vocab":  # soft choices of the LLM's own token embeddings
-            options["embeddings"] = loaded.model.get_input_embeddings().weight
+            options["embeddings"] = embeddings
         from_llava = "llava" in options and kind == "image"  # projector=llava: LLaVA's weights for the image path
         options.pop("llava", None)
         position_code = options.pop("position_code", "none")  # none, learned, words or word_tokens (mmit.config_checks)
         if options.get("output_norm"):  # the median length of the LLM's word embeddings
-            options["output_norm"] = float(
-                loaded.model.get_input_embeddings().weight.detach().float().norm(dim=1).median()
-            )
+            options["output_norm"] = float(embeddings.detach().float().norm(dim=1).median())
         projector = build_projector(options.pop("kind"), encoder.output_dim, hidden, **options)
         if from_llava:
             load_llava_projector(projector, cfg.projector.llava)
@@ -139,7 +138,7 @@ def build_model(cfg: DictConfig) -> BuiltModel:
             init = None
             if position_code in ("words", "word_tokens"):  # each cell starts as the LLM's words for its place
                 tokens = projector.num_tokens(encoder.num_tokens)
-                init = place_word_code(tokens, loaded.tokenizer, loaded.model.get_input_embeddings().weight)
+                init = place_word_code(tokens, loaded.tokenizer, embeddings)
             insert = position_code == "word_tokens"  # a token of its own after each image token
             code = attach_position_code(projector, encoder.num_tokens, hidden, init, insert)
             code.requires_grad_(cfg.tuning.projector != "frozen")
