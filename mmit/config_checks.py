@@ -54,6 +54,7 @@ CHOICES = {
     "tuning.audio_encoder": ("frozen", "lora", "full"),
     "tuning.projector": ("full", "lora", "frozen"),
     "projector.position_code": ("none", "learned", "words", "word_tokens"),
+    "projector_align.image_words": ("one", "several"),
     "frozen_dtype": ("auto", "float32", "bfloat16", "float16"),
     "data.overlength": ("truncate", "drop", "raise"),
     "data.on_error": ("raise", "skip"),

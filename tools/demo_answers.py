@@ -10,7 +10,9 @@ scene it asks about (redrawn from the demo's seed, ``mmit.data.demo.scenes.plan_
   to shape answers these, a bag of the picture's words does not);
 - yes/no "Is the red circle on the left?": the named colour unique in the picture (finding the
   object needs no binding, only its place is asked) or shared with another object;
-- short answers and multiple choice (by letter) by VQA question type.
+- short answers and multiple choice (by letter) by VQA question type; the open "Where is the red
+  circle?" (``prepare.kinds=[where]``) also by how many objects the picture holds and whether the
+  named colour and shape are each unique in it (picking the object needs no binding when both are).
 
 Each answer is scored as the run scored it (``mmit.scoring.sample_scores``: the task's headline
 per sample). For each group: questions, right, the rate, and the rate with another image (chance
@@ -32,6 +34,7 @@ from mmit.scoring import Prediction, sample_scores
 
 PRESENCE = re.compile(r"Is there an? (\w+) (\w+)\?")
 POSITION = re.compile(r"Is the (\w+) (\w+) (?:on the \w+|in the middle)\?")
+WHERE = re.compile(r"Where is the (\w+) (\w+)[:?]")
 SAMPLE_ID = re.compile(r"-(\d+)-\d+$")  # vqa-<image id>-<question>
 
 
@@ -49,6 +52,17 @@ def yes_no_group(prompt: str, objects) -> str | None:
     return None
 
 
+def where_groups(prompt: str, objects) -> list[str]:
+    if not (found := WHERE.search(prompt)):
+        return []
+    color, shape = found.groups()
+    unique = [
+        "unique" if sum(getattr(o, k) == v for o in objects) == 1 else "shared"
+        for k, v in (("color", color), ("shape", shape))
+    ]
+    return [f"where, {len(objects)} object{'s' * (len(objects) > 1)}", f"where, colour {unique[0]}, shape {unique[1]}"]
+
+
 FIELDS = {f.name for f in dataclasses.fields(Prediction)}
 
 
@@ -64,24 +78,29 @@ def groups(answers: list[dict], seed: int = 0, vqa_normalisation: str = "officia
     """group -> [questions, right, right with another image]"""
     out: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
     scenes = {}
+
+    def objects(answer: dict):
+        image_id = int(SAMPLE_ID.search(answer["id"]).group(1))
+        if image_id not in scenes:
+            scenes[image_id] = plan_scene(image_id, seed).objects
+        return scenes[image_id]
+
     for a in answers:
         if a["task"] == "vqa_yesno":
-            image_id = int(SAMPLE_ID.search(a["id"]).group(1))
-            if image_id not in scenes:
-                scenes[image_id] = plan_scene(image_id, seed).objects
-            group = yes_no_group(a["prompt"], scenes[image_id])
+            names = [yes_no_group(a["prompt"], objects(a))]
         elif a["task"] in ("vqa_short", "vqa_multiple_choice"):
             kind = "short answer" if a["task"] == "vqa_short" else "multiple choice (letter)"
-            group = f"{kind}, {a.get('question_type') or 'other'}"
+            names = [f"{kind}, {a.get('question_type') or 'other'}"]
+            if WHERE.search(a["prompt"]):
+                names += where_groups(a["prompt"], objects(a))
         else:
             continue
-        if group is None:
-            continue
-        row = out[group]
         own, swapped = scored(a, vqa_normalisation)
-        row[0] += 1
-        row[1] += own
-        row[2] += swapped
+        for group in filter(None, names):
+            row = out[group]
+            row[0] += 1
+            row[1] += own
+            row[2] += swapped
     return dict(sorted(out.items()))
 
 

@@ -10,11 +10,13 @@ items a second. Training then starts from media tokens that already sit next to 
 knows.
 
 - audio: the clip's tokens *spell* its transcript, in order, with CTC (as CTC-aligned speech LLMs).
-- image: the image's tokens *name* the words of its captions, in any order: each token says one
-  word or nothing, and a word is present when any token says it (multiple-instance learning with a
-  noisy-or over the tokens, binary cross-entropy against the words the captions use).
+- image: the image's tokens *name* the words of its captions, in any order: a word is present when
+  any token says it (multiple-instance learning with a noisy-or over the tokens, binary
+  cross-entropy against the words the captions use). With ``image_words: one`` each token says one
+  word or nothing (a softmax over the words and the blank); with ``several`` each token says each
+  word on its own (a sigmoid per word), so one token can say an object's colour *and* its shape.
 
-A recipe turns it on with a ``projector_align: {steps, lr, batch_size}`` block.
+A recipe turns it on with a ``projector_align: {steps, lr, batch_size, image_words}`` block.
 """
 
 from __future__ import annotations
@@ -51,9 +53,9 @@ class AlignResult:
     """What the alignment of one projector did; ``<run dir>/projector_align.json`` holds one per modality."""
 
     kind: str
-    objective: str  # ctc | words
+    objective: str  # ctc | words | word_tags
     items: int  # clips or images aligned on
-    vocabulary: int  # distinct LLM tokens the texts use (after the word filter), plus the blank
+    vocabulary: int  # distinct LLM tokens the texts use (after the word filter)
     steps: int
     train_loss: float  # loss of the last batch
     seconds: float = 0.0
@@ -71,6 +73,10 @@ class WordClasses:
         self.index = {t: i + 1 for i, t in enumerate(self.vocabulary)}  # 0 is the blank
         self.words = embeddings[self.vocabulary].detach().float()
         self.blank = nn.Parameter(self.words.mean(0, keepdim=True).clone())
+
+    def parameters(self) -> list[nn.Parameter]:
+        """What the aligner itself learns beside the projector."""
+        return [self.blank]
 
     def logits(self, projected: torch.Tensor) -> torch.Tensor:
         """[B, T, D] projected tokens -> [B, T, 1 + words] scores (blank first)."""
@@ -110,15 +116,17 @@ class CTCAligner(WordClasses):
         return {"token_accuracy": token_accuracy(decoded, targets)}
 
 
-class WordSetAligner(WordClasses):
-    """Each item's tokens name the words of its target set, in any order (noisy-or over the tokens)."""
+class NamesWords:
+    """Each item's tokens name the words of its target set, in any order: a word is present when any
+    token says it (noisy-or over the tokens). Subclasses say how likely a token is to say a word."""
 
-    objective = "words"
+    def token_says(self, projected: torch.Tensor) -> torch.Tensor:
+        """[B, T, D] projected tokens -> [B, T, words]: the probability that each token says each word."""
+        raise NotImplementedError
 
     def log_absent(self, projected: torch.Tensor) -> torch.Tensor:
         """[B, T, D] -> [B, words]: log P(no token says the word) = sum over tokens of log(1 - p)."""
-        p = self.logits(projected).softmax(-1)[..., 1:]
-        return torch.log1p(-p.clamp(max=1 - 1e-6)).sum(1)
+        return torch.log1p(-self.token_says(projected).clamp(max=1 - 1e-6)).sum(1)
 
     def loss(self, projected: torch.Tensor, targets: list[list[int]]) -> torch.Tensor:
         log_absent = self.log_absent(projected)
@@ -143,7 +151,44 @@ class WordSetAligner(WordClasses):
         return {"precision": precision, "recall": recall, "f1": 2 * precision * recall / max(1e-9, precision + recall)}
 
 
+class WordSetAligner(NamesWords, WordClasses):
+    """``image_words: one``: each token says one word or nothing (softmax over the blank and the words)."""
+
+    objective = "words"
+
+    def token_says(self, projected: torch.Tensor) -> torch.Tensor:
+        return self.logits(projected).softmax(-1)[..., 1:]
+
+
+class WordTagAligner(NamesWords):
+    """``image_words: several``: each token says each word on its own, with probability
+    sigmoid(scale * cosine(token, word embedding) + bias), scale and bias learned (SigLIP's pairwise
+    sigmoid, starting at 10 and -10).
+
+    A token pointing between two words' embeddings says both, as the token showing a red circle
+    should say " red" and " circle". The cosine leaves a token's length free: with
+    ``projector.output_norm=true`` every token keeps a word's length.
+    """
+
+    objective = "word_tags"
+
+    def __init__(self, embeddings: torch.Tensor, vocabulary: list[int]):
+        self.vocabulary = sorted(set(vocabulary))
+        self.index = {t: i + 1 for i, t in enumerate(self.vocabulary)}  # as WordClasses: 0 is no word
+        self.words = F.normalize(embeddings[self.vocabulary].detach().float(), dim=-1)
+        self.log_scale = nn.Parameter(torch.tensor(10.0).log())
+        self.bias = nn.Parameter(torch.tensor(-10.0))
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [self.log_scale, self.bias]
+
+    def token_says(self, projected: torch.Tensor) -> torch.Tensor:
+        cosine = F.normalize(projected.float(), dim=-1) @ self.words.T
+        return torch.sigmoid(self.log_scale.exp() * cosine + self.bias)
+
+
 ALIGNERS = {"audio": CTCAligner, "image": WordSetAligner}
+IMAGE_WORDS = {"one": WordSetAligner, "several": WordTagAligner}  # projector_align.image_words
 
 
 def edit_distance(a: list[int], b: list[int]) -> int:
@@ -163,7 +208,7 @@ def token_accuracy(decoded: list[list[int]], targets: list[list[int]]) -> float:
 
 def align_projector(
     projector: nn.Module,
-    aligner: WordClasses,
+    aligner: WordClasses | NamesWords,
     features: torch.Tensor,
     targets: list[list[int]],
     steps: int = 600,
@@ -171,7 +216,7 @@ def align_projector(
     batch_size: int = 64,
     seed: int = 0,
 ) -> float:
-    """Train ``projector``'s trainable parameters (and the aligner's blank) in place on ``aligner``'s loss.
+    """Train ``projector``'s trainable parameters (and the aligner's own) in place on ``aligner``'s loss.
 
     ``features``: encoder outputs [items, T, d_enc]; ``targets``: each item's text as LLM token
     ids. Returns the last batch's loss.
@@ -179,7 +224,7 @@ def align_projector(
     features = features.float()
     generator = torch.Generator().manual_seed(seed)
     params = [p for p in projector.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW([*params, aligner.blank], lr=lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW([*params, *aligner.parameters()], lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=0.1)
     was_training = projector.training
     projector.train()
@@ -283,7 +328,8 @@ def align_projectors(
 ) -> dict[str, dict]:
     """A recipe's ``projector_align`` step: align each projector on the training set's texts about its media.
 
-    ``settings``: ``{steps, lr, batch_size, max_items}`` (a mapping). ``data``:
+    ``settings``: ``{steps, lr, batch_size, max_items, image_words}`` (a mapping; ``image_words``:
+    ``one`` or ``several`` words per image token, see the module's docstring). ``data``:
     ``mmit.factory.BuiltData``; its training conversations' caption / transcription turns are the
     texts (a streamed set is read once more, up to ``max_items`` texts), at most ``max_items``
     items of each modality (a seeded sample of them: their features are held in memory), and its
@@ -314,13 +360,13 @@ def align_projectors(
         if not any(p.requires_grad for p in projector.parameters()):
             log.warning("projector_align: %s skipped, its projector is frozen", kind)
             continue
-        aligner_class = ALIGNERS[kind]
+        aligner_class = IMAGE_WORDS[settings.get("image_words", "one")] if kind == "image" else ALIGNERS[kind]
         refs, targets = item_targets(media_texts(train, kind), tokenizer, aligner_class.objective)
         if len(refs) > max_items:
             keep = sorted(random.Random(0).sample(range(len(refs)), max_items))
             refs, targets = [refs[i] for i in keep], [targets[i] for i in keep]
         vocabulary = [t for ids in targets for t in ids]
-        if aligner_class.objective == "words":
+        if aligner_class.objective != "ctc":
             vocabulary = informative_words(targets)
         if not vocabulary:
             log.warning(
@@ -349,7 +395,7 @@ def align_projectors(
             int(settings.get("batch_size", 64)),
         )
         result = AlignResult(
-            kind, aligner.objective, len(refs), len(aligner.vocabulary) + 1, int(settings.get("steps", 600)), loss
+            kind, aligner.objective, len(refs), len(aligner.vocabulary), int(settings.get("steps", 600)), loss
         )
         with torch.no_grad():
             for name, eval_set in data.eval.items():
@@ -361,7 +407,7 @@ def align_projectors(
         result.seconds = time.perf_counter() - started
         log.info(
             "projector_align %s (%s): %d items, %d words, %d steps, %.0f s, last loss %.3f; before the LLM trains: %s",
-            kind, aligner.objective, result.items, result.vocabulary - 1, result.steps, result.seconds, loss,
+            kind, aligner.objective, result.items, result.vocabulary, result.steps, result.seconds, loss,
             ", ".join(f"{n} {json.dumps({k: round(v, 3) for k, v in h.items()})}" for n, h in result.heldout.items()) or "-",
         )  # fmt: skip
         results[kind] = asdict(result)

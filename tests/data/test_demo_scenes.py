@@ -299,6 +299,7 @@ def test_demo_answers_groups_each_question_by_what_answering_it_needs(tool):
         if unique and crossed:
             break
     found, (color, shape) = unique[0], crossed[0]
+    same_shape = sum(o.shape == found.shape for o in objects)
     on_left = found.column == "left"
 
     def answer(task, prompt, reference, prediction, swapped, question_type=""):  # as answers_after.json holds it
@@ -314,6 +315,14 @@ def test_demo_answers_groups_each_question_by_what_answering_it_needs(tool):
         answer("vqa_yesno", f"Is there a {found.color} {found.shape}?", "yes", "Yes.", "no"),
         answer("vqa_yesno", f"Is there a {color} {shape}?", "no", "yes", "no"),
         answer("vqa_short", "How many circles are there?", "2", "2", "3", question_type="how many"),
+        answer(
+            "vqa_short",
+            f"Where is the {found.color} {found.shape}: on the left, in the middle or on the right?",
+            found.column,
+            found.column,
+            "nowhere",
+            question_type="where is the",
+        ),
         answer("vqa_multiple_choice", "What color? A. red B. blue", "B", "A", "B", question_type="what color is the"),
         answer("caption_brief", "Describe it.", "A red circle.", "A red circle.", "A square."),
     ]
@@ -323,4 +332,7 @@ def test_demo_answers_groups_each_question_by_what_answering_it_needs(tool):
         "presence yes/no, absent: both elsewhere": [1, 0, 1],
         "presence yes/no, present": [1, 1, 0],
         "short answer, how many": [1, 1, 0],
+        "short answer, where is the": [1, 1, 0],
+        f"where, {len(objects)} objects": [1, 1, 0],
+        f"where, colour unique, shape {'unique' if same_shape == 1 else 'shared'}": [1, 1, 0],
     }

@@ -11,6 +11,7 @@ from mmit.data.samples import Conversation, MediaRef, Message
 from mmit.models.align import (
     CTCAligner,
     WordSetAligner,
+    WordTagAligner,
     align_projector,
     align_projectors,
     edit_distance,
@@ -151,6 +152,72 @@ def test_word_set_alignment_makes_the_projector_name_what_unseen_images_show():
     assert {vocab[int(c) - 1] for c in nearest if int(c) > 0} == set(held[0])
 
 
+def synthetic_objects(n: int, colours: int, shapes: int, cells: int, dim: int, seed: int):
+    """Images of ``cells`` feature tokens showing 1-3 objects, each a (colour, shape) in a cell of its
+    own whose features are the colour's code plus the shape's; returns (features, [(colour, shape), ...]
+    per image, the cell of each object)."""
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randn(colours + shapes, dim, generator=torch.Generator().manual_seed(97))
+    feats, objects, where = torch.randn(n, cells, dim, generator=g) * 0.3, [], []
+    for i in range(n):
+        count = int(torch.randint(1, 4, (1,), generator=g))
+        cs = torch.randint(colours, (count,), generator=g).tolist()
+        ss = torch.randint(shapes, (count,), generator=g).tolist()
+        free = torch.randperm(cells, generator=g).tolist()[:count]
+        for c, sh, cell in zip(cs, ss, free, strict=True):
+            feats[i, cell] += codes[c] + codes[colours + sh]
+        objects.append(list(zip(cs, ss, strict=True)))
+        where.append(free)
+    return feats, objects, where
+
+
+@pytest.mark.slow
+def test_several_words_per_token_let_one_token_say_an_objects_colour_and_shape():
+    """``image_words: several``: the token showing a red circle says " red" and " circle" (with
+    ``one``, a softmax, no token can say two words, so the colour and the shape come apart)."""
+    torch.manual_seed(0)
+    colours, shapes, dim, hidden = 5, 5, 16, 24
+    embeddings = torch.randn(40, hidden)
+    vocab = list(range(10, 10 + colours + shapes))
+
+    def words(objects):
+        return sorted({vocab[c] for c, _ in objects} | {vocab[colours + sh] for _, sh in objects})
+
+    feats, objects, _ = synthetic_objects(500, colours, shapes, 9, dim, seed=1)
+    held_feats, held_objects, held_where = synthetic_objects(100, colours, shapes, 9, dim, seed=2)
+    projector = MLPProjector(dim, hidden)
+    aligner = WordTagAligner(embeddings, vocab)
+    align_projector(projector, aligner, feats, [words(o) for o in objects], steps=400, lr=1e-2)
+    with torch.no_grad():
+        projected = projector(held_feats)
+        scores = aligner.score(aligner.decode(projected), [words(o) for o in held_objects])
+        says = aligner.token_says(projected)
+    assert scores["f1"] > 0.9, scores
+    both = [
+        bool(says[i, cell, c] > 0.5 and says[i, cell, colours + sh] > 0.5)
+        for i in range(len(held_objects))
+        for (c, sh), cell in zip(held_objects[i], held_where[i], strict=True)
+    ]
+    assert sum(both) / len(both) > 0.75, sum(both) / len(both)
+
+
+def test_word_tag_probabilities_by_hand():
+    """sigmoid(scale * cosine + bias), starting at scale 10 and bias -10; a token's length does not count."""
+    embeddings = torch.zeros(4, 2)
+    embeddings[1], embeddings[3] = torch.tensor([2.0, 0.0]), torch.tensor([0.0, 5.0])
+    aligner = WordTagAligner(embeddings, [3, 1])
+    assert aligner.vocabulary == [1, 3]
+    tokens = torch.tensor([[[7.0, 0.0], [1.0, 1.0], [-1.0, 0.0]]])
+    half = 10 * 2**-0.5 - 10
+    expected = torch.sigmoid(torch.tensor([[0.0, -10.0], [half, half], [-20.0, -10.0]]))
+    torch.testing.assert_close(aligner.token_says(tokens)[0], expected)
+    assert aligner.decode(tokens) == [[1]]  # word 1: 1 - (1 - 1/2)(1 - s(-2.9))(1 - ...) > 1/2; word 3 not
+    with torch.no_grad():
+        aligner.bias.fill_(5.0)
+    assert aligner.decode(tokens) == [[1, 3]]  # the token between them says both
+    assert [p.shape for p in aligner.parameters()] == [torch.Size([]), torch.Size([])]
+
+
 def test_word_set_loss_and_decoding_by_hand():
     embeddings = torch.eye(4) * 10
     aligner = WordSetAligner(embeddings, [1, 3])
@@ -182,21 +249,31 @@ def audio_demo_missing() -> bool:
 
 
 @pytest.mark.parametrize(
-    "recipe, kind",
+    "recipe, kind, image_words, objective",
     [
         pytest.param(
             "audio_qa_tiny",
             "audio",
+            "one",
+            "ctc",
             marks=pytest.mark.skipif(audio_demo_missing(), reason="the audio demo needs espeak-ng and sox"),
         ),
-        ("vqa_tiny", "image"),
+        ("vqa_tiny", "image", "one", "words"),
+        ("vqa_tiny", "image", "several", "word_tags"),
     ],
 )
 @pytest.mark.slow
-def test_projector_align_step_on_a_tiny_recipe(compose, tmp_path, recipe, kind):
+def test_projector_align_step_on_a_tiny_recipe(compose, tmp_path, recipe, kind, image_words, objective):
     from mmit.factory import build_data, build_model
 
-    cfg = compose([f"+recipe={recipe}", "+projector_align.steps=20", "+projector_align.lr=1e-2"])
+    cfg = compose(
+        [
+            f"+recipe={recipe}",
+            "+projector_align.steps=20",
+            "+projector_align.lr=1e-2",
+            f"+projector_align.image_words={image_words}",
+        ]
+    )
     built = build_model(cfg)
     data = build_data(cfg, built.tokenizer, list(built.model.slots.values()))
     projector = built.model.projectors[kind]
@@ -206,7 +283,7 @@ def test_projector_align_step_on_a_tiny_recipe(compose, tmp_path, recipe, kind):
     assert (
         result["steps"] == 20
         and result["items"] > 0
-        and result["objective"] == {"audio": "ctc", "image": "words"}[kind]
+        and result["objective"] == objective
     )
     assert set(result["heldout"]) == {n for n, e in data.eval.items() if media_texts(e.conversations, kind)}
     assert json.loads((tmp_path / "projector_align.json").read_text()) == results
@@ -265,3 +342,34 @@ def test_the_alignment_trains_the_projector_without_its_position_code():
     assert torch.equal(code.code, before)
     with torch.no_grad():
         torch.testing.assert_close(projector(feats[:2]), projector.mlp(feats[:2]) + before)
+
+
+def test_align_probe_reads_each_objects_own_token(tool):
+    """tools/align_probe.py: the token of the cell holding an object's centre must say its colour and shape."""
+    from types import SimpleNamespace
+
+    probe = tool("align_probe")
+    assert [probe.cell_of(c, 224, 3) for c in [(0, 0), (223, 0), (112, 112), (74, 150), (223, 223)]] == [0, 2, 4, 6, 8]
+
+    class Tok:  # each word is its own token: red 1, blue 2, circle 3, square 4
+        ids = {"red": 1, "blue": 2, "circle": 3, "square": 4}
+
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [self.ids[w] for w in text.split()]}
+
+    aligner = SimpleNamespace(index={1: 1, 2: 2, 3: 3})  # "square" is not in the vocabulary
+    scene = SimpleNamespace(
+        image_size=224,
+        objects=[
+            SimpleNamespace(color="red", shape="circle", center=(10, 10)),  # cell 0
+            SimpleNamespace(color="blue", shape="circle", center=(200, 200)),  # cell 8
+            SimpleNamespace(color="blue", shape="square", center=(112, 10)),  # not counted
+        ],
+    )
+    says = torch.zeros(1, 9, 3)
+    says[0, 0, 0] = says[0, 0, 2] = 0.9  # cell 0 says red and circle
+    says[0, 8, 1] = 0.9  # cell 8 says blue only; circle is said by another cell
+    says[0, 4, 2] = 0.9
+    assert probe.object_binding(aligner, says, [scene], 3, Tok()) == {
+        "objects": 2, "colour": 1.0, "shape": 0.5, "both": 0.5,
+    }  # fmt: skip
