@@ -280,11 +280,7 @@ def test_projector_align_step_on_a_tiny_recipe(compose, tmp_path, recipe, kind, 
     before = {k: v.clone() for k, v in projector.state_dict().items()}
     results = align_projectors(cfg.projector_align, built.model, built.tokenizer, data, None, tmp_path)
     result = results[kind]
-    assert (
-        result["steps"] == 20
-        and result["items"] > 0
-        and result["objective"] == objective
-    )
+    assert result["steps"] == 20 and result["items"] > 0 and result["objective"] == objective
     assert set(result["heldout"]) == {n for n, e in data.eval.items() if media_texts(e.conversations, kind)}
     assert json.loads((tmp_path / "projector_align.json").read_text()) == results
     assert any(not torch.equal(before[k], v) for k, v in projector.state_dict().items())
