@@ -14,7 +14,7 @@ embeddings, and read on the other 20%:
   and both (probability over 1/2); the colour and the shape each said somewhere is not enough to
   tell a red circle and a blue square from a blue circle and a red square.
 
-No LLM trains; a run takes a minute or two on 2 CPU cores.
+No LLM trains; a run takes a few minutes on 2 CPU cores (5 on a busy 2-core EPYC).
 """
 
 from __future__ import annotations
