@@ -75,11 +75,13 @@ def evaluate_set(
     autocast_dtype: torch.dtype | None = None,
     preprocess: dict | None = None,
     progress: bool = False,
+    features: dict | None = None,
 ) -> SetResult:
     """Answers to ``convs`` with their own media and, for those with media, with swapped media.
 
     ``samples`` (the same conversations tokenized, in order) add each answer's teacher-forced
     loss, with own and with swapped media, computed from the answering's own prefill.
+    ``features``: feature caches by kind, read for the media they hold (as training read them).
     """
     if samples is not None and [s.id for s in samples] != [c.id for c in convs]:
         raise ValueError(f"{name}: the tokenized samples are not the conversations given")
@@ -88,6 +90,7 @@ def evaluate_set(
         "batch_size": batch_size,
         "autocast_dtype": autocast_dtype,
         "preprocess": preprocess,
+        "features": features,
         "progress": progress,
     }
     bar = tqdm(total=2 if swap_media else 1, desc=f"evaluate {name}", unit="pass", disable=not progress, leave=False)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from mmit.data.collate import preprocess_media
+from mmit.data.collate import media_inputs
 from mmit.data.samples import Conversation, MediaRef
 from mmit.data.tokenize import encode_prompt
 from mmit.models.multimodal_lm import MultimodalLM
@@ -89,6 +89,7 @@ def generate(
     batch_size: int = 16,
     autocast_dtype: torch.dtype | None = None,
     preprocess: dict | None = None,
+    features: dict | None = None,
     use_cache: bool = True,
     progress: bool = False,
     finished: list[bool] | None = None,
@@ -99,7 +100,8 @@ def generate(
     ``finished``, when given, receives per answer whether it ended by itself (an end-of-turn
     token) rather than at ``max_new_tokens``. ``losses``, when given, receives per prompt the
     summed cross-entropy of its ``reference`` tokens and their count, from the same prefill.
-    Greedy decoding runs its own loop over the decoder and its cache (``_greedy``); beam search
+    ``features``: feature caches by kind (``mmit.data.features``); media they hold are read from
+    them, as training read them, instead of being decoded and encoded. Greedy decoding runs its own loop over the decoder and its cache (``_greedy``); beam search
     and sampling go through transformers' ``generate``.
     """
     options = options or GenerationOptions()
@@ -132,11 +134,15 @@ def generate(
             input_ids[row, width - len(row_ids) :] = torch.tensor(row_ids)
             attention_mask[row, width - len(row_ids) :] = 1
         refs = [m for p in chunk for m in p.media]
-        media = {k: v.to(device) for k, v in preprocess_media(refs, preprocess or {}).items()}
+        media, cached = media_inputs(refs, preprocess or {}, features or {})
+        media = {k: v.to(device) for k, v in media.items()}
+        cached = {k: v.to(device) for k, v in cached.items()}
         references = [p.reference for p in chunk] if losses is not None else None
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
             # The same inputs as training sees: media spliced in, any soft prompt in front (mask included).
-            embeds, attention_mask = model.prepare_inputs(input_ids.to(device), attention_mask.to(device), media)
+            embeds, attention_mask = model.prepare_inputs(
+                input_ids.to(device), attention_mask.to(device), media, cached
+            )
             if fast:
                 out, batch_losses = _greedy(
                     model, embeds, attention_mask, options.max_new_tokens, tokenizer.eos_token_id, references

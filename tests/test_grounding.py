@@ -1,6 +1,7 @@
 """Swapped media and the blind prior: the derangement, the prior's counts, and the dependence of a
 model that ignores its media."""
 
+import copy
 import io
 import math
 
@@ -171,3 +172,35 @@ def test_answer_losses_from_the_prefill_equal_a_padded_forward(compose):
     for p, (loss, tokens) in zip(result.predictions, padded, strict=True):
         assert p.label_tokens == tokens > 1
         assert p.loss == pytest.approx(loss, rel=1e-4)
+
+
+def test_answers_read_the_feature_cache_that_training_reads(compose, tmp_path):
+    """With a feature cache, evaluation answers from the cached features, as training's batches do,
+    not from the encoder run again: a cache written by another encoder changes the answers' losses
+    to exactly what training's collator gives with that cache."""
+    from mmit.data.collate import Collator, decode_image
+    from mmit.data.features import build_feature_cache
+    from mmit.evaluation import sample_losses
+    from mmit.factory import build_model
+
+    torch.manual_seed(0)
+    built = build_model(compose(["+recipe=vqa_tiny", "trainer.precision=fp32"]))
+    model, tokenizer = built.model.eval(), built.tokenizer
+    encoder = model.encoders["image"]
+    convs = [_conv(i, c) for i, c in enumerate(["red", "blue", "green", "yellow"])]
+    other = copy.deepcopy(encoder)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    refs = [m for c in convs for m in c.media]
+    store = build_feature_cache(tmp_path, "image", other, {"encoder": "perturbed"}, refs, decode_image)
+
+    live, samples = _evaluate(model, tokenizer, convs, 2, swap_media=False)
+    cached, _ = _evaluate(model, tokenizer, convs, 2, swap_media=False, features={"image": store})
+    preprocess = {"image": encoder.preprocess}
+    training = sample_losses(
+        model, samples, Collator(tokenizer.pad_token_id, preprocess=preprocess, features={"image": store})
+    )
+    for p, (loss, _) in zip(cached.predictions, training, strict=True):
+        assert p.loss == pytest.approx(loss, rel=1e-4)
+    assert max(abs(a.loss - b.loss) for a, b in zip(live.predictions, cached.predictions, strict=True)) > 1e-3

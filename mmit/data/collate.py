@@ -83,6 +83,26 @@ def preprocess_media(refs: list[MediaRef], preprocess: dict[str, Callable]) -> d
     return out
 
 
+def cached_features(refs: list[MediaRef], features: dict[str, FeatureStore]) -> dict[str, torch.Tensor]:
+    """Encoder outputs read from the feature caches, per modality whose items are all cached; a
+    modality with any item missing is left out (it is decoded and encoded, every item alike)."""
+    out = {}
+    for kind, store in features.items():
+        items = [r for r in refs if r.kind == kind]
+        if items and all(r in store for r in items):
+            out[kind] = store.features(items)
+    return out
+
+
+def media_inputs(
+    refs: list[MediaRef], preprocess: dict[str, Callable], features: dict[str, FeatureStore]
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(decoded and preprocessed media, cached features) of ``refs``, per modality: read from a cache
+    where it holds them all, else decoded and preprocessed here."""
+    cached = cached_features(refs, features)
+    return preprocess_media(refs, {k: fn for k, fn in preprocess.items() if k not in cached}), cached
+
+
 @dataclass(frozen=True)
 class PendingMedia:
     """A batch's media being decoded and preprocessed in a worker process (``decode_pool``)."""
@@ -141,11 +161,7 @@ class Collator:
     def media_inputs(self, samples: list[TokenizedSample]) -> tuple[dict, dict]:
         """(decoded and preprocessed media, cached features) of the samples' media, per modality."""
         refs = [m for s in samples for m in s.media]
-        cached = {}
-        for kind, store in self.features.items():
-            items = [r for r in refs if r.kind == kind]
-            if items and all(r in store for r in items):
-                cached[kind] = store.features(items)
+        cached = cached_features(refs, self.features)
         live = {kind: fn for kind, fn in self.preprocess.items() if kind not in cached}
         if self.pool is not None and any(r.kind in live for r in refs):
             return PendingMedia(self.pool.submit(_decode_in_worker, refs, sorted(live))), cached

@@ -197,6 +197,7 @@ def evaluate(
                 batch_size=cfg.batch_size * 2,
                 autocast_dtype=dtype,
                 preprocess=collate.preprocess,
+                features=collate.features,  # the features training read, where a cache holds them
                 progress=True,  # minutes on a CPU: a bar per set, not silence
             )
             predictions += result.predictions
