@@ -88,7 +88,7 @@ def build_model(cfg: DictConfig) -> BuiltModel:
     from mmit.models.llava_import import check_llava_start, is_llava_checkpoint, load_llava_projector
     from mmit.models.llm import set_system_prompt
     from mmit.models.multimodal_lm import MultimodalLM
-    from mmit.models.projectors import attach_position_code, build_projector, place_word_code
+    from mmit.models.projectors import attach_position_code, build_projector, place_word_code, word_length
     from mmit.models.tuning import apply_tuning, narrow_frozen, parameter_table, resolve_frozen_dtype
     from mmit.training.checkpoint import load_matching
 
@@ -127,7 +127,7 @@ def build_model(cfg: DictConfig) -> BuiltModel:
         options.pop("llava", None)
         position_code = options.pop("position_code", "none")  # none, learned, words or word_tokens (mmit.config_checks)
         if options.get("output_norm"):  # the median length of the LLM's word embeddings
-            options["output_norm"] = float(embeddings.detach().float().norm(dim=1).median())
+            options["output_norm"] = word_length(embeddings)
         projector = build_projector(options.pop("kind"), encoder.output_dim, hidden, **options)
         if from_llava:
             load_llava_projector(projector, cfg.projector.llava)

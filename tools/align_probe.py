@@ -28,7 +28,7 @@ from mmit.data.demo.scenes import draw_scene, scene_captions
 from mmit.models.align import IMAGE_WORDS, align_projector, informative_words, spelled
 from mmit.models.encoders import EfficientNetLite0Encoder
 from mmit.models.llm import load_smollm2_135m_instruct
-from mmit.models.projectors import MLPProjector
+from mmit.models.projectors import MLPProjector, word_length
 
 
 def cell_of(center: tuple[int, int], image_size: int, grid: int) -> int:
@@ -74,14 +74,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         features = torch.cat([encoder(encoder.preprocess(images[i : i + 64])) for i in range(0, len(images), 64)])
     llm = load_smollm2_135m_instruct()
     embeddings = llm.model.get_input_embeddings().weight.detach().float()
-    word_length = float(embeddings.norm(dim=1).median())
     targets = [sorted({t for text in scene_captions(s) for t in spelled(llm.tokenizer, text)}) for s in scenes]
     cut = int(0.8 * len(scenes))
     vocabulary = informative_words(targets[:cut])
     rows = []
     for choice, aligner_class in IMAGE_WORDS.items():
         torch.manual_seed(0)
-        projector = MLPProjector(features.shape[-1], embeddings.shape[1], output_norm=word_length)
+        projector = MLPProjector(features.shape[-1], embeddings.shape[1], output_norm=word_length(embeddings))
         aligner = aligner_class(embeddings, vocabulary)
         align_projector(projector, aligner, features[:cut], targets[:cut], args.steps, args.lr, args.batch_size)
         with torch.no_grad():

@@ -65,12 +65,17 @@ class AlignResult:
     heldout: dict[str, dict] = field(default_factory=dict)
 
 
+def indexed(vocabulary: list[int]) -> tuple[list[int], dict[int, int]]:
+    """The distinct token ids, sorted, and each one's class number from 1 (0 is the blank, or no word)."""
+    words = sorted(set(vocabulary))
+    return words, {t: i + 1 for i, t in enumerate(words)}
+
+
 class WordClasses:
     """Classes that are the LLM's own embeddings of ``vocabulary`` (fixed) and a blank (learned)."""
 
     def __init__(self, embeddings: torch.Tensor, vocabulary: list[int]):
-        self.vocabulary = sorted(set(vocabulary))
-        self.index = {t: i + 1 for i, t in enumerate(self.vocabulary)}  # 0 is the blank
+        self.vocabulary, self.index = indexed(vocabulary)
         self.words = embeddings[self.vocabulary].detach().float()
         self.blank = nn.Parameter(self.words.mean(0, keepdim=True).clone())
 
@@ -173,8 +178,7 @@ class WordTagAligner(NamesWords):
     objective = "word_tags"
 
     def __init__(self, embeddings: torch.Tensor, vocabulary: list[int]):
-        self.vocabulary = sorted(set(vocabulary))
-        self.index = {t: i + 1 for i, t in enumerate(self.vocabulary)}  # as WordClasses: 0 is no word
+        self.vocabulary, self.index = indexed(vocabulary)
         self.words = F.normalize(embeddings[self.vocabulary].detach().float(), dim=-1)
         self.log_scale = nn.Parameter(torch.tensor(10.0).log())
         self.bias = nn.Parameter(torch.tensor(-10.0))
@@ -187,8 +191,13 @@ class WordTagAligner(NamesWords):
         return torch.sigmoid(self.log_scale.exp() * cosine + self.bias)
 
 
-ALIGNERS = {"audio": CTCAligner, "image": WordSetAligner}
 IMAGE_WORDS = {"one": WordSetAligner, "several": WordTagAligner}  # projector_align.image_words
+ALIGNED_KINDS = ("audio", "image")  # audio spells its transcript (CTC); an image names its captions' words
+
+
+def aligner_class(kind: str, settings) -> type:
+    """The aligner of a modality under ``projector_align``'s settings."""
+    return IMAGE_WORDS[settings.get("image_words", "one")] if kind == "image" else CTCAligner
 
 
 def edit_distance(a: list[int], b: list[int]) -> int:
@@ -340,7 +349,7 @@ def align_projectors(
     """
     from mmit.training.checkpoint import latest_checkpoint
 
-    kinds = [k for k in ALIGNERS if k in model.projectors]
+    kinds = [k for k in ALIGNED_KINDS if k in model.projectors]
     if not kinds:
         return {}
     if run_dir is not None and latest_checkpoint(Path(run_dir)) is not None:
@@ -360,13 +369,13 @@ def align_projectors(
         if not any(p.requires_grad for p in projector.parameters()):
             log.warning("projector_align: %s skipped, its projector is frozen", kind)
             continue
-        aligner_class = IMAGE_WORDS[settings.get("image_words", "one")] if kind == "image" else ALIGNERS[kind]
-        refs, targets = item_targets(media_texts(train, kind), tokenizer, aligner_class.objective)
+        chosen = aligner_class(kind, settings)
+        refs, targets = item_targets(media_texts(train, kind), tokenizer, chosen.objective)
         if len(refs) > max_items:
             keep = sorted(random.Random(0).sample(range(len(refs)), max_items))
             refs, targets = [refs[i] for i in keep], [targets[i] for i in keep]
         vocabulary = [t for ids in targets for t in ids]
-        if aligner_class.objective != "ctc":
+        if chosen.objective != "ctc":
             vocabulary = informative_words(targets)
         if not vocabulary:
             log.warning(
@@ -376,14 +385,14 @@ def align_projectors(
         started = time.perf_counter()
         store = (stores or {}).get(kind)
         features = item_features(model, kind, refs, store)
-        if aligner_class.objective == "ctc":
+        if chosen.objective == "ctc":
             too_long = sum(len(t) > features.shape[1] for t in targets)
             if too_long:
                 log.warning(
                     "projector_align: %d %s texts have more tokens than an item's %d; they give no gradient",
                     too_long, kind, features.shape[1],
                 )  # fmt: skip
-        aligner = aligner_class(embeddings, vocabulary)
+        aligner = chosen(embeddings, vocabulary)
         device = next(projector.parameters()).device
         loss = align_projector(
             projector,

@@ -29,6 +29,11 @@ class LinearProjector(nn.Module):
         return self.proj(features)
 
 
+def word_length(embeddings: torch.Tensor) -> float:
+    """The median length of the LLM's word embeddings: ``output_norm`` for ``projector.output_norm=true``."""
+    return float(embeddings.detach().float().norm(dim=1).median())
+
+
 class MLPProjector(nn.Module):
     """``input_norm``: a LayerNorm over each feature vector first, so encoders (or layers) whose
     features differ in scale start from projections of the same size. ``output_norm``: every
