@@ -101,8 +101,9 @@ def generate(
     token) rather than at ``max_new_tokens``. ``losses``, when given, receives per prompt the
     summed cross-entropy of its ``reference`` tokens and their count, from the same prefill.
     ``features``: feature caches by kind (``mmit.data.features``); media they hold are read from
-    them, as training read them, instead of being decoded and encoded. Greedy decoding runs its own loop over the decoder and its cache (``_greedy``); beam search
-    and sampling go through transformers' ``generate``.
+    them, as training read them, instead of being decoded and encoded. Greedy decoding runs its
+    own loop over the decoder and its cache (``_greedy``); beam search and sampling go through
+    transformers' ``generate``.
     """
     options = options or GenerationOptions()
     device = next(model.parameters()).device
