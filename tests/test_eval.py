@@ -182,9 +182,10 @@ def test_eval_cli_writes_every_output(vqa_run, tmp_path):
             assert image.format == "PNG" and image.size[0] > 300
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary leftovers
 
-    # The same prompts as training's in-loop evaluation, the same model: the same reference losses.
-    # (Not always the same greedy text: a random tiny model has near-tied logits, which float
-    # sums over other batch paddings can flip.)
+    # The same prompts as training's in-loop evaluation, the same model: the same reference losses,
+    # up to the feature cache's bf16 rounding (the in-loop evaluation reads the cache, mmit.eval runs
+    # the encoder). (Not always the same greedy text: a random tiny model has near-tied logits, which
+    # float sums over other batch paddings can flip.)
     after = json.loads((run_dir / "answers_after.json").read_text())["seen"]
     again = main(
         [str(run_dir), "--only", "seen", "--max-samples", "4", "--max-new-tokens", "6", "--out", str(tmp_path / "e")]
@@ -192,7 +193,7 @@ def test_eval_cli_writes_every_output(vqa_run, tmp_path):
     again_preds = [json.loads(line) for line in (again / "predictions.jsonl").read_text().splitlines()]
     assert [(p["id"], p["prompt"]) for p in again_preds] == [(a["id"], a["prompt"]) for a in after]
     losses = [(p["loss"], a["loss"]) for p, a in zip(again_preds, after, strict=True)]
-    assert all(abs(x - y) <= 1e-4 * max(1.0, abs(y)) for x, y in losses), losses
+    assert all(abs(x - y) <= 1e-3 * max(1.0, abs(y)) for x, y in losses), losses
 
 
 @pytest.mark.slow
