@@ -67,9 +67,12 @@ def run_eval(
     swap_media: bool = True,
     seed: int = 0,
     vqa_normalisation: str = "official",
+    feature_cache: str | None = None,
 ) -> tuple[list[Prediction], dict, dict]:
     """Generate and score every set, with own and swapped media and beside the blind prior;
-    returns predictions (each with what it said given swapped media), scores and what was skipped."""
+    returns predictions (each with what it said given swapped media), scores and what was skipped.
+    ``feature_cache`` (``--feature-cache``): where the frozen encoders' outputs are read from, as
+    training's ``feature_cache`` setting; None runs the encoders on every item."""
     from mmit.data.sources import read_conversations
     from mmit.data.tokenize import MAX_MEDIA, Tokenizer
 
@@ -110,11 +113,25 @@ def run_eval(
             autocast_dtype=loaded.autocast_dtype,
             preprocess=loaded.preprocess,
             progress=True,
+            features=cached_media(loaded, feature_cache, [c for c, _ in pairs]),
         )
         predictions += result.predictions
         swapped += result.swapped
         skipped[name] = dict(counts)
     return predictions, swapped, score_predictions(predictions, swapped, prior, vqa_normalisation), skipped
+
+
+def cached_media(loaded: LoadedModel, feature_cache: str | None, convs: list) -> dict:
+    """The feature caches (modality -> store) holding ``convs``' media, encoding those not yet cached;
+    none without ``feature_cache``."""
+    from omegaconf import OmegaConf
+
+    from mmit.factory import feature_stores
+
+    if not feature_cache or feature_cache == "none":
+        return {}
+    cfg = OmegaConf.merge(loaded.cfg, {"feature_cache": feature_cache})
+    return feature_stores(cfg, loaded.model, lambda: (m for c in convs for m in c.media), str(loaded.device))
 
 
 def benchmark_lines(benchmarks: dict[str, dict]) -> list[str]:
@@ -285,6 +302,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="VQA accuracy as the official VQAv2 script computes it, or as lmms-eval does "
         "(default: the run's trainer.vqa_normalisation, else official)",
     )
+    p.add_argument(
+        "--feature-cache",
+        default="none",
+        metavar="none|auto|DIR",
+        help="read the frozen encoders' outputs from a feature cache, as training's feature_cache does (auto: "
+        "the mmit cache's folder for this encoder, which a run with feature_cache=auto filled; items not in it "
+        "are encoded and added): the in-loop evaluation's exact inputs, without running the encoders. "
+        "Default none: every image and clip goes through its encoder, as when the model is deployed",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument(
         "--precision", default=None, choices=("auto", "bf16", "fp32"), help="default: the run's trainer.precision"
@@ -366,6 +392,7 @@ def main(argv: list[str] | None = None) -> Path:
         swap_media=not args.no_swap_media,
         seed=args.seed,
         vqa_normalisation=vqa_normalisation,
+        feature_cache=args.feature_cache,
     )
     submissions = {}
     if benchmarks:
@@ -380,6 +407,7 @@ def main(argv: list[str] | None = None) -> Path:
             keep_max_new_tokens=args.max_new_tokens is not None,
             autocast_dtype=loaded.autocast_dtype,
             preprocess=loaded.preprocess,
+            features_for=lambda convs: cached_media(loaded, args.feature_cache, convs),
         )
         predictions, swapped = predictions + bench_predictions, swapped + bench_swapped
     elapsed = time.perf_counter() - started
@@ -393,6 +421,7 @@ def main(argv: list[str] | None = None) -> Path:
         "precision": loaded.precision,
         "decoding": _decoding(options),
         "vqa_normalisation": vqa_normalisation,
+        "media": "encoders on every item" if args.feature_cache == "none" else f"feature cache: {args.feature_cache}",
         "samples": len(predictions),
         "seconds": round(elapsed, 1),
         "generation": options.to_json(),

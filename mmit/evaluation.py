@@ -7,7 +7,7 @@ then score with ``mmit.scoring.score_predictions``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -119,12 +119,15 @@ def evaluate_benchmarks(
     keep_max_new_tokens: bool = False,
     autocast_dtype: torch.dtype | None = None,
     preprocess: dict | None = None,
+    features_for: Callable[[list[Conversation]], dict] | None = None,
 ) -> tuple[list[Prediction], list[Prediction], dict[str, dict], dict[str, list]]:
     """Answer and score each benchmark (``specs``: name -> root, ``mmit.benchmarks``) with its
     official metric, and again with images swapped between samples; returns predictions, swapped
     predictions, scores per benchmark and EvalAI submission rows for those without references
     (test-dev). ``mmit.eval --benchmark`` and training's final evaluation (``trainer.benchmarks``)
-    both come here, so a benchmark is prompted and scored the same way in both."""
+    both come here, so a benchmark is prompted and scored the same way in both. ``features_for``:
+    a benchmark's conversations -> the feature caches to read their media from (``mmit.eval
+    --feature-cache``)."""
     from dataclasses import replace
     from pathlib import Path
 
@@ -147,6 +150,7 @@ def evaluate_benchmarks(
             autocast_dtype=autocast_dtype,
             preprocess=preprocess,
             progress=True,
+            features=features_for(bench.samples) if features_for else None,
         )
         predictions += result.predictions
         swapped_predictions += result.swapped

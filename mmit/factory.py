@@ -23,12 +23,13 @@ from mmit.grounding import AnswerPrior
 from mmit.paths import cache_dir
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
     from concurrent.futures import ProcessPoolExecutor
 
     from mmit.data.collate import Collator
     from mmit.data.datasets import StreamedDataset, TokenizedDataset
     from mmit.data.features import FeatureStore
-    from mmit.data.samples import MediaSlot
+    from mmit.data.samples import MediaRef, MediaSlot
     from mmit.models.multimodal_lm import MultimodalLM
     from mmit.training.distributed import Dist
     from mmit.training.loop import EvalSet, TrainerConfig
@@ -254,14 +255,29 @@ def build_data(cfg: DictConfig, tokenizer, slots: list[MediaSlot] = ()) -> Built
 
 
 def prepare_feature_caches(cfg: DictConfig, model, data: BuiltData, device: str = "cpu") -> dict:
+    """``feature_cache`` for training: the media of the training and evaluation sets (see
+    :func:`feature_stores`)."""
+    from mmit.data.datasets import StreamedDataset
+    from mmit.data.shards import ShardStream
+
+    def refs():
+        for dataset in [data.train, *(e.tokens for e in data.eval.values())]:
+            if isinstance(dataset, StreamedDataset):  # one unshuffled pass over the shards
+                yield from (m for conv in ShardStream(dataset.urls, shuffle_buffer=0) for m in conv.media)
+            else:
+                yield from (m for sample in dataset.samples for m in sample.media)
+
+    return feature_stores(cfg, model, refs, device)
+
+
+def feature_stores(cfg: DictConfig, model, refs: Callable[[], Iterable[MediaRef]], device: str = "cpu") -> dict:
     """``feature_cache``: null (encoders run every step) | auto (under the mmit cache, one folder
     per encoder fingerprint; a trained encoder's media are left out, with a log line) | a directory
-    (every encoder must be frozen). Encodes whatever media are not cached yet, for the training and
-    evaluation sets, and returns modality -> FeatureStore."""
+    (every encoder must be frozen). Encodes whatever of ``refs()`` is not cached yet and returns
+    modality -> FeatureStore. Training and ``mmit.eval --feature-cache`` both come here, so both
+    read one cache for one encoder."""
     from mmit.data.collate import DECODERS
-    from mmit.data.datasets import StreamedDataset
     from mmit.data.features import build_feature_cache, fingerprint, fingerprint_id
-    from mmit.data.shards import ShardStream
 
     if not cfg.get("feature_cache") or not model.encoders:
         return {}
@@ -286,15 +302,6 @@ def prepare_feature_caches(cfg: DictConfig, model, data: BuiltData, device: str 
             root = cache_dir("features") / f"{kind}-{fingerprint_id(fingerprint(kind, encoder, config))}"
         else:
             root = Path(cfg.feature_cache) / kind
-        sets = [data.train, *(e.tokens for e in data.eval.values())]
-
-        def refs(sets=sets):
-            for dataset in sets:
-                if isinstance(dataset, StreamedDataset):  # one unshuffled pass over the shards
-                    yield from (m for conv in ShardStream(dataset.urls, shuffle_buffer=0) for m in conv.media)
-                else:
-                    yield from (m for sample in dataset.samples for m in sample.media)
-
         stores[kind] = build_feature_cache(root, kind, encoder, config, refs(), DECODERS[kind], device=device)
     return stores
 

@@ -194,6 +194,15 @@ def test_eval_cli_writes_every_output(vqa_run, tmp_path):
     assert [(p["id"], p["prompt"]) for p in again_preds] == [(a["id"], a["prompt"]) for a in after]
     losses = [(p["loss"], a["loss"]) for p, a in zip(again_preds, after, strict=True)]
     assert all(abs(x - y) <= 1e-3 * max(1.0, abs(y)) for x, y in losses), losses
+    # Reading the run's feature cache instead, mmit.eval sees the in-loop evaluation's exact inputs.
+    cached = main(
+        [str(run_dir), "--only", "seen", "--max-samples", "4", "--max-new-tokens", "6", "--out", str(tmp_path / "c")]
+        + ["--feature-cache", "auto"]
+    )
+    cached_preds = [json.loads(line) for line in (cached / "predictions.jsonl").read_text().splitlines()]
+    losses = [(p["loss"], a["loss"]) for p, a in zip(cached_preds, after, strict=True)]
+    assert all(abs(x - y) <= 1e-5 * max(1.0, abs(y)) for x, y in losses), losses
+    assert json.loads((cached / "metrics.json").read_text())["media"] == "feature cache: auto"
 
 
 @pytest.mark.slow
