@@ -310,6 +310,17 @@ def test_eval_cli_scores_standard_benchmarks(vqa_run, tmp_path):
     with pytest.raises(SystemExit, match="NAME=ROOT"):
         main([str(run_dir), "--benchmark", "nope=/tmp"])
 
+    # --feature-cache DIR: the benchmark's images are encoded once into DIR and read from there.
+    cache = tmp_path / "features"
+    cached = main(
+        [str(run_dir), "--out", str(tmp_path / "cached"), "--max-new-tokens", "3"]
+        + ["--benchmark", f"pope={fixtures / 'pope'}", "--feature-cache", str(cache)]
+    )
+    images = {m.sha256 for c in load_benchmark("pope", fixtures / "pope").samples for m in c.media}
+    manifest = json.loads((cache / "image" / "manifest.json").read_text())
+    assert sum(manifest["shards"].values()) == len(images)
+    assert json.loads((cached / "metrics.json").read_text())["scores"]["benchmarks"]["pope"]["n"] == n_pope
+
 
 @pytest.mark.slow
 def test_a_benchmark_scored_after_training_equals_mmit_eval_on_the_checkpoint(tmp_path):
