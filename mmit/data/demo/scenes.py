@@ -41,8 +41,10 @@ RADIUS = {"small": (16, 21), "large": (28, 35)}
 EXTENTS = {"circle": (1.0, 1.0, 1.0), "square": (0.9, 0.9, 0.9), "triangle": (0.996, 1.15, 0.575)}
 NUMBER_WORDS = ("zero", "one", "two", "three", "four")
 QUESTION_KINDS = ("count_all", "count_color", "color_of_shape", "shape_of_color", "exists", "position")
-# Kinds a recipe may add to QUESTION_KINDS: "where" asks an object's column as a short answer.
-EXTRA_KINDS = ("where",)
+# Kinds a recipe may add to QUESTION_KINDS: "where" asks an object's column as a short answer;
+# "exists_color" and "exists_shape" check one property ("Is there anything red?", "Is there a
+# circle?"), where "exists" binds two.
+EXTRA_KINDS = ("where", "exists_color", "exists_shape")
 QUESTIONS_PER_IMAGE = 4
 ANSWER_TYPES = ("yes/no", "number", "other")
 
@@ -217,6 +219,16 @@ def _ask(rng: random.Random, kind: str, objects: list[SceneObject]) -> SceneQues
         answer = rng.choice(("yes", "no"))
         color, shape = rng.choice(present if answer == "yes" else absent)
         return SceneQuestion(kind, f"Is there {_an(f'{color} {shape}')}?", answer, "is there a", "yes/no")
+    if kind in ("exists_color", "exists_shape"):
+        prop = (lambda o: o.color) if kind == "exists_color" else (lambda o: o.shape)
+        present = sorted({prop(o) for o in objects})
+        absent = sorted(set(PALETTE if kind == "exists_color" else SHAPES) - set(present))
+        answer = rng.choice(("yes", "no"))
+        if answer == "no" and not absent:
+            return None
+        value = rng.choice(present if answer == "yes" else absent)
+        question = f"Is there anything {value}?" if kind == "exists_color" else f"Is there {_an(value)}?"
+        return SceneQuestion(kind, question, answer, "is there a", "yes/no")
     if kind == "position":
         unique = _unique(objects, lambda o: (o.color, o.shape))
         if not unique:
