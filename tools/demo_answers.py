@@ -10,6 +10,8 @@ scene it asks about (redrawn from the demo's seed, ``mmit.data.demo.scenes.plan_
   to shape answers these, a bag of the picture's words does not);
 - yes/no "Is the red circle on the left?": the named colour unique in the picture (finding the
   object needs no binding, only its place is asked) or shared with another object;
+- yes/no checks of one property, "Is there anything red?" and "Is there a circle?"
+  (``prepare.kinds`` with ``exists_color`` / ``exists_shape``): the colour or shape present or absent;
 - short answers and multiple choice (by letter) by VQA question type; the open "Where is the red
   circle?" (``prepare.kinds=[where]``) also by how many objects the picture holds and whether the
   named colour and shape are each unique in it (picking the object needs no binding when both are).
@@ -35,6 +37,8 @@ from mmit.scoring import Prediction, sample_scores
 PRESENCE = re.compile(r"Is there an? (\w+) (\w+)\?")
 POSITION = re.compile(r"Is the (\w+) (\w+) (?:on the \w+|in the middle)\?")
 WHERE = re.compile(r"Where is the (\w+) (\w+)[:?]")
+ONE_COLOUR = re.compile(r"Is there anything (\w+)\?")
+ONE_SHAPE = re.compile(r"Is there an? (\w+)\?")
 SAMPLE_ID = re.compile(r"-(\d+)-\d+$")  # vqa-<image id>-<question>
 
 
@@ -43,6 +47,10 @@ def yes_no_group(prompt: str, objects) -> str | None:
         color = found.group(1)
         shared = sum(o.color == color for o in objects) > 1
         return f"position yes/no, colour {'shared' if shared else 'unique'}"
+    for pattern, name, field in ((ONE_COLOUR, "one colour", "color"), (ONE_SHAPE, "one shape", "shape")):
+        if found := pattern.search(prompt):
+            present = any(getattr(o, field) == found.group(1) for o in objects)
+            return f"{name} yes/no, {'present' if present else 'absent'}"
     if found := PRESENCE.search(prompt):
         color, shape = found.groups()
         if any(o.color == color and o.shape == shape for o in objects):

@@ -303,10 +303,11 @@ def test_demo_answers_groups_each_question_by_what_answering_it_needs(tool):
         unique = [o for o in objects if sum(p.color == o.color for p in objects) == 1]
         pairs = {(o.color, o.shape) for o in objects}
         crossed = [(a.color, b.shape) for a in objects for b in objects if (a.color, b.shape) not in pairs]
-        if unique and crossed:
+        if unique and crossed and len({o.shape for o in objects}) < 3:
             break
     found, (color, shape) = unique[0], crossed[0]
     same_shape = sum(o.shape == found.shape for o in objects)
+    absent_shape = next((s for s in ("circle", "square", "triangle") if all(o.shape != s for o in objects)), None)
     on_left = found.column == "left"
 
     def answer(task, prompt, reference, prediction, swapped, question_type=""):  # as answers_after.json holds it
@@ -321,6 +322,8 @@ def test_demo_answers_groups_each_question_by_what_answering_it_needs(tool):
         ),
         answer("vqa_yesno", f"Is there a {found.color} {found.shape}?", "yes", "Yes.", "no"),
         answer("vqa_yesno", f"Is there a {color} {shape}?", "no", "yes", "no"),
+        answer("vqa_yesno", f"Is there anything {found.color}?", "yes", "yes", "yes"),
+        answer("vqa_yesno", f"Is there {'an' if absent_shape == 'circle' else 'a'} {absent_shape}?", "no", "yes", "no"),
         answer("vqa_short", "How many circles are there?", "2", "2", "3", question_type="how many"),
         answer(
             "vqa_short",
@@ -335,6 +338,8 @@ def test_demo_answers_groups_each_question_by_what_answering_it_needs(tool):
     ]
     assert tool("demo_answers").groups(answers) == {
         "multiple choice (letter), what color is the": [1, 0, 1],
+        "one colour yes/no, present": [1, 1, 1],
+        "one shape yes/no, absent": [1, 0, 1],
         "position yes/no, colour unique": [1, int(on_left), int(not on_left)],
         "presence yes/no, absent: both elsewhere": [1, 0, 1],
         "presence yes/no, present": [1, 1, 0],
