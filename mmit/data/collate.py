@@ -127,7 +127,12 @@ def decode_pool(preprocess: dict[str, Callable], workers: int) -> ProcessPoolExe
     """``workers`` processes that decode and preprocess media. They are forked, so they inherit the
     encoders' ``preprocess`` functions (bound to modules, never pickled) and the pixel limit. All are
     started here, from the calling thread, before any prefetch thread runs."""
-    context = multiprocessing.get_context("fork")  # Linux; the functions above cannot be pickled
+    if "fork" not in multiprocessing.get_all_start_methods():  # Windows; the functions above cannot be pickled
+        raise ValueError(
+            f"trainer.decode_workers={workers} needs processes started by fork, which this platform lacks; "
+            "set trainer.decode_workers=0 (media are then decoded in the prefetch thread)"
+        )
+    context = multiprocessing.get_context("fork")
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_decode_worker, initargs=(preprocess,))
     pool.submit(int).result()  # a forking pool starts every worker at its first task
     return pool

@@ -157,3 +157,13 @@ def test_a_decode_workers_error_reaches_the_consumer_naming_the_file():
         ahead.close()
     finally:
         pool.shutdown()
+
+
+def test_decode_workers_on_a_platform_without_fork_say_what_to_set(monkeypatch):
+    import multiprocessing
+
+    from mmit.data.collate import decode_pool
+
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    with pytest.raises(ValueError, match=r"decode_workers=2 needs .*fork.*trainer\.decode_workers=0"):
+        decode_pool({"image": _pixels}, workers=2)
