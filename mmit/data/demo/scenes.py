@@ -220,14 +220,14 @@ def _ask(rng: random.Random, kind: str, objects: list[SceneObject]) -> SceneQues
         color, shape = rng.choice(present if answer == "yes" else absent)
         return SceneQuestion(kind, f"Is there {_an(f'{color} {shape}')}?", answer, "is there a", "yes/no")
     if kind in ("exists_color", "exists_shape"):
-        prop = (lambda o: o.color) if kind == "exists_color" else (lambda o: o.shape)
-        present = sorted({prop(o) for o in objects})
-        absent = sorted(set(PALETTE if kind == "exists_color" else SHAPES) - set(present))
+        field, values = ("color", PALETTE) if kind == "exists_color" else ("shape", SHAPES)
+        present = sorted({getattr(o, field) for o in objects})
+        absent = sorted(set(values) - set(present))
         answer = rng.choice(("yes", "no"))
         if answer == "no" and not absent:
             return None
         value = rng.choice(present if answer == "yes" else absent)
-        question = f"Is there anything {value}?" if kind == "exists_color" else f"Is there {_an(value)}?"
+        question = f"Is there anything {value}?" if field == "color" else f"Is there {_an(value)}?"
         return SceneQuestion(kind, question, answer, "is there a", "yes/no")
     if kind == "position":
         unique = _unique(objects, lambda o: (o.color, o.shape))
