@@ -26,6 +26,7 @@ import random
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from mmit.benchmarks import BENCHMARKS
@@ -67,12 +68,12 @@ def run_eval(
     swap_media: bool = True,
     seed: int = 0,
     vqa_normalisation: str = "official",
-    feature_cache: str | None = None,
+    features_for: Callable[[list], dict] | None = None,
 ) -> tuple[list[Prediction], dict, dict]:
     """Generate and score every set, with own and swapped media and beside the blind prior;
     returns predictions (each with what it said given swapped media), scores and what was skipped.
-    ``feature_cache`` (``--feature-cache``): where the frozen encoders' outputs are read from, as
-    training's ``feature_cache`` setting; None runs the encoders on every item."""
+    ``features_for`` (:func:`cached_media`): conversations -> the feature stores holding their media;
+    None runs the encoders on every item."""
     from mmit.data.sources import read_conversations
     from mmit.data.tokenize import MAX_MEDIA, Tokenizer
 
@@ -113,7 +114,7 @@ def run_eval(
             autocast_dtype=loaded.autocast_dtype,
             preprocess=loaded.preprocess,
             progress=True,
-            features=cached_media(loaded, feature_cache, [c for c, _ in pairs]),
+            features=features_for([c for c, _ in pairs]) if features_for else None,
         )
         predictions += result.predictions
         swapped += result.swapped
@@ -121,17 +122,21 @@ def run_eval(
     return predictions, swapped, score_predictions(predictions, swapped, prior, vqa_normalisation), skipped
 
 
-def cached_media(loaded: LoadedModel, feature_cache: str | None, convs: list) -> dict:
-    """The feature caches (modality -> store) holding ``convs``' media, encoding those not yet cached;
-    none without ``feature_cache``."""
+def cached_media(loaded: LoadedModel, feature_cache: str) -> Callable[[list], dict] | None:
+    """``--feature-cache``, as training's ``feature_cache`` setting: None for ``none`` (the encoders
+    run on every item), else conversations -> the feature stores (modality -> store) holding their
+    media, encoding those not yet cached. Every set and benchmark shares one hash of each encoder."""
     from omegaconf import OmegaConf
 
     from mmit.factory import feature_stores
 
     if not feature_cache or feature_cache == "none":
-        return {}
-    cfg = OmegaConf.merge(loaded.cfg, {"feature_cache": feature_cache})
-    return feature_stores(cfg, loaded.model, lambda: (m for c in convs for m in c.media), str(loaded.device))
+        return None
+    cfg, device = OmegaConf.merge(loaded.cfg, {"feature_cache": feature_cache}), str(loaded.device)
+    fingerprints = {}
+    return lambda convs: feature_stores(
+        cfg, loaded.model, lambda: (m for c in convs for m in c.media), device, fingerprints
+    )
 
 
 def benchmark_lines(benchmarks: dict[str, dict]) -> list[str]:
@@ -381,6 +386,7 @@ def main(argv: list[str] | None = None) -> Path:
     vqa_normalisation = vqa_normalisation_of(loaded, args.vqa_normalisation)
     started = time.perf_counter()
     prior = run_prior(loaded, args.run_dir)
+    features_for = cached_media(loaded, args.feature_cache)
     predictions, swapped, scores, skipped = run_eval(
         loaded,
         sets,
@@ -392,7 +398,7 @@ def main(argv: list[str] | None = None) -> Path:
         swap_media=not args.no_swap_media,
         seed=args.seed,
         vqa_normalisation=vqa_normalisation,
-        feature_cache=args.feature_cache,
+        features_for=features_for,
     )
     submissions = {}
     if benchmarks:
@@ -407,7 +413,7 @@ def main(argv: list[str] | None = None) -> Path:
             keep_max_new_tokens=args.max_new_tokens is not None,
             autocast_dtype=loaded.autocast_dtype,
             preprocess=loaded.preprocess,
-            features_for=lambda convs: cached_media(loaded, args.feature_cache, convs),
+            features_for=features_for,
         )
         predictions, swapped = predictions + bench_predictions, swapped + bench_swapped
     elapsed = time.perf_counter() - started

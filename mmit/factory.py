@@ -270,18 +270,26 @@ def prepare_feature_caches(cfg: DictConfig, model, data: BuiltData, device: str 
     return feature_stores(cfg, model, refs, device)
 
 
-def feature_stores(cfg: DictConfig, model, refs: Callable[[], Iterable[MediaRef]], device: str = "cpu") -> dict:
+def feature_stores(
+    cfg: DictConfig,
+    model,
+    refs: Callable[[], Iterable[MediaRef]],
+    device: str = "cpu",
+    fingerprints: dict | None = None,
+) -> dict:
     """``feature_cache``: null (encoders run every step) | auto (under the mmit cache, one folder
     per encoder fingerprint; a trained encoder's media are left out, with a log line) | a directory
     (every encoder must be frozen). Encodes whatever of ``refs()`` is not cached yet and returns
     modality -> FeatureStore. Training and ``mmit.eval --feature-cache`` both come here, so both
-    read one cache for one encoder."""
+    read one cache for one encoder. ``fingerprints`` (modality -> the encoder's fingerprint, a hash
+    of all its weights): kept by a caller that asks for several sets' stores, so that each encoder
+    is hashed once."""
     from mmit.data.collate import DECODERS
     from mmit.data.features import build_feature_cache, fingerprint, fingerprint_id
 
     if not cfg.get("feature_cache") or not model.encoders:
         return {}
-    stores = {}
+    stores, fingerprints = {}, {} if fingerprints is None else fingerprints
     for kind, group in ENCODER_GROUPS.items():
         if kind not in model.encoders:
             continue
@@ -298,11 +306,16 @@ def feature_stores(cfg: DictConfig, model, refs: Callable[[], Iterable[MediaRef]
         encoder, config = model.encoders[kind], OmegaConf.to_container(cfg[group], resolve=True)
         if kind == "video":  # a clip's features also depend on how its frames are sampled and pooled
             config = {**config, "video": OmegaConf.to_container(cfg.video, resolve=True)}
+        if kind not in fingerprints:
+            fingerprints[kind] = fingerprint(kind, encoder, config)
+        fp = fingerprints[kind]
         if cfg.feature_cache == "auto":
-            root = cache_dir("features") / f"{kind}-{fingerprint_id(fingerprint(kind, encoder, config))}"
+            root = cache_dir("features") / f"{kind}-{fingerprint_id(fp)}"
         else:
             root = Path(cfg.feature_cache) / kind
-        stores[kind] = build_feature_cache(root, kind, encoder, config, refs(), DECODERS[kind], device=device)
+        stores[kind] = build_feature_cache(
+            root, kind, encoder, config, refs(), DECODERS[kind], device=device, expected=fp
+        )
     return stores
 
 

@@ -278,7 +278,7 @@ def test_media_errors_are_clear(tiny, tmp_path):
 
 
 @pytest.mark.slow
-def test_eval_cli_scores_standard_benchmarks(vqa_run, tmp_path):
+def test_eval_cli_scores_standard_benchmarks(vqa_run, tmp_path, monkeypatch):
     """--benchmark alone: only the benchmarks run, each scored by its official metric with images
     given and swapped; a set without references gets its EvalAI submission file instead."""
     from mmit.benchmarks import load_benchmark
@@ -310,13 +310,24 @@ def test_eval_cli_scores_standard_benchmarks(vqa_run, tmp_path):
     with pytest.raises(SystemExit, match="NAME=ROOT"):
         main([str(run_dir), "--benchmark", "nope=/tmp"])
 
-    # --feature-cache DIR: the benchmark's images are encoded once into DIR and read from there.
+    # --feature-cache DIR: the benchmarks' images are encoded once into DIR and read from there,
+    # and the encoder is hashed once for both benchmarks.
+    import mmit.data.features
+
+    hashed = []
+    fingerprint = mmit.data.features.fingerprint
+    monkeypatch.setattr(mmit.data.features, "fingerprint", lambda *a: hashed.append(a[0]) or fingerprint(*a))
     cache = tmp_path / "features"
     cached = main(
         [str(run_dir), "--out", str(tmp_path / "cached"), "--max-new-tokens", "3"]
-        + ["--benchmark", f"pope={fixtures / 'pope'}", "--feature-cache", str(cache)]
+        + ["--benchmark", f"pope={fixtures / 'pope'}", "--benchmark", f"vqav2_testdev={fixtures / 'vqav2'}"]
+        + ["--feature-cache", str(cache)]
     )
-    images = {m.sha256 for c in load_benchmark("pope", fixtures / "pope").samples for m in c.media}
+    assert hashed == ["image"]
+    benchmarks = [
+        load_benchmark(name, fixtures / folder) for name, folder in [("pope", "pope"), ("vqav2_testdev", "vqav2")]
+    ]
+    images = {m.sha256 for b in benchmarks for c in b.samples for m in c.media}
     manifest = json.loads((cache / "image" / "manifest.json").read_text())
     assert sum(manifest["shards"].values()) == len(images)
     assert json.loads((cached / "metrics.json").read_text())["scores"]["benchmarks"]["pope"]["n"] == n_pope

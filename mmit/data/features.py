@@ -127,15 +127,17 @@ def build_feature_cache(
     batch_size: int = 32,
     shard_items: int = 4096,
     device: torch.device | str = "cpu",
+    expected: dict | None = None,
 ) -> FeatureStore:
     """Encode every item of ``refs`` not yet in the cache at ``root``; returns the store.
+    ``expected``: the encoder's :func:`fingerprint`, where the caller has it already.
 
     Each shard is written whole (temporary name, then rename) and then added to the manifest,
     so an interrupted build keeps its finished shards and the next one encodes only the rest.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    expected = fingerprint(kind, encoder, config)
+    expected = expected or fingerprint(kind, encoder, config)
     manifest_path = root / "manifest.json"
     if manifest_path.exists():
         store = FeatureStore(root)
