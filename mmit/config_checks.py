@@ -33,6 +33,7 @@ TRAINER_RANGES: dict[str, tuple[float | None, float | None]] = {
     "lr": (0, None),
     "weight_decay": (0, None),
     "warmup_steps": (0, None),
+    "lr_decay_fraction": (0, 1),
     "max_grad_norm": (0, None),
     "log_every": (1, None),
     "eval_every": (1, None),
@@ -43,12 +44,13 @@ TRAINER_RANGES: dict[str, tuple[float | None, float | None]] = {
     "keep_last": (1, None),
     "max_nonfinite_skips": (0, None),
 }
-POSITIVE = {"lr", "max_grad_norm"}  # > 0, not only >= 0
+POSITIVE = {"lr", "max_grad_norm", "lr_decay_fraction"}  # > 0, not only >= 0
 CHOICES = {
     "trainer.precision": ("auto", "bf16", "fp32"),
     "trainer.eval_before": ("full", "loss", "none"),
     "trainer.on_nonfinite": ("skip", "stop"),
     "trainer.loss_weighting": ("token", "turn"),
+    "trainer.lr_schedule": ("cosine", "constant", "wsd"),
     "trainer.distributed": ("ddp", "fsdp2"),
     "tuning.vision_encoder": ("frozen", "lora", "full"),
     "tuning.audio_encoder": ("frozen", "lora", "full"),

@@ -32,6 +32,8 @@ def test_every_recipe_passes_the_checks(recipe, compose):
         ("trainer.max_steps=1.5", "trainer.max_steps=1.5: must be a whole number"),
         ("trainer.gradient_checkpointing=maybe", "trainer.gradient_checkpointing='maybe': must be true or false"),
         ("trainer.precision=fp16", "trainer.precision='fp16': must be one of auto, bf16, fp32"),
+        ("trainer.lr_schedule=linear", "trainer.lr_schedule='linear': must be one of cosine, constant, wsd"),
+        ("trainer.lr_decay_fraction=1.5", "trainer.lr_decay_fraction=1.5: must be between 0 and 1"),
         ("trainer.device=gpu", "trainer.device='gpu': must be auto, cpu, cuda, cuda:N or mps"),
         ("++trainer.lr_per_component.projector=1e-3", "trainer.lr_per_component.projector: not a component"),
         ("trainer.generate_samples={seen: -1}", "trainer.generate_samples={'seen': -1}: must be >= 0"),

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
+from transformers import PreTrainedTokenizerBase
 
 from mmit.data.collate import Collator
 from mmit.data.datasets import TokenizedDataset
@@ -72,6 +72,10 @@ class TrainerConfig:
     lr_per_component: dict[str, float] = field(default_factory=dict)  # llm | encoders | projectors -> lr
     weight_decay: float = 0.0
     warmup_steps: int = 10
+    # After warm-up: cosine (to 0 at max_steps) | constant | wsd (warm-up, stable, decay: constant, then
+    # down to 0 as 1 - sqrt over the last lr_decay_fraction of the steps, as Hagele et al. 2024)
+    lr_schedule: str = "cosine"
+    lr_decay_fraction: float = 0.2  # wsd only
     max_grad_norm: float = 1.0
     # token: every answer token weighs the same (long captions dominate the gradient); turn: every
     # answer weighs the same, its tokens 1 / its length (a one-word answer counts as much as a caption)
@@ -107,6 +111,19 @@ class EvalSet:
 
     tokens: TokenizedDataset
     conversations: list[Conversation]
+
+
+def lr_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainerConfig):
+    """``trainer.lr_schedule`` after ``warmup_steps`` of linear warm-up (transformers' schedules)."""
+    from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup, get_wsd_schedule
+
+    if cfg.lr_schedule == "constant":
+        return get_constant_schedule_with_warmup(optimizer, cfg.warmup_steps)
+    if cfg.lr_schedule == "wsd":
+        decay = max(1, round(cfg.lr_decay_fraction * cfg.max_steps))
+        stable = max(0, cfg.max_steps - cfg.warmup_steps - decay)
+        return get_wsd_schedule(optimizer, cfg.warmup_steps, decay, num_stable_steps=stable, decay_type="1-sqrt")
+    return get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.max_steps)
 
 
 def param_groups(model: torch.nn.Module, cfg: TrainerConfig) -> list[dict]:
@@ -324,7 +341,7 @@ def train(
     if cfg.compile:  # the training forward only: evaluation and generation call the model itself
         train_model = torch.compile(train_model)
     optimizer = torch.optim.AdamW(param_groups(model, cfg), weight_decay=cfg.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.max_steps)
+    scheduler = lr_scheduler(optimizer, cfg)
     if state is not None:
         load_training_state(resume_from, state, optimizer, scheduler)
 
@@ -370,6 +387,8 @@ def check_choices(cfg: TrainerConfig) -> None:
         raise ValueError(f"trainer.on_nonfinite must be skip or stop, not {cfg.on_nonfinite!r}")
     if cfg.eval_before not in ("full", "loss", "none"):
         raise ValueError(f"trainer.eval_before must be full, loss or none, not {cfg.eval_before!r}")
+    if cfg.lr_schedule not in ("cosine", "constant", "wsd"):
+        raise ValueError(f"trainer.lr_schedule must be cosine, constant or wsd, not {cfg.lr_schedule!r}")
     if cfg.vqa_normalisation not in VQA_NORMALISATIONS:
         raise ValueError(
             f"trainer.vqa_normalisation must be one of {VQA_NORMALISATIONS}, not {cfg.vqa_normalisation!r}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import re
 
 import pytest
@@ -89,7 +90,32 @@ def test_a_run_sets_up_processes_once_and_leaves_the_trainer_config_as_given(com
     assert seen["after"] == seen["given"]
 
 
-@pytest.mark.parametrize("field", ["on_nonfinite", "eval_before"])
+def test_the_learning_rate_schedules():
+    import torch
+
+    from mmit.training.loop import lr_scheduler
+
+    def rates(**options) -> list[float]:
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        scheduler = lr_scheduler(optimizer, TrainerConfig(max_steps=100, warmup_steps=10, **options))
+        out = []
+        for _ in range(100):
+            out.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return out
+
+    cosine, constant, wsd = rates(), rates(lr_schedule="constant"), rates(lr_schedule="wsd")
+    for schedule in (cosine, constant, wsd):  # the same linear warm-up
+        assert schedule[:11] == pytest.approx([s / 10 for s in range(11)])
+    assert cosine[55] == pytest.approx(0.5) and cosine[99] == pytest.approx(0.5 * (1 - math.cos(math.pi / 90)))
+    assert constant[10:] == [1.0] * 90
+    # wsd: stable to step 80, then 1 - sqrt down to 0 over the last 20 steps
+    assert wsd[10:81] == [1.0] * 71 and wsd[85] == pytest.approx(0.5) and wsd[99] == pytest.approx(1 - 0.95**0.5)
+    assert rates(lr_schedule="wsd", lr_decay_fraction=0.5)[60] == pytest.approx(1 - 0.2**0.5)
+
+
+@pytest.mark.parametrize("field", ["on_nonfinite", "eval_before", "lr_schedule"])
 def test_a_bad_choice_stops_before_anything_runs(field):
     from mmit.training.loop import check_choices
 
