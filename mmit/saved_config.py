@@ -13,7 +13,8 @@ checked against an allow-list before anything is instantiated:
   resolved);
 - no ``trust_remote_code: true``, and no local weights file other than safetensors;
 - a demo dataset (``mmit.data.build.recipe_data_files``) names a shipped recipe, its overrides only set
-  keys the recipe has (never a ``_target_``), and it is built only into the mmit cache.
+  keys the recipe has or arguments its builders take (never a ``_target_``), and it is built only into
+  the mmit cache.
 
 A builder that moved is read under its new name (``RENAMED_TARGETS``): runs saved by mmit 0.2.1
 and earlier name their demo dataset ``mmit.build.recipe_data_files``, and older runs name the demo
@@ -232,7 +233,7 @@ def _check_recipe_build(node: dict, key: str, problems: list[str]) -> None:
         parts = name.strip().split(".")
         if not sep or "_target_" in override or any(p.startswith("_") for p in parts):
             problems.append(f"{key}.overrides: {override!r} may not set a _target_ or a Hydra key")
-        elif not _has_key(shipped, parts):
+        elif not (_has_key(shipped, parts) or _builder_argument(shipped, parts)):
             problems.append(f"{key}.overrides: {override!r} sets {name.strip()!r}, which recipe {recipe} does not have")
     if any(p.startswith(f"{key}.overrides") for p in problems):
         return
@@ -252,6 +253,17 @@ def _check_recipe_build(node: dict, key: str, problems: list[str]) -> None:
             f"{key}.overrides: would build recipe {recipe} into {', '.join(outside)}, outside the mmit cache "
             f"({cache}); build it there yourself (python -m mmit.build {recipe} ...) or trust the run"
         )
+
+
+def _builder_argument(node: Any, parts: list[str]) -> bool:
+    """Whether ``parts`` names an argument of a builder the recipe has (a node with a ``_target_``,
+    such as ``prepare.kinds``): composing the recipe then checks that the builder takes it."""
+    *parent, _ = parts
+    for part in parent:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return isinstance(node, dict) and "_target_" in node
 
 
 def _has_key(node: Any, parts: list[str]) -> bool:

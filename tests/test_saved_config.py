@@ -86,6 +86,13 @@ CRAFTED = {
         ),
         "data.source.overrides",
     ),
+    "recipe_override_unknown_argument": (
+        lambda m: _set(
+            "data.source",
+            {"_target_": "mmit.data.build.recipe_data_files", "recipe": "demo_vqa", "overrides": ["prepare.bogus=1"]},
+        ),
+        "data.source.overrides",
+    ),
     "build_outside_the_cache": (
         lambda m: _set(
             "data.source",
@@ -114,6 +121,18 @@ def test_a_crafted_config_is_refused_with_its_file_and_key_and_runs_nothing(case
         load_run(run, checkpoint="none")
     assert str(run / "config.yaml") in str(refused.value) and key in str(refused.value)
     assert not marker.exists() and not (tmp_path / "skills").exists() and not (tmp_path / "demo").exists()
+
+
+def test_a_run_whose_demo_data_set_an_argument_of_its_builder_loads(compose, tmp_path):
+    """An override the recipe's own builder takes (the demo's question kinds) is what the build
+    accepted; the run trained on it loads without being trusted."""
+    from mmit.paths import CONF_DIR, cache_dir
+    from mmit.saved_config import load_saved_config
+
+    demo = yaml.safe_load((CONF_DIR / "data" / "demo_vqa.yaml").read_text())["source"]
+    kinds = ["prepare.kinds=[exists,where]", f"prepare.out_dir={cache_dir()}/sources/k", f"out_dir={cache_dir()}/k"]
+    run = _write_run(tmp_path, compose, _set("data.source", {**demo, "overrides": kinds}))
+    assert list(load_saved_config(run / "config.yaml").data.source.overrides) == kinds
 
 
 OLD_DEMO_TARGET = "mmit.build.recipe_data_files"  # the demo dataset's builder in runs saved by mmit 0.2.1
