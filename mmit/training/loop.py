@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerBase
+from transformers import (
+    PreTrainedTokenizerBase,
+    get_constant_schedule_with_warmup,
+    get_cosine_schedule_with_warmup,
+    get_wsd_schedule,
+)
 
 from mmit.data.collate import Collator
 from mmit.data.datasets import TokenizedDataset
@@ -115,8 +120,6 @@ class EvalSet:
 
 def lr_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainerConfig):
     """``trainer.lr_schedule`` after ``warmup_steps`` of linear warm-up (transformers' schedules)."""
-    from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup, get_wsd_schedule
-
     if cfg.lr_schedule == "constant":
         return get_constant_schedule_with_warmup(optimizer, cfg.warmup_steps)
     if cfg.lr_schedule == "wsd":
