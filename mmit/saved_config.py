@@ -258,20 +258,24 @@ def _check_recipe_build(node: dict, key: str, problems: list[str]) -> None:
 def _builder_argument(node: Any, parts: list[str]) -> bool:
     """Whether ``parts`` names an argument of a builder the recipe has (a node with a ``_target_``,
     such as ``prepare.kinds``): composing the recipe then checks that the builder takes it."""
-    *parent, _ = parts
-    for part in parent:
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return isinstance(node, dict) and "_target_" in node
+    parent = _node_at(node, parts[:-1])
+    return isinstance(parent, dict) and "_target_" in parent
 
 
 def _has_key(node: Any, parts: list[str]) -> bool:
+    return _node_at(node, parts) is not _ABSENT
+
+
+_ABSENT = object()
+
+
+def _node_at(node: Any, parts: list[str]) -> Any:
+    """The value at the dotted path ``parts`` of nested dicts, or _ABSENT."""
     for part in parts:
         if not isinstance(node, dict) or part not in node:
-            return False
+            return _ABSENT
         node = node[part]
-    return True
+    return node
 
 
 def _out_dirs(node: Any, key: str = "") -> list[tuple[str, str]]:
