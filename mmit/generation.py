@@ -22,7 +22,7 @@ from mmit.data.collate import media_inputs
 from mmit.data.samples import Conversation, MediaRef
 from mmit.data.tokenize import encode_prompt
 from mmit.models.multimodal_lm import MultimodalLM
-from mmit.scoring import Prediction
+from mmit.scoring import Prediction, is_yes_no
 
 
 @dataclass
@@ -94,12 +94,17 @@ def generate(
     progress: bool = False,
     finished: list[bool] | None = None,
     losses: list[tuple[float, int]] | None = None,
+    choices: Sequence[Sequence[int]] | None = None,
+    choice_logprobs: list[list[float]] | None = None,
 ) -> list[str]:
     """One answer per prompt, generated in left-padded batches with a KV cache.
 
     ``finished``, when given, receives per answer whether it ended by itself (an end-of-turn
     token) rather than at ``max_new_tokens``. ``losses``, when given, receives per prompt the
     summed cross-entropy of its ``reference`` tokens and their count, from the same prefill.
+    ``choices`` (groups of token ids, such as ``yes_no_tokens``) with ``choice_logprobs``: per
+    prompt, the log-probability that the answer's first token is in each group, from the same
+    prefill.
     ``features``: feature caches by kind (``mmit.data.features``); media they hold are read from
     them, as training read them, instead of being decoded and encoded. Greedy decoding runs its
     own loop over the decoder and its cache (``_greedy``); beam search and sampling go through
@@ -119,6 +124,9 @@ def generate(
     answers: list[str] = [""] * len(prompts)
     ended: list[bool] = [False] * len(prompts)
     reference_losses: list[tuple[float, int]] = [(0.0, 0)] * len(prompts)
+    first_logprobs: list[list[float]] = [[] for _ in prompts]
+    if (choices is None) != (choice_logprobs is None):
+        raise ValueError("choices and choice_logprobs come together")
     if losses is not None and any(p.reference is None for p in prompts):
         raise ValueError("losses asked for, but a prompt has no reference")
     fast = use_cache and options.num_beams == 1 and not options.do_sample and options.repetition_penalty == 1.0
@@ -145,8 +153,8 @@ def generate(
                 input_ids.to(device), attention_mask.to(device), media, cached
             )
             if fast:
-                out, batch_losses = _greedy(
-                    model, embeds, attention_mask, options.max_new_tokens, tokenizer.eos_token_id, references
+                out, batch_losses, chosen = _greedy(
+                    model, embeds, attention_mask, options.max_new_tokens, tokenizer.eos_token_id, references, choices
                 )
             else:
                 # Given only embeddings, generate returns just the new tokens.
@@ -158,9 +166,11 @@ def generate(
                     eos_token_id=tokenizer.eos_token_id,
                     **options.generate_kwargs(),
                 )
-                batch_losses = None
-                if references is not None:  # the references' losses from a prefill of their own
-                    batch_losses = _greedy(model, embeds, attention_mask, 0, tokenizer.eos_token_id, references)[1]
+                batch_losses = chosen = None
+                if references is not None or choices is not None:  # from a prefill of their own
+                    _, batch_losses, chosen = _greedy(
+                        model, embeds, attention_mask, 0, tokenizer.eos_token_id, references, choices
+                    )
         for k, (i, row) in enumerate(zip(rows, out, strict=True)):
             eos = (row == tokenizer.eos_token_id).nonzero()
             ended[i] = bool(len(eos))
@@ -168,10 +178,14 @@ def generate(
             answers[i] = tokenizer.decode(kept, skip_special_tokens=True).strip()
             if batch_losses is not None:
                 reference_losses[i] = batch_losses[k]
+            if chosen is not None:
+                first_logprobs[i] = chosen[k]
     if finished is not None:
         finished += ended
     if losses is not None:
         losses += reference_losses
+    if choice_logprobs is not None:
+        choice_logprobs += first_logprobs
     model.train(was_training)
     return answers
 
@@ -183,10 +197,12 @@ def _greedy(
     max_new_tokens: int,
     eos_token_id: int,
     references: list[list[int]] | None = None,
-) -> tuple[torch.Tensor, list[tuple[float, int]] | None]:
-    """Greedy tokens (B, <= max_new_tokens) for left-padded prompt embeddings, and the references'
-    teacher-forced losses, both from one prefill: the references run as one block on a copy of the
-    prompt's cache, so scoring an answer costs a few tokens, not a second pass over the prompt.
+    choices: Sequence[Sequence[int]] | None = None,
+) -> tuple[torch.Tensor, list[tuple[float, int]] | None, list[list[float]] | None]:
+    """Greedy tokens (B, <= max_new_tokens) for left-padded prompt embeddings, the references'
+    teacher-forced losses and the first token's log-probability per group of ``choices``, all from
+    one prefill: the references run as one block on a copy of the prompt's cache, so scoring an
+    answer costs a few tokens, not a second pass over the prompt.
     """
     decoder, head = model.base_llm.get_decoder(), model.output_head
     embed = model.base_llm.get_input_embeddings()
@@ -195,6 +211,10 @@ def _greedy(
     first = head(hidden[:, -1]).float()
     after = positions[:, -1:] + 1  # the position of the first new token
     batch = embeds.shape[0]
+    chosen = None
+    if choices is not None:
+        logp = first.log_softmax(-1)
+        chosen = torch.stack([logp[:, list(ids)].logsumexp(-1) for ids in choices], dim=1).tolist()
 
     losses = None
     if references is not None:
@@ -230,7 +250,7 @@ def _greedy(
         position = position + 1
         logits = head(hidden[:, -1]).float()
     generated = torch.stack(tokens, dim=1) if tokens else embeds.new_zeros((batch, 0), dtype=torch.long)
-    return generated, losses
+    return generated, losses, chosen
 
 
 @functools.cache
@@ -246,6 +266,19 @@ def _decode(decoder, embeds, attention_mask, positions, cache):
         inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions, use_cache=True, **{name: cache}
     )
     return out.last_hidden_state, out["cache"] if "cache" in out else out["past_key_values"]
+
+
+def yes_no_tokens(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]] | None:
+    """The first tokens an answer "yes" and an answer "no" can start with (any case, with or without
+    a leading space), those the two share left out; None when nothing is left of either."""
+
+    def firsts(word: str) -> set[int]:
+        spellings = (word, word.capitalize(), " " + word, " " + word.capitalize())
+        return {ids[0] for ids in (tokenizer.encode(s, add_special_tokens=False) for s in spellings) if ids}
+
+    yes, no = firsts("yes"), firsts("no")
+    yes, no = sorted(yes - no), sorted(no - yes)
+    return (yes, no) if yes and no else None
 
 
 def generate_answers(
@@ -273,14 +306,21 @@ def predict(
     **kwargs,
 ) -> list[Prediction]:
     """Generated answers to an evaluation set's conversations, ready to score; with ``references``
-    (each answer's token ids) also each answer's teacher-forced loss."""
+    (each answer's token ids) also each answer's teacher-forced loss. Answers to yes/no tasks carry
+    their first token's margin, log p(yes) - log p(no), whatever they said."""
     losses = [] if references is not None else None
-    answers = generate_answers(model, tokenizer, convs, options, references, losses=losses, **kwargs)
+    yes_no = yes_no_tokens(tokenizer) if any(is_yes_no(c) for c in convs) else None
+    logprobs = [] if yes_no else None
+    answers = generate_answers(
+        model, tokenizer, convs, options, references, losses=losses, choices=yes_no, choice_logprobs=logprobs, **kwargs
+    )
     out = []
     for k, (conv, answer) in enumerate(zip(convs, answers, strict=True)):
         chat, reference = prompt_and_reference(conv)
         prediction = Prediction.of(set_name, conv, chat[-1]["content"], reference, answer)
         if losses is not None:
             prediction.loss, prediction.label_tokens = losses[k]
+        if logprobs is not None and is_yes_no(conv):
+            prediction.yes_no_margin = logprobs[k][0] - logprobs[k][1]
         out.append(prediction)
     return out

@@ -7,8 +7,12 @@
 - *Blind prior*: every question answered with the training set's most common answer for its task
   (and, where annotations carry one, for its question type, as VQAv2's ``question_type``): the
   score a model reaches by guessing well without looking.
+- *Yes/no ranking*: for yes/no tasks, the ROC AUC of the first answer token's log p(yes) -
+  log p(no) against the references, with own and with swapped media. A model that checks but
+  answers with a bias (all "no") ranks well (AUC near 1) at an accuracy near the prior; one that
+  does not check ranks at chance (0.5).
 
-``mmit.scoring`` scores all three side by side; training's in-loop evaluation and
+``mmit.scoring`` scores them side by side; training's in-loop evaluation and
 ``python -m mmit.eval`` both produce them.
 """
 
@@ -177,10 +181,21 @@ def verdict(entry: dict) -> str:
         return "not measured"
     if low > 0:
         return "uses its media"
+    if _ranks_by_media(entry):
+        return "ranks yes / no by its media, answers biased"
     prior = max(entry.get("prior", float("-inf")), entry.get("prior_question_type", float("-inf")))
     if entry["score"] <= prior + 0.02:
         return "not looking: at the blind prior"
     return "no measurable use of media"
+
+
+def _ranks_by_media(entry: dict) -> bool:
+    """A yes/no task whose margin ranks the answers (AUC's 95% interval above 0.5) better than it
+    does with swapped media: it checks, though its answers may not show it."""
+    if "ranking_auc_ci95" not in entry:
+        return False
+    low = entry["ranking_auc_ci95"][0]
+    return low > 0.5 and low > entry.get("ranking_auc_swapped_media", 0.5)
 
 
 def grounding_line(g: dict) -> str:
@@ -191,6 +206,11 @@ def grounding_line(g: dict) -> str:
         parts.append(f"swapped media {g['swapped_media']:.3f}, dependence {g['dependence']:+.3f}")
     if "prior" in g:
         parts.append(f"blind prior {g['prior']:.3f}")
+    if "ranking_auc" in g:
+        swapped = g.get("ranking_auc_swapped_media")
+        parts.append(
+            f"yes/no ranking AUC {g['ranking_auc']:.3f}" + (f" ({swapped:.3f} swapped)" if swapped is not None else "")
+        )
     return ", ".join(parts) + f": {verdict(g)}"
 
 
@@ -198,7 +218,10 @@ GROUNDING_NOTE = (
     "Media dependence: the score with each sample's own media minus the score with another sample's "
     "media (a seeded derangement within the set). Blind prior: the score of always giving the training "
     "set's most common answer for the task (or for the question type). A score near the prior with a "
-    "dependence near 0 means the model guesses without looking."
+    "dependence near 0 means the model guesses without looking. Yes/no ranking AUC (own / swapped media): "
+    "how well log p(yes) - log p(no) of the answer's first token separates the yes questions from the no "
+    "ones; 0.5 is chance whatever the bias, so a high AUC beside an accuracy at the prior means the model "
+    "checks but answers with a bias."
 )
 
 
@@ -215,8 +238,9 @@ def grounding_table(grounding: dict[str, dict[str, dict]]) -> list[str]:
 
     lines = [
         "| set | task | metric | samples | score [95% CI] | swapped media | media dependence [95% CI] "
-        "| blind prior (task / question type) | loss: own / swapped media | reading |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| blind prior (task / question type) | loss: own / swapped media | yes/no ranking AUC: own / swapped "
+        "| reading |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for set_name, tasks in grounding.items():
         for task, g in tasks.items():
@@ -226,9 +250,13 @@ def grounding_table(grounding: dict[str, dict[str, dict]]) -> list[str]:
             if "prior_answer" in g:
                 prior += f" ({g['prior_answer'][:24]!r})"
             loss = f"{num(g.get('loss'))} / {num(g.get('loss_swapped_media'))}" if "loss" in g else "–"
+            ranking = "–"
+            if "ranking_auc" in g:
+                ranking = f"{num(g['ranking_auc'])}{interval(g['ranking_auc_ci95'])} / "
+                ranking += num(g.get("ranking_auc_swapped_media"))
             lines.append(
                 f"| {set_name} | {task} | {g['metric']} | {g['n']} | {num(g['score'])}{interval(g.get('ci95'))} "
                 f"| {num(g.get('swapped_media'))} | {num(g.get('dependence'))}{interval(g.get('dependence_ci95'))} "
-                f"| {prior} | {loss} | {verdict(g)} |"
+                f"| {prior} | {loss} | {ranking} | {verdict(g)} |"
             )
     return lines

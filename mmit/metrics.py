@@ -296,6 +296,46 @@ def yes_no_accuracy(predictions: Sequence[str], references: Sequence[str]) -> fl
     return sum(exact_match(prediction, reference) for prediction, reference in pairs) / len(pairs)
 
 
+def roc_auc(scores: Sequence[float], positive: Sequence[bool]) -> tuple[float, float]:
+    """(ROC AUC, its standard error): the chance that a random positive scores above a random
+    negative (ties count half), from the ranks (Mann-Whitney U); the error is Hanley and McNeil's
+    (1982). NaN for both when either class is empty."""
+    _check_same_length(scores, positive)
+    n_pos = sum(map(bool, positive))
+    n_neg = len(positive) - n_pos
+    if not n_pos or not n_neg:
+        return math.nan, math.nan
+    order = sorted(range(len(scores)), key=lambda i: scores[i])
+    ranks = [0.0] * len(scores)
+    start = 0
+    while start < len(order):  # tied scores share the mean of their ranks (1-based)
+        end = start
+        while end + 1 < len(order) and scores[order[end + 1]] == scores[order[start]]:
+            end += 1
+        for k in range(start, end + 1):
+            ranks[order[k]] = (start + end) / 2 + 1
+        start = end + 1
+    rank_sum = sum(r for r, p in zip(ranks, positive, strict=True) if p)
+    auc = (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    variance = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc * auc) + (n_neg - 1) * (q2 - auc * auc)) / (n_pos * n_neg)
+    return auc, math.sqrt(max(variance, 0.0))
+
+
+def yes_no_auc(margins: Sequence[float | None], references: Sequence[str]) -> tuple[float, float]:
+    """How well a yes/no margin (log p(yes) - log p(no), or any score that is high for yes) ranks
+    the questions whose reference is "yes" above those whose reference is "no": (ROC AUC, its
+    standard error), over the samples with a margin and a yes/no reference. 0.5 is chance whatever
+    the model's bias; a model that says "no" to everything but ranks right scores near 1."""
+    _check_same_length(margins, references)
+    pairs = [
+        (m, _normalize_short_answer(r) == "yes")
+        for m, r in zip(margins, references, strict=True)
+        if m is not None and _normalize_short_answer(r) in ("yes", "no")
+    ]
+    return roc_auc([m for m, _ in pairs], [y for _, y in pairs])
+
+
 def word_error_rate(predictions: Sequence[str], references: Sequence[str]) -> float:
     """Corpus WER: word substitutions + deletions + insertions over reference words, on
     lowercased word tokens (punctuation ignored), as speech recognition reports it."""

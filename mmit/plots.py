@@ -118,7 +118,8 @@ def plot_benchmarks(benchmarks: dict[str, dict], path: Path) -> Path | None:
 
 def plot_grounding(grounding: dict[str, dict[str, dict]], path: Path) -> Path | None:
     """Per set, each task's score with its own media (95% interval), with swapped media, and the
-    blind prior as a black tick: a model that looks has a gap between the first two bars."""
+    blind prior as a black tick: a model that looks has a gap between the first two bars. Yes/no
+    tasks add their ranking AUC (own and swapped media) as open diamonds."""
     sets = [s for s, tasks in grounding.items() if tasks]
     if not sets:
         return None
@@ -132,6 +133,7 @@ def plot_grounding(grounding: dict[str, dict[str, dict]], path: Path) -> Path | 
     )
     for ax, set_name in zip(axes[0], sets):
         tasks = list(grounding[set_name])
+        ranked = False
         for j, task in enumerate(tasks):
             g = grounding[set_name][task]
             low, high = g.get("ci95") or (math.nan, math.nan)
@@ -141,6 +143,12 @@ def plot_grounding(grounding: dict[str, dict[str, dict]], path: Path) -> Path | 
             )
             if "swapped_media" in g:
                 ax.bar(j + 0.2, g["swapped_media"], 0.4, color="tab:orange", label="swapped media" if j == 0 else None)
+            if "ranking_auc" in g:  # yes/no: does the margin rank the answers, whatever the bias?
+                marks = [(j - 0.2, g["ranking_auc"]), (j + 0.2, g.get("ranking_auc_swapped_media", math.nan))]
+                ax.plot(
+                    *zip(*marks), "D", mfc="white", color="tab:green", label=None if ranked else "yes/no ranking AUC"
+                )
+                ranked = True
             prior = max(g.get("prior", -math.inf), g.get("prior_question_type", -math.inf))
             if math.isfinite(prior):
                 ax.hlines(

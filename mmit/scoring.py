@@ -20,7 +20,11 @@ convention (``mmit.metrics.vqa_accuracy``); the scores name the one used.
 Beside each score of a task with media, ``grounding`` reads whether the model looked
 (``mmit.grounding``): the score with each sample's media swapped for another's, their difference
 (*media dependence*) with a 95% interval over the paired samples, the same difference in loss,
-and the *blind prior*, the score of always giving the training set's most common answer.
+and the *blind prior*, the score of always giving the training set's most common answer. Yes/no
+tasks add the *ranking AUC*: how well the first answer token's log p(yes) - log p(no) separates
+the "yes" questions from the "no" ones, with own and with swapped media. It tells a model that
+has learned to check but answers with a bias (AUC near 1, accuracy near the prior) from one that
+has not (AUC near 0.5).
 """
 
 from __future__ import annotations
@@ -67,10 +71,22 @@ HEADLINES = {
 }
 
 
+YES_NO = ("vqa_yesno", "yesno")  # the families answered "yes" or "no"
+
+
 def family(task: str) -> str:
     if task in FAMILY:
         return FAMILY[task]
     return "caption" if task.startswith("caption") else "vqa" if task.startswith("vqa") else "text"
+
+
+def last_task(conv: Conversation) -> str:
+    """The task of a conversation's last turn, the one evaluation answers."""
+    return (conv.meta.get("tasks") or ["instruction"])[-1]
+
+
+def is_yes_no(conv: Conversation) -> bool:
+    return family(last_task(conv)) in YES_NO
 
 
 @dataclass
@@ -89,17 +105,18 @@ class Prediction:
     has_media: bool = False
     loss: float | None = None  # teacher-forced loss summed over the reference's label tokens
     label_tokens: int = 0
+    yes_no_margin: float | None = None  # yes/no tasks: log p(yes) - log p(no) of the answer's first token
 
     @classmethod
     def of(cls, set_name: str, conv: Conversation, prompt: str, reference: str, prediction: str) -> Prediction:
         meta = conv.meta
-        tasks, templates = meta.get("tasks") or ["instruction"], meta.get("templates") or [""]
+        templates = meta.get("templates") or [""]
         references = [str(a) for a in meta.get("answers") or []] or [reference]
         question_type = (meta.get("question_types") or [""])[-1]
         return cls(
             set_name,
             conv.id,
-            tasks[-1],
+            last_task(conv),
             templates[-1],
             prompt,
             reference,
@@ -152,6 +169,8 @@ def task_metrics(task: str, preds: list[Prediction], vqa_normalisation: str = "o
             "rouge_l": _mean([metrics.text_rouge_l(p.prediction, p.reference) for p in preds]),
             "exact_match": exact,
         }
+    if kind in YES_NO and all(p.yes_no_margin is not None for p in preds):
+        scores["yes_no_auc"] = yes_no_ranking(preds)[0]
     return {**scores, "n": len(preds)}
 
 
@@ -178,6 +197,25 @@ def sample_scores(
         words = [float(max(len(p.reference.split()), 1)) for p in preds]
         return [1.0 - metrics.word_error_rate([p.prediction], [p.reference]) for p in preds], words
     return [metrics.text_rouge_l(p.prediction, p.reference) for p in preds], ones
+
+
+def yes_no_ranking(preds: list[Prediction]) -> tuple[float, float]:
+    """(ROC AUC, standard error) of the predictions' yes/no margins against their references."""
+    return metrics.yes_no_auc([p.yes_no_margin for p in preds], [p.reference for p in preds])
+
+
+def _ranking_figures(group: list[Prediction], pairs: list[tuple[int, Prediction]]) -> dict:
+    """A yes/no task's ranking AUC with its 95% interval, and with swapped media where answered."""
+    if family(group[0].task) not in YES_NO or any(p.yes_no_margin is None for p in group):
+        return {}
+    auc, se = yes_no_ranking(group)
+    if math.isnan(auc):
+        return {}
+    out = {"ranking_auc": auc, "ranking_auc_ci95": [max(auc - 1.96 * se, 0.0), min(auc + 1.96 * se, 1.0)]}
+    others = [q for _, q in pairs]
+    if others and all(q.yes_no_margin is not None for q in others):
+        out["ranking_auc_swapped_media"] = yes_no_ranking(others)[0]
+    return out
 
 
 def mean_interval(values: list[float], weights: list[float] | None = None) -> tuple[float, float, float]:
@@ -235,6 +273,7 @@ def grounding_scores(
                     loss_swapped_media=sum(q.loss for _, q in pairs) / tokens,
                 )
                 entry["loss_dependence"] = entry["loss_swapped_media"] - entry["loss"]
+        entry.update(_ranking_figures(group, pairs))
         if prior is not None:
             entry.update(_prior_scores(task, group, prior, vqa_normalisation))
         out.setdefault(set_name, {})[task] = entry
@@ -358,7 +397,7 @@ def flat_metrics(scores: dict, prefix: str = "eval") -> dict[str, float]:
             flat[f"{prefix}/{set_name}/{task}/{metric}"] = float(values_t[metric])
     for set_name, set_tasks in scores.get("grounding", {}).items():
         for task, g in set_tasks.items():
-            for key in ("dependence", "prior", "loss_dependence"):
+            for key in ("dependence", "prior", "loss_dependence", "ranking_auc", "ranking_auc_swapped_media"):
                 if key in g:
                     flat[f"{prefix}/{set_name}/{task}/{key}"] = float(g[key])
     return flat

@@ -4,14 +4,16 @@ model that ignores its media."""
 import copy
 import io
 import math
+from collections import Counter
 
 import pytest
 import torch
 from PIL import Image
 
 from mmit.data.samples import Conversation, MediaRef, Message
-from mmit.grounding import AnswerPrior, derangement, swap_plan
-from mmit.scoring import Prediction, grounding_scores, mean_interval, score_predictions
+from mmit.grounding import AnswerPrior, derangement, grounding_line, grounding_table, swap_plan, verdict
+from mmit.plots import plot_grounding
+from mmit.scoring import Prediction, flat_metrics, grounding_scores, mean_interval, score_predictions
 
 
 def _png(color: str) -> bytes:
@@ -115,6 +117,68 @@ def test_dependence_and_loss_gap_from_paired_predictions():
     assert g["loss"] == 0.5 and g["loss_swapped_media"] == 1.5 and g["loss_dependence"] == 1.0
     assert scores["sets"]["val"]["media_dependence"] == 0.75
     assert g["dependence_ci95"][0] < 0.75 < g["dependence_ci95"][1]
+
+
+def test_yes_no_ranking_tells_a_biased_checker_from_a_guesser(tmp_path):
+    """All answers "no" (accuracy at the prior), but the margin ranks every yes-question above every
+    no-question with own media and at chance with swapped media: the reading says it checks."""
+    refs = ["yes", "no", "yes", "no", "yes", "no"]
+
+    def preds(margins):
+        out = [
+            Prediction("val", f"p{i}", "vqa_yesno", "t", "q", r, [r], "no", has_media=True) for i, r in enumerate(refs)
+        ]
+        for p, m in zip(out, margins, strict=True):
+            p.yes_no_margin = m
+        return out
+
+    own, swapped = preds([-1.0, -5.0, -2.0, -6.0, -1.5, -7.0]), preds([-3.0, -3.0, -2.0, -2.0, -1.0, -1.0])
+    scores = score_predictions(own, swapped, AnswerPrior({"vqa_yesno": Counter({"no": 3})}))
+    g = scores["grounding"]["val"]["vqa_yesno"]
+    assert g["score"] == 0.5 and g["dependence"] == 0.0 and g["prior"] == 0.5
+    assert g["ranking_auc"] == 1.0 and g["ranking_auc_swapped_media"] == 0.5
+    assert scores["tasks"]["val"]["vqa_yesno"]["yes_no_auc"] == 1.0
+    assert verdict(g) == "ranks yes / no by its media, answers biased"
+    assert "yes/no ranking AUC 1.000 (0.500 swapped)" in grounding_line(g)
+    assert "| 1.000 [1.000, 1.000] / 0.500 |" in grounding_table(scores["grounding"])[2]
+    assert flat_metrics(scores)["eval/val/vqa_yesno/ranking_auc"] == 1.0
+    assert plot_grounding(scores["grounding"], tmp_path / "grounding.png").stat().st_size > 0
+    # Ranking as well with another image: not a sign of looking.
+    g = score_predictions(own, own, AnswerPrior({"vqa_yesno": Counter({"no": 3})}))["grounding"]["val"]["vqa_yesno"]
+    assert verdict(g) == "not looking: at the blind prior"
+    # No margins (answers read from a file written before them): no ranking figures, no error.
+    g = score_predictions(preds([None] * 6))["grounding"]["val"]["vqa_yesno"]
+    assert (
+        "ranking_auc" not in g and "yes_no_auc" not in score_predictions(preds([None] * 6))["tasks"]["val"]["vqa_yesno"]
+    )
+
+
+def test_yes_no_margin_from_the_prefill_equals_a_padded_forward(compose):
+    """Each yes/no answer's margin is log p(yes) - log p(no) of its first token, as a padded forward
+    over prompt and answer gives it; other tasks carry none."""
+    from mmit.data.collate import Collator
+    from mmit.data.samples import IGNORE_INDEX
+    from mmit.factory import build_model
+    from mmit.generation import yes_no_tokens
+
+    torch.manual_seed(0)
+    built = build_model(compose(["+recipe=vqa_tiny", "trainer.precision=fp32"]))
+    model, tokenizer = built.model.eval(), built.tokenizer
+    convs = [_conv(i, c, "Is it red?", "yes" if c == "red" else "no") for i, c in enumerate(["red", "blue", "green"])]
+    for conv in convs:
+        conv.meta["tasks"] = ["vqa_yesno"]
+    convs.append(_conv(3, "red"))  # a short answer
+    result, samples = _evaluate(model, tokenizer, convs, 2, batch_size=2)
+    yes, no = yes_no_tokens(tokenizer)
+    batch = Collator(tokenizer.pad_token_id, preprocess={"image": model.encoders["image"].preprocess})(samples)
+    with torch.no_grad():
+        hidden = model(batch)
+    for row, p in enumerate(result.predictions[:3]):
+        first = int((batch.labels[row] != IGNORE_INDEX).nonzero()[0])  # the answer's first token
+        logp = model.output_head(hidden[row, first - 1]).float().log_softmax(-1)
+        assert p.yes_no_margin == pytest.approx(float(logp[yes].logsumexp(-1) - logp[no].logsumexp(-1)), abs=1e-4)
+    assert result.predictions[3].yes_no_margin is None
+    assert all(q.yes_no_margin is not None for q in result.swapped[:3])
 
 
 def _evaluate(model, tokenizer, convs, max_new_tokens, **kwargs):

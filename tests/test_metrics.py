@@ -8,6 +8,7 @@ from mmit.metrics import (
     cider_d_scores,
     exact_match,
     normalize_vqa_answer,
+    roc_auc,
     rouge_l,
     rouge_l_corpus,
     text_rouge_l,
@@ -15,6 +16,7 @@ from mmit.metrics import (
     vqa_accuracy,
     word_error_rate,
     yes_no_accuracy,
+    yes_no_auc,
 )
 
 # --- VQAv2 ------------------------------------------------------------------------------------
@@ -396,3 +398,31 @@ def test_multiple_choice_replies_read_by_letter_or_by_option_text():
     ]
     scores = task_metrics("vqa_multiple_choice", preds)
     assert scores["accuracy"] == 0.25 and scores["option_accuracy"] == 0.5  # "blue" names B by its text
+
+
+# --- yes/no ranking ---------------------------------------------------------------------------
+
+
+def test_roc_auc_equals_scikit_learn_with_ties_and_a_hand_count():
+    metrics = pytest.importorskip("sklearn.metrics")
+    import random
+
+    rng = random.Random(0)
+    for n in (2, 7, 50):
+        labels = [i % 2 == 0 for i in range(n)]
+        rng.shuffle(labels)
+        scores = [float(rng.randint(0, 5)) for _ in range(n)]  # many ties
+        assert roc_auc(scores, labels)[0] == pytest.approx(metrics.roc_auc_score(labels, scores))
+    # by hand: positives 0.9, 0.4; negatives 0.4, 0.1 -> pairs won 1 + 1 + 0.5 (tie) + 1 = 3.5 of 4
+    auc, se = roc_auc([0.9, 0.4, 0.4, 0.1], [True, True, False, False])
+    assert auc == 0.875 and 0 < se < 0.5
+    assert roc_auc([1.0, 2.0], [True, False]) == (0.0, 0.0)  # ranked exactly backwards: no spread
+    assert all(math.isnan(v) for v in roc_auc([1.0, 2.0], [True, True]))
+
+
+def test_yes_no_auc_ranks_only_yes_no_references_and_ignores_the_bias():
+    # Every margin is negative (the model would say "no" each time), yet yes-questions rank above no-questions.
+    margins = [-0.5, -0.6, -3.0, -4.0, None, 9.0]
+    references = ["Yes", "yes.", "no", "No", "yes", "red"]  # no margin, or not a yes/no reference: left out
+    assert yes_no_auc(margins, references)[0] == 1.0
+    assert yes_no_auc([-3.0, -0.5], ["yes", "no"])[0] == 0.0

@@ -70,7 +70,18 @@ def run_one(name: str, overrides: list[str], root: Path, per_task: int) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
     heldout = summary["grounding"].get("heldout_templates", {})
     tasks = {
-        task: {k: heldout[task].get(k) for k in ("n", "score", "dependence", "prior", "prior_question_type")}
+        task: {
+            k: heldout[task].get(k)
+            for k in (
+                "n",
+                "score",
+                "dependence",
+                "prior",
+                "prior_question_type",
+                "ranking_auc",
+                "ranking_auc_swapped_media",
+            )
+        }
         for task in TASKS
         if task in heldout
     }
@@ -104,7 +115,14 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-CURVE_KEYS = ("dependence", "prior", "prior_question_type", "loss_dependence")
+CURVE_KEYS = (
+    "dependence",
+    "prior",
+    "prior_question_type",
+    "loss_dependence",
+    "ranking_auc",
+    "ranking_auc_swapped_media",
+)
 
 
 def plot_curve(run_dir: Path, out: Path, set_name: str = "heldout_templates") -> list[dict]:
