@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import types
 import typing
+from collections.abc import Sequence
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -80,27 +81,27 @@ def check_config(cfg: DictConfig) -> None:
     values = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     _check_trainer(values.get("trainer") or {}, problems)
     for key, allowed in CHOICES.items():
-        value = _get(values, key)
-        if value is not _ABSENT and value not in allowed:
+        value = value_at(values, key)
+        if value is not ABSENT and value not in allowed:
             problems.append(f"{key}={_show(value)}: must be one of {', '.join(allowed)}")
     for key, group in (("peft.method", "peft"), ("projector.kind", "projector")):
-        value, known = _get(values, key), shipped_values(group, key.split(".")[1])
-        if value is not _ABSENT and value not in known:
+        value, known = value_at(values, key), shipped_values(group, key.split(".")[1])
+        if value is not ABSENT and value not in known:
             problems.append(f"{key}={_show(value)}: must be one of {', '.join(known)} ({group}=<option>)")
     _check_data(values.get("data") or {}, problems)
     for group in ("vision_encoder", "audio_encoder"):
         if values.get(group) and not values.get("projector"):
             problems.append(f"{group} is set but no projector is: add projector=mlp (or linear, resampler)")
-        pool = _get(values, f"{group}.pool_to")
-        if pool not in (_ABSENT, None) and not _is_int(pool, 1):
+        pool = value_at(values, f"{group}.pool_to")
+        if pool not in (ABSENT, None) and not _is_int(pool, 1):
             problems.append(f"{group}.pool_to={_show(pool)}: must be a whole number >= 1 or null")
-    windows = _get(values, "audio_encoder.windows")
-    if windows is not _ABSENT and not _is_int(windows, 1):
+    windows = value_at(values, "audio_encoder.windows")
+    if windows is not ABSENT and not _is_int(windows, 1):
         problems.append(f"audio_encoder.windows={_show(windows)}: must be a whole number >= 1")
     _check_video(values.get("video"), bool(values.get("vision_encoder")), problems)
     if not _is_int(values.get("seed", 0), 0):
         problems.append(f"seed={_show(values.get('seed'))}: must be a whole number >= 0")
-    pack, length = _get(values, "trainer.pack_length"), _get(values, "data.max_length")
+    pack, length = value_at(values, "trainer.pack_length"), value_at(values, "data.max_length")
     if _is_int(pack, 1) and _is_int(length, 1) and pack < length:
         problems.append(
             f"trainer.pack_length={pack} is shorter than data.max_length={length}: a sample must fit in one packed row"
@@ -109,14 +110,14 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError("the config cannot work:\n  " + "\n  ".join(problems))
 
 
-_ABSENT = object()
+ABSENT = object()  # what value_at gives for a path that is not there
 
 
-def _get(values: dict, dotted: str) -> Any:
-    node: Any = values
-    for part in dotted.split("."):
+def value_at(node: Any, path: str | Sequence[str]) -> Any:
+    """The value at a path of nested dicts ("trainer.lr", or its parts), or ABSENT."""
+    for part in path.split(".") if isinstance(path, str) else path:
         if not isinstance(node, dict) or part not in node:
-            return _ABSENT
+            return ABSENT
         node = node[part]
     return node
 

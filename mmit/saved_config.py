@@ -36,6 +36,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from mmit.config_checks import ABSENT, value_at
 from mmit.paths import CONF_DIR, RECIPES_DIR, cache_dir
 
 log = logging.getLogger(__name__)
@@ -258,24 +259,12 @@ def _check_recipe_build(node: dict, key: str, problems: list[str]) -> None:
 def _builder_argument(node: Any, parts: list[str]) -> bool:
     """Whether ``parts`` names an argument of a builder the recipe has (a node with a ``_target_``,
     such as ``prepare.kinds``): composing the recipe then checks that the builder takes it."""
-    parent = _node_at(node, parts[:-1])
+    parent = value_at(node, parts[:-1])
     return isinstance(parent, dict) and "_target_" in parent
 
 
 def _has_key(node: Any, parts: list[str]) -> bool:
-    return _node_at(node, parts) is not _ABSENT
-
-
-_ABSENT = object()
-
-
-def _node_at(node: Any, parts: list[str]) -> Any:
-    """The value at the dotted path ``parts`` of nested dicts, or _ABSENT."""
-    for part in parts:
-        if not isinstance(node, dict) or part not in node:
-            return _ABSENT
-        node = node[part]
-    return node
+    return value_at(node, parts) is not ABSENT
 
 
 def _out_dirs(node: Any, key: str = "") -> list[tuple[str, str]]:

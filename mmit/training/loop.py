@@ -22,6 +22,7 @@ from transformers import (
     get_wsd_schedule,
 )
 
+from mmit.config_checks import CHOICES
 from mmit.data.collate import Collator
 from mmit.data.datasets import TokenizedDataset
 from mmit.data.features import FeatureStore
@@ -386,12 +387,12 @@ def train(
 
 
 def check_choices(cfg: TrainerConfig) -> None:
-    if cfg.on_nonfinite not in ("skip", "stop"):
-        raise ValueError(f"trainer.on_nonfinite must be skip or stop, not {cfg.on_nonfinite!r}")
-    if cfg.eval_before not in ("full", "loss", "none"):
-        raise ValueError(f"trainer.eval_before must be full, loss or none, not {cfg.eval_before!r}")
-    if cfg.lr_schedule not in ("cosine", "constant", "wsd"):
-        raise ValueError(f"trainer.lr_schedule must be cosine, constant or wsd, not {cfg.lr_schedule!r}")
+    """The named choices a caller may give ``run_training`` directly (the command line's are checked
+    by ``mmit.config_checks`` from the same lists)."""
+    for key in ("on_nonfinite", "eval_before", "lr_schedule", "loss_weighting"):
+        allowed, value = CHOICES[f"trainer.{key}"], getattr(cfg, key)
+        if value not in allowed:
+            raise ValueError(f"trainer.{key} must be one of {', '.join(allowed)}, not {value!r}")
     if cfg.vqa_normalisation not in VQA_NORMALISATIONS:
         raise ValueError(
             f"trainer.vqa_normalisation must be one of {VQA_NORMALISATIONS}, not {cfg.vqa_normalisation!r}"

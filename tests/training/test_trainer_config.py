@@ -115,9 +115,11 @@ def test_the_learning_rate_schedules():
     assert rates(lr_schedule="wsd", lr_decay_fraction=0.5)[60] == pytest.approx(1 - 0.2**0.5)
 
 
-@pytest.mark.parametrize("field", ["on_nonfinite", "eval_before", "lr_schedule"])
+@pytest.mark.parametrize("field", ["on_nonfinite", "eval_before", "lr_schedule", "loss_weighting"])
 def test_a_bad_choice_stops_before_anything_runs(field):
+    from mmit.config_checks import CHOICES
     from mmit.training.loop import check_choices
 
-    with pytest.raises(ValueError, match=f"trainer.{field} must be"):
+    allowed = ", ".join(CHOICES[f"trainer.{field}"])  # the same list the command line is checked against
+    with pytest.raises(ValueError, match=f"trainer.{field} must be one of {allowed}, not 'sometimes'"):
         check_choices(TrainerConfig(**{field: "sometimes"}))
