@@ -166,6 +166,9 @@ def test_eval_cli_writes_every_output(vqa_run, tmp_path):
     assert len(preds) == sum(counts.values()) and {p["set"] for p in preds} == set(counts)
     # Every sample with an image was also answered with another sample's image, and scored beside the prior.
     assert all("prediction_swapped_media" in p for p in preds)
+    yes_no = [p for p in preds if p["task"] == "vqa_yesno"]  # and a yes/no answer's margin, both ways
+    assert yes_no and all(isinstance(p["yes_no_margin_swapped_media"], float) for p in yes_no)
+    assert all((p["yes_no_margin"] is None) == (p["task"] != "vqa_yesno") for p in preds)
     grounding = metrics["scores"]["grounding"]
     assert set(grounding) == set(counts)
     for set_name, tasks in grounding.items():

@@ -18,7 +18,11 @@ scene it asks about (redrawn from the demo's seed, ``mmit.data.demo.scenes.plan_
 
 Each answer is scored as the run scored it (``mmit.scoring.sample_scores``: the task's headline
 per sample). For each group: questions, right, the rate, and the rate with another image (chance
-for this group). Prints a Markdown table; ``--json`` writes the rows too.
+for this group). Where the answers carry yes/no margins (log p(yes) - log p(no), written by runs
+and ``mmit.eval`` since the ranking AUC), a second table ranks each yes/no kind (presence,
+position, one property) by its margin: ROC AUC with own and with another image, 0.5 being chance
+whatever the model's bias. Prints Markdown tables; ``--json`` writes the rows too. Reads a run's
+``answers_*.json`` or ``mmit.eval``'s ``predictions.jsonl``.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from mmit.data.demo.scenes import plan_scene
-from mmit.metrics import VQA_NORMALISATIONS
+from mmit.metrics import VQA_NORMALISATIONS, yes_no_auc
 from mmit.scoring import Prediction, sample_scores
 
 PRESENCE = re.compile(r"Is there an? (\w+) (\w+)\?")
@@ -82,9 +86,8 @@ def scored(answer: dict, vqa_normalisation: str) -> tuple[float, float]:
     return scores[0], scores[1]
 
 
-def groups(answers: list[dict], seed: int = 0, vqa_normalisation: str = "official") -> dict[str, list[float]]:
-    """group -> [questions, right, right with another image]"""
-    out: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
+def _scenes(seed: int):
+    """answer -> the objects of the scene it asks about (each scene redrawn once)."""
     scenes = {}
 
     def objects(answer: dict):
@@ -93,6 +96,13 @@ def groups(answers: list[dict], seed: int = 0, vqa_normalisation: str = "officia
             scenes[image_id] = plan_scene(image_id, seed).objects
         return scenes[image_id]
 
+    return objects
+
+
+def groups(answers: list[dict], seed: int = 0, vqa_normalisation: str = "official") -> dict[str, list[float]]:
+    """group -> [questions, right, right with another image]"""
+    out: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
+    objects = _scenes(seed)
     for a in answers:
         if a["task"] == "vqa_yesno":
             names = [yes_no_group(a["prompt"], objects(a))]
@@ -112,6 +122,47 @@ def groups(answers: list[dict], seed: int = 0, vqa_normalisation: str = "officia
     return dict(sorted(out.items()))
 
 
+def rankings(answers: list[dict], seed: int = 0) -> dict[str, list[float]]:
+    """yes/no kind ("position yes/no", ...) -> [questions, ranking AUC with own image, with another
+    image], over the yes/no answers that carry margins."""
+    objects = _scenes(seed)
+    by_kind: dict[str, list[dict]] = defaultdict(list)
+    for a in answers:
+        if a["task"] == "vqa_yesno" and a.get("yes_no_margin") is not None:
+            group = yes_no_group(a["prompt"], objects(a))
+            by_kind[group.split(",")[0] if group else "other yes/no"].append(a)
+    out = {}
+    for kind, group in sorted(by_kind.items()):
+        references = [a["reference"] for a in group]
+        swapped = [a.get("yes_no_margin_swapped_media") for a in group]
+        out[kind] = [
+            len(group),
+            yes_no_auc([a["yes_no_margin"] for a in group], references)[0],
+            yes_no_auc(swapped, references)[0] if all(m is not None for m in swapped) else float("nan"),
+        ]
+    return out
+
+
+def ranking_table(rows: dict[str, list[float]]) -> str:
+    lines = ["| yes/no kind | n | ranking AUC | with another image |", "|---|---|---|---|"]
+    lines += [f"| {kind} | {n} | {auc:.3f} | {swapped:.3f} |" for kind, (n, auc, swapped) in rows.items()]
+    return "\n".join(lines)
+
+
+def read_answers(path: Path, set_name: str) -> list[dict]:
+    """One set's answers from a run's answers_*.json (set -> list) or mmit.eval's predictions.jsonl."""
+    if path.suffix == ".jsonl":
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        found = sorted({r["set"] for r in rows})
+        answers = [r for r in rows if r["set"] == set_name]
+    else:
+        by_set = json.loads(path.read_text())
+        found, answers = sorted(by_set), by_set.get(set_name, [])
+    if set_name not in found:
+        raise SystemExit(f"{path}: no set {set_name!r}; it has {found}")
+    return answers
+
+
 def table(rows: dict[str, list[float]]) -> str:
     lines = ["| question | n | right | rate | with another image |", "|---|---|---|---|---|"]
     for group, (n, right, swapped) in rows.items():
@@ -121,7 +172,7 @@ def table(rows: dict[str, list[float]]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("answers", type=Path, help="answers_after.json or answers_step-*.json of a run")
+    p.add_argument("answers", type=Path, help="a run's answers_*.json, or predictions.jsonl of mmit.eval")
     p.add_argument("--set", default="heldout_templates", help="the evaluation set to read")
     p.add_argument("--seed", type=int, default=0, help="the demo's prepare.seed")
     p.add_argument(
@@ -129,13 +180,14 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     )
     p.add_argument("--json", type=Path, help="also write the rows here")
     args = p.parse_args(argv)
-    answers = json.loads(args.answers.read_text())
-    if args.set not in answers:
-        raise SystemExit(f"{args.answers}: no set {args.set!r}; it has {sorted(answers)}")
-    rows = groups(answers[args.set], args.seed, args.vqa_normalisation)
+    answers = read_answers(args.answers, args.set)
+    rows = groups(answers, args.seed, args.vqa_normalisation)
     print(table(rows))
+    ranked = rankings(answers, args.seed)
+    if ranked:
+        print("\n" + ranking_table(ranked))
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+        args.json.write_text(json.dumps({"groups": rows, "rankings": ranked}, indent=1))
     return rows
 
 

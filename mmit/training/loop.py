@@ -230,13 +230,16 @@ def evaluate(
 
 
 def answers_by_set(predictions: list[Prediction], swapped: list[Prediction]) -> dict[str, list[dict]]:
-    """Each set's answers, with what the model said given another sample's media beside each."""
-    others = {(p.set, p.id): p.prediction for p in swapped}
+    """Each set's answers, with what the model said given another sample's media beside each (and,
+    for yes/no, its margin then)."""
+    others = {(p.set, p.id): p for p in swapped}
     out: dict[str, list[dict]] = {}
     for p in predictions:
         entry = p.to_json()
-        if (p.set, p.id) in others:
-            entry["prediction_swapped_media"] = others[(p.set, p.id)]
+        if (other := others.get((p.set, p.id))) is not None:
+            entry["prediction_swapped_media"] = other.prediction
+            if other.yes_no_margin is not None:
+                entry["yes_no_margin_swapped_media"] = other.yes_no_margin
         out.setdefault(p.set, []).append(entry)
     return out
 

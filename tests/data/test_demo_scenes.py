@@ -1,4 +1,5 @@
 import json
+import math
 import re
 from collections import Counter
 from pathlib import Path
@@ -348,3 +349,18 @@ def test_demo_answers_groups_each_question_by_what_answering_it_needs(tool):
         f"where, {len(objects)} objects": [1, 1, 0],
         f"where, colour unique, shape {'unique' if same_shape == 1 else 'shared'}": [1, 1, 0],
     }
+
+    # With margins: each yes/no kind ranked on its own. Presence: the present object above the absent
+    # one with own image, backwards with another; position: one answer of each reference added.
+    margins = {0: (1.0, None), 1: (-0.5, -4.0), 2: (-2.0, 1.0), 4: (-3.0, 2.0)}
+    for i, (own, swapped) in margins.items():
+        answers[i]["yes_no_margin"] = own
+        if swapped is not None:
+            answers[i]["yes_no_margin_swapped_media"] = swapped
+    answers.append({**answers[0], "reference": "no" if on_left else "yes", "yes_no_margin": -1.0})
+    ranked = tool("demo_answers").rankings(answers)
+    assert ranked["presence yes/no"] == [2, 1.0, 0.0]
+    assert ranked["one shape yes/no"][0] == 1 and math.isnan(ranked["one shape yes/no"][1])  # one reference only
+    assert ranked["position yes/no"][:2] == [2, 1.0 if on_left else 0.0]
+    assert math.isnan(ranked["position yes/no"][2])  # not every answer has a swapped margin
+    assert "one colour yes/no" not in ranked  # no margin given
