@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import os
 import re
@@ -94,6 +93,8 @@ def contact_sheet(
     its task; returns how many images were drawn."""
     from PIL import Image, ImageDraw
 
+    from mmit.data.media import open_image, upright
+
     images = distinct_images(samples, count)
     if not images:
         return 0
@@ -103,7 +104,8 @@ def contact_sheet(
     sheet = Image.new("RGB", (columns * thumb, rows * (thumb + caption_h)), "white")
     draw = ImageDraw.Draw(sheet)
     for i, (data, conv, n) in enumerate(images):
-        image = Image.open(io.BytesIO(data)).convert("RGB")
+        with open_image(data, f"the image of sample {conv.id}") as opened:  # within the pixel limit, upright
+            image = upright(opened).convert("RGB")
         image.thumbnail((thumb - 8, thumb - 8))
         x, y = (i % columns) * thumb, (i // columns) * (thumb + caption_h)
         sheet.paste(image, (x + (thumb - image.width) // 2, y + 4))

@@ -23,6 +23,7 @@ from safetensors.torch import save
 from torch import nn
 from tqdm.auto import tqdm
 
+from mmit.data.media import IMAGE_DECODING
 from mmit.data.samples import MediaRef
 from mmit.paths import atomic_write_bytes, atomic_write_text
 
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 DTYPE = torch.bfloat16  # half the bytes of fp32; the projector reads them at its own precision
+DECODING = {"image": IMAGE_DECODING}  # how the media became pixels: part of what the features depend on
 
 
 class FeatureCacheMismatch(ValueError):
@@ -65,6 +67,7 @@ def fingerprint(kind: str, encoder: nn.Module, config: dict) -> dict:
     _sha256_tensor(preprocessed, encoder.preprocess([probe]).float())
     return {
         "modality": kind,
+        "decoding": DECODING.get(kind, ""),
         "encoder": config,
         "weights_sha256": weights.hexdigest(),
         "preprocess_sha256": preprocessed.hexdigest(),

@@ -1,5 +1,7 @@
 """Media files as untrusted input: a named path stays inside its data folder, and an image's size is
-read from its header and checked against a pixel limit before any pixel is decoded."""
+read from its header and checked against a pixel limit before any pixel is decoded. Images are
+decoded upright: a camera's EXIF orientation tag (phones store portrait photos sideways with one)
+is applied, as transformers' ``load_image`` does."""
 
 from __future__ import annotations
 
@@ -21,6 +23,11 @@ DEFAULT_MAX_PIXELS = 40_000_000
 MEDIA_FIELDS = {"image": ("images", "image"), "audio": ("audios", "audio"), "video": ("videos", "video")}
 
 _limit = {"max_pixels": DEFAULT_MAX_PIXELS}
+
+# How images become pixels, recorded in feature-cache fingerprints so that a cache made by another
+# decoding (before orientation tags were applied) is not reused.
+IMAGE_DECODING = "rgb, exif orientation applied"
+_ORIENTATION = 0x0112  # the EXIF tag; 1 is upright, 2-8 a mirror and/or a quarter turn
 
 
 def set_max_pixels(max_pixels: int) -> None:
@@ -115,6 +122,18 @@ def open_image(data: bytes, where: str, max_pixels: int | None = None) -> Iterat
         yield image
 
 
+def upright(image):
+    """The image as it is meant to be seen: its EXIF orientation applied (the same image when it is
+    upright or has no tag)."""
+    from PIL import ImageOps
+
+    try:
+        orientation = image.getexif().get(_ORIENTATION, 1)
+    except Exception:  # an unreadable EXIF block says nothing about orientation; the pixels stand as stored
+        return image
+    return image if orientation in (None, 1) else ImageOps.exif_transpose(image)
+
+
 def check_image(data: bytes, where: str, max_pixels: int | None = None) -> None:
     """Raise SampleError unless the bytes are an image within the pixel limit that decodes. The size
     comes from the header, before decoding. All of the compressed data is decoded; a JPEG at 1/8
@@ -141,7 +160,10 @@ def resize_image(data: bytes, max_side: int, where: str = "image", max_pixels: i
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         if image.format == "JPEG" and scale < 1.0:
             image.draft(image.mode, size)
-        image = image.convert("RGB")
+        turned = upright(image)  # before re-encoding as PNG, which keeps no orientation tag
+        if turned.size != image.size:  # a quarter turn: width and height trade places
+            size = size[::-1]
+        image = turned.convert("RGB")
         if image.size != size:
             image = image.resize(size, Image.Resampling.BICUBIC)
         out = io.BytesIO()
@@ -152,4 +174,4 @@ def resize_image(data: bytes, max_side: int, where: str = "image", max_pixels: i
 def decode_image(ref: MediaRef):
     """An RGB image for an encoder, refused from its header above :func:`pixel_limit`."""
     with open_image(ref.read(), ref.path or f"in-memory {ref.ext} image") as image:
-        return image.convert("RGB")
+        return upright(image).convert("RGB")

@@ -79,6 +79,18 @@ def test_a_cache_from_another_encoder_or_preprocessing_is_refused(encoder, tmp_p
     assert manifest["fingerprint"]["tokens"] == encoder.num_tokens
 
 
+def test_a_cache_from_another_image_decoding_is_refused(encoder, tmp_path, monkeypatch):
+    """Features made before EXIF orientation was applied (the same encoder, the old decoding)."""
+    from mmit.data import features
+
+    refs = [_png(1)]
+    monkeypatch.setitem(features.DECODING, "image", "rgb as stored")
+    build_feature_cache(tmp_path, "image", encoder, CONFIG, refs, decode_image)
+    monkeypatch.undo()
+    with pytest.raises(FeatureCacheMismatch, match="decoding"):
+        build_feature_cache(tmp_path, "image", encoder, CONFIG, refs, decode_image)
+
+
 def test_the_collator_hands_cached_features_instead_of_pixels(encoder, tmp_path):
     refs = [_png(i) for i in range(3)]
     store = build_feature_cache(tmp_path, "image", encoder, CONFIG, refs[:2], decode_image)
