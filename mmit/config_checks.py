@@ -48,10 +48,6 @@ TRAINER_RANGES: dict[str, tuple[float | None, float | None]] = {
 POSITIVE = {"lr", "max_grad_norm", "lr_decay_fraction"}  # > 0, not only >= 0
 CHOICES = {
     "trainer.precision": ("auto", "bf16", "fp32"),
-    "trainer.eval_before": ("full", "loss", "none"),
-    "trainer.on_nonfinite": ("skip", "stop"),
-    "trainer.loss_weighting": ("token", "turn"),
-    "trainer.lr_schedule": ("cosine", "constant", "wsd"),
     "trainer.distributed": ("ddp", "fsdp2"),
     "tuning.vision_encoder": ("frozen", "lora", "full"),
     "tuning.audio_encoder": ("frozen", "lora", "full"),
@@ -168,7 +164,7 @@ def _describe(hint: Any) -> str:
 
 
 def _check_trainer(trainer: dict, problems: list[str]) -> None:
-    from mmit.training.loop import TrainerConfig
+    from mmit.training.loop import TRAINER_CHOICES, TrainerConfig
 
     hints = typing.get_type_hints(TrainerConfig)
     for key, value in trainer.items():
@@ -176,6 +172,9 @@ def _check_trainer(trainer: dict, problems: list[str]) -> None:
             continue
         if not _matches(value, hints[key]):
             problems.append(f"trainer.{key}={_show(value)}: must be {_describe(hints[key])}")
+            continue
+        if key in TRAINER_CHOICES and value not in TRAINER_CHOICES[key]:
+            problems.append(f"trainer.{key}={_show(value)}: must be one of {', '.join(TRAINER_CHOICES[key])}")
             continue
         low, high = TRAINER_RANGES.get(key, (None, None))
         numbers = list(value.values()) if isinstance(value, dict) else [value]

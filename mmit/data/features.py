@@ -25,13 +25,17 @@ from tqdm.auto import tqdm
 
 from mmit.data.media import IMAGE_DECODING
 from mmit.data.samples import MediaRef
+from mmit.data.video import VIDEO_DECODING
 from mmit.paths import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1
 DTYPE = torch.bfloat16  # half the bytes of fp32; the projector reads them at its own precision
-DECODING = {"image": IMAGE_DECODING}  # how the media became pixels: part of what the features depend on
+DECODING = {
+    "image": IMAGE_DECODING,
+    "video": VIDEO_DECODING,
+}  # how the media became pixels: part of what the features depend on
 
 
 class FeatureCacheMismatch(ValueError):

@@ -8,6 +8,9 @@ video stream, no frames, frames over the pixel limit, or stop short of the lengt
 become ``SampleError`` (reasons ``bad_video``, ``no_video_stream``, ``no_frames``,
 ``too_many_pixels``, ``truncated_video``), which the build's ``on_error`` policy raises or counts.
 
+Frames come upright: a clip's display rotation (phones record portrait video as landscape frames
+with a rotation to show them by) is applied to every frame kept.
+
 Decoding is PyAV's: it is well kept and its wheels bundle FFmpeg (H.264, VP9, MPEG-4, AAC), so
 no system FFmpeg is needed; torchvision's video API is deprecated and torchcodec needs a system
 FFmpeg.
@@ -141,7 +144,7 @@ def _decode(data: bytes, where: str, max_pixels: int | None, sampling: VideoSamp
 
         def pick(index: int, frame: av.VideoFrame, seconds: Fraction) -> None:
             if index not in images:  # a frame chosen twice is converted once
-                images[index] = frame.to_image()
+                images[index] = upright_frame(frame)
             picks.append((index, seconds))
 
         start, count, end, error, previous = stream.start_time, 0, Fraction(0), None, None
@@ -181,6 +184,22 @@ def _decode(data: bytes, where: str, max_pixels: int | None, sampling: VideoSamp
         raise SampleError("bad_video", f"{where}: video frames do not decode ({error})")
     fps = float(rate) if rate else (count / float(end) if end else 0.0)
     return _Decoded(count, duration if declared is not None else end, width, height, fps, has_audio, picks, images)
+
+
+VIDEO_DECODING = "rgb frames, display rotation applied"  # recorded in feature-cache fingerprints
+
+
+def upright_frame(frame: av.VideoFrame) -> Image.Image:
+    """The frame as a player shows it: turned by the stream's display rotation (PyAV's
+    ``rotation``: degrees counter-clockwise, a multiple of 90 from phones and cameras)."""
+    from PIL import Image
+
+    image = frame.to_image()
+    turn = round(frame.rotation or 0) % 360
+    transposes = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}
+    if turn in transposes:
+        return image.transpose(transposes[turn])
+    return image.rotate(turn, expand=True) if turn else image
 
 
 def _too_large(where: str, width: int, height: int, limit: int) -> str:

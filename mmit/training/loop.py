@@ -22,7 +22,6 @@ from transformers import (
     get_wsd_schedule,
 )
 
-from mmit.config_checks import CHOICES
 from mmit.data.collate import Collator
 from mmit.data.datasets import TokenizedDataset
 from mmit.data.features import FeatureStore
@@ -52,6 +51,14 @@ if TYPE_CHECKING:
     from mmit.factory import TrainingBatches
 
 log = logging.getLogger(__name__)
+
+# The trainer's named choices (checked here for direct callers, by mmit.config_checks for the command line).
+TRAINER_CHOICES = {
+    "on_nonfinite": ("skip", "stop"),
+    "eval_before": ("full", "loss", "none"),
+    "lr_schedule": ("cosine", "constant", "wsd"),
+    "loss_weighting": ("token", "turn"),
+}
 
 
 @dataclass
@@ -390,11 +397,10 @@ def train(
 
 
 def check_choices(cfg: TrainerConfig) -> None:
-    """The named choices a caller may give ``run_training`` directly (the command line's are checked
-    by ``mmit.config_checks`` from the same lists)."""
-    for key in ("on_nonfinite", "eval_before", "lr_schedule", "loss_weighting"):
-        allowed, value = CHOICES[f"trainer.{key}"], getattr(cfg, key)
-        if value not in allowed:
+    """The named choices a caller may give ``run_training`` directly (``mmit.config_checks`` checks the
+    command line's against the same lists)."""
+    for key, allowed in TRAINER_CHOICES.items():
+        if (value := getattr(cfg, key)) not in allowed:
             raise ValueError(f"trainer.{key} must be one of {', '.join(allowed)}, not {value!r}")
     if cfg.vqa_normalisation not in VQA_NORMALISATIONS:
         raise ValueError(

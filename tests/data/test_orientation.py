@@ -56,3 +56,30 @@ def test_resizing_in_a_build_keeps_the_photo_upright():
     assert ext == "png" and image.size == (10, 20)
     assert _near(image.getpixel((5, 2)), RED) and _near(image.getpixel((5, 17)), BLUE)
     assert decode_image(MediaRef("image", "png", data=data)).size == (10, 20)  # not turned twice
+
+
+@pytest.mark.parametrize("degrees, top, bottom", [(90, BLUE, RED), (-90, RED, BLUE)])
+def test_a_clip_with_a_display_rotation_gives_upright_frames(tmp_path, degrees, top, bottom):
+    """Stored 64 x 32, left half red and right half blue, with a display rotation of ``degrees``
+    counter-clockwise (a phone's portrait video): a quarter turn left puts the stored right side on
+    top, a quarter turn right the left side."""
+    import av
+
+    from mmit.data.video import VideoSampling, decode_video
+
+    pixels = np.zeros((32, 64, 3), np.uint8)
+    pixels[:, :32], pixels[:, 32:] = RED, BLUE
+    out = io.BytesIO()
+    with av.open(out, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+        stream.set_display_rotation(degrees)
+        for index in range(4):
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    clip = decode_video(out.getvalue(), "phone.mp4", VideoSampling(frames=2))
+    for image in clip.frames:
+        assert image.size == (32, 64)
+        assert _near(image.getpixel((16, 8)), top) and _near(image.getpixel((16, 56)), bottom)
