@@ -137,7 +137,8 @@ def _decode(data: bytes, where: str, max_pixels: int | None, sampling: VideoSamp
         rate = stream.average_rate or stream.guessed_rate
         step = 1 / Fraction(rate) if rate else Fraction(0)  # a frame's duration when the file omits it
         declared, own_length = _declared_length(container, stream)
-        duration = declared if declared is not None else _demuxed_length(data, base, step)
+        declared_frames = stream.frames  # from the file's header or index; 0 where it states none
+        duration = declared if declared is not None else _demuxed_length(data, step)
         targets = _targets(duration, sampling) if sampling else []
         picks: list[tuple[int, Fraction]] = []
         images: dict[int, Image.Image] = {}
@@ -171,14 +172,11 @@ def _decode(data: bytes, where: str, max_pixels: int | None, sampling: VideoSamp
         while len(picks) < len(targets):  # sample times at or after the last frame's start
             pick(*previous)
         has_audio = bool(container.streams.audio)
-    # Two frames' worth of slack (at least 0.1 s): a good file ends within a frame of what it
-    # declares, a file cut short far earlier.
-    if declared is not None and own_length and end < declared - max(2 * step, Fraction(1, 10)):
+    if short := _stops_short(data, declared, own_length, end, step, count, declared_frames):
         detail = f"; {error}" if error else ""
         raise SampleError(
             "truncated_video",
-            f"{where}: video stops short, truncated or damaged ({count} frames decode, {float(end):.2f} s "
-            f"of the {float(declared):.2f} s it declares{detail})",
+            f"{where}: video stops short, truncated or damaged ({short}{detail})",
         )
     if error is not None:
         raise SampleError("bad_video", f"{where}: video frames do not decode ({error})")
@@ -220,18 +218,48 @@ def _declared_length(container: av.container.InputContainer, stream: av.VideoStr
     return None, False
 
 
-def _demuxed_length(data: bytes, base: Fraction, step: Fraction) -> Fraction:
-    """A clip's length when the file does not state it: from the first packet's time to the end of
-    the last (packets only, nothing decoded; a broken container ends the count)."""
+def _stops_short(
+    data: bytes,
+    declared: Fraction | None,
+    own_length: bool,
+    end: Fraction,
+    step: Fraction,
+    count: int,
+    declared_frames: int,
+) -> str:
+    """What shows a clip cut short ("" when nothing does): its frames end well before the length it
+    declares (its own, or the container's when no stream, sound included, reaches that far), or
+    well fewer frames decode than its header counts (an AVI cut short, whose length ffmpeg then
+    estimates from the file's size)."""
+    # Two frames' worth of slack (at least 0.1 s): a good file ends within a frame of what it
+    # declares, a file cut short far earlier.
+    if declared is not None and end < declared - max(2 * step, Fraction(1, 10)):
+        reached = end if own_length else max(end, _demuxed_length(data, step, every_stream=True))
+        if reached < declared - max(2 * step, Fraction(1, 10)):
+            whose = "it declares" if own_length else "its container declares"
+            return f"{count} frames decode, {float(end):.2f} s of the {float(declared):.2f} s {whose}"
+    # A few frames may be dropped by design (an edit list): more than 2, and more than 5%, may not.
+    if declared_frames and declared_frames - count > max(2, declared_frames // 20):
+        return f"{count} of the {declared_frames} frames its header counts decode"
+    return ""
+
+
+def _demuxed_length(data: bytes, step: Fraction, every_stream: bool = False) -> Fraction:
+    """From the first packet's time to the end of the last, of the video stream (its length when
+    the file does not state it) or of every stream (how far the container's content reaches):
+    packets only, nothing decoded; a broken container ends the count. ``step``: a packet's
+    duration where the file omits it."""
     import av
 
     first, end = None, None
     with av.open(io.BytesIO(data), metadata_errors="ignore") as container:
+        streams = list(container.streams) if every_stream else [container.streams.video[0]]
         try:
-            for packet in container.demux(container.streams.video[0]):
-                if packet.pts is not None:
-                    last = packet.pts * base + (packet.duration * base if packet.duration else step)
-                    first = packet.pts * base if first is None else min(first, packet.pts * base)
+            for packet in container.demux(streams):
+                if packet.pts is not None and packet.time_base:
+                    start = packet.pts * packet.time_base
+                    last = start + (packet.duration * packet.time_base if packet.duration else step)
+                    first = start if first is None else min(first, start)
                     end = last if end is None else max(end, last)
         except av.error.FFmpegError:
             pass

@@ -220,6 +220,45 @@ def test_a_webm_cut_short_is_truncated():
     assert reason(data[: len(data) // 2]) == "truncated_video"
 
 
+def with_sound(frames: list[np.ndarray], fps: int, format: str, codec: str, sound: str) -> bytes:
+    """A clip with a silent sound track as long as its picture (WebM / Matroska state no length per stream)."""
+    out = io.BytesIO()
+    with av.open(out, "w", format=format) as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = SIDE, SIDE, "yuv420p"
+        audio = container.add_stream(sound, rate=16000, layout="mono")
+        for index, pixels in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+        chunk = av.AudioFrame.from_ndarray(np.zeros((1, 16000 * len(frames) // fps), np.float32), format="flt")
+        chunk.sample_rate, chunk.pts = 16000, 0
+        container.mux(audio.encode(chunk))
+        container.mux(audio.encode(None))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("format, codec, sound", [("webm", "libvpx-vp9", "libopus"), ("matroska", "libx264", "aac")])
+def test_a_clip_with_sound_cut_short_is_truncated(format, codec, sound):
+    """The container's length covers the sound too; cut, neither the picture nor the sound reaches it."""
+    data = with_sound(noise(60), 30, format, codec, sound)
+    assert check_video(data, "clip").frames == 60 and check_video(data, "clip").has_audio
+    with pytest.raises(SampleError, match=r"29 frames decode, 0\.97 s of the 2\.\d+ s its container declares"):
+        check_video(data[: len(data) // 2], "clip")
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.8, 0.9])
+def test_an_avi_cut_short_is_truncated_by_its_frame_count(cut):
+    """A cut AVI loses its index, and ffmpeg estimates its length from the file's size, so the
+    length it declares shrinks with the cut; the frame count in its header does not."""
+    data = other_container(noise(60), 30, "avi", "mpeg4")
+    assert check_video(data, "clip.avi").frames == 60
+    with pytest.raises(SampleError, match=r"\d+ of the 60 frames its header counts decode|s it declares") as err:
+        check_video(data[: int(len(data) * cut)], "clip.avi")
+    assert err.value.reason == "truncated_video"
+
+
 def test_a_clip_whose_frames_all_fail_has_no_frames(tmp_path):
     data = mp4(tmp_path, noise(10), 10)
     start = data.index(b"mdat") + 4
