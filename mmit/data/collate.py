@@ -99,8 +99,16 @@ def media_inputs(
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(decoded and preprocessed media, cached features) of ``refs``, per modality: read from a cache
     where it holds them all, else decoded and preprocessed here."""
+    live, cached = _split_media(refs, preprocess, features)
+    return preprocess_media(refs, live), cached
+
+
+def _split_media(
+    refs: list[MediaRef], preprocess: dict[str, Callable], features: dict[str, FeatureStore]
+) -> tuple[dict[str, Callable], dict[str, torch.Tensor]]:
+    """(the preprocessing of each modality to decode, the cached features of the others)."""
     cached = cached_features(refs, features)
-    return preprocess_media(refs, {k: fn for k, fn in preprocess.items() if k not in cached}), cached
+    return {kind: fn for kind, fn in preprocess.items() if kind not in cached}, cached
 
 
 @dataclass(frozen=True)
@@ -166,8 +174,7 @@ class Collator:
     def media_inputs(self, samples: list[TokenizedSample]) -> tuple[dict, dict]:
         """(decoded and preprocessed media, cached features) of the samples' media, per modality."""
         refs = [m for s in samples for m in s.media]
-        cached = cached_features(refs, self.features)
-        live = {kind: fn for kind, fn in self.preprocess.items() if kind not in cached}
+        live, cached = _split_media(refs, self.preprocess, self.features)
         if self.pool is not None and any(r.kind in live for r in refs):
             return PendingMedia(self.pool.submit(_decode_in_worker, refs, sorted(live))), cached
         return preprocess_media(refs, live), cached
