@@ -181,21 +181,12 @@ def verdict(entry: dict) -> str:
         return "not measured"
     if low > 0:
         return "uses its media"
-    if _ranks_by_media(entry):
+    if entry.get("ranks_by_media"):
         return "ranks yes / no by its media, answers biased"
     prior = max(entry.get("prior", float("-inf")), entry.get("prior_question_type", float("-inf")))
     if entry["score"] <= prior + 0.02:
         return "not looking: at the blind prior"
     return "no measurable use of media"
-
-
-def _ranks_by_media(entry: dict) -> bool:
-    """A yes/no task whose margin ranks the answers (AUC's 95% interval above 0.5) better than it
-    does with swapped media: it checks, though its answers may not show it."""
-    if "ranking_auc_ci95" not in entry:
-        return False
-    low = entry["ranking_auc_ci95"][0]
-    return low > 0.5 and low > entry.get("ranking_auc_swapped_media", 0.5)
 
 
 def grounding_line(g: dict) -> str:

@@ -325,13 +325,13 @@ def roc_auc(scores: Sequence[float], positive: Sequence[bool]) -> tuple[float, f
 def yes_no_auc(margins: Sequence[float | None], references: Sequence[str]) -> tuple[float, float]:
     """How well a yes/no margin (log p(yes) - log p(no), or any score that is high for yes) ranks
     the questions whose reference is "yes" above those whose reference is "no": (ROC AUC, its
-    standard error), over the samples with a margin and a yes/no reference. 0.5 is chance whatever
-    the model's bias; a model that says "no" to everything but ranks right scores near 1."""
+    standard error), over the samples with a finite margin and a yes/no reference. 0.5 is chance
+    whatever the model's bias; a model that says "no" to everything but ranks right scores near 1."""
     _check_same_length(margins, references)
     pairs = [
         (m, _normalize_short_answer(r) == "yes")
         for m, r in zip(margins, references, strict=True)
-        if m is not None and _normalize_short_answer(r) in ("yes", "no")
+        if m is not None and math.isfinite(m) and _normalize_short_answer(r) in ("yes", "no")
     ]
     return roc_auc([m for m, _ in pairs], [y for _, y in pairs])
 

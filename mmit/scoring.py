@@ -214,7 +214,12 @@ def _ranking_figures(group: list[Prediction], pairs: list[tuple[int, Prediction]
     out = {"ranking_auc": auc, "ranking_auc_ci95": [max(auc - 1.96 * se, 0.0), min(auc + 1.96 * se, 1.0)]}
     others = [q for _, q in pairs]
     if others and all(q.yes_no_margin is not None for q in others):
-        out["ranking_auc_swapped_media"] = yes_no_ranking(others)[0]
+        swapped = yes_no_ranking(others)[0]
+        own, own_se = yes_no_ranking([group[i] for i, _ in pairs])  # the same samples as the swapped ones
+        if not math.isnan(swapped):
+            # It ranks by its media: above chance, and above the swapped ranking by more than its interval.
+            out["ranking_auc_swapped_media"] = swapped
+            out["ranks_by_media"] = out["ranking_auc_ci95"][0] > 0.5 and own - 1.96 * own_se > swapped
     return out
 
 

@@ -93,7 +93,7 @@ def contact_sheet(
     its task; returns how many images were drawn."""
     from PIL import Image, ImageDraw
 
-    from mmit.data.media import open_image, upright
+    from mmit.data.media import decode_image_bytes
 
     images = distinct_images(samples, count)
     if not images:
@@ -104,8 +104,7 @@ def contact_sheet(
     sheet = Image.new("RGB", (columns * thumb, rows * (thumb + caption_h)), "white")
     draw = ImageDraw.Draw(sheet)
     for i, (data, conv, n) in enumerate(images):
-        with open_image(data, f"the image of sample {conv.id}") as opened:  # within the pixel limit, upright
-            image = upright(opened).convert("RGB")
+        image = decode_image_bytes(data, f"the image of sample {conv.id}", draft=(thumb, thumb))
         image.thumbnail((thumb - 8, thumb - 8))
         x, y = (i % columns) * thumb, (i // columns) * (thumb + caption_h)
         sheet.paste(image, (x + (thumb - image.width) // 2, y + 4))

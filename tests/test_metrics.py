@@ -417,6 +417,12 @@ def test_roc_auc_equals_scikit_learn_with_ties_and_a_hand_count():
     auc, se = roc_auc([0.9, 0.4, 0.4, 0.1], [True, True, False, False])
     assert auc == 0.875 and 0 < se < 0.5
     assert roc_auc([1.0, 2.0], [True, False]) == (0.0, 0.0)  # ranked exactly backwards: no spread
+    # Hanley and McNeil with unequal classes (3 positives, 1 negative), by hand: A = 2/3,
+    # Q1 = A / (2 - A) = 1/2, Q2 = 2A^2 / (1 + A) = 8/15; SE^2 = (A(1-A) + 2(Q1 - A^2) + 0) / 3 = 1/9
+    auc, se = roc_auc([0.9, 0.8, 0.3, 0.5], [True, True, True, False])
+    assert auc == pytest.approx(2 / 3) and se == pytest.approx(1 / 3)
+    # NaN margins (an overflow) are left out, not ranked
+    assert yes_no_auc([1.0, float("nan"), -1.0], ["yes", "yes", "no"])[0] == 1.0
     assert all(math.isnan(v) for v in roc_auc([1.0, 2.0], [True, True]))
 
 

@@ -39,7 +39,7 @@ DECODING = {
 
 
 class FeatureCacheMismatch(ValueError):
-    """The cache was computed by a different encoder or preprocessing than the model's."""
+    """The cache was computed by a different encoder, preprocessing or media decoding than the model's."""
 
 
 def probe_input(kind: str):
@@ -110,13 +110,13 @@ class FeatureStore:
         return ref.sha256 in self._where
 
     def check(self, expected: dict) -> None:
-        """Refuse a cache made by another encoder or preprocessing, naming what differs."""
+        """Refuse a cache made by another encoder, preprocessing or decoding, naming what differs."""
         found = self.manifest["fingerprint"]
         differ = sorted(k for k in set(found) | set(expected) if found.get(k) != expected.get(k))
         if differ:
             details = "; ".join(f"{k}: cache {found.get(k)!r} vs model {expected.get(k)!r}" for k in differ)
             raise FeatureCacheMismatch(
-                f"{self.root}: this feature cache was computed with a different encoder or preprocessing "
+                f"{self.root}: this feature cache was computed with a different encoder, preprocessing or decoding "
                 f"({details}). Point feature_cache at another directory, or use feature_cache=auto."
             )
 

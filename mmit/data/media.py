@@ -172,6 +172,14 @@ def resize_image(data: bytes, max_side: int, where: str = "image", max_pixels: i
 
 
 def decode_image(ref: MediaRef):
-    """An RGB image for an encoder, refused from its header above :func:`pixel_limit`."""
-    with open_image(ref.read(), ref.path or f"in-memory {ref.ext} image") as image:
+    """An RGB image for an encoder, upright, refused from its header above :func:`pixel_limit`."""
+    return decode_image_bytes(ref.read(), ref.path or f"in-memory {ref.ext} image")
+
+
+def decode_image_bytes(data: bytes, where: str, draft: tuple[int, int] | None = None):
+    """An upright RGB image from encoded bytes, refused from its header above :func:`pixel_limit`;
+    ``draft``: a size a JPEG may be decoded down to (still at least that large), for thumbnails."""
+    with open_image(data, where) as image:
+        if draft and image.format == "JPEG":
+            image.draft("RGB", draft)
         return upright(image).convert("RGB")

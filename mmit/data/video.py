@@ -137,7 +137,9 @@ def _decode(data: bytes, where: str, max_pixels: int | None, sampling: VideoSamp
         rate = stream.average_rate or stream.guessed_rate
         step = 1 / Fraction(rate) if rate else Fraction(0)  # a frame's duration when the file omits it
         declared, own_length = _declared_length(container, stream)
-        declared_frames = stream.frames  # from the file's header or index; 0 where it states none
+        # An AVI's header counts its frames, with no edit list to skip any: a cut AVI decodes fewer.
+        # (An MP4 trimmed by an edit list decodes fewer than its index holds, by design.)
+        declared_frames = stream.frames if container.format.name == "avi" else 0
         duration = declared if declared is not None else _demuxed_length(data, step)
         targets = _targets(duration, sampling) if sampling else []
         picks: list[tuple[int, Fraction]] = []
@@ -163,6 +165,8 @@ def _decode(data: bytes, where: str, max_pixels: int | None, sampling: VideoSamp
             # Each sample time takes the last frame starting at or before it (the first if none does).
             while len(picks) < len(targets) and seconds > targets[len(picks)]:
                 pick(*(previous or (count, frame, seconds)))
+            if count == 0 and _quarter_turn(frame):  # shown upright, the picture is as tall as it is stored wide
+                width, height = height, width
             previous = (count, frame, seconds)
             end = max(end, seconds + (frame.duration * base if frame.duration else step))
             count += 1
@@ -187,13 +191,22 @@ def _decode(data: bytes, where: str, max_pixels: int | None, sampling: VideoSamp
 VIDEO_DECODING = "rgb frames, display rotation applied"  # recorded in feature-cache fingerprints
 
 
+def _turn(frame: av.VideoFrame) -> int:
+    """The frame's display rotation in degrees counter-clockwise, 0-359 (0 where PyAV before 14.1 reads none)."""
+    return round(getattr(frame, "rotation", 0) or 0) % 360
+
+
+def _quarter_turn(frame: av.VideoFrame) -> bool:
+    return _turn(frame) in (90, 270)
+
+
 def upright_frame(frame: av.VideoFrame) -> Image.Image:
     """The frame as a player shows it: turned by the stream's display rotation (PyAV's
     ``rotation``: degrees counter-clockwise, a multiple of 90 from phones and cameras)."""
     from PIL import Image
 
     image = frame.to_image()
-    turn = round(frame.rotation or 0) % 360
+    turn = _turn(frame)
     transposes = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}
     if turn in transposes:
         return image.transpose(transposes[turn])
@@ -229,8 +242,8 @@ def _stops_short(
 ) -> str:
     """What shows a clip cut short ("" when nothing does): its frames end well before the length it
     declares (its own, or the container's when no stream, sound included, reaches that far), or
-    well fewer frames decode than its header counts (an AVI cut short, whose length ffmpeg then
-    estimates from the file's size)."""
+    well fewer frames decode than an AVI's header counts (``declared_frames``; a cut AVI has lost its
+    index, and ffmpeg then estimates its length from the file's size)."""
     # Two frames' worth of slack (at least 0.1 s): a good file ends within a frame of what it
     # declares, a file cut short far earlier.
     if declared is not None and end < declared - max(2 * step, Fraction(1, 10)):
@@ -238,7 +251,7 @@ def _stops_short(
         if reached < declared - max(2 * step, Fraction(1, 10)):
             whose = "it declares" if own_length else "its container declares"
             return f"{count} frames decode, {float(end):.2f} s of the {float(declared):.2f} s {whose}"
-    # A few frames may be dropped by design (an edit list): more than 2, and more than 5%, may not.
+    # A few frames may fail to decode at the very end: more than 2, and more than 5%, may not.
     if declared_frames and declared_frames - count > max(2, declared_frames // 20):
         return f"{count} of the {declared_frames} frames its header counts decode"
     return ""

@@ -64,7 +64,7 @@ def test_a_cache_from_another_encoder_or_preprocessing_is_refused(encoder, tmp_p
     refs = [_png(1)]
     build_feature_cache(tmp_path, "image", encoder, CONFIG, refs, decode_image)
     pooled = tiny_clip_encoder(pool_to=2).eval()
-    with pytest.raises(FeatureCacheMismatch, match="different encoder or preprocessing.*tokens"):
+    with pytest.raises(FeatureCacheMismatch, match="different encoder, preprocessing or decoding.*tokens"):
         build_feature_cache(tmp_path, "image", pooled, {**CONFIG, "pool_to": 2}, refs, decode_image)
     renormalised = tiny_clip_encoder().eval()
     renormalised.processor.image_mean = [0.0, 0.0, 0.0]  # same weights and config, other preprocessing
@@ -87,7 +87,7 @@ def test_a_cache_from_another_image_decoding_is_refused(encoder, tmp_path, monke
     monkeypatch.setitem(features.DECODING, "image", "rgb as stored")
     build_feature_cache(tmp_path, "image", encoder, CONFIG, refs, decode_image)
     monkeypatch.undo()
-    with pytest.raises(FeatureCacheMismatch, match="decoding"):
+    with pytest.raises(FeatureCacheMismatch, match="decoding: cache 'rgb as stored'"):
         build_feature_cache(tmp_path, "image", encoder, CONFIG, refs, decode_image)
 
 
