@@ -209,8 +209,10 @@ def test_the_preset_replaces_the_recipes_model():
     cfg = compose_config(["+recipe=vqa", "+model=llava", "init_from=/somewhere/llava"])
     assert cfg.llm._target_ == "mmit.models.llava_import.load_llava_llm" and cfg.llm.name_or_path == "/somewhere/llava"
     assert cfg.vision_encoder._target_ == "mmit.models.llava_import.llava_vision_encoder"
-    assert (cfg.vision_encoder.layer, cfg.vision_encoder.pool_to) == (None, None)  # not the recipe's 14 and 4
+    assert (cfg.vision_encoder.layer, cfg.vision_encoder.pool_to) == (None, None)  # not the recipe's 14 and 3
     assert cfg.projector.kind == "mlp" and cfg.projector.depth == 2 and cfg.projector.llava == "/somewhere/llava"
+    # the checkpoint's projector as trained: not the recipe's position code and rescaling
+    assert (cfg.projector.position_code, cfg.projector.output_norm) == ("none", False)
 
 
 @pytest.mark.parametrize(
