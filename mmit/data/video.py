@@ -246,9 +246,10 @@ def _stops_short(
     index, and ffmpeg then estimates its length from the file's size)."""
     # Two frames' worth of slack (at least 0.1 s): a good file ends within a frame of what it
     # declares, a file cut short far earlier.
-    if declared is not None and end < declared - max(2 * step, Fraction(1, 10)):
+    slack = max(2 * step, Fraction(1, 10))
+    if declared is not None and end < declared - slack:
         reached = end if own_length else max(end, _demuxed_length(data, step, every_stream=True))
-        if reached < declared - max(2 * step, Fraction(1, 10)):
+        if reached < declared - slack:
             whose = "it declares" if own_length else "its container declares"
             return f"{count} frames decode, {float(end):.2f} s of the {float(declared):.2f} s {whose}"
     # A few frames may fail to decode at the very end: more than 2, and more than 5%, may not.

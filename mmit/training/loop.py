@@ -32,7 +32,7 @@ from mmit.grounding import AnswerPrior, swap_plan, swapped
 from mmit.metrics import VQA_NORMALISATIONS
 from mmit.models.multimodal_lm import MultimodalLM
 from mmit.paths import atomic_write_text
-from mmit.scoring import Prediction, flat_metrics, score_predictions
+from mmit.scoring import Prediction, flat_metrics, last_task, score_predictions
 from mmit.training import distributed
 from mmit.training.checkpoint import (
     divergence_advice,
@@ -186,7 +186,7 @@ def per_task_prefix(convs: list[Conversation], n: int) -> list[int]:
     taken: dict[str, int] = {}
     chosen = []
     for i, conv in enumerate(convs):
-        task = (conv.meta.get("tasks") or ["instruction"])[-1]
+        task = last_task(conv)
         if taken.get(task, 0) < n:
             taken[task] = taken.get(task, 0) + 1
             chosen.append(i)
