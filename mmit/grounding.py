@@ -101,7 +101,8 @@ class AnswerPrior:
     """The training set's answers per task and per (task, question type): what a blind guess says.
 
     Counts come from every assistant turn of every training conversation whose metadata names
-    its tasks (one per turn, as the dataset builder writes them).
+    its tasks (one per turn, as the dataset builder writes them); multiple-choice answers count
+    as the letter they name.
     """
 
     by_task: dict[str, Counter] = field(default_factory=dict)
@@ -109,6 +110,9 @@ class AnswerPrior:
 
     @classmethod
     def from_conversations(cls, convs: Sequence[Conversation]) -> AnswerPrior:
+        from mmit.metrics import ANY_LETTER, option_letter
+        from mmit.scoring import family  # scoring reads the prior: imported when used
+
         prior = cls()
         for conv in convs:
             answers = [m.content.strip() for m in conv.messages if m.role == "assistant"]
@@ -116,6 +120,8 @@ class AnswerPrior:
             qtypes = conv.meta.get("question_types") or []
             for turn, answer in enumerate(answers):
                 task = tasks[turn] if len(tasks) == len(answers) else tasks[-1]
+                if family(task) == "choice":  # "red (B)" counts as "B": the blind guess is a letter
+                    answer = option_letter(answer, ANY_LETTER, by_text=False) or answer
                 prior.by_task.setdefault(task, Counter())[answer] += 1
                 qtype = qtypes[turn] if len(qtypes) == len(answers) else ""
                 if qtype:

@@ -567,18 +567,23 @@ def rouge_l_tokens(candidate: Sequence[str], reference: Sequence[str], beta: flo
     return _rouge_l_tokens(candidate, [reference], beta)
 
 
+ANY_LETTER = dict.fromkeys("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "")  # options known by their letters only
 _LETTER_PREFIX = re.compile(r"\(?([A-Z])(?![A-Za-z0-9])")
+_LETTER_SUFFIX = re.compile(r"\(([A-Z])\)\.?$")  # "red (B)": an option's text, then its letter
 _OPTION_LINE = re.compile(r"^\(?([A-Z])[.)] (.+)$", re.M)
 
 
-def option_letter(reply: str, options: dict[str, str]) -> str | None:
+def option_letter(reply: str, options: dict[str, str], by_text: bool = True) -> str | None:
     """The option a multiple-choice reply names, or None: a capital option letter at the start
-    (optionally in brackets, not followed by a letter or digit), else a reply equal to exactly one
-    option's text (case and a final period aside), as MMBench's matching rule reads replies."""
+    (optionally in brackets, not followed by a letter or digit) or in brackets at its end ("red (B)",
+    the answer form of ``shaping.choice_answer=option_letter``), else, with ``by_text``, a reply equal
+    to exactly one option's text (case and a final period aside), as MMBench's matching rule reads replies."""
     text = reply.strip()
-    match = _LETTER_PREFIX.match(text)
-    if match and match.group(1) in options:
-        return match.group(1)
+    for match in (_LETTER_PREFIX.match(text), _LETTER_SUFFIX.search(text)):
+        if match and match.group(1) in options:
+            return match.group(1)
+    if not by_text:
+        return None
     wanted = text.rstrip(".").strip().lower()
     named = [letter for letter, option in options.items() if option.strip().lower() == wanted]
     return named[0] if len(named) == 1 else None

@@ -4,8 +4,9 @@ Each task family is scored by the metrics its community reports (``mmit.metrics`
 
 - ``vqa_short``: VQAv2 accuracy against every human answer, and exact match;
 - ``vqa_yesno``: yes/no accuracy, VQAv2 accuracy and exact match;
-- ``vqa_multiple_choice``: accuracy of the option letter (exact match), and ``option_accuracy``:
-  the reply read as an option by its letter or its exact text (MMBench's rule);
+- ``vqa_multiple_choice``: accuracy of the option letter (the reply's letter at its start, or in
+  brackets at its end: "B", "(B)", "red (B)"), and ``option_accuracy``: the reply read as an option
+  by its letter or its exact text (MMBench's rule);
 - ``caption_*``: BLEU-4, CIDEr-D and ROUGE-L against all captions of the image;
 - audio and video tasks as the image task they resemble (``FAMILY``): their captions (and
   dense captions, and what happens between two times) as captions, their yes/no questions by
@@ -36,8 +37,6 @@ from dataclasses import asdict, dataclass, replace
 from mmit import metrics
 from mmit.data.samples import Conversation
 from mmit.grounding import AnswerPrior
-
-LETTERS = dict.fromkeys("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "")  # options known by their letters only
 
 # How each task is scored: its family's metrics (``task_metrics``), the first of them the headline.
 # Audio and video tasks are scored as the image task they resemble; a task not named here by its
@@ -147,9 +146,7 @@ def task_metrics(task: str, preds: list[Prediction], vqa_normalisation: str = "o
             "rouge_l": metrics.rouge_l_corpus(hyps, refs),
         }
     elif kind == "choice":
-        # a prompt that lists no options (its own wording) leaves the letter alone to name the option
-        named = [metrics.option_letter(p.prediction, metrics.listed_options(p.prompt) or LETTERS) for p in preds]
-        scores = {"accuracy": exact, "option_accuracy": _mean([n == p.reference for n, p in zip(named, preds)])}
+        scores = {"accuracy": _mean(chose_right(preds)), "option_accuracy": _mean(chose_right(preds, by_text=True))}
     elif kind in ("vqa", "vqa_yesno"):
         scores = {
             "vqa_accuracy": _mean([metrics.vqa_accuracy(p.prediction, p.references, vqa_normalisation) for p in preds]),
@@ -187,7 +184,9 @@ def sample_scores(
     kind = family(task)
     if kind == "caption":
         return metrics.cider_d_scores(hyps, [p.references for p in preds]), ones
-    if kind in ("choice", "short"):
+    if kind == "choice":
+        return [float(right) for right in chose_right(preds)], ones
+    if kind == "short":
         return [metrics.exact_match(p.prediction, p.reference) for p in preds], ones
     if kind in ("vqa_yesno", "yesno"):
         return [metrics.yes_no_accuracy([p.prediction], [p.reference]) for p in preds], ones
@@ -197,6 +196,18 @@ def sample_scores(
         words = [float(max(len(p.reference.split()), 1)) for p in preds]
         return [1.0 - metrics.word_error_rate([p.prediction], [p.reference]) for p in preds], words
     return [metrics.text_rouge_l(p.prediction, p.reference) for p in preds], ones
+
+
+def chose_right(preds: list[Prediction], by_text: bool = False) -> list[bool]:
+    """Whether each multiple-choice reply names the reference's option: by its letter, or with
+    ``by_text`` also by its exact text. References are a letter ("B") or an option's text and
+    letter ("red (B)"); a prompt that lists no options (its own wording) leaves the letter alone."""
+    right = []
+    for p in preds:
+        options = metrics.listed_options(p.prompt) or metrics.ANY_LETTER
+        wanted = metrics.option_letter(p.reference, options, by_text=False)
+        right.append(wanted is not None and metrics.option_letter(p.prediction, options, by_text) == wanted)
+    return right
 
 
 def yes_no_ranking(preds: list[Prediction]) -> tuple[float, float]:

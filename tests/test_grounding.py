@@ -81,6 +81,12 @@ def test_blind_prior_equals_a_hand_count():
     assert prior.answer("vqa_yesno") == "no" and prior.answer("vqa_yesno", "is there a") == "yes"
     assert prior.answer("vqa_yesno", "never seen") == "no" and prior.answer("unknown") is None
     assert AnswerPrior.from_json(prior.to_json()).answer("vqa_yesno", "is there a") == "yes"
+    # Multiple-choice answers count as the letter they name, whatever the option's text
+    choices = [
+        Conversation(f"m{i}", [Message("user", "q"), Message("assistant", a)], {"tasks": ["vqa_multiple_choice"]})
+        for i, a in enumerate(["red (B)", "2 (B)", "blue (A)", "C"])
+    ]
+    assert AnswerPrior.from_conversations(choices).by_task["vqa_multiple_choice"] == {"B": 2, "A": 1, "C": 1}
 
     # Evaluated: 4 yes/no questions, answers yes, yes, no, no; question types is there a, is the x 3.
     refs = [("yes", "is there a"), ("yes", "is the"), ("no", "is the"), ("no", "is the")]

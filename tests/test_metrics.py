@@ -398,6 +398,21 @@ def test_multiple_choice_replies_read_by_letter_or_by_option_text():
     ]
     scores = task_metrics("vqa_multiple_choice", preds)
     assert scores["accuracy"] == 0.25 and scores["option_accuracy"] == 0.5  # "blue" names B by its text
+    # An option's text, then its letter in brackets (shaping.choice_answer=option_letter): the letter counts
+    assert [option_letter(r, options) for r in ("blue (B)", "blue (B).", "blue (E)", "(B) blue")] == [
+        "B",
+        "B",
+        None,
+        "B",
+    ]
+    assert option_letter("blue", options, by_text=False) is None and option_letter("blue (B)", options, False) == "B"
+    replies = ["blue (B)", "B", "blue", "red (A)", "blue (A)"]
+    preds = [
+        Prediction("s", str(i), "vqa_multiple_choice", "", prompt, "blue (B)", ["blue (B)"], reply)
+        for i, reply in enumerate(replies)
+    ]
+    scores = task_metrics("vqa_multiple_choice", preds)
+    assert scores["accuracy"] == 0.4 and scores["option_accuracy"] == 0.6  # the letter decides "blue (A)"
 
 
 # --- yes/no ranking ---------------------------------------------------------------------------

@@ -43,6 +43,9 @@ class ShapingConfig:
     multiple_choice_hint: str | None = None
     multiple_choice_fraction: float = 0.2  # non-yes/no questions asked as multiple choice
     num_choices: int = 4
+    # A multiple-choice answer: the option's "letter" ("B"), or "option_letter": its text, then its
+    # letter in brackets ("red (B)"), so that the letter is looked up from a word already written
+    choice_answer: str = "letter"
     held_out_tasks: list[str] = field(default_factory=list)  # never in training; own eval set
     # Where templated prompts put the placeholders: "before" the instruction (LLaVA's layout) or
     # "after" it, so that under causal attention the media tokens are read knowing the question.
@@ -54,6 +57,8 @@ class ShapingConfig:
     def __post_init__(self):
         if self.media_position not in ("before", "after"):
             raise ValueError(f"shaping.media_position must be before or after, not {self.media_position!r}")
+        if self.choice_answer not in ("letter", "option_letter"):
+            raise ValueError(f"shaping.choice_answer must be letter or option_letter, not {self.choice_answer!r}")
 
 
 def _without(answers: list[str], answer: str) -> tuple[int, int]:
@@ -111,7 +116,8 @@ def _qa_turn(
         prompt = template.render({"question": qa.question, "options": listing})
         if cfg.multiple_choice_hint and hint:
             prompt = f"{prompt}\n{cfg.multiple_choice_hint}"
-        return prompt, LETTERS[options.index(qa.answer)]
+        letter = LETTERS[options.index(qa.answer)]
+        return prompt, letter if cfg.choice_answer == "letter" else f"{qa.answer} ({letter})"
     prompt = template.render({"statement" if task == "compare_statement" else "question": qa.question})
     if task in ("vqa_short", "audio_qa", "video_qa", "compare_qa", "av_qa") and cfg.short_answer_hint and hint:
         prompt = f"{prompt}\n{cfg.short_answer_hint}"

@@ -22,33 +22,33 @@ CASES = {
 # case -> the sha256 of each shard file (by path under out_dir) and of the stable manifest
 GOLDEN: dict[str, dict] = {
     "demo": {
-        "manifest": "e0cdfda17ead3936fcb864f06ead549d1105ded082b21394fe4a0d7aa904c648",
+        "manifest": "50bf49046cfa7859074e95e2de1dd09144ea2fb6747475271f96964f34a38a84",
         "shards": {
             "train/shard-000000.json": "68ca5af3df9880d7eb62dafbbacffca2fa3abf67af6039408d6e69c026f43cb7",
-            "train/shard-000000.tar": "5fab41c792cbd65a13979ab68974f27883ad3e7188d5d3e1d61125884a37a9e6",
+            "train/shard-000000.tar": "2cf681de0a519be1b26a8de08699b63616bc6eda612a97a05cee22b93689a933",
             "train/shard-000001.json": "e85176e62342c4caa31d806c1c85ad04bcfd9c375d9356d600617982b1c87208",
-            "train/shard-000001.tar": "992e00e75563fe8258e7c707cdc6467ecd799d8b29ae11050f0ab3e5e241bed8",
+            "train/shard-000001.tar": "cc5057b9beb4068baf16a16a9ff986c2e089f39d96052848bac8151c34b30153",
             "val_heldout_tasks/shard-000000.json": "fdfd2f54e518628de19b619bf55cf2a4a4913267e4dadf70d37c4484bf731d4b",
             "val_heldout_tasks/shard-000000.tar": "66f3c43acef5e6b259929c3a752d3f694d64af633def0ba6b47420ab724232e6",
             "val_heldout_templates/shard-000000.json": "b35eeda0e79f3bb8f0619bbddeedb4d5e2e9a0ede9d7711af462d097ccdd0ed3",
-            "val_heldout_templates/shard-000000.tar": "150e64622cb98ed79146793be67da6319aa88727547dce66b72feb6605335469",
+            "val_heldout_templates/shard-000000.tar": "013cc8c60a722728476bf991492e808ac178ed42afb4f419ba22a73afe7f3e85",
             "val_seen/shard-000000.json": "9fad00ce46fcbb69df402b495f9c31bdbccb38b3420dcc3201abfc826344737a",
-            "val_seen/shard-000000.tar": "8258f6d67e52aa3ecab5bc533efe639cdc3271bbf0a2730e65c48cbf5fb7680b",
+            "val_seen/shard-000000.tar": "510dd8bb6fe457be9761830ada1128b59e2fd29bf95eb0bfce0a8ce5bfbcbce1",
         },
     },
     "skip_resize_unshared": {
-        "manifest": "c5088fd2a59e80f0f91d654d13c122cd24260d3cd91a4ad2eda4d0a3a7157af1",
+        "manifest": "e9a4a0f8d50c57384ab8e90535b35e75a8edb3a9f7b4ab4b74cf2a14e452f9e4",
         "shards": {
             "train/shard-000000.json": "5c502f77418aa2a3c284c8b921be389a8f0f47dd933aa441c106c8cedf23644d",
-            "train/shard-000000.tar": "81dbbe9ec3be331240f511083d6a06f01407f3e04d0ee0aad354205225c23c90",
+            "train/shard-000000.tar": "88093167bbe57e454d92578c43f774164619221e4b19c69a86b44317a4aacfb6",
             "train/shard-000001.json": "717c97e6290f5763b7ff34c2cd3cca1eaeb1e9afd8b336ee77fd16697bd8e363",
-            "train/shard-000001.tar": "811de1f00712171660d3e6a4b8612b4588c36ba2b13ac528a28fe8d167d59188",
+            "train/shard-000001.tar": "40a303e4fe0ee7fb3b832c50802edd775175a4b650862aee4dc029012dabffa6",
             "val_heldout_tasks/shard-000000.json": "fdfd2f54e518628de19b619bf55cf2a4a4913267e4dadf70d37c4484bf731d4b",
             "val_heldout_tasks/shard-000000.tar": "2c0d1032d0e853fd4f3660a26a8f2e4bc4f3c71966fe08afb955c817805c9c7e",
             "val_heldout_templates/shard-000000.json": "6aa795a98aa4be0dfe698d89116c5243d52c4249d254a6fc581662f898bb87c5",
-            "val_heldout_templates/shard-000000.tar": "d75110bdf385d5359556b36b48b2ea65f423d766968301f7eee4e773c5df9d37",
+            "val_heldout_templates/shard-000000.tar": "ec29e9f1c498863c3b8d608d487b7dd2f0a15e3da1761f613932a0185c938758",
             "val_seen/shard-000000.json": "822bdd94b246d71e79f90d67d1267348b7546beabff334bc8d59811791263388",
-            "val_seen/shard-000000.tar": "600d4263b40ad520f45d829ef5f9ffc51fb598b991b9c2fa728662f7db2f8a74",
+            "val_seen/shard-000000.tar": "887a2c9b3f68bc03af2f2f4f6798ed8dd6c2bee4f4e98924931a73770ae6c809",
         },
     },
 }

@@ -51,6 +51,21 @@ def test_multiple_choice_hint_and_letters():
         assert prompt.endswith(MC_HINT) and answer in "ABCD" and len(answer) == 1
 
 
+def test_option_then_letter_answers_name_the_right_option():
+    from mmit.metrics import listed_options
+
+    cfg = ShapingConfig(qa_per_conversation=1, multiple_choice_fraction=1.0, choice_answer="option_letter")
+    convs = shape_annotation(_annotation(), TEMPLATES, cfg, _pool(), "val", held_out_templates=True)["seen"]
+    choices = [c for c in convs if c.meta["tasks"] == ["vqa_multiple_choice"]]
+    assert choices
+    for conv in choices:
+        prompt, answer = conv.messages[0].content, conv.messages[1].content
+        text, letter = answer[:-4], answer[-3:]  # "red (B)"
+        assert letter[0] == "(" and letter[2] == ")" and listed_options(prompt)[letter[1]] == text
+    with pytest.raises(ValueError, match="choice_answer"):
+        ShapingConfig(choice_answer="text")
+
+
 @pytest.mark.parametrize("position", ["before", "after"])
 def test_media_position(position):
     cfg = ShapingConfig(qa_per_conversation=2, media_position=position)
