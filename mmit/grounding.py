@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from mmit.data.samples import Conversation
+from mmit.metrics import ANY_LETTER, option_letter
 
 T = TypeVar("T")
 PRIOR_FILE = "answer_prior.json"  # in a run directory, written by mmit.train
@@ -110,7 +111,6 @@ class AnswerPrior:
 
     @classmethod
     def from_conversations(cls, convs: Sequence[Conversation]) -> AnswerPrior:
-        from mmit.metrics import ANY_LETTER, option_letter
         from mmit.scoring import family  # scoring reads the prior: imported when used
 
         prior = cls()

@@ -574,12 +574,13 @@ _OPTION_LINE = re.compile(r"^\(?([A-Z])[.)] (.+)$", re.M)
 
 
 def option_letter(reply: str, options: dict[str, str], by_text: bool = True) -> str | None:
-    """The option a multiple-choice reply names, or None: a capital option letter at the start
-    (optionally in brackets, not followed by a letter or digit) or in brackets at its end ("red (B)",
-    the answer form of ``shaping.choice_answer=option_letter``), else, with ``by_text``, a reply equal
-    to exactly one option's text (case and a final period aside), as MMBench's matching rule reads replies."""
+    """The option a multiple-choice reply names, or None: an option letter in brackets at its end
+    ("red (B)", the answer form of ``shaping.choice_answer=option_letter``; so "A dog (B)" is B), else
+    a capital option letter at the start (optionally in brackets, not followed by a letter or digit),
+    else, with ``by_text``, a reply equal to exactly one option's text (case and a final period
+    aside), as MMBench's matching rule reads replies."""
     text = reply.strip()
-    for match in (_LETTER_PREFIX.match(text), _LETTER_SUFFIX.search(text)):
+    for match in (_LETTER_SUFFIX.search(text), _LETTER_PREFIX.match(text)):
         if match and match.group(1) in options:
             return match.group(1)
     if not by_text:

@@ -201,12 +201,14 @@ def sample_scores(
 def chose_right(preds: list[Prediction], by_text: bool = False) -> list[bool]:
     """Whether each multiple-choice reply names the reference's option: by its letter, or with
     ``by_text`` also by its exact text. References are a letter ("B") or an option's text and
-    letter ("red (B)"); a prompt that lists no options (its own wording) leaves the letter alone."""
+    letter ("red (B)"); a prompt that lists no options (its own wording) leaves the letter alone.
+    A reply equal to the reference (``exact_match``: "b" for "B") is right, whatever it names."""
     right = []
     for p in preds:
         options = metrics.listed_options(p.prompt) or metrics.ANY_LETTER
         wanted = metrics.option_letter(p.reference, options, by_text=False)
-        right.append(wanted is not None and metrics.option_letter(p.prediction, options, by_text) == wanted)
+        named = wanted is not None and metrics.option_letter(p.prediction, options, by_text) == wanted
+        right.append(named or metrics.exact_match(p.prediction, p.reference) == 1.0)
     return right
 
 

@@ -86,7 +86,22 @@ def test_blind_prior_equals_a_hand_count():
         Conversation(f"m{i}", [Message("user", "q"), Message("assistant", a)], {"tasks": ["vqa_multiple_choice"]})
         for i, a in enumerate(["red (B)", "2 (B)", "blue (A)", "C"])
     ]
-    assert AnswerPrior.from_conversations(choices).by_task["vqa_multiple_choice"] == {"B": 2, "A": 1, "C": 1}
+    choices.append(
+        Conversation(
+            "m9", [Message("user", "q"), Message("assistant", "A dog (B)")], {"tasks": ["vqa_multiple_choice"]}
+        )
+    )
+    letters = AnswerPrior.from_conversations(choices)
+    assert letters.by_task["vqa_multiple_choice"] == {"B": 3, "A": 1, "C": 1}
+    # Scored by letter: "B" against references in the option-then-letter form, own and swapped
+    prompt = "What colour?\nA. red\nB. blue\nC. green"
+    refs, replies = ["blue (B)", "red (A)", "blue (B)", "green (C)"], ["blue (B)", "blue (B)", "B", "green (C)"]
+    preds = [
+        Prediction("val", f"q{i}", "vqa_multiple_choice", "t", prompt, ref, [ref], reply, has_media=True)
+        for i, (ref, reply) in enumerate(zip(refs, replies))
+    ]
+    g = grounding_scores(preds, prior=letters)["val"]["vqa_multiple_choice"]
+    assert g["score"] == 0.75 and g["prior"] == 0.5 and g["prior_answer"] == "B"
 
     # Evaluated: 4 yes/no questions, answers yes, yes, no, no; question types is there a, is the x 3.
     refs = [("yes", "is there a"), ("yes", "is the"), ("no", "is the"), ("no", "is the")]

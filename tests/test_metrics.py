@@ -413,6 +413,16 @@ def test_multiple_choice_replies_read_by_letter_or_by_option_text():
     ]
     scores = task_metrics("vqa_multiple_choice", preds)
     assert scores["accuracy"] == 0.4 and scores["option_accuracy"] == 0.6  # the letter decides "blue (A)"
+    # The bracketed letter at the end wins over an option text that starts like a letter
+    assert option_letter("A dog (B)", {"A": "A cat", "B": "A dog"}) == "B"
+    assert option_letter("X-ray (C)", {"C": "X-ray", "X": ""}) == "C"
+    # A reference naming no listed letter is scored by exact match; so is a letter in lower case
+    odd = [
+        Prediction("s", "0", "vqa_multiple_choice", "", prompt, "purple", ["purple"], "Purple"),
+        Prediction("s", "1", "vqa_multiple_choice", "", prompt, "purple", ["purple"], "blue"),
+        Prediction("s", "2", "vqa_multiple_choice", "", prompt, "B", ["B"], "b"),
+    ]
+    assert task_metrics("vqa_multiple_choice", odd)["accuracy"] == pytest.approx(2 / 3)
 
 
 # --- yes/no ranking ---------------------------------------------------------------------------

@@ -9,7 +9,8 @@ rotated; a question that comes without copies gets them here, one per rotation o
 
 Scored by CircularEval: a question counts as right only if every copy is answered right. A
 reply's option letter is read by a plain rule instead of MMBench's ChatGPT matching: the reply,
-stripped, starts with a capital option letter (optionally in brackets) not followed by a letter
+stripped, ends with an option letter in brackets ("a cat (B)", mmit's option-then-letter answer
+form), or starts with a capital option letter (optionally in brackets) not followed by a letter
 or digit ("B", "B.", "(B)", "B: a cat"); else the reply, less a trailing full stop, equals one
 option's text (case ignored). Otherwise it has no answer and is wrong. (A reply starting with the
 article "A" followed by a space reads as option A.)

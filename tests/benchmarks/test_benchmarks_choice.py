@@ -80,6 +80,8 @@ def test_mmbench_reader_generates_missing_shifts():
         ("Both", None),
         ("The answer is B", None),
         ("A cat is shown", "A"),
+        ("a dog (B)", "B"),
+        ("A cat (B)", "B"),
     ],
 )
 def test_mmbench_option_letter(reply, letter):
