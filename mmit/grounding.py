@@ -28,6 +28,7 @@ from typing import TypeVar
 
 from mmit.data.samples import Conversation
 from mmit.metrics import ANY_LETTER, option_letter
+from mmit.tasks import family
 
 T = TypeVar("T")
 PRIOR_FILE = "answer_prior.json"  # in a run directory, written by mmit.train
@@ -111,8 +112,6 @@ class AnswerPrior:
 
     @classmethod
     def from_conversations(cls, convs: Sequence[Conversation]) -> AnswerPrior:
-        from mmit.scoring import family  # scoring reads the prior: imported when used
-
         prior = cls()
         for conv in convs:
             answers = [m.content.strip() for m in conv.messages if m.role == "assistant"]

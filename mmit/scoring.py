@@ -8,7 +8,7 @@ Each task family is scored by the metrics its community reports (``mmit.metrics`
   brackets at its end: "B", "(B)", "red (B)"), and ``option_accuracy``: the reply read as an option
   by its letter or its exact text (MMBench's rule);
 - ``caption_*``: BLEU-4, CIDEr-D and ROUGE-L against all captions of the image;
-- audio and video tasks as the image task they resemble (``FAMILY``): their captions (and
+- audio and video tasks as the image task they resemble (``mmit.tasks.FAMILY``): their captions (and
   dense captions, and what happens between two times) as captions, their yes/no questions by
   yes/no accuracy, and questions with one reference answer by exact-match accuracy;
 - anything else (text instructions, conversations): exact match and ROUGE-L.
@@ -37,27 +37,9 @@ from dataclasses import asdict, dataclass, replace
 from mmit import metrics
 from mmit.data.samples import Conversation
 from mmit.grounding import AnswerPrior
+from mmit.tasks import YES_NO, family
 
-# How each task is scored: its family's metrics (``task_metrics``), the first of them the headline.
-# Audio and video tasks are scored as the image task they resemble; a task not named here by its
-# prefix (caption_*, vqa_*), else as free text.
-FAMILY = {
-    "vqa_multiple_choice": "choice",
-    "vqa_yesno": "vqa_yesno",
-    "video_yesno": "yesno",
-    "compare_statement": "yesno",  # a statement about several images, true or false (NLVR2)
-    "av_yesno": "yesno",  # about a clip's frames and sound track together
-    "audio_qa": "short",  # one reference answer: exact-match accuracy
-    "video_qa": "short",
-    "video_order": "short",  # which of two named events or colours comes first
-    "compare_qa": "short",  # which image has more shapes, is different, ...
-    "av_qa": "short",  # which colour appears when the beep sounds
-    "audio_caption": "caption",
-    "video_caption": "caption",
-    "video_dense_caption": "caption",
-    "video_temporal": "caption",  # what happens between two times: one event's sentence
-    "audio_transcription": "transcription",
-}
+# Each family's headline metric: the first of its ``task_metrics``
 HEADLINES = {
     "choice": "accuracy",
     "vqa_yesno": "yes_no_accuracy",
@@ -68,15 +50,6 @@ HEADLINES = {
     "vqa": "vqa_accuracy",
     "text": "rouge_l",
 }
-
-
-YES_NO = ("vqa_yesno", "yesno")  # the families answered "yes" or "no"
-
-
-def family(task: str) -> str:
-    if task in FAMILY:
-        return FAMILY[task]
-    return "caption" if task.startswith("caption") else "vqa" if task.startswith("vqa") else "text"
 
 
 def last_task(conv: Conversation) -> str:

@@ -28,7 +28,7 @@ from mmit.data.shards import shard_members, shard_urls
 from mmit.data.templates import load_templates
 from mmit.data.video import VideoSampling, check_video, decode_video
 from mmit.paths import RECIPES_DIR
-from mmit.scoring import family
+from mmit.tasks import family
 
 TEMPLATE_DIR = RECIPES_DIR / "templates"
 AV_TASKS = {"av_qa", "av_yesno"}
