@@ -4,9 +4,9 @@ Each task family is scored by the metrics its community reports (``mmit.metrics`
 
 - ``vqa_short``: VQAv2 accuracy against every human answer, and exact match;
 - ``vqa_yesno``: yes/no accuracy, VQAv2 accuracy and exact match;
-- ``vqa_multiple_choice``: accuracy of the option letter (the reply's letter at its start, or in
-  brackets at its end: "B", "(B)", "red (B)"), and ``option_accuracy``: the reply read as an option
-  by its letter or its exact text (MMBench's rule);
+- ``vqa_multiple_choice``: accuracy of the option letter (the reply's letter in brackets at its end,
+  else at its start: "red (B)", "B", "(B)"; or a reply equal to the reference), and
+  ``option_accuracy``: the reply read as an option by its letter or its exact text (MMBench's rule);
 - ``caption_*``: BLEU-4, CIDEr-D and ROUGE-L against all captions of the image;
 - audio and video tasks as the image task they resemble (``mmit.tasks.FAMILY``): their captions (and
   dense captions, and what happens between two times) as captions, their yes/no questions by

@@ -3,7 +3,7 @@ answers (``mmit.grounding``). A task's family is named here, else read from its 
 
 from __future__ import annotations
 
-# How each task is scored: its family's metrics (``task_metrics``), the first of them the headline.
+# How each task is scored: its family's metrics (``mmit.scoring.task_metrics``), the first of them the headline.
 # Audio and video tasks are scored as the image task they resemble; a task not named here by its
 # prefix (caption_*, vqa_*), else as free text.
 FAMILY = {
