@@ -137,14 +137,25 @@ class EfficientNetLite0Encoder(ImageEncoder):
     ``layer``: ``head`` (the final 1x1 convolution: 7x7 = 49 tokens of 1280) or the index of the
     MBConv block whose output to take (0-15; e.g. 10: 14x14 tokens of 112, 14: 7x7 of 192).
     Earlier layers keep more of where things are and what colour they are; the head is the most
-    ImageNet-specific.
+    ImageNet-specific. ``image_size``: the side images are resized to (224, as trained); the grid is
+    a 32nd of it, so 288 gives 9x9, which ``pool_to=3`` averages into exact thirds (7x7 pooled to 3x3
+    averages overlapping columns of cells).
     """
 
     def __init__(
-        self, weights: str | None = None, layer: int | str = "head", tokens: str = "patch", pool_to: int | None = None
+        self,
+        weights: str | None = None,
+        layer: int | str = "head",
+        tokens: str = "patch",
+        pool_to: int | None = None,
+        image_size: int = 224,
     ):
         super().__init__(tokens, pool_to)
         from efficientnet_lite_pytorch import EfficientNet
+
+        if image_size < 32 or image_size % 32:
+            raise ValueError(f"EfficientNet-Lite0 image_size must be a multiple of 32, not {image_size!r}")
+        self.image_size = image_size
 
         self.net = EfficientNet.from_name("efficientnet-lite0")
         path = Path(weights) if weights else _efficientnet_weights()
@@ -156,13 +167,14 @@ class EfficientNetLite0Encoder(ImageEncoder):
         if layer != "head":  # the blocks after it and the head never run: drop their weights
             self.net._blocks = self.net._blocks[: layer + 1]
             self.net._conv_head = self.net._bn1 = None
-        self._finish_init(224)
+        self._finish_init(image_size)
 
     def preprocess(self, images):
+        side = self.image_size
         arrays = [
             torch.frombuffer(
-                bytearray(im.resize((224, 224), Image.Resampling.BICUBIC).tobytes()), dtype=torch.uint8
-            ).view(224, 224, 3)
+                bytearray(im.resize((side, side), Image.Resampling.BICUBIC).tobytes()), dtype=torch.uint8
+            ).view(side, side, 3)
             for im in _rgb(images)
         ]
         return (torch.stack(arrays).permute(0, 3, 1, 2).float() - 127.0) / 128.0
