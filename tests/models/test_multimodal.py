@@ -237,6 +237,21 @@ def test_efficientnet_lite0_gives_spatial_tokens_from_the_offline_weights():
     assert not torch.allclose(out[0], out[1])  # real weights tell red from blue
 
 
+
+def test_efficientnet_lite0_image_size_sets_the_grid_and_pools_exact_thirds():
+    encoder = EfficientNetLite0Encoder(layer=14, image_size=288).eval()
+    image = Image.new("RGB", (288, 288), "white")
+    image.paste((255, 0, 0), (0, 0, 96, 288))  # red in the left third only
+    pixels = encoder.preprocess([image])
+    assert pixels.shape == (1, 3, 288, 288) and encoder.num_tokens == 81
+    with torch.no_grad():
+        grid = encoder(pixels)[0].reshape(9, 9, -1)
+        pooled = EfficientNetLite0Encoder(layer=14, image_size=288, pool_to=3).eval()(pixels)[0].reshape(3, 3, -1)
+    # 9 cells a side average into 3 exact columns of 3 (no column shared between two tokens)
+    torch.testing.assert_close(pooled[1, 0], grid[3:6, 0:3].mean(dim=(0, 1)), atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        EfficientNetLite0Encoder(image_size=300)
+
 def _stage1(compose, tmp_path) -> tuple[list[str], MultimodalLM]:
     """The tiny recipe's overrides and a model whose projector moved from its initial weights, saved
     as a checkpoint in ``tmp_path / "stage1"``."""
