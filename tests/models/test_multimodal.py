@@ -237,7 +237,6 @@ def test_efficientnet_lite0_gives_spatial_tokens_from_the_offline_weights():
     assert not torch.allclose(out[0], out[1])  # real weights tell red from blue
 
 
-
 def test_efficientnet_lite0_image_size_sets_the_grid_and_pools_exact_thirds():
     encoder = EfficientNetLite0Encoder(layer=14, image_size=288).eval()
     image = Image.new("RGB", (288, 288), "white")
@@ -251,6 +250,7 @@ def test_efficientnet_lite0_image_size_sets_the_grid_and_pools_exact_thirds():
     torch.testing.assert_close(pooled[1, 0], grid[3:6, 0:3].mean(dim=(0, 1)), atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="multiple of 32"):
         EfficientNetLite0Encoder(image_size=300)
+
 
 def _stage1(compose, tmp_path) -> tuple[list[str], MultimodalLM]:
     """The tiny recipe's overrides and a model whose projector moved from its initial weights, saved
