@@ -7,6 +7,8 @@ Hydra already refuses unknown keys and unknown group options; these checks cover
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import re
 import types
 import typing
@@ -85,6 +87,8 @@ def check_config(cfg: DictConfig) -> None:
         if value is not ABSENT and value not in known:
             problems.append(f"{key}={_show(value)}: must be one of {', '.join(known)} ({group}=<option>)")
     _check_data(values.get("data") or {}, problems)
+    for group in BUILT_GROUPS:
+        _check_arguments(group, values.get(group), problems)
     for group in ("vision_encoder", "audio_encoder"):
         if values.get(group) and not values.get("projector"):
             problems.append(f"{group} is set but no projector is: add projector=mlp (or linear, resampler)")
@@ -107,6 +111,31 @@ def check_config(cfg: DictConfig) -> None:
 
 
 ABSENT = object()  # what value_at gives for a path that is not there
+BUILT_GROUPS = ("llm", "vision_encoder", "audio_encoder")  # groups whose _target_ takes the group's keys
+
+
+def _check_arguments(group: str, node: Any, problems: list[str]) -> None:
+    """Keys that mmit's own builder for a group does not take: a recipe's setting for its encoder left
+    behind when the command line picks another (``+recipe=vqa vision_encoder=hf_clip``), or a typo.
+    Only ``mmit.`` targets are looked up, so that checking imports nothing a config names."""
+    target = node.get("_target_") if isinstance(node, dict) else None
+    if not isinstance(target, str) or not target.startswith("mmit."):
+        return
+    module, _, name = target.rpartition(".")
+    try:
+        builder = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        problems.append(f"{group}._target_={target!r}: no such builder in mmit")
+        return
+    params = inspect.signature(builder).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    takes = [n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    for key in sorted(k for k in node if not k.startswith("_") and k not in params):
+        problems.append(
+            f"{group}.{key}={_show(node[key])}: {name} takes no {key!r} (it takes {', '.join(takes)}); "
+            f"drop it with ~{group}.{key}"
+        )
 
 
 def value_at(node: Any, path: str | Sequence[str]) -> Any:

@@ -53,6 +53,32 @@ def test_bad_values_are_named_before_anything_is_built(override, message, compos
     assert message in str(refused.value)
 
 
+def test_a_key_the_encoder_does_not_take_is_named_with_how_to_drop_it(compose):
+    with pytest.raises(ConfigError) as refused:
+        check_config(compose(["+recipe=vqa_tiny", "vision_encoder=hf_clip", "+vision_encoder.image_size=288"]))
+    assert (
+        "vision_encoder.image_size=288: HFVisionEncoder takes no 'image_size' "
+        "(it takes name_or_path, layer, tokens, pool_to, trust_remote_code); drop it with ~vision_encoder.image_size"
+    ) in str(refused.value)
+    with pytest.raises(ConfigError, match="llm.max_len=3: load_smollm2_135m_instruct takes no 'max_len'"):
+        check_config(compose(["+recipe=text", "+llm.max_len=3"]))
+
+
+def test_swapping_the_main_jobs_encoder_leaves_none_of_its_settings_behind(compose):
+    """+recipe=vqa's EfficientNet settings (block 14, 288 px, 3x3) belong to its encoder option, so
+    another encoder on the command line, or +model=llava, starts from that encoder's own."""
+    cfg = compose(["+recipe=vqa", "vision_encoder=hf_clip", "vision_encoder.name_or_path=/models/clip"])
+    assert dict(cfg.vision_encoder) == {
+        "_target_": "mmit.models.encoders.HFVisionEncoder",
+        "name_or_path": "/models/clip",
+        **{"layer": -2, "tokens": "patch", "pool_to": None},
+    }
+    check_config(cfg)
+    check_config(compose(["+recipe=vqa", "+model=llava", "init_from=/somewhere/llava"]))
+    main = compose(["+recipe=vqa"]).vision_encoder
+    assert (main.layer, main.pool_to, main.image_size) == (14, 3, 288)
+
+
 def test_files_without_training_files_say_what_to_set(compose):
     with pytest.raises(ConfigError, match=r"data.source.train is not set: .*'data.source.train=\[train.jsonl\]'"):
         check_config(compose(["+recipe=text_tiny", "data=files"]))

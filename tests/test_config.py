@@ -57,6 +57,14 @@ def test_every_recipe_composes_and_instantiates(recipe, compose, tmp_path):
     assert isinstance(trainer, TrainerConfig) and trainer.max_steps > 0
 
 
+def test_stage_one_builds_the_main_jobs_encoder_and_projector(compose):
+    """+recipe=caption_align feeds +recipe=vqa init_from=<its run>: every projector tensor must fit."""
+    stage1, stage2 = compose(["+recipe=caption_align"]), compose(["+recipe=vqa"])
+    assert stage1.vision_encoder == stage2.vision_encoder
+    assert stage1.projector == stage2.projector
+    assert stage1.peft.method == "frozen" and stage2.peft.method == "lora"
+
+
 def test_command_line_overrides_beat_the_recipe(compose):
     cfg = compose(["+recipe=text", "llm=tiny", "peft=full", "trainer.max_steps=3"])
     assert cfg.llm._target_.endswith("load_tiny") and cfg.peft.method == "full" and cfg.trainer.max_steps == 3

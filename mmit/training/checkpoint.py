@@ -114,6 +114,17 @@ def load_matching(model: nn.Module, run_or_ckpt: str | Path) -> list[str]:
     copied = [n for n, t in state.items() if n in params and params[n].shape == t.shape]
     if not copied:
         raise ValueError(f"init_from: no tensor of {ckpt} fits this model")
+    misfits = [n for n, t in state.items() if n in params and params[n].shape != t.shape]
+    if misfits:  # the same part built another way (another encoder feeding the projector): it starts afresh
+        shown = "; ".join(f"{n} {list(state[n].shape)} here {list(params[n].shape)}" for n in misfits[:4])
+        shown += "; ..." if len(misfits) > 4 else ""
+        log.warning(
+            "init_from: %d of %d tensors of %s have another shape here and start afresh: %s",
+            len(misfits),
+            len(state),
+            ckpt,
+            shown,
+        )
     with torch.no_grad():
         for name in copied:
             params[name].copy_(state[name])

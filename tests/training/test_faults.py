@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from mmit.train import run
 from mmit.training.checkpoint import latest_checkpoint, load_matching, read_safetensors, save_checkpoint
@@ -165,6 +165,20 @@ def test_a_malicious_pickle_is_refused_and_never_executed(tmp_path):
     with pytest.raises(ValueError, match="not a safetensors file"):
         read_safetensors(fake / "trainable.safetensors")
     assert not marker.exists()
+
+
+def test_init_from_copies_what_fits_and_names_what_does_not(tmp_path, caplog):
+    """A stage-1 projector built on another encoder: its first layer has another input width."""
+    stage1 = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.GELU(), torch.nn.Linear(4, 4))
+    stage2 = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.GELU(), torch.nn.Linear(4, 4))
+    save_file({n: p.detach().clone() for n, p in stage1.named_parameters()}, tmp_path / "stage1.safetensors")
+    before = stage2[0].weight.detach().clone()
+    with caplog.at_level("WARNING", logger="mmit.training.checkpoint"):
+        copied = load_matching(stage2, tmp_path / "stage1.safetensors")
+    assert sorted(copied) == ["0.bias", "2.bias", "2.weight"]  # a bias fits whatever feeds its layer
+    assert torch.equal(stage2[2].weight, stage1[2].weight) and torch.equal(stage2[0].weight, before)
+    assert "init_from: 1 of 4 tensors of" in caplog.text
+    assert "0.weight [4, 6] here [4, 3]" in caplog.text
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
