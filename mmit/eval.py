@@ -29,6 +29,8 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from omegaconf import DictConfig, OmegaConf
+
 from mmit.benchmarks import BENCHMARKS
 from mmit.cli import user_errors
 from mmit.evaluation import evaluate_benchmarks, evaluate_set
@@ -332,7 +334,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int = 32) -> None:
     g = p.add_argument_group("generation (greedy unless --num-beams or --sample)")
     g.add_argument(
-        "--max-new-tokens", type=int, default=None, help=f"default {max_new_tokens}; benchmarks: lmms-eval's per task"
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help=f"for every answer; default: the run's trainer.max_new_tokens (per task where it names tasks), else "
+        f"{max_new_tokens}; benchmarks: lmms-eval's per task",
     )
     p.set_defaults(default_max_new_tokens=max_new_tokens)
     g.add_argument("--num-beams", type=int, default=1)
@@ -343,15 +349,18 @@ def add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int = 32) ->
     g.add_argument("--seed", type=int, default=0)
 
 
-def generation_options(args: argparse.Namespace) -> GenerationOptions:
-    return GenerationOptions(
-        args.max_new_tokens or args.default_max_new_tokens,
-        args.num_beams,
-        args.sample,
-        args.temperature,
-        args.top_p,
-        args.top_k,
-        args.seed,
+def generation_options(args: argparse.Namespace, configured: int | dict | None = None) -> GenerationOptions:
+    """The command line's options; the answer lengths are ``--max-new-tokens`` for every answer when
+    given, else the run's own ``trainer.max_new_tokens`` (``configured``), so that mmit.eval answers
+    as the run's in-loop evaluation did, else the command's default."""
+    return GenerationOptions.from_setting(
+        args.max_new_tokens or configured or args.default_max_new_tokens,
+        num_beams=args.num_beams,
+        do_sample=args.sample,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
     )
 
 
@@ -359,11 +368,12 @@ def generation_options(args: argparse.Namespace) -> GenerationOptions:
 def main(argv: list[str] | None = None) -> Path:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    options = generation_options(args)
     if args.base is not None:
         loaded = load_base(args.base, args.device, args.precision or "auto")
     else:
         loaded = load_run(args.run_dir, args.checkpoint, args.device, args.precision)
+    lengths = OmegaConf.select(loaded.cfg, "trainer.max_new_tokens")  # the run's (or --base recipe's)
+    options = generation_options(args, OmegaConf.to_container(lengths) if isinstance(lengths, DictConfig) else lengths)
     extra = {}
     for item in args.sets:
         name, sep, path = item.partition("=")
@@ -426,6 +436,7 @@ def main(argv: list[str] | None = None) -> Path:
         "device": str(loaded.device),
         "precision": loaded.precision,
         "decoding": _decoding(options),
+        "answer_lengths": options.limits(),
         "vqa_normalisation": vqa_normalisation,
         "media": "encoders on every item" if args.feature_cache == "none" else f"feature cache: {args.feature_cache}",
         "samples": len(predictions),

@@ -136,8 +136,9 @@ def evaluate_benchmarks(
     predictions, swapped_predictions, scores, submissions = [], [], {}, {}
     for name, root in specs.items():
         bench = load_benchmark(name, root)
-        # lmms-eval's generation length for the task, unless the user chose one
-        opts = options if keep_max_new_tokens else replace(options, max_new_tokens=bench.max_new_tokens)
+        opts = options  # the user's --max-new-tokens, for every answer
+        if not keep_max_new_tokens:  # else lmms-eval's generation length for the task
+            opts = replace(options, max_new_tokens=bench.max_new_tokens, task_max_new_tokens={})
         result = evaluate_set(
             model,
             tokenizer,

@@ -10,8 +10,8 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,7 @@ from mmit.data.collate import media_inputs
 from mmit.data.samples import Conversation, MediaRef
 from mmit.data.tokenize import encode_prompt
 from mmit.models.multimodal_lm import MultimodalLM
-from mmit.scoring import Prediction, is_yes_no
+from mmit.scoring import Prediction, is_yes_no, last_task
 
 
 @dataclass
@@ -35,9 +35,12 @@ class GenerationOptions:
     top_k: int = 50
     seed: int = 0  # for sampling; each call reseeds, so answers are reproducible
     repetition_penalty: float = 1.0  # > 1 discourages repeating tokens (CTRL's penalty); 1 = off
+    # Evaluation's answers by task (the answered turn's), where they differ in length: a caption's
+    # limit need not slow every yes/no down. Tasks not named get max_new_tokens.
+    task_max_new_tokens: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.max_new_tokens < 1 or self.num_beams < 1:
+        if min([self.max_new_tokens, *self.task_max_new_tokens.values()]) < 1 or self.num_beams < 1:
             raise ValueError("max_new_tokens and num_beams must be at least 1")
         if self.repetition_penalty <= 0:
             raise ValueError("repetition_penalty must be > 0")
@@ -45,6 +48,23 @@ class GenerationOptions:
             raise ValueError("choose beam search (num_beams > 1) or sampling (do_sample), not both")
         if self.do_sample and self.temperature <= 0:
             raise ValueError("temperature must be > 0 when sampling")
+
+    @classmethod
+    def from_setting(cls, setting: int | Mapping[str, int], **options) -> GenerationOptions:
+        """``trainer.max_new_tokens`` as the config gives it: a number for every task, or
+        ``{task: number, default: number}`` (tasks not named get ``default``, else 32)."""
+        if isinstance(setting, int):
+            return cls(setting, **options)
+        per_task = {task: int(n) for task, n in setting.items() if task != "default"}
+        return cls(int(setting.get("default", 32)), task_max_new_tokens=per_task, **options)
+
+    def limit_for(self, task: str) -> int:
+        return self.task_max_new_tokens.get(task, self.max_new_tokens)
+
+    def limits(self) -> str:
+        """The answer lengths in words: "up to 12 new tokens (caption_brief 40)"."""
+        per_task = ", ".join(f"{task} {n}" for task, n in sorted(self.task_max_new_tokens.items()))
+        return f"up to {self.max_new_tokens} new tokens" + (f" ({per_task})" if per_task else "")
 
     def generate_kwargs(self) -> dict:
         kwargs = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams, "do_sample": self.do_sample}
@@ -307,20 +327,41 @@ def predict(
 ) -> list[Prediction]:
     """Generated answers to an evaluation set's conversations, ready to score; with ``references``
     (each answer's token ids) also each answer's teacher-forced loss. Answers to yes/no tasks carry
-    their first token's margin, log p(yes) - log p(no), whatever they said."""
-    losses = [] if references is not None else None
+    their first token's margin, log p(yes) - log p(no), whatever they said. Each task's answers
+    are generated with its own limit (``GenerationOptions.task_max_new_tokens``)."""
+    options = options or GenerationOptions()
     yes_no = yes_no_tokens(tokenizer) if any(is_yes_no(c) for c in convs) else None
-    logprobs = [] if yes_no else None
-    answers = generate_answers(
-        model, tokenizer, convs, options, references, losses=losses, choices=yes_no, choice_logprobs=logprobs, **kwargs
-    )
+    by_limit: dict[int, list[int]] = {}
+    for i, conv in enumerate(convs):
+        by_limit.setdefault(options.limit_for(last_task(conv)), []).append(i)
+    answers: list[str] = [""] * len(convs)
+    losses: list = [None] * len(convs)
+    logprobs: list = [None] * len(convs)
+    for limit, rows in by_limit.items():
+        group_losses = [] if references is not None else None
+        group_logprobs = [] if yes_no else None
+        group = generate_answers(
+            model,
+            tokenizer,
+            [convs[i] for i in rows],
+            replace(options, max_new_tokens=limit, task_max_new_tokens={}),
+            [references[i] for i in rows] if references is not None else None,
+            losses=group_losses,
+            choices=yes_no,
+            choice_logprobs=group_logprobs,
+            **kwargs,
+        )
+        for k, i in enumerate(rows):
+            answers[i] = group[k]
+            losses[i] = group_losses[k] if group_losses is not None else None
+            logprobs[i] = group_logprobs[k] if group_logprobs is not None else None
     out = []
     for k, (conv, answer) in enumerate(zip(convs, answers, strict=True)):
         chat, reference = prompt_and_reference(conv)
         prediction = Prediction.of(set_name, conv, chat[-1]["content"], reference, answer)
-        if losses is not None:
+        if losses[k] is not None:
             prediction.loss, prediction.label_tokens = losses[k]
-        if logprobs is not None and is_yes_no(conv):
+        if logprobs[k] is not None and is_yes_no(conv):
             prediction.yes_no_margin = logprobs[k][0] - logprobs[k][1]
         out.append(prediction)
     return out

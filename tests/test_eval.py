@@ -127,6 +127,52 @@ def test_generation_options_are_checked_and_reach_generate(tiny):
     assert generate_answers(model, tiny.tokenizer, convs, hot) != greedy  # sampling really samples
 
 
+def test_each_task_answers_within_its_own_length(tiny):
+    """trainer.max_new_tokens={default: 2, caption_brief: 7}: a caption may run to 7 new tokens while a
+    short answer stops at 2, each the answer it gets alone with its own limit."""
+    from mmit.data.samples import Conversation, Message
+    from mmit.generation import GenerationOptions, generate_answers, predict
+    from mmit.models.multimodal_lm import MultimodalLM
+
+    model = MultimodalLM(tiny.model)
+    asked = [
+        ("one two", "caption_brief"),
+        ("three", "vqa_short"),
+        ("four five six", "caption_brief"),
+        ("7", "vqa_yesno"),
+    ]
+    convs = [
+        Conversation(str(i), [Message("user", q), Message("assistant", "x")], meta={"tasks": [task]})
+        for i, (q, task) in enumerate(asked)
+    ]
+    options = GenerationOptions.from_setting({"default": 2, "caption_brief": 7})
+    assert (options.max_new_tokens, options.task_max_new_tokens) == (2, {"caption_brief": 7})
+    assert options.limits() == "up to 2 new tokens (caption_brief 7)"
+    assert GenerationOptions.from_setting(5).limits() == "up to 5 new tokens"
+    with pytest.raises(ValueError, match="at least 1"):
+        GenerationOptions.from_setting({"default": 2, "caption_brief": 0})
+
+    predictions = predict(model, tiny.tokenizer, "s", convs, options, references=[[1, 2]] * 4, batch_size=1)
+    assert [p.id for p in predictions] == ["0", "1", "2", "3"]  # in the order asked, whatever the groups
+    for conv, p in zip(convs, predictions, strict=True):
+        limit = 7 if p.task == "caption_brief" else 2
+        assert p.prediction == generate_answers(model, tiny.tokenizer, [conv], GenerationOptions(limit))[0]
+        assert p.loss is not None and p.label_tokens == 2
+        assert (p.yes_no_margin is not None) == (p.task == "vqa_yesno")
+    captions = [c for c in convs if c.meta["tasks"] == ["caption_brief"]]
+    short = generate_answers(model, tiny.tokenizer, captions, GenerationOptions(2))
+    assert short != [p.prediction for p in predictions if p.task == "caption_brief"]  # the longer limit mattered
+
+
+def test_eval_answers_as_long_as_the_run_did_unless_told():
+    from mmit.eval import generation_options, parse_args
+
+    per_task = {"default": 12, "caption_brief": 40}
+    assert generation_options(parse_args(["run"]), per_task).limits() == "up to 12 new tokens (caption_brief 40)"
+    assert generation_options(parse_args(["run", "--max-new-tokens", "5"]), per_task).limits() == "up to 5 new tokens"
+    assert generation_options(parse_args(["run"]), None).limits() == "up to 32 new tokens"
+
+
 @pytest.fixture
 def vqa_run(tiny_vqa_run):
     return tiny_vqa_run
@@ -198,14 +244,14 @@ def test_eval_cli_writes_every_output(vqa_run, tmp_path):
     losses = [(p["loss"], a["loss"]) for p, a in zip(again_preds, after, strict=True)]
     assert all(abs(x - y) <= 1e-3 * max(1.0, abs(y)) for x, y in losses), losses
     # Reading the run's feature cache instead, mmit.eval sees the in-loop evaluation's exact inputs.
-    cached = main(
-        [str(run_dir), "--only", "seen", "--max-samples", "4", "--max-new-tokens", "6", "--out", str(tmp_path / "c")]
-        + ["--feature-cache", "auto"]
+    cached = main(  # and, without --max-new-tokens, the run's own answer lengths (the tiny recipe's 6)
+        [str(run_dir), "--only", "seen", "--max-samples", "4", "--out", str(tmp_path / "c"), "--feature-cache", "auto"]
     )
     cached_preds = [json.loads(line) for line in (cached / "predictions.jsonl").read_text().splitlines()]
     losses = [(p["loss"], a["loss"]) for p, a in zip(cached_preds, after, strict=True)]
     assert all(abs(x - y) <= 1e-5 * max(1.0, abs(y)) for x, y in losses), losses
-    assert json.loads((cached / "metrics.json").read_text())["media"] == "feature cache: auto"
+    cached_info = json.loads((cached / "metrics.json").read_text())
+    assert cached_info["media"] == "feature cache: auto" and cached_info["answer_lengths"] == "up to 6 new tokens"
 
 
 @pytest.mark.slow

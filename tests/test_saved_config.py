@@ -8,10 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 from mmit.factory import build_model, resolved_yaml
 from mmit.inference import load_run
+from mmit.paths import CONF_DIR
+from mmit.saved_config import check_saved_config
 
 TEXT = ["+recipe=text_tiny", "data.source.n_train=16", "data.source.n_eval=4"]
 
@@ -242,3 +245,14 @@ def test_init_from_reads_weights_only_never_the_other_runs_config(compose, tmp_p
     model = build_model(compose([*TEXT, f"init_from={other}"])).model
     assert torch.equal(dict(model.named_parameters())[name].detach(), torch.full_like(param, 0.5))
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [[f"+recipe={p.stem}"] for p in sorted((CONF_DIR / "recipe").glob("*.yaml"))]
+    + [["+recipe=vqa", "vision_encoder=hf_clip"], ["+recipe=vqa", "+model=llava", "init_from=/somewhere/llava"]],
+    ids=lambda o: " ".join(o),
+)
+def test_every_shipped_recipe_saves_a_config_its_run_folder_can_load(overrides, compose):
+    saved = yaml.safe_load(resolved_yaml(compose(overrides)))  # as the run writes config.yaml
+    check_saved_config(OmegaConf.create(saved), "runs/x/config.yaml")  # refusing raises, naming the key

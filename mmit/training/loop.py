@@ -103,7 +103,9 @@ class TrainerConfig:
     generate_samples: int | dict[str, int] = 32
     swap_media: bool = True  # also answer with media swapped between samples: the media dependence
     eval_before: str = "full"  # evaluation before training: full | loss (no generation) | none
-    max_new_tokens: int = 32
+    # Longest answer generated: a number for every task, or {task: number} (tasks not named get the
+    # "default" entry, else 32), as mmit.eval answers too unless given --max-new-tokens.
+    max_new_tokens: int | dict[str, int] = 32
     vqa_normalisation: str = "official"  # official (VQAv2's vqaEval.py) | lmms_eval (mmit.metrics.vqa_accuracy)
     # Standard benchmarks scored after training, {name: folder} (mmit.benchmarks), as mmit.eval --benchmark does
     benchmarks: dict[str, str] | None = None
@@ -206,7 +208,7 @@ def evaluate(
     """Loss per evaluation set, and the scores of generated answers (mmit.scoring) on the first
     samples of each task: with own and with swapped media, beside the blind prior (``mmit.grounding``)."""
     metrics, predictions, swapped = {}, [], []
-    options = GenerationOptions(cfg.max_new_tokens)
+    options = GenerationOptions.from_setting(cfg.max_new_tokens)
     dtype = autocast_dtype(cfg.precision)
     for name, eval_set in eval_sets.items():
         losses = eval_losses(model, eval_set.tokens, collate, cfg, device)
@@ -580,7 +582,7 @@ def score_benchmarks(run: TrainingRun, after: dict, scores: dict, answers: dict)
         model,
         run.tokenizer,
         dict(run.cfg.benchmarks),
-        GenerationOptions(run.cfg.max_new_tokens),
+        GenerationOptions.from_setting(run.cfg.max_new_tokens),
         batch_size=run.cfg.batch_size * 2,
         swap_media=run.cfg.swap_media,
         seed=run.cfg.seed,
