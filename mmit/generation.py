@@ -77,7 +77,12 @@ class GenerationOptions:
         return kwargs
 
     def to_json(self) -> dict:
-        return asdict(self)
+        """The options as JSON; per-task limits only when set, so that options without them read as
+        they did before there were any (``mmit.synth`` keys its cache of LLM answers on them)."""
+        out = asdict(self)
+        if not out["task_max_new_tokens"]:
+            del out["task_max_new_tokens"]
+        return out
 
 
 @dataclass
