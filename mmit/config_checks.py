@@ -187,8 +187,8 @@ def _describe(hint: Any) -> str:
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_describe(arg) for arg in typing.get_args(hint))
     names = {int: "a whole number", float: "a number", bool: "true or false", str: "a text"}
-    if origin is dict:
-        return f"a mapping of {_describe(typing.get_args(hint)[1])}s"
+    if origin is dict:  # "a mapping of whole numbers", "a mapping of texts"
+        return "a mapping of " + _describe(typing.get_args(hint)[1]).removeprefix("a ") + "s"
     return names.get(hint, getattr(hint, "__name__", str(hint)))
 
 

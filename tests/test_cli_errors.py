@@ -37,6 +37,11 @@ def test_every_recipe_passes_the_checks(recipe, compose):
         ("trainer.device=gpu", "trainer.device='gpu': must be auto, cpu, cuda, cuda:N or mps"),
         ("++trainer.lr_per_component.projector=1e-3", "trainer.lr_per_component.projector: not a component"),
         ("trainer.generate_samples={seen: -1}", "trainer.generate_samples={'seen': -1}: must be >= 0"),
+        (
+            "trainer.max_new_tokens={default: 12, caption_brief: abc}",
+            "must be a whole number or a mapping of whole numbers",
+        ),
+        ("trainer.max_new_tokens={default: 12, caption_brief: 0}", "must be >= 1"),
         ("tuning.vision_encoder=half", "tuning.vision_encoder='half': must be one of frozen, lora, full"),
         ("peft.method=qlora", "peft.method='qlora': must be one of adapter, bitfit"),
         ("data.max_length=-5", "data.max_length=-5: must be a whole number >= 1"),
