@@ -7,7 +7,6 @@ Hydra already refuses unknown keys and unknown group options; these checks cover
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import re
 import types
@@ -114,24 +113,36 @@ ABSENT = object()  # what value_at gives for a path that is not there
 BUILT_GROUPS = ("llm", "vision_encoder", "audio_encoder")  # groups whose _target_ takes the group's keys
 
 
+def unknown_arguments(function: Any, given: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The names in ``given`` (in order) that ``function`` has no parameter for, and the names it
+    takes; nothing unknown when it takes any keyword (``**kwargs``) or has no signature to read."""
+    try:
+        params = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return [], []
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return [], []
+    takes = [n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    return [name for name in given if name not in params], takes
+
+
 def _check_arguments(group: str, node: Any, problems: list[str]) -> None:
     """Keys that mmit's own builder for a group does not take: a recipe's setting for its encoder left
     behind when the command line picks another (``+recipe=vqa vision_encoder=hf_clip``), or a typo.
     Only ``mmit.`` targets are looked up, so that checking imports nothing a config names."""
+    from hydra.utils import get_object
+
     target = node.get("_target_") if isinstance(node, dict) else None
     if not isinstance(target, str) or not target.startswith("mmit."):
         return
-    module, _, name = target.rpartition(".")
     try:
-        builder = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
+        builder = get_object(target)
+    except ImportError:
         problems.append(f"{group}._target_={target!r}: no such builder in mmit")
         return
-    params = inspect.signature(builder).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    takes = [n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
-    for key in sorted(k for k in node if not k.startswith("_") and k not in params):
+    name = target.rpartition(".")[2]
+    unknown, takes = unknown_arguments(builder, sorted(k for k in node if not k.startswith("_")))
+    for key in unknown:
         problems.append(
             f"{group}.{key}={_show(node[key])}: {name} takes no {key!r} (it takes {', '.join(takes)}); "
             f"drop it with ~{group}.{key}"

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
-import inspect
 import re
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mmit.config_checks import unknown_arguments
 from mmit.data.instructions import ShapingConfig
 from mmit.data.templates import load_templates
 from mmit.paths import RECIPES_DIR
@@ -313,16 +313,10 @@ def _check_call(node: Any, key: str, where: str, lines: dict[str, int | str]) ->
         raise RecipeError(f"{where}{_line(lines, key)}: {key} must be a mapping with a _target_ (a reader function)")
     target = node._target_
     function = _target(str(target), f"{where}{_line(lines, f'{key}._target_')}: {key}._target_")
-    try:
-        parameters = inspect.signature(function).parameters
-    except (TypeError, ValueError):
-        return
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return
-    for name in node:
-        if name != "_target_" and name not in parameters:
-            valid = [p for p in parameters if parameters[p].kind is not inspect.Parameter.VAR_POSITIONAL]
-            raise _unknown(f"{key}.{name}", valid, f"{where}{_line(lines, f'{key}.{name}')}: {target}")
+    unknown, valid = unknown_arguments(function, [name for name in node if name != "_target_"])
+    if unknown:
+        name = unknown[0]
+        raise _unknown(f"{key}.{name}", valid, f"{where}{_line(lines, f'{key}.{name}')}: {target}")
 
 
 def _target(target: str, where: str):
