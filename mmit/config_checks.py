@@ -40,6 +40,7 @@ TRAINER_RANGES: dict[str, tuple[float | None, float | None]] = {
     "log_every": (1, None),
     "eval_every": (1, None),
     "eval_batches": (0, None),
+    "eval_batch_size": (1, None),
     "generate_samples": (0, None),
     "max_new_tokens": (1, None),
     "save_every": (1, None),

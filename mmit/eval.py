@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from mmit.benchmarks import BENCHMARKS
 from mmit.cli import user_errors
 from mmit.evaluation import evaluate_benchmarks, evaluate_set
-from mmit.generation import GenerationOptions
+from mmit.generation import ANSWER_BATCH, GenerationOptions
 from mmit.grounding import GROUNDING_NOTE, PRIOR_FILE, AnswerPrior, grounding_line, grounding_table
 from mmit.inference import LoadedModel, load_base, load_run
 from mmit.metrics import VQA_NORMALISATIONS
@@ -64,7 +64,7 @@ def run_eval(
     sets: dict[str, list[str]],
     options: GenerationOptions,
     max_samples: int = 0,
-    batch_size: int = 16,
+    batch_size: int = ANSWER_BATCH,
     on_error: str = "raise",
     prior: AnswerPrior | None = None,
     swap_media: bool = True,
@@ -294,7 +294,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--max-samples", type=int, default=0, help="per task of each set (0 = all)")
     p.add_argument("--out", type=Path, help="output directory (default RUN_DIR/eval/<checkpoint>)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help=f"prompts answered at once (default: the run's trainer.eval_batch_size, else {ANSWER_BATCH})",
+    )
     p.add_argument(
         "--on-error", choices=("raise", "skip"), default="raise", help="bad samples: stop, or skip and count"
     )
@@ -328,6 +332,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("give either a run directory or --base OVERRIDE...")
     if args.base is not None and args.out is None:
         p.error("--base needs --out")
+    if args.batch_size is not None and args.batch_size < 1:
+        p.error(f"--batch-size must be at least 1, not {args.batch_size}")
     return args
 
 
@@ -374,6 +380,7 @@ def main(argv: list[str] | None = None) -> Path:
         loaded = load_run(args.run_dir, args.checkpoint, args.device, args.precision)
     lengths = OmegaConf.select(loaded.cfg, "trainer.max_new_tokens")  # the run's (or --base recipe's)
     options = generation_options(args, OmegaConf.to_container(lengths) if isinstance(lengths, DictConfig) else lengths)
+    batch_size = args.batch_size or OmegaConf.select(loaded.cfg, "trainer.eval_batch_size", default=ANSWER_BATCH)
     extra = {}
     for item in args.sets:
         name, sep, path = item.partition("=")
@@ -402,7 +409,7 @@ def main(argv: list[str] | None = None) -> Path:
         sets,
         options,
         args.max_samples,
-        args.batch_size,
+        batch_size,
         args.on_error,
         prior,
         swap_media=not args.no_swap_media,
@@ -417,7 +424,7 @@ def main(argv: list[str] | None = None) -> Path:
             loaded.tokenizer,
             benchmarks,
             options,
-            args.batch_size,
+            batch_size,
             swap_media=not args.no_swap_media,
             seed=args.seed,
             keep_max_new_tokens=args.max_new_tokens is not None,
@@ -437,6 +444,7 @@ def main(argv: list[str] | None = None) -> Path:
         "precision": loaded.precision,
         "decoding": _decoding(options),
         "answer_lengths": options.limits(),
+        "batch_size": batch_size,
         "vqa_normalisation": vqa_normalisation,
         "media": "encoders on every item" if args.feature_cache == "none" else f"feature cache: {args.feature_cache}",
         "samples": len(predictions),

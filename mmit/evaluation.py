@@ -16,7 +16,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mmit.data.collate import Collator
 from mmit.data.samples import IGNORE_INDEX, Conversation, TokenizedSample
-from mmit.generation import GenerationOptions, predict
+from mmit.generation import ANSWER_BATCH, GenerationOptions, predict
 from mmit.grounding import swap_plan, swapped
 from mmit.models.multimodal_lm import MultimodalLM
 from mmit.scoring import Prediction
@@ -71,7 +71,7 @@ def evaluate_set(
     samples: Sequence[TokenizedSample] | None = None,
     swap_media: bool = True,
     seed: int = 0,
-    batch_size: int = 16,
+    batch_size: int = ANSWER_BATCH,
     autocast_dtype: torch.dtype | None = None,
     preprocess: dict | None = None,
     progress: bool = False,
@@ -113,7 +113,7 @@ def evaluate_benchmarks(
     tokenizer: PreTrainedTokenizerBase,
     specs: dict[str, str],
     options: GenerationOptions,
-    batch_size: int = 16,
+    batch_size: int = ANSWER_BATCH,
     swap_media: bool = True,
     seed: int = 0,
     keep_max_new_tokens: bool = False,

@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig
 
 from mmit.data.samples import MediaRef
-from mmit.generation import GenerationOptions, Prompt, generate
+from mmit.generation import ANSWER_BATCH, GenerationOptions, Prompt, generate
 from mmit.models.multimodal_lm import MultimodalLM
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class LoadedModel:
     def autocast_dtype(self) -> torch.dtype | None:
         return torch.bfloat16 if self.precision == "bf16" else None
 
-    def generate(self, prompts: list[Prompt], options: GenerationOptions, batch_size: int = 16, **kwargs) -> list[str]:
+    def generate(self, prompts: list[Prompt], options: GenerationOptions, batch_size: int = ANSWER_BATCH, **kwargs) -> list[str]:
         return generate(
             self.model,
             self.tokenizer,

@@ -111,6 +111,7 @@ def tiny_vqa_run(tmp_path_factory):
         "trainer.log_every=1",
         "trainer.batch_size=4",
         "trainer.generate_samples=4",
+        "trainer.eval_batch_size=3",  # answers in batches of 3 and 1: more than one batch per set
         "trainer.eval_batches=1",
         "trainer.precision=fp32",
         f"data.source.overrides=['prepare.n_images=40','out_dir={root}/demo','prepare.out_dir={root}/demo-src']",

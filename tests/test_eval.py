@@ -171,6 +171,8 @@ def test_eval_answers_as_long_as_the_run_did_unless_told():
     assert generation_options(parse_args(["run"]), per_task).limits() == "up to 12 new tokens (caption_brief 40)"
     assert generation_options(parse_args(["run", "--max-new-tokens", "5"]), per_task).limits() == "up to 5 new tokens"
     assert generation_options(parse_args(["run"]), None).limits() == "up to 32 new tokens"
+    with pytest.raises(SystemExit):  # a batch of no prompts would answer nothing
+        parse_args(["run", "--batch-size", "0"])
 
 
 @pytest.fixture
@@ -252,6 +254,7 @@ def test_eval_cli_writes_every_output(vqa_run, tmp_path):
     assert all(abs(x - y) <= 1e-5 * max(1.0, abs(y)) for x, y in losses), losses
     cached_info = json.loads((cached / "metrics.json").read_text())
     assert cached_info["media"] == "feature cache: auto" and cached_info["answer_lengths"] == "up to 6 new tokens"
+    assert cached_info["batch_size"] == 3  # the run's trainer.eval_batch_size, as its in-loop answers were batched
 
 
 @pytest.mark.slow

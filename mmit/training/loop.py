@@ -27,7 +27,7 @@ from mmit.data.datasets import TokenizedDataset
 from mmit.data.features import FeatureStore
 from mmit.data.samples import Conversation
 from mmit.evaluation import benchmark_metrics, evaluate_benchmarks, evaluate_set, sample_losses
-from mmit.generation import GenerationOptions
+from mmit.generation import ANSWER_BATCH, GenerationOptions
 from mmit.grounding import AnswerPrior, swap_plan, swapped
 from mmit.metrics import VQA_NORMALISATIONS
 from mmit.models.multimodal_lm import MultimodalLM
@@ -101,6 +101,7 @@ class TrainerConfig:
     # Answers generated and scored, per task of each evaluation set (0 = all): a number, or
     # {set name: number} (sets not named get the "default" entry, else 32).
     generate_samples: int | dict[str, int] = 32
+    eval_batch_size: int = ANSWER_BATCH  # prompts answered at once (in-loop, benchmarks, mmit.eval's default)
     swap_media: bool = True  # also answer with media swapped between samples: the media dependence
     eval_before: str = "full"  # evaluation before training: full | loss (no generation) | none
     # Longest answer generated: a number for every task, or {task: number} (tasks not named get the
@@ -224,7 +225,7 @@ def evaluate(
                 samples=[eval_set.tokens.samples[i] for i in chosen],
                 swap_media=cfg.swap_media,
                 seed=cfg.seed,
-                batch_size=cfg.batch_size * 2,
+                batch_size=cfg.eval_batch_size,
                 autocast_dtype=dtype,
                 preprocess=collate.preprocess,
                 features=collate.features,  # the features training read, where a cache holds them
@@ -583,7 +584,7 @@ def score_benchmarks(run: TrainingRun, after: dict, scores: dict, answers: dict)
         run.tokenizer,
         dict(run.cfg.benchmarks),
         GenerationOptions.from_setting(run.cfg.max_new_tokens),
-        batch_size=run.cfg.batch_size * 2,
+        batch_size=run.cfg.eval_batch_size,
         swap_media=run.cfg.swap_media,
         seed=run.cfg.seed,
         autocast_dtype=autocast_dtype(run.cfg.precision),
