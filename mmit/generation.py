@@ -29,6 +29,7 @@ from mmit.scoring import Prediction, is_yes_no, last_task
 # 0.82x the time of batches of 16 (docs/evaluation.md#speed).
 ANSWER_BATCH = 64
 
+
 @dataclass
 class GenerationOptions:
     max_new_tokens: int = 32

@@ -49,7 +49,9 @@ class LoadedModel:
     def autocast_dtype(self) -> torch.dtype | None:
         return torch.bfloat16 if self.precision == "bf16" else None
 
-    def generate(self, prompts: list[Prompt], options: GenerationOptions, batch_size: int = ANSWER_BATCH, **kwargs) -> list[str]:
+    def generate(
+        self, prompts: list[Prompt], options: GenerationOptions, batch_size: int = ANSWER_BATCH, **kwargs
+    ) -> list[str]:
         return generate(
             self.model,
             self.tokenizer,
