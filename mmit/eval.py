@@ -271,7 +271,10 @@ def write_outputs(
         if run_dir is not None and (run_dir / "metrics.jsonl").is_file():
             from mmit.training.tracking import read_metrics
 
-            plots.append(plot_training_curves(read_metrics(run_dir / "metrics.jsonl"), tmp / "training_curves.png"))
+            try:  # the run's own curves: a damaged log costs their plot, not the evaluation
+                plots.append(plot_training_curves(read_metrics(run_dir / "metrics.jsonl"), tmp / "training_curves.png"))
+            except ValueError as err:
+                log.warning("training curves not drawn: %s", err)
         facts = {k: v for k, v in info.items() if isinstance(v, str | int | float)}
         report = format_report("mmit evaluation", facts, scores, [str(p) for p in plots if p])
         (tmp / "report.md").write_text(report, encoding="utf-8")

@@ -167,7 +167,13 @@ class AnswerPrior:
 
     @classmethod
     def load(cls, path: Path) -> AnswerPrior:
-        return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
+        """The prior a run wrote; ValueError naming the file when it is not one."""
+        try:
+            return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
+        except (ValueError, RecursionError, KeyError, TypeError, AttributeError) as err:
+            raise ValueError(
+                f"{path}: not an answer prior as mmit.train writes it ({type(err).__name__}: {err})"
+            ) from err
 
 
 def _ranked(counts: Counter) -> list[tuple[str, int]]:

@@ -40,7 +40,9 @@ def plot_training_curves(records: list[dict], path: Path) -> Path | None:
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     for ax, (title, keys) in zip(axes[0], panels.items()):
         for key in keys:
-            points = [(r["step"], r[key]) for r in records if key in r and math.isfinite(r[key])]
+            points = [
+                (r["step"], r[key]) for r in records if isinstance(r.get(key), int | float) and math.isfinite(r[key])
+            ]
             if points:
                 steps, values = zip(*points)
                 ax.plot(

@@ -235,16 +235,22 @@ def main(argv: list[str] | None = None) -> None:
     manifest = args.path / "manifest.json"
     data = None
     if manifest.exists():
-        data = json.loads(manifest.read_text())
-        print(f"recipe {data['recipe']!r}, seed {data['seed']}, mmit {data['mmit_version']}")
-        for name, s in data["sets"].items():
-            records = s.get("records", s["samples"])  # mmit 0.1.0 wrote one record per sample
-            print(
-                f"  {name:<22} {s['samples']:>7} samples ({records} shard records) in {len(s['shards'])} shards;"
-                f" tasks {s['by_task']}"
-            )
-        if data["skipped_annotations"]:
-            print(f"  skipped annotations: {data['skipped_annotations']}")
+        try:  # a build someone handed you: its manifest is data, named when it is not one
+            data = json.loads(manifest.read_text(encoding="utf-8"))
+            lines = [f"recipe {data['recipe']!r}, seed {data['seed']}, mmit {data['mmit_version']}"]
+            for name, s in data["sets"].items():
+                records = s.get("records", s["samples"])  # mmit 0.1.0 wrote one record per sample
+                lines.append(
+                    f"  {name:<22} {s['samples']:>7} samples ({records} shard records) in {len(s['shards'])} shards;"
+                    f" tasks {s['by_task']}"
+                )
+            if data["skipped_annotations"]:
+                lines.append(f"  skipped annotations: {data['skipped_annotations']}")
+        except (ValueError, RecursionError, KeyError, TypeError, AttributeError) as err:
+            raise ValueError(
+                f"{manifest}: not a build manifest as mmit.build writes it ({type(err).__name__}: {err})"
+            ) from err
+        print("\n".join(lines))
     for directory in set_dirs(args.path):
         print(f"\n=== {directory.name}")
         for conv in islice(read_shards(shard_urls(directory)), args.samples):

@@ -289,3 +289,30 @@ def test_answers_read_the_feature_cache_that_training_reads(compose, tmp_path):
     for p, (loss, _) in zip(cached.predictions, training, strict=True):
         assert p.loss == pytest.approx(loss, rel=1e-4)
     assert max(abs(a.loss - b.loss) for a, b in zip(live.predictions, cached.predictions, strict=True)) > 1e-3
+
+
+def test_a_damaged_run_folder_is_named_and_costs_only_its_plot(tmp_path, caplog):
+    """answer_prior.json and metrics.jsonl come from a run folder someone may hand you: a damaged one
+    is an error naming the file, and mmit.eval's outputs do not wait on the run's own curves."""
+    from mmit.eval import write_outputs
+    from mmit.training.tracking import read_metrics
+
+    prior = tmp_path / "answer_prior.json"
+    for text in ('{"by_task": {"vqa": {"top": [["yes"]]}}}', '{"by_task": []}', '{"by_task": {"vqa": {}}}', "[1"):
+        prior.write_text(text)
+        with pytest.raises(ValueError, match=f"{prior}: not an answer prior"):
+            AnswerPrior.load(prior)
+    metrics = tmp_path / "metrics.jsonl"
+    for text, line in (('{"step": 1}\n{"lr": 1}\n', 2), ('{"step": 1}\n[2]\n{"step": 3}\n', 2), ("{\n{}\n", 1)):
+        metrics.write_text(text)
+        with pytest.raises(ValueError, match=f"{metrics}:{line}"):
+            read_metrics(metrics)
+    metrics.write_bytes(b'{"step": 1, "lr": "\xff"}\n')
+    with pytest.raises(ValueError, match=f"{metrics}: not UTF-8"):
+        read_metrics(metrics)
+    metrics.write_text('{"step": 1, "lr": "x"}\n{"step": 2}\n{"lr": 3}\n')
+    with caplog.at_level("WARNING", logger="mmit.eval"):
+        own = [Prediction("val", "p", "vqa_yesno", "t", "q", "yes", ["yes"], "no")]
+        out = write_outputs(tmp_path / "eval", own, score_predictions(own, []), {"model": "m"}, tmp_path)
+    assert (out / "report.md").is_file() and not (out / "training_curves.png").exists()
+    assert f"training curves not drawn: {metrics}:3" in caplog.text

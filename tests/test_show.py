@@ -105,3 +105,13 @@ def test_overrides_need_tokens(build):
     with pytest.raises(SystemExit):
         parse_args([str(build), "llm=tiny"])
     assert parse_args([str(build), "--tokens", "llm=tiny"]).overrides == ["llm=tiny"]
+
+
+def test_a_damaged_build_manifest_is_named(tmp_path, capsys):
+    from mmit.show import main
+
+    manifest = tmp_path / "manifest.json"
+    for text in ('{"recipe": "r"}', "[1]", "{"):
+        manifest.write_text(text)
+        with pytest.raises(SystemExit, match=f"mmit.show: {manifest}: not a build manifest"):
+            main([str(tmp_path)])

@@ -56,6 +56,7 @@ def data_file_cases(root: Path) -> dict[str, dict]:
     (root / "ok.png").write_bytes(_png())
     (root / "broken.png").write_bytes(_png()[:40])
     (root / "bomb.png").write_bytes(_bomb())
+    (root / "eps.png").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n")
     (root.parent / "secret.png").write_bytes(_png())
     if not (root / "link.png").exists():
         os.symlink(root.parent / "secret.png", root / "link.png")
@@ -71,6 +72,8 @@ def data_file_cases(root: Path) -> dict[str, dict]:
             "image symlink leaving the folder": {"messages": IMAGE_TURNS, "image": "link.png"},
             "image missing": {"messages": IMAGE_TURNS, "image": "nowhere.png"},
             "image corrupt": {"messages": IMAGE_TURNS, "image": "broken.png"},
+            "image path with a NUL": {"messages": IMAGE_TURNS, "image": "ok\u0000.png"},
+            "PostScript named .png (Pillow would run Ghostscript on it)": {"messages": IMAGE_TURNS, "image": "eps.png"},
             "image bomb (12000 x 12000 PNG)": {"messages": IMAGE_TURNS, "image": "bomb.png"},
             "more placeholders than images": {
                 "messages": [{"role": "user", "content": "<image><image>?"}, IMAGE_TURNS[1]],

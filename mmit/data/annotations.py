@@ -20,8 +20,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
-import tarfile
 import zlib
 from collections import Counter
 from collections.abc import Iterator
@@ -30,7 +30,17 @@ from pathlib import Path
 from typing import Any
 
 from mmit.data.media import media_file, media_names
-from mmit.data.samples import PLACEHOLDERS, MediaRef, Message, SampleError, conversation_from_record, json_type
+from mmit.data.samples import (
+    BAD_JSON,
+    PLACEHOLDERS,
+    MediaRef,
+    Message,
+    SampleError,
+    conversation_from_record,
+    json_line,
+    json_problem,
+    json_type,
+)
 from mmit.data.sources import jsonl_records
 from mmit.data.video import VIDEO_EXTENSIONS
 
@@ -80,8 +90,8 @@ def _load_json(path: str | Path, shape: type | None = None, what: str = "") -> A
         data = json.loads(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as err:
         raise SampleError("not_utf8", f"{path}: not UTF-8 at byte {err.start}") from err
-    except json.JSONDecodeError as err:
-        raise SampleError("bad_json", f"{path}:{err.lineno}: bad JSON ({err.msg})") from err
+    except BAD_JSON as err:
+        raise SampleError("bad_json", f"{path}{json_line(err)}: bad JSON ({json_problem(err)})") from err
     if shape is not None and not isinstance(data, shape):
         raise SampleError("wrong_type", f"{path}: expected {what}, not {json_type(data)}")
     return data
@@ -473,21 +483,17 @@ def read_alpaca(json_file: str) -> Item:
 
 
 def read_caption_shards(urls: list[str]) -> Item:
-    """Image-text shards as img2dataset writes them: ``key.jpg`` + ``key.txt`` (+ ``key.json``)."""
+    """Image-text shards as img2dataset writes them: ``key.jpg`` + ``key.txt`` (+ ``key.json``), read
+    sample by sample as mmit's own shards are (``shard_members``: nothing extracted, member names that
+    leave the shard refused, a corrupt or cut-short shard named)."""
+    from mmit.data.shards import shard_members
+
     for url in urls:
-        members: dict[str, dict[str, bytes]] = {}
-        try:
-            with tarfile.open(url) as tar:
-                for info in tar:
-                    if not info.isfile():  # links, folders and devices are never followed
-                        continue
-                    name = Path(info.name).name  # read in memory under its base name: nothing is extracted
-                    key, _, ext = name.partition(".")
-                    members.setdefault(key, {})[ext.lower()] = tar.extractfile(info).read()
-        except (OSError, tarfile.TarError, EOFError) as err:
-            raise SampleError("broken_shard", f"{url}: not a readable tar ({err})") from err
-        for key in sorted(members):
-            files, where = members[key], f"{url}:{key}"
+        for where, files in shard_members(url):
+            if isinstance(files, SampleError):
+                yield where, files
+                continue
+            key = where[len(url) + 1 :]
             image_ext = next((e for e in IMAGE_EXTENSIONS if e in files), None)
             try:
                 caption = files.get("txt", b"").decode("utf-8").strip()
@@ -523,13 +529,22 @@ def _read_csv(path: str | Path, required: tuple[str, ...]) -> list[dict[str, str
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise SampleError("not_utf8", f"{path}: not UTF-8 at byte {err.start}") from err
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    missing = [c for c in required if c not in (reader.fieldnames or [])]
-    if missing:
-        raise SampleError(
-            "missing_field", f"{path}: the CSV header lacks column(s) {missing} (has {reader.fieldnames})"
-        )
-    return list(reader)
+    # strict: an unclosed quote is an error, not the rest of the file read into one caption
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+    rows, done = [], 0  # done: the last line of the last row read whole
+    try:
+        missing = [c for c in required if c not in (reader.fieldnames or [])]
+        if missing:
+            raise SampleError(
+                "missing_field", f"{path}: the CSV header lacks column(s) {missing} (has {reader.fieldnames})"
+            )
+        done = reader.line_num
+        for row in reader:
+            rows.append(row)
+            done = reader.line_num
+    except csv.Error as err:  # also a field over csv's limit of 131,072 characters
+        raise SampleError("bad_csv", f"{path}:{done + 1}: not CSV this reader can read ({err})") from err
+    return rows
 
 
 def _captioned_clip(
@@ -593,7 +608,11 @@ def read_audiocaps(
         first_line.setdefault(clip, k)
     for (youtube_id, start), captions in by_clip.items():
         where = f"{csv_file}:{first_line[(youtube_id, start)]}"
-        name = audio_pattern.format(youtube_id=youtube_id, start_time=start)
+        try:
+            name = audio_pattern.format(youtube_id=youtube_id, start_time=start)
+        except (ValueError, KeyError, IndexError) as err:
+            yield where, SampleError("wrong_type", f"{where}: audio_pattern {audio_pattern!r} does not fit ({err})")
+            continue
         yield _captioned_clip(where, "audiocaps", "audiocaps-", Path(audio_dir), name, captions, allow_outside_root)
 
 
@@ -888,7 +907,8 @@ def event_targets(video: str, events: list[tuple[float, float, str]]) -> tuple[s
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A JSON number that is a number: not a boolean, not NaN or infinite (which json.loads accepts)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _events(record: Any, where: str) -> list[tuple[float, float, str]]:

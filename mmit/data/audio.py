@@ -99,6 +99,11 @@ def _wav_truncated(data: bytes) -> bool:
     return False
 
 
+# Decoded float32 values one clip may hold (1 GiB): hours of compressed silence are a few MB on disk,
+# tens of GB once decoded. At 16 kHz mono this is 4.6 hours.
+MAX_AUDIO_VALUES = 1 << 28
+
+
 def decode_audio(data: bytes, where: str = "audio") -> Waveform:
     """Mono samples at the file's own rate; SampleError if empty, undecodable or truncated."""
     import soundfile
@@ -115,6 +120,12 @@ def decode_audio(data: bytes, where: str = "audio") -> Waveform:
         return wave
     with sound:
         declared, rate, log = sound.frames, sound.samplerate, sound.extra_info
+        if declared * sound.channels > MAX_AUDIO_VALUES:  # before a sample is decoded
+            raise SampleError(
+                "audio_too_long",
+                f"{where}: {declared} frames x {sound.channels} channels decode to over {MAX_AUDIO_VALUES * 4 >> 30} "
+                f"GiB ({declared / max(rate, 1) / 3600:.1f} h at {rate} Hz); refused",
+            )
         try:
             samples = sound.read(dtype="float32", always_2d=True)
         except Exception as err:

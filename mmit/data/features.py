@@ -84,6 +84,25 @@ def fingerprint_id(fp: dict) -> str:
     return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _read_manifest(path: Path) -> dict:
+    """A cache's manifest.json, checked: its format, fingerprint and shard files (plain names in the
+    cache's folder); ValueError naming the file otherwise."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as err:
+        raise ValueError(f"{path}: not a feature cache manifest ({err})") from err
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else manifest
+        raise ValueError(f"{path}: feature cache format {found!r}, expected {FORMAT}")
+    shards = manifest.get("shards")
+    if not isinstance(shards, dict) or not isinstance(manifest.get("fingerprint"), dict):
+        raise ValueError(f"{path}: a feature cache manifest has 'shards' and 'fingerprint' objects")
+    odd = [s for s in shards if not isinstance(s, str) or Path(s).name != s or s.startswith(".")]
+    if odd:
+        raise ValueError(f"{path}: shards must be files in the cache's folder, not {odd[0]!r}")
+    return manifest
+
+
 class FeatureStore:
     """A cache directory opened for reading: ``features(refs)`` -> (N, tokens, dim) in ref order."""
 
@@ -92,9 +111,7 @@ class FeatureStore:
         manifest_path = self.root / "manifest.json"
         if not manifest_path.exists():
             raise FileNotFoundError(f"{self.root}: no feature cache here (manifest.json missing)")
-        self.manifest = json.loads(manifest_path.read_text())
-        if self.manifest.get("format") != FORMAT:
-            raise ValueError(f"{manifest_path}: feature cache format {self.manifest.get('format')}, expected {FORMAT}")
+        self.manifest = _read_manifest(manifest_path)
         self._files = {name: safe_open(str(self.root / name), "pt") for name in self.manifest["shards"]}
         self._where = {key: name for name, f in self._files.items() for key in f.keys()}
         self.encoded_now = 0  # items this process added (build_feature_cache); the rest were reused

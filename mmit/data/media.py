@@ -54,6 +54,8 @@ def media_path(kind: str, root: str | os.PathLike, name: Any, allow_outside_root
         raise SampleError("wrong_type", f"a {kind} path must be a string, not {json_type(name)}")
     if not name.strip():
         raise SampleError("missing_field", f"an empty {kind} path")
+    if "\0" in name:  # no file is named so; os.path would raise a bare ValueError
+        raise SampleError("wrong_type", f"{kind} path {name!r} holds a NUL character")
     root = os.fspath(root)
     path = os.path.join(root, name)
     if not allow_outside_root:
@@ -96,6 +98,11 @@ def media_names(record: dict, kind: str) -> list[str]:
     return []
 
 
+# The raster formats Pillow may open. Without a list it picks a decoder by the bytes, whatever the
+# file's name, and some (EPS, PS) run Ghostscript on the file: an image someone hands you is data.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG's opener also gives cameras' MPO
+
+
 @contextmanager
 def open_image(data: bytes, where: str, max_pixels: int | None = None) -> Iterator[Any]:
     """The image, opened lazily (only its header is read), once its pixel count is within
@@ -103,14 +110,17 @@ def open_image(data: bytes, where: str, max_pixels: int | None = None) -> Iterat
     from PIL import Image
 
     limit = max_pixels or pixel_limit()
+    Image.init()  # registers every plugin (once): open() looks each of IMAGE_FORMATS up by name
     try:
         with warnings.catch_warnings():  # PIL warns from 89 MP; the limit below is what decides
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
     except Image.DecompressionBombError as err:
         raise SampleError("too_many_pixels", f"{where}: image is too large to decode ({err})") from err
     except Exception as err:  # PIL raises many types for broken files
-        raise SampleError("undecodable_media", f"{where}: image does not decode ({err})") from err
+        raise SampleError(
+            "undecodable_media", f"{where}: not an image in a format mmit reads ({', '.join(IMAGE_FORMATS)}): {err}"
+        ) from err
     with image:
         width, height = image.size
         if width * height > limit:

@@ -9,6 +9,7 @@ chat templates expect), LLaVA-style ``conversations`` (from: human | gpt) and Al
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -120,6 +121,23 @@ class TokenizedSample:
         return sum(label != IGNORE_INDEX for label in self.labels)
 
 
+# What json.loads raises on UTF-8 text it cannot read: bad syntax (JSONDecodeError, a ValueError), an
+# integer of over 4,300 digits (ValueError), nesting deeper than the recursion limit (RecursionError).
+BAD_JSON = (ValueError, RecursionError)
+
+
+def json_problem(err: Exception) -> str:
+    """What is wrong with a JSON text, from the error json.loads raised (one of ``BAD_JSON``)."""
+    if isinstance(err, json.JSONDecodeError):
+        return err.msg
+    return "nested too deeply" if isinstance(err, RecursionError) else str(err)
+
+
+def json_line(err: Exception) -> str:
+    """``:line`` where json.loads says where the text went wrong, else nothing."""
+    return f":{err.lineno}" if isinstance(err, json.JSONDecodeError) else ""
+
+
 def json_type(value: Any) -> str:
     """The JSON name of a value's type, for messages about a field of the wrong type."""
     if value is None:
@@ -162,6 +180,10 @@ def check_placeholders(conv: Conversation) -> Conversation:
     return conv
 
 
+# meta fields that scoring reads: per turn (tasks, templates, question_types) or per answer (answers)
+SCORED_META = ("tasks", "templates", "question_types", "answers")
+
+
 def conversation_from_record(record: dict[str, Any], default_id: str) -> Conversation:
     """Normalise one JSON record (any accepted layout) into a validated Conversation. Every field's
     type is checked (``wrong_type``); ``id``, ``meta`` and ``system`` may be null (absent)."""
@@ -179,6 +201,16 @@ def conversation_from_record(record: dict[str, Any], default_id: str) -> Convers
     meta = record.get("meta")
     if meta is not None and not isinstance(meta, dict):
         raise SampleError("wrong_type", f"sample {sample_id!r}: 'meta' must be an object, not {json_type(meta)}")
+    for key in SCORED_META:  # read by scoring, one entry a turn: "tasks": "vqa" would score as task "a"
+        value = (meta or {}).get(key)
+        if value is None:
+            continue
+        odd = [v for v in value if not isinstance(v, str | None)] if isinstance(value, list) else [value]
+        if odd:
+            found = json_type(value) if odd == [value] else f"a list holding {json_type(odd[0])}"
+            raise SampleError(
+                "wrong_type", f"sample {sample_id!r}: meta {key!r} must be a list of strings, not {found}"
+            )
     if "messages" in record:
         messages = [
             _message(m, sample_id, "role", "content", {r: r for r in ROLES})

@@ -33,6 +33,7 @@ from webdataset.tariterators import base_plus_ext
 
 from mmit.data.media import check_image, resize_image  # noqa: F401  (the build's and tools' names for them)
 from mmit.data.samples import (
+    BAD_JSON,
     PLACEHOLDERS,
     Conversation,
     InvalidConversation,
@@ -40,6 +41,7 @@ from mmit.data.samples import (
     SampleError,
     check_placeholders,
     conversation_from_record,
+    json_problem,
     json_type,
 )
 
@@ -65,7 +67,11 @@ def _checked_media(location: str, record: dict, members: dict[str, bytes], max_p
         raise SampleError("wrong_type", f"{location}: 'media' must be a list, not {json_type(described)}")
     media = []
     for i, item in enumerate(described):
-        if not isinstance(item, dict) or item.get("kind") not in PLACEHOLDERS or not isinstance(item.get("ext"), str):
+        if not isinstance(item, dict) or not isinstance(item.get("kind"), str) or item["kind"] not in PLACEHOLDERS:
+            raise SampleError(
+                "wrong_type", f"{location}: media {i} must be {{kind: image | audio | video, ext}}, not {item!r}"
+            )
+        if not isinstance(item.get("ext"), str):
             raise SampleError(
                 "wrong_type", f"{location}: media {i} must be {{kind: image | audio | video, ext}}, not {item!r}"
             )
@@ -110,8 +116,8 @@ def decode_record(
         record = json.loads(members["json"].decode("utf-8"))
     except UnicodeDecodeError:
         return [(location, SampleError("not_utf8", f"{location}: the .json member is not UTF-8"))]
-    except json.JSONDecodeError as err:
-        return [(location, SampleError("bad_json", f"{location}: bad JSON ({err.msg})"))]
+    except BAD_JSON as err:
+        return [(location, SampleError("bad_json", f"{location}: bad JSON ({json_problem(err)})"))]
     if not isinstance(record, dict):
         return [
             (location, SampleError("not_an_object", f"{location}: expected a JSON object, not {json_type(record)}"))

@@ -20,12 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmit.data.samples import (
+    BAD_JSON,
     PLACEHOLDERS,
     Conversation,
     Message,
     SampleError,
     check_placeholders,
     conversation_from_record,
+    json_line,
+    json_problem,
 )
 
 ON_ERROR = ("raise", "skip")
@@ -98,8 +101,8 @@ def _records(path: Path) -> Iterator[tuple[str, object]]:
         except UnicodeDecodeError as err:
             line = raw[: err.start].count(b"\n") + 1
             raise DataFileError(f"{path}:{line}: text is not UTF-8") from err
-        except json.JSONDecodeError as err:
-            raise DataFileError(f"{path}:{err.lineno}: bad JSON ({err.msg})") from err
+        except BAD_JSON as err:
+            raise DataFileError(f"{path}{json_line(err)}: bad JSON ({json_problem(err)})") from err
         if not isinstance(records, list):
             raise DataFileError(f"{path}: expected a JSON list of records")
         for i, record in enumerate(records):
@@ -119,8 +122,8 @@ def jsonl_records(path: str | Path) -> Iterator[tuple[str, object]]:
                 yield location, json.loads(line.decode("utf-8"))
             except UnicodeDecodeError:
                 yield location, SampleError("not_utf8", "text is not UTF-8")
-            except json.JSONDecodeError as err:
-                yield location, SampleError("bad_json", f"bad JSON ({err.msg})")
+            except BAD_JSON as err:
+                yield location, SampleError("bad_json", f"bad JSON ({json_problem(err)})")
 
 
 def with_media(

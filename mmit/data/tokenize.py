@@ -14,7 +14,15 @@ from dataclasses import dataclass, field
 
 from transformers import PreTrainedTokenizerBase
 
-from mmit.data.samples import IGNORE_INDEX, Conversation, MediaRef, MediaSlot, SampleError, TokenizedSample
+from mmit.data.samples import (
+    IGNORE_INDEX,
+    PLACEHOLDERS,
+    Conversation,
+    MediaRef,
+    MediaSlot,
+    SampleError,
+    TokenizedSample,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +106,29 @@ def _whole_media_blocks(input_ids: list[int], labels: list[int], media: list[Med
     return input_ids, labels, kept
 
 
+def markup_tokens(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """The texts of the tokenizer's special tokens (``<|im_start|>``, ``<|endoftext|>``, ...) other than
+    mmit's media placeholders: in a message they would tokenize as chat markup, not as text."""
+    specials = {
+        *tokenizer.all_special_tokens,
+        *(t.content for t in tokenizer.added_tokens_decoder.values() if t.special),
+    }
+    return sorted(t for t in specials - set(PLACEHOLDERS.values()) if t)
+
+
+def check_markup(conv: Conversation, markup: list[str]) -> None:
+    """SampleError when a message holds one of ``markup`` (scraped chats often carry another model's
+    turn markers): it would end a turn or start one where the data meant text."""
+    for m in conv.messages:
+        found = next((t for t in markup if t in m.content), None)
+        if found is not None:
+            raise SampleError(
+                "special_token",
+                f"sample {conv.id!r}: {m.role} text holds {found!r}, one of the tokenizer's special tokens, "
+                "which would be read as chat markup, not text",
+            )
+
+
 def tokenize_conversation(
     conv: Conversation,
     tokenizer: PreTrainedTokenizerBase,
@@ -109,6 +140,7 @@ def tokenize_conversation(
     """Token ids and labels of one conversation; the flag says whether it was truncated."""
     if overlength not in OVERLENGTH:
         raise ValueError(f"overlength must be one of {OVERLENGTH}, not {overlength!r}")
+    check_markup(conv, markup_tokens(tokenizer))
     text, spans = assistant_spans(tokenizer, conv)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     input_ids = list(encoded["input_ids"])

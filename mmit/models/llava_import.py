@@ -112,7 +112,14 @@ def _weight_files(path: Path) -> dict[str, Path]:
 
     index = path / WEIGHTS_INDEX
     if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map") or {}
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map") or {}
+        except (ValueError, RecursionError, AttributeError) as err:
+            raise LlavaImportError(f"{index}: not a weights index ({err})") from err
+        files = weight_map.values() if isinstance(weight_map, dict) else [weight_map]
+        odd = [f for f in files if not isinstance(f, str) or Path(f).name != f or f.startswith(".")]
+        if odd:  # "../x.safetensors" or "/abs/y.safetensors" would read weights from outside the checkpoint
+            raise LlavaImportError(f"{index}: weight_map must name files in the checkpoint's folder, not {odd[0]!r}")
         return {name: path / file for name, file in weight_map.items()}
     single = path / WEIGHTS
     if single.is_file():

@@ -91,6 +91,16 @@ def load_trainable(model: nn.Module, ckpt_dir: str | Path) -> None:
         raise ValueError(
             f"{ckpt_dir}: checkpoint does not fit the model (missing {missing[:3]}..., unknown {unknown[:3]}...)"
         )
+    # copy_ broadcasts: a scalar under every name would load as a model of constants
+    reshaped = [
+        f"{n} {list(t.shape)} (the model's {list(params[n].shape)})"
+        for n, t in state.items()
+        if t.shape != params[n].shape
+    ]
+    if reshaped:
+        raise ValueError(
+            f"{Path(ckpt_dir) / TRAINABLE}: tensors of another shape than the model's: {'; '.join(reshaped[:3])}"
+        )
     with torch.no_grad():
         for name, tensor in state.items():
             params[name].copy_(tensor)
@@ -249,7 +259,16 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def read_state(ckpt_dir: Path) -> dict:
-    return json.loads((Path(ckpt_dir) / "state.json").read_text())
+    """A checkpoint's state.json; ValueError naming it when it is not an object with a whole-number step."""
+    path = Path(ckpt_dir) / "state.json"
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as err:
+        raise ValueError(f"{path}: not a checkpoint state ({err})") from err
+    step = state.get("step") if isinstance(state, dict) else None
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise ValueError(f"{path}: a checkpoint state is an object with a whole-number 'step', not {step!r}")
+    return state
 
 
 def load_training_state(ckpt_dir: Path, state: dict, optimizer: torch.optim.Optimizer, scheduler) -> None:
@@ -264,9 +283,16 @@ def load_training_state(ckpt_dir: Path, state: dict, optimizer: torch.optim.Opti
         (g.get("initial_lr", g["lr"]), g.get("weight_decay"), g.get("component", i))
         for i, g in enumerate(optimizer.param_groups)
     ]
-    optimizer.load_state_dict(
-        _optimizer_from_files(read_safetensors(ckpt_dir / "optimizer.safetensors"), state["optimizer"])
-    )
+    try:
+        optimizer.load_state_dict(
+            _optimizer_from_files(read_safetensors(ckpt_dir / "optimizer.safetensors"), state["optimizer"])
+        )
+        scheduler.load_state_dict(state["scheduler"])
+        rng = read_safetensors(ckpt_dir / "rng.safetensors"), state["rng"]
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ValueError(
+            f"{ckpt_dir}: its optimizer, scheduler or random state does not fit this run ({type(err).__name__}: {err})"
+        ) from err
     for group in optimizer.param_groups:
         for param in group["params"]:
             if isinstance(param, DTensor):
@@ -274,9 +300,8 @@ def load_training_state(ckpt_dir: Path, state: dict, optimizer: torch.optim.Opti
                 for key, value in slots.items():
                     if torch.is_tensor(value) and not isinstance(value, DTensor) and value.shape == param.shape:
                         slots[key] = distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
-    scheduler.load_state_dict(state["scheduler"])
     _keep_run_rates(optimizer, scheduler, wanted, state["step"])
-    _set_rng_state(read_safetensors(ckpt_dir / "rng.safetensors"), state["rng"])
+    _set_rng_state(*rng)
 
 
 def _keep_run_rates(optimizer: torch.optim.Optimizer, scheduler, wanted: list[tuple], step: int) -> None:

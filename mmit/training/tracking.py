@@ -48,11 +48,19 @@ class MetricsLog:
 def read_metrics(path: Path) -> list[dict]:
     """The records of a ``metrics.jsonl``; a line cut short by a crash (the last one) is ignored."""
     records = []
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 at byte {err.start}") from None
     for number, line in enumerate(lines, 1):
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
             if number != len(lines):
                 raise ValueError(f"{path}:{number}: not a JSON line") from None
+            continue
+        step = record.get("step") if isinstance(record, dict) else None
+        if not isinstance(step, int) or isinstance(step, bool):
+            raise ValueError(f"{path}:{number}: a metrics record is an object with a whole-number 'step'")
+        records.append(record)
     return records

@@ -77,6 +77,25 @@ def test_bad_audio_kinds_have_their_own_reasons():
     assert check_audio(tone(12.0), "long.wav", AudioPolicy(max_seconds=10)).seconds == pytest.approx(12.0)
 
 
+def test_audio_that_would_decode_to_gigabytes_is_refused_before_decoding(monkeypatch):
+    """Hours of compressed silence are a few MB on disk and tens of GB decoded: the clip's declared
+    length decides, before a sample is read. A FLAC header claiming 2^35 frames, and, with a lower
+    limit, a real clip."""
+    import mmit.data.audio as audio
+
+    flac = bytearray(tone(1.0, fmt="FLAC"))
+    assert flac[:4] == b"fLaC" and flac[4] & 0x7F == 0  # STREAMINFO first: total frames in 36 bits at 21..25
+    total = 1 << 35
+    flac[21] = (flac[21] & 0xF0) | (total >> 32)
+    flac[22:26] = (total & 0xFFFFFFFF).to_bytes(4, "big")
+    with pytest.raises(SampleError, match="34359738368 frames x 1 channels decode to over 1 GiB") as raised:
+        decode_audio(bytes(flac), "hours.flac")
+    assert raised.value.reason == "audio_too_long"
+    monkeypatch.setattr(audio, "MAX_AUDIO_VALUES", 2 * 8000 - 1)
+    assert reason(tone(1.0, 8000, channels=2)) == "audio_too_long"
+    assert decode_audio(tone(1.0, 8000)).seconds == pytest.approx(1.0)
+
+
 def _silence() -> bytes:
     out = io.BytesIO()
     soundfile.write(out, np.zeros(16000), 16000, format="WAV")
@@ -147,6 +166,15 @@ def test_clotho_reader(tmp_path, clips):
     bad.write_text("name,text\nc0.wav,x\n")
     with pytest.raises(SampleError, match="file_name"):
         list(read_clotho_captions(str(bad), str(clips)))
+    # an unclosed quote would read the rest of the file as one caption; a field over csv's limit raised csv.Error
+    for text, line in (
+        ('file_name,caption_1\nc0.wav,"open\nc1.wav,x\n', 2),
+        ("file_name,caption_1\nc0.wav," + "x" * 200_000 + "\n", 2),
+    ):
+        bad.write_text(text)
+        with pytest.raises(SampleError, match=f"{bad}:{line}: not CSV this reader can read") as raised:
+            list(read_clotho_captions(str(bad), str(clips)))
+        assert raised.value.reason == "bad_csv"
 
 
 def test_audiocaps_reader_groups_rows_of_a_clip(tmp_path, clips):
@@ -163,6 +191,8 @@ def test_audiocaps_reader_groups_rows_of_a_clip(tmp_path, clips):
         ("Yc1_30.wav", ["Rain falls"]),
     ]
     assert sorted(errors) == ["empty_answer", "missing_media"]
+    anns, errors = items(read_audiocaps(str(csv_file), str(clips), "Y{ytid}_{start_time}.wav"))  # a typo in the recipe
+    assert not anns and set(errors) == {"wrong_type", "empty_answer"}
 
 
 def test_audio_jsonl_readers(tmp_path, clips):

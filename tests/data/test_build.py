@@ -704,3 +704,28 @@ def test_a_stale_build_is_built_again_in_the_cache_and_refused_elsewhere(sources
     recipe_data_files(str(mine))
     with pytest.raises(BuildError, match="delete it first"):
         recipe_data_files(str(mine), ["seed=3"])
+
+
+def test_caption_shards_are_read_sample_by_sample_and_name_what_is_wrong(tmp_path):
+    """img2dataset shards go through the reader of mmit's own: one sample in memory at a time, keys
+    with their folders (a/1 and b/1 stay apart), a corrupt .tar.gz named rather than a zlib error."""
+    import gzip
+
+    shard = tmp_path / "00000.tar"
+    with tarfile.open(shard, "w") as tar:
+        for name, data in (
+            ("a/1.png", _png("red")),
+            ("a/1.txt", b"red"),
+            ("b/1.png", _png("blue")),
+            ("b/1.txt", b"blue"),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    items = list(read_caption_shards([str(shard)]))
+    assert [(where, a.captions) for where, a in items] == [(f"{shard}:a/1", ["red"]), (f"{shard}:b/1", ["blue"])]
+    packed = gzip.compress(shard.read_bytes())
+    broken = tmp_path / "00001.tar.gz"
+    broken.write_bytes(packed[:30] + b"\xff" * 32 + packed[62:])  # deflate data that cannot be
+    *_, (where, error) = list(read_caption_shards([str(broken)]))
+    assert isinstance(error, SampleError) and error.reason == "broken_shard" and str(broken) in str(error)

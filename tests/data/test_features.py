@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 
 import pytest
 import torch
@@ -77,6 +78,32 @@ def test_a_cache_from_another_encoder_or_preprocessing_is_refused(encoder, tmp_p
         build_feature_cache(tmp_path, "image", other_weights, CONFIG, refs, decode_image)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["fingerprint"]["tokens"] == encoder.num_tokens
+
+
+def test_a_damaged_or_outward_pointing_manifest_is_named(encoder, tmp_path):
+    """A cache folder someone hands you: its manifest may not name files outside the folder, and a
+    manifest that does not parse or lacks its parts is named, not a bare KeyError."""
+    build_feature_cache(tmp_path, "image", encoder, CONFIG, [_png(1)], decode_image)
+    path = tmp_path / "manifest.json"
+    manifest = json.loads(path.read_text())
+    (name,) = manifest["shards"]
+    bad = {
+        "shards must be files in the cache's folder, not '../x.safetensors'": {
+            **manifest,
+            "shards": {"../x.safetensors": 1},
+        },
+        "a feature cache manifest has 'shards' and 'fingerprint' objects": {
+            k: v for k, v in manifest.items() if k != "fingerprint"
+        },
+        "feature cache format 7": {**manifest, "format": 7},
+    }
+    for message, broken in bad.items():
+        path.write_text(json.dumps(broken))
+        with pytest.raises(ValueError, match=re.escape(f"{path}: {message}")):
+            FeatureStore(tmp_path)
+    path.write_text('{"format": 1, "shards": {"' + name)
+    with pytest.raises(ValueError, match=re.escape(f"{path}: not a feature cache manifest")):
+        FeatureStore(tmp_path)
 
 
 def test_a_cache_from_another_image_decoding_is_refused(encoder, tmp_path, monkeypatch):

@@ -25,6 +25,8 @@ BAD_RECORDS = {
     "meta_string": {**GOOD, "meta": "x"},
     "meta_number": {**GOOD, "meta": 5},
     "meta_list": {**GOOD, "meta": [1]},
+    "meta_tasks_string": {**GOOD, "meta": {"tasks": "vqa"}},  # scoring would read tasks "v", "q", "a"
+    "meta_answers_numbers": {**GOOD, "meta": {"answers": [1, 2]}},
     "id_object": {**GOOD, "id": {"a": 1}},
     "system_number": {**GOOD, "system": 5},
     "messages_string": {"messages": "hi"},

@@ -38,6 +38,25 @@ def test_images_in_data_files_are_read(files):
     assert convs["t0"].media == []
 
 
+def test_odd_paths_and_json_in_data_files_are_named_or_counted(files):
+    """A NUL in an image path, an integer of 5,000 digits, nesting 100,000 deep: each a named error
+    under on_error=raise, one skip under on_error=skip, never a bare ValueError or RecursionError."""
+    good = files.read_text()
+    messages = [{"role": "user", "content": "<image>\nColour?"}, {"role": "assistant", "content": "red"}]
+    odd = [
+        ("wrong_type", json.dumps({"id": "nul", "image": "red\u0000.png", "messages": messages})),
+        ("bad_json", '{"id": ' + "9" * 5000 + "}"),
+        ("bad_json", "[" * 100_000),
+    ]
+    for reason, line in odd:
+        files.write_text(good + line + "\n")
+        with pytest.raises(DataFileError, match=rf"{files}:8"):
+            read_conversations([files], on_error="raise")
+        skipped = Counter()
+        assert len(read_conversations([files], on_error="skip", skipped=skipped)) == 7
+        assert skipped == Counter({reason: 1})
+
+
 def test_a_text_only_model_refuses_or_counts_image_records(files, compose):
     cfg = compose(["+recipe=text_tiny", "data=files", f"data.source.train=[{files}]"])
     built = build_model(cfg)

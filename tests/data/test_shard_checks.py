@@ -64,6 +64,14 @@ BAD = {
         "empty_content",
     ),
     "meta_is_a_string": ([("s-bad.json", _record(GOOD_MESSAGES, meta="x")), ("s-bad.0.png", _png())], "wrong_type"),
+    "meta_tasks_is_a_string": (  # scoring would read "vqa" as the turns' tasks "v", "q", "a"
+        [("s-bad.json", _record(GOOD_MESSAGES, meta={"tasks": "vqa"})), ("s-bad.0.png", _png())],
+        "wrong_type",
+    ),
+    "meta_answers_hold_a_number": (
+        [("s-bad.json", _record(GOOD_MESSAGES, meta={"answers": [2]})), ("s-bad.0.png", _png())],
+        "wrong_type",
+    ),
     "content_is_a_number": (
         [("s-bad.json", _record([GOOD_MESSAGES[0], {"role": "assistant", "content": 5}])), ("s-bad.0.png", _png())],
         "wrong_type",
@@ -88,6 +96,28 @@ BAD = {
         "bad_member_name",
     ),
     "absolute_member": ([("/tmp/s-bad.json", _record(GOOD_MESSAGES)), ("/tmp/s-bad.0.png", _png())], "bad_member_name"),
+    "media_kind_is_a_list": (
+        [
+            (
+                "s-bad.json",
+                json.dumps(
+                    {
+                        "conversations": [{"id": "c", "messages": GOOD_MESSAGES}],
+                        "media": [{"kind": ["image"], "ext": "png"}],
+                    }
+                ).encode(),
+            ),
+            ("s-bad.0.png", _png()),
+        ],
+        "wrong_type",
+    ),
+    # json.loads raises ValueError for an integer of over 4,300 digits, RecursionError for deep nesting
+    "number_too_long": ([("s-bad.json", b'{"id": ' + b"9" * 5000 + b"}")], "bad_json"),
+    "nested_too_deep": ([("s-bad.json", b"[" * 100_000)], "bad_json"),
+    "postscript_named_png": (  # Pillow would open it as EPS (Ghostscript runs on load): not a format mmit reads
+        [("s-bad.json", _record(GOOD_MESSAGES)), ("s-bad.0.png", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n")],
+        "undecodable_media",
+    ),
 }
 
 
@@ -114,6 +144,24 @@ def test_a_bad_shard_record_names_shard_and_key_or_is_counted(kind, tmp_path):
     assert [c.id for c in kept] == ["s-000-good", "s-002-good"]  # no good sample lost
     assert skipped == Counter({reason: 1}), skipped
     assert not list(tmp_path.rglob("tmp")) and not (tmp_path.parent / "s-bad.json").exists()  # nothing extracted
+
+
+def test_only_raster_formats_are_opened(tmp_path):
+    """Pillow picks a decoder by the bytes: PostScript under any name would open as EPS, whose loading
+    runs Ghostscript. open_image refuses it before anything decodes; the usual formats open."""
+    from mmit.data.media import IMAGE_FORMATS, open_image
+
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n"
+    assert Image.open(io.BytesIO(eps)).format == "EPS"  # what plain Image.open does with it
+    with pytest.raises(SampleError, match="x.png: not an image in a format mmit reads") as raised:
+        with open_image(eps, "x.png"):
+            pass
+    assert raised.value.reason == "undecodable_media"
+    for fmt in ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"):
+        out = io.BytesIO()
+        Image.new("RGB", (8, 8), "red").save(out, format=fmt)
+        with open_image(out.getvalue(), f"x.{fmt.lower()}") as image:
+            assert image.format in IMAGE_FORMATS and image.size == (8, 8)
 
 
 def test_a_cut_short_shard_keeps_the_samples_before_the_cut(tmp_path):

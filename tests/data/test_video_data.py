@@ -133,6 +133,7 @@ def test_activitynet_reader_gives_dense_captions_and_time_questions(tmp_path, vi
         "v_noduration": {"timestamps": [], "sentences": []},
         "v_strduration": {"duration": "10", "timestamps": [[0, 1]], "sentences": ["x"]},
         "v_badstamps": {"duration": 10, "timestamps": [[0]], "sentences": ["x"]},
+        "v_nan": {"duration": 10, "timestamps": [[1, float("nan")]], "sentences": ["x"]},  # json.loads reads NaN
         "v_counts": {"duration": 10, "timestamps": [[0, 1], [1, 2]], "sentences": ["x"]},
         "v_reversed": {"duration": 10, "timestamps": [[5, 1]], "sentences": ["x"]},
         "v_empty": {"duration": 10, "timestamps": [[0, 1]], "sentences": [" "]},
@@ -157,6 +158,7 @@ def test_activitynet_reader_gives_dense_captions_and_time_questions(tmp_path, vi
     assert reasons(errors) == [
         "not_an_object",
         "missing_field",
+        "wrong_type",
         "wrong_type",
         "wrong_type",
         "missing_field",

@@ -74,3 +74,27 @@ def test_one_clip_as_video_and_audio_in_one_sample(tmp_path):
     (conv,) = read_conversations([tmp_path / "data.jsonl"])
     assert [m.kind for m in conv.media] == ["audio", "video"]  # placeholders in the order of PLACEHOLDERS' kinds
     assert conv.messages[0].content.startswith("<audio>\n<video>\n")
+
+
+@pytest.mark.parametrize(
+    "playlist",
+    [
+        "#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\nfile://{clip}\n#EXT-X-ENDLIST\n",  # HLS
+        "ffconcat version 1.0\nfile {clip}\n",  # FFmpeg's concat list
+    ],
+)
+def test_a_playlist_named_as_media_opens_no_other_file(playlist, tmp_path):
+    """FFmpeg demuxers that open further files (HLS, concat) under a video's or a sound's name: the
+    clip the list points to is never read, and the error names the item."""
+    from mmit.data.audio import decode_audio
+    from mmit.data.samples import SampleError
+    from mmit.data.video import check_video
+
+    clip = tmp_path / "elsewhere.mp4"
+    write_clip(clip, [np.zeros((16, 16, 3), dtype=np.uint8)] * 4, 4.0)
+    data = playlist.format(clip=clip).encode()
+    with pytest.raises(SampleError, match="list.mp4") as raised:
+        check_video(data, "list.mp4")
+    assert raised.value.reason == "bad_video"
+    with pytest.raises(SampleError, match="list.wav"):
+        decode_audio(data, "list.wav")

@@ -246,6 +246,19 @@ def test_pickled_weights_are_refused_not_read(tmp_path):
         read_llava(path)
 
 
+def test_a_weights_index_pointing_outside_the_checkpoint_is_refused(tmp_path):
+    path, _ = tiny_llava_dir(tmp_path / "llava")
+    (path / "model.safetensors").rename(tmp_path / "elsewhere.safetensors")
+    index = path / "model.safetensors.index.json"
+    for target in ("../elsewhere.safetensors", str(tmp_path / "elsewhere.safetensors")):
+        index.write_text(json.dumps({"weight_map": {"lm_head.weight": target}}))
+        with pytest.raises(LlavaImportError, match="weight_map must name files in the checkpoint's folder"):
+            read_llava(path)
+    index.write_text('{"weight_map": ')
+    with pytest.raises(LlavaImportError, match="model.safetensors.index.json: not a weights index"):
+        read_llava(path)
+
+
 def test_a_llava_as_init_from_needs_the_preset(compose, tmp_path):
     path, _ = tiny_llava_dir(tmp_path / "llava")
     with pytest.raises(LlavaImportError, match=r"add \+model=llava after the recipe"):

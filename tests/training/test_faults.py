@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mmit.train import run
-from mmit.training.checkpoint import latest_checkpoint, load_matching, read_safetensors, save_checkpoint
+from mmit.training.checkpoint import latest_checkpoint, load_matching, load_trainable, read_safetensors, save_checkpoint
 from mmit.training.loop import NonFiniteLossError
 
 TEXT = [
@@ -167,6 +167,32 @@ def test_a_malicious_pickle_is_refused_and_never_executed(tmp_path):
     assert not marker.exists()
 
 
+def test_a_checkpoint_of_other_shapes_is_refused_not_broadcast(tmp_path):
+    """copy_ broadcasts: a handed checkpoint with a scalar under every name would load as a model of
+    constants. The weights file and the tensor are named instead."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    ckpt = tmp_path / "step-0000001"
+    ckpt.mkdir()
+    save_file({n: torch.tensor(7.0) for n, _ in model.named_parameters()}, ckpt / "trainable.safetensors")
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(
+        ValueError, match=r"trainable\.safetensors: tensors of another shape .*0\.weight \[\] \(the model's \[4, 3\]\)"
+    ):
+        load_trainable(model, ckpt)
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+
+
+def test_a_damaged_checkpoint_state_is_named(tmp_path):
+    from mmit.training.checkpoint import read_state
+
+    for text in ("{", '{"step": "3"}', "[3]", '{"step": -1}'):
+        (tmp_path / "state.json").write_text(text)
+        with pytest.raises(ValueError, match=f"{tmp_path / 'state.json'}: "):
+            read_state(tmp_path)
+    (tmp_path / "state.json").write_text('{"step": 3}')
+    assert read_state(tmp_path) == {"step": 3}
+
+
 def test_init_from_copies_what_fits_and_names_what_does_not(tmp_path, caplog):
     """A stage-1 projector built on another encoder: its first layer has another input width."""
     stage1 = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.GELU(), torch.nn.Linear(4, 4))
@@ -267,7 +293,7 @@ def test_tar_member_names_never_escape(tmp_path):
     from PIL import Image
 
     from mmit.data.annotations import read_caption_shards
-    from mmit.data.samples import Conversation, Message
+    from mmit.data.samples import Conversation, MediaRef, Message, SampleError
     from mmit.data.shards import TarWriter, encode_sample
 
     png = io.BytesIO()
@@ -279,11 +305,13 @@ def test_tar_member_names_never_escape(tmp_path):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    [(where, annotation)] = list(read_caption_shards([str(evil)]))
-    assert annotation.captions == ["a red square"] and annotation.media[0].ext == "png"
+    [(where, refused)] = list(read_caption_shards([str(evil)]))  # an img2dataset shard, crafted
+    assert isinstance(refused, SampleError) and refused.reason == "bad_member_name", refused
+    assert where == f"{evil}:../../escaped" and "'../../escaped.png' leaves the shard's own names" in str(refused)
     assert not list(tmp_path.rglob("escaped*"))  # nothing was extracted anywhere
 
-    conv = Conversation("../../x", [Message("user", "<image>\nhi"), Message("assistant", "ok")], {}, annotation.media)
+    media = [MediaRef("image", "png", data=png.getvalue())]
+    conv = Conversation("../../x", [Message("user", "<image>\nhi"), Message("assistant", "ok")], {}, media)
     out = tmp_path / "out" / "shard-000000.tar"
     out.parent.mkdir()
     with TarWriter(out) as tar:
