@@ -57,6 +57,7 @@ def encode_sample(key: str, convs: list[Conversation], media: list[MediaRef]) ->
 
 
 MEMBER_LIMIT = 1 << 30  # bytes: a larger member is refused rather than read into memory
+SAMPLE_LIMIT = 2 << 30  # bytes: the members of one sample together (a sample is held whole in memory)
 _EXT = re.compile(r"[a-z0-9]{1,16}")
 
 
@@ -153,7 +154,7 @@ def shard_members(url: str) -> Iterator[tuple[str, dict[str, bytes] | SampleErro
     stream mode (nothing is extracted; links, folders and devices are never followed). A key with a
     refused member comes as a SampleError; a shard cut short ends with one ``broken_shard`` error,
     after the samples read whole before the cut."""
-    key, members, error = None, {}, None
+    key, members, error, held = None, {}, None, 0
 
     def finished():
         location = f"{url}:{key}"
@@ -175,7 +176,7 @@ def shard_members(url: str) -> Iterator[tuple[str, dict[str, bytes] | SampleErro
                 if prefix != key:
                     if key is not None:
                         yield finished()
-                    key, members, error = prefix, {}, None
+                    key, members, error, held = prefix, {}, None, 0
                 ext = ext.lower()
                 if error is not None:
                     continue
@@ -187,10 +188,16 @@ def shard_members(url: str) -> Iterator[tuple[str, dict[str, bytes] | SampleErro
                     error = SampleError(
                         "member_too_large", f"{url}:{key}: member {info.name!r} holds {info.size} bytes"
                     )
+                elif held + info.size > SAMPLE_LIMIT:
+                    error = SampleError(
+                        "member_too_large",
+                        f"{url}:{key}: its members hold over {SAMPLE_LIMIT} bytes together (at {info.name!r})",
+                    )
                 elif ext in members:
                     error = SampleError("duplicate_member", f"{url}:{key}: member {info.name!r} appears twice")
                 else:
                     members[ext] = tar.extractfile(info).read()
+                    held += info.size
         except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
             yield (
                 url,

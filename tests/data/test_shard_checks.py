@@ -175,6 +175,23 @@ def test_a_cut_short_shard_keeps_the_samples_before_the_cut(tmp_path):
     assert [c.id for c in kept][:1] == ["s-000-good"] and skipped["broken_shard"] == 1
 
 
+def test_a_sample_whose_members_are_too_large_together_is_refused_unread(tmp_path, monkeypatch):
+    """Each member under the per-member limit, the sample over the per-sample one: refused by its
+    declared sizes, before the rest is read (a sample is held whole in memory)."""
+    import mmit.data.shards as shards
+
+    good = _good("s-000")
+    monkeypatch.setattr(shards, "SAMPLE_LIMIT", sum(len(data) for _, data in good))  # the good sample fits
+    record = _record(GOOD_MESSAGES, media=("png", "png"))
+    big = [("s-bad.json", record), ("s-bad.0.png", _png()), ("s-bad.1.png", _png())]
+    _shard(tmp_path / "set", [*good, *big])
+    skipped = Counter()
+    kept = read_conversations([tmp_path / "set"], on_error="skip", skipped=skipped)
+    assert [c.id for c in kept] == ["s-000-good"] and skipped == Counter({"member_too_large": 1})
+    with pytest.raises(DataFileError, match="s-bad: its members hold over .* bytes together"):
+        read_conversations([tmp_path / "set"], on_error="raise")
+
+
 def test_duplicate_ids_across_shards_follow_the_policy(tmp_path):
     _shard(tmp_path / "set", _good("s-000"), "shard-000000.tar")
     _shard(tmp_path / "set", _good("s-000"), "shard-000001.tar")
