@@ -119,7 +119,8 @@ def open_image(data: bytes, where: str, max_pixels: int | None = None) -> Iterat
         raise SampleError("too_many_pixels", f"{where}: image is too large to decode ({err})") from err
     except Exception as err:  # PIL raises many types for broken files
         raise SampleError(
-            "undecodable_media", f"{where}: not an image in a format mmit reads ({', '.join(IMAGE_FORMATS)}): {err}"
+            "undecodable_media",
+            f"{where}: image does not decode, or is in none of the formats mmit reads ({', '.join(IMAGE_FORMATS)}): {err}",
         ) from err
     with image:
         width, height = image.size
