@@ -68,11 +68,8 @@ def _checked_media(location: str, record: dict, members: dict[str, bytes], max_p
         raise SampleError("wrong_type", f"{location}: 'media' must be a list, not {json_type(described)}")
     media = []
     for i, item in enumerate(described):
-        if not isinstance(item, dict) or not isinstance(item.get("kind"), str) or item["kind"] not in PLACEHOLDERS:
-            raise SampleError(
-                "wrong_type", f"{location}: media {i} must be {{kind: image | audio | video, ext}}, not {item!r}"
-            )
-        if not isinstance(item.get("ext"), str):
+        kind_ok = isinstance(item, dict) and isinstance(item.get("kind"), str) and item["kind"] in PLACEHOLDERS
+        if not kind_ok or not isinstance(item.get("ext"), str):
             raise SampleError(
                 "wrong_type", f"{location}: media {i} must be {{kind: image | audio | video, ext}}, not {item!r}"
             )

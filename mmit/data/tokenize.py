@@ -124,8 +124,8 @@ def check_markup(conv: Conversation, markup: list[str]) -> None:
         if found is not None:
             raise SampleError(
                 "special_token",
-                f"sample {conv.id!r}: {m.role} text holds {found!r}, one of the tokenizer's special tokens, "
-                "which would be read as chat markup, not text",
+                f"sample {conv.id!r}: {m.role} text holds {found!r}, one of the tokenizer's special tokens: it "
+                "would be read as that token (chat markup such as an end of turn), not as text",
             )
 
 
