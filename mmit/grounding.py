@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
-from mmit.data.samples import Conversation
+from mmit.data.samples import BAD_JSON, Conversation
 from mmit.metrics import ANY_LETTER, option_letter
 from mmit.tasks import family
 
@@ -170,7 +170,7 @@ class AnswerPrior:
         """The prior a run wrote; ValueError naming the file when it is not one."""
         try:
             return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
-        except (ValueError, RecursionError, KeyError, TypeError, AttributeError) as err:
+        except (*BAD_JSON, KeyError, TypeError, AttributeError) as err:
             raise ValueError(
                 f"{path}: not an answer prior as mmit.train writes it ({type(err).__name__}: {err})"
             ) from err

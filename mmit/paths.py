@@ -106,6 +106,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def is_plain_file_name(name: object) -> bool:
+    """A file name that stays in its folder once joined to it: no folder part, not absolute, not hidden
+    (a manifest or index someone hands you may name ``../x`` or ``/abs/y``)."""
+    return isinstance(name, str) and Path(name).name == name and not name.startswith(".")
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename."""
     atomic_write_bytes(path, text.encode("utf-8"))

@@ -21,7 +21,7 @@ from itertools import islice
 from pathlib import Path
 
 from mmit.cli import user_errors
-from mmit.data.samples import PLACEHOLDERS, Conversation
+from mmit.data.samples import BAD_JSON, PLACEHOLDERS, Conversation
 from mmit.data.shards import read_shards, shard_urls
 
 PLACEHOLDER = re.compile(r"<image>|<audio>")
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
                 )
             if data["skipped_annotations"]:
                 lines.append(f"  skipped annotations: {data['skipped_annotations']}")
-        except (ValueError, RecursionError, KeyError, TypeError, AttributeError) as err:
+        except (*BAD_JSON, KeyError, TypeError, AttributeError) as err:
             raise ValueError(
                 f"{manifest}: not a build manifest as mmit.build writes it ({type(err).__name__}: {err})"
             ) from err

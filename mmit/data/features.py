@@ -24,9 +24,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mmit.data.media import IMAGE_DECODING
-from mmit.data.samples import MediaRef
+from mmit.data.samples import BAD_JSON, MediaRef
 from mmit.data.video import VIDEO_DECODING
-from mmit.paths import atomic_write_bytes, atomic_write_text
+from mmit.paths import atomic_write_bytes, atomic_write_text, is_plain_file_name
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def _read_manifest(path: Path) -> dict:
     cache's folder); ValueError naming the file otherwise."""
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as err:
+    except BAD_JSON as err:
         raise ValueError(f"{path}: not a feature cache manifest ({err})") from err
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else manifest
@@ -97,7 +97,7 @@ def _read_manifest(path: Path) -> dict:
     shards = manifest.get("shards")
     if not isinstance(shards, dict) or not isinstance(manifest.get("fingerprint"), dict):
         raise ValueError(f"{path}: a feature cache manifest has 'shards' and 'fingerprint' objects")
-    odd = [s for s in shards if not isinstance(s, str) or Path(s).name != s or s.startswith(".")]
+    odd = [s for s in shards if not is_plain_file_name(s)]
     if odd:
         raise ValueError(f"{path}: shards must be files in the cache's folder, not {odd[0]!r}")
     return manifest

@@ -25,9 +25,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mmit.data.samples import BAD_JSON
 from mmit.models import attention
 from mmit.models.encoders import HFVisionEncoder, ImageEncoder
 from mmit.models.llm import LLMLoadError, LoadedLLM, _dtype
+from mmit.paths import is_plain_file_name
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +116,10 @@ def _weight_files(path: Path) -> dict[str, Path]:
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map") or {}
-        except (ValueError, RecursionError, AttributeError) as err:
+        except (*BAD_JSON, AttributeError) as err:
             raise LlavaImportError(f"{index}: not a weights index ({err})") from err
         files = weight_map.values() if isinstance(weight_map, dict) else [weight_map]
-        odd = [f for f in files if not isinstance(f, str) or Path(f).name != f or f.startswith(".")]
+        odd = [f for f in files if not is_plain_file_name(f)]
         if odd:  # "../x.safetensors" or "/abs/y.safetensors" would read weights from outside the checkpoint
             raise LlavaImportError(f"{index}: weight_map must name files in the checkpoint's folder, not {odd[0]!r}")
         return {name: path / file for name, file in weight_map.items()}

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from mmit.data.samples import BAD_JSON
 from mmit.paths import atomic_dir, atomic_write_text
 
 TRAINABLE = "trainable.safetensors"
@@ -263,7 +264,7 @@ def read_state(ckpt_dir: Path) -> dict:
     path = Path(ckpt_dir) / "state.json"
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as err:
+    except BAD_JSON as err:
         raise ValueError(f"{path}: not a checkpoint state ({err})") from err
     step = state.get("step") if isinstance(state, dict) else None
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:

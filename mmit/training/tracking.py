@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+from mmit.data.samples import BAD_JSON
 from mmit.paths import atomic_write_text
 
 
@@ -55,7 +56,7 @@ def read_metrics(path: Path) -> list[dict]:
     for number, line in enumerate(lines, 1):
         try:
             record = json.loads(line)
-        except (ValueError, RecursionError):
+        except BAD_JSON:
             if number != len(lines):
                 raise ValueError(f"{path}:{number}: not a JSON line") from None
             continue
