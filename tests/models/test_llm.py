@@ -42,8 +42,10 @@ def test_tokenizer_without_template_needs_one(tmp_path, tiny):
 
 
 @pytest.mark.slow
-def test_smollm2_conversion_answers_and_masks(tmp_path):
-    directory = convert_smollm2_gguf(tmp_path / "smollm2")
+def test_smollm2_conversion_answers_and_masks():
+    # Into the test session's own mmit cache (conftest), where the recipes' SmolLM2 tests read it:
+    # converted once per session, whichever test comes first.
+    directory = convert_smollm2_gguf()
     assert (directory / "model.safetensors").exists()
     loaded = load_pretrained(str(directory))
     model, tokenizer = loaded.model, loaded.tokenizer
