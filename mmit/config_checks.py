@@ -95,6 +95,10 @@ def check_config(cfg: DictConfig) -> None:
         pool = value_at(values, f"{group}.pool_to")
         if pool not in (ABSENT, None) and not _is_int(pool, 1):
             problems.append(f"{group}.pool_to={_show(pool)}: must be a whole number >= 1 or null")
+    for key, low in (("steps", 1), ("batch_size", 1)):
+        value = value_at(values, f"projector_align.{key}")
+        if value is not ABSENT and not _is_int(value, low):
+            problems.append(f"projector_align.{key}={_show(value)}: must be a whole number >= {low}")
     windows = value_at(values, "audio_encoder.windows")
     if windows is not ABSENT and not _is_int(windows, 1):
         problems.append(f"audio_encoder.windows={_show(windows)}: must be a whole number >= 1")

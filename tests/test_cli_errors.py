@@ -48,6 +48,8 @@ def test_every_recipe_passes_the_checks(recipe, compose):
         ("data.overlength=cut", "data.overlength='cut': must be one of truncate, drop, raise"),
         ("frozen_dtype=int8", "frozen_dtype='int8': must be one of auto, float32"),
         ("+projector_align.image_words=two", "projector_align.image_words='two': must be one of one, several"),
+        ("+projector_align.steps=0", "projector_align.steps=0: must be a whole number >= 1"),
+        ("+projector_align.batch_size=8.5", "projector_align.batch_size=8.5: must be a whole number >= 1"),
         ("trainer.pack_length=64", "trainer.pack_length=64 is shorter than data.max_length=512"),
         ("vision_encoder=tiny", "vision_encoder is set but no projector is"),
     ],

@@ -234,7 +234,10 @@ def align_projector(
     generator = torch.Generator().manual_seed(seed)
     params = [p for p in projector.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW([*params, *aligner.parameters()], lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=0.1)
+    # A tenth of the steps to warm up; OneCycleLR divides by zero when that is exactly one step.
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, lr, total_steps=steps, pct_start=0.2 if steps == 10 else 0.1
+    )
     was_training = projector.training
     projector.train()
     loss = torch.tensor(float("nan"))

@@ -1,6 +1,7 @@
 """Projector pre-alignment (mmit.models.align): CTC for audio, word sets for images; synthetic features and tiny models."""
 
 import json
+import math
 import shutil
 
 import pytest
@@ -369,3 +370,20 @@ def test_align_probe_reads_each_objects_own_token(tool):
     assert probe.object_binding(aligner, says, [scene], 3, Tok()) == {
         "objects": 2, "colour": 1.0, "shape": 0.5, "both": 0.5,
     }  # fmt: skip
+
+
+@pytest.mark.parametrize("steps", [1, 9, 10, 11])
+def test_any_number_of_alignment_steps_runs(steps):
+    """OneCycleLR divides by zero when its warm-up is exactly one step (a tenth of 10 steps)."""
+    torch.manual_seed(0)
+    feats, shown = synthetic_scenes(16, 10, 16, 8, seed=1)
+    vocab = list(range(5, 15))
+    projector = MLPProjector(8, 24)
+    loss = align_projector(
+        projector,
+        WordSetAligner(torch.randn(40, 24), vocab),
+        feats,
+        [[vocab[w] for w in s] for s in shown],
+        steps=steps,
+    )
+    assert math.isfinite(loss)
