@@ -99,6 +99,9 @@ def check_config(cfg: DictConfig) -> None:
         value = value_at(values, f"projector_align.{key}")
         if value is not ABSENT and not _is_int(value, low):
             problems.append(f"projector_align.{key}={_show(value)}: must be a whole number >= {low}")
+    align_lr = value_at(values, "projector_align.lr")
+    if align_lr is not ABSENT and not (_is_number(align_lr) and align_lr > 0):
+        problems.append(f"projector_align.lr={_show(align_lr)}: must be a number > 0")
     windows = value_at(values, "audio_encoder.windows")
     if windows is not ABSENT and not _is_int(windows, 1):
         problems.append(f"audio_encoder.windows={_show(windows)}: must be a whole number >= 1")

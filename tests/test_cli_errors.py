@@ -50,6 +50,7 @@ def test_every_recipe_passes_the_checks(recipe, compose):
         ("+projector_align.image_words=two", "projector_align.image_words='two': must be one of one, several"),
         ("+projector_align.steps=0", "projector_align.steps=0: must be a whole number >= 1"),
         ("+projector_align.batch_size=8.5", "projector_align.batch_size=8.5: must be a whole number >= 1"),
+        ("+projector_align.lr=0", "projector_align.lr=0: must be a number > 0"),
         ("trainer.pack_length=64", "trainer.pack_length=64 is shorter than data.max_length=512"),
         ("vision_encoder=tiny", "vision_encoder is set but no projector is"),
     ],
