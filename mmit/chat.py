@@ -13,11 +13,15 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mmit.cli import user_errors
+from mmit.data.media import media_ref
 from mmit.eval import add_generation_args, generation_options
-from mmit.inference import ChatSession, load_base, load_run, media_ref
-from mmit.saved_config import UnsafeConfigError
+from mmit.saved_config import UnsafeConfigError, run_config
+
+if TYPE_CHECKING:
+    from mmit.inference import ChatSession
 
 HELP = """commands: /image PATH  /audio PATH  (attach to your next message)
           /reset  (new conversation)   /quit  (or Ctrl-D)"""
@@ -94,7 +98,12 @@ def interact(session: ChatSession, read=input, write=print) -> None:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING)
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    media = [media_ref(p) for p in [*args.image, *args.audio]]  # bad paths fail before loading the model
+    # Mistakes in the command line fail in a second: before torch and the model load.
+    media = [media_ref(p) for p in [*args.image, *args.audio]]
+    if args.run_dir is not None:
+        run_config(args.run_dir)
+    from mmit.inference import ChatSession, load_base, load_run
+
     if args.base is not None:
         loaded = load_base(args.base, args.device, args.precision or "auto")
     else:

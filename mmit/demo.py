@@ -16,8 +16,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio read
 import gradio as gr
 
 from mmit.cli import user_errors
+from mmit.data.media import media_ref
 from mmit.generation import GenerationOptions
-from mmit.inference import ChatSession, LoadedModel, load_base, load_run, media_ref
+from mmit.inference import ChatSession, LoadedModel, load_base, load_run
 
 log = logging.getLogger("mmit.demo")
 

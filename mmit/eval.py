@@ -28,20 +28,23 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
 from mmit.benchmarks import BENCHMARKS
 from mmit.cli import user_errors
-from mmit.evaluation import evaluate_benchmarks, evaluate_set
-from mmit.generation import ANSWER_BATCH, GenerationOptions
 from mmit.grounding import GROUNDING_NOTE, PRIOR_FILE, AnswerPrior, grounding_line, grounding_table
-from mmit.inference import LoadedModel, load_base, load_run
 from mmit.metrics import VQA_NORMALISATIONS
 from mmit.paths import atomic_dir
-from mmit.plots import plot_benchmarks, plot_grounding, plot_task_scores, plot_training_curves
+from mmit.saved_config import run_config
 from mmit.scoring import Prediction, headline_metric, score_predictions
-from mmit.training.loop import answers_by_set, per_task_prefix
+
+# The modules that bring torch, transformers and matplotlib are imported where they are used, so that
+# --help and mistakes in the command line answer in a second (mmit.chat shares this module's options).
+if TYPE_CHECKING:
+    from mmit.generation import GenerationOptions
+    from mmit.inference import LoadedModel
 
 log = logging.getLogger("mmit.eval")
 
@@ -64,7 +67,7 @@ def run_eval(
     sets: dict[str, list[str]],
     options: GenerationOptions,
     max_samples: int = 0,
-    batch_size: int = ANSWER_BATCH,
+    batch_size: int | None = None,
     on_error: str = "raise",
     prior: AnswerPrior | None = None,
     swap_media: bool = True,
@@ -75,9 +78,13 @@ def run_eval(
     """Generate and score every set, with own and swapped media and beside the blind prior;
     returns predictions (each with what it said given swapped media), scores and what was skipped.
     ``features_for`` (:func:`cached_media`): conversations -> the feature stores holding their media;
-    None runs the encoders on every item."""
+    None runs the encoders on every item. ``batch_size``: prompts answered at once (default
+    ``mmit.generation.ANSWER_BATCH``)."""
     from mmit.data.sources import read_conversations
     from mmit.data.tokenize import MAX_MEDIA, Tokenizer
+    from mmit.evaluation import evaluate_set
+    from mmit.generation import ANSWER_BATCH
+    from mmit.training.loop import per_task_prefix
 
     data = loaded.cfg.get("data") or {}
     tokenize = Tokenizer(
@@ -112,7 +119,7 @@ def run_eval(
             samples=[s for _, s in pairs],
             swap_media=swap_media,
             seed=seed,
-            batch_size=batch_size,
+            batch_size=batch_size or ANSWER_BATCH,
             autocast_dtype=loaded.autocast_dtype,
             preprocess=loaded.preprocess,
             progress=True,
@@ -255,6 +262,9 @@ def write_outputs(
     files: dict[str, object] | None = None,
 ) -> Path:
     """metrics.json, predictions.jsonl, plots, report.md and ``files`` (name -> JSON), all appearing at once."""
+    from mmit.plots import plot_benchmarks, plot_grounding, plot_task_scores, plot_training_curves
+    from mmit.training.loop import answers_by_set
+
     with atomic_dir(out) as tmp:
         for name, content in (files or {}).items():
             (tmp / name).write_text(json.dumps(content), encoding="utf-8")
@@ -300,7 +310,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--batch-size",
         type=int,
-        help=f"prompts answered at once (default: the run's trainer.eval_batch_size, else {ANSWER_BATCH})",
+        help="prompts answered at once (default: the run's trainer.eval_batch_size)",
     )
     p.add_argument(
         "--on-error", choices=("raise", "skip"), default="raise", help="bad samples: stop, or skip and count"
@@ -362,6 +372,8 @@ def generation_options(args: argparse.Namespace, configured: int | dict | None =
     """The command line's options; the answer lengths are ``--max-new-tokens`` for every answer when
     given, else the run's own ``trainer.max_new_tokens`` (``configured``), so that mmit.eval answers
     as the run's in-loop evaluation did, else the command's default."""
+    from mmit.generation import GenerationOptions
+
     return GenerationOptions.from_setting(
         args.max_new_tokens or configured or args.default_max_new_tokens,
         num_beams=args.num_beams,
@@ -377,13 +389,7 @@ def generation_options(args: argparse.Namespace, configured: int | dict | None =
 def main(argv: list[str] | None = None) -> Path:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    if args.base is not None:
-        loaded = load_base(args.base, args.device, args.precision or "auto")
-    else:
-        loaded = load_run(args.run_dir, args.checkpoint, args.device, args.precision)
-    lengths = OmegaConf.select(loaded.cfg, "trainer.max_new_tokens")  # the run's (or --base recipe's)
-    options = generation_options(args, OmegaConf.to_container(lengths) if isinstance(lengths, DictConfig) else lengths)
-    batch_size = args.batch_size or OmegaConf.select(loaded.cfg, "trainer.eval_batch_size", default=ANSWER_BATCH)
+    # Mistakes in the command line fail in a second: before torch and the model load.
     extra = {}
     for item in args.sets:
         name, sep, path = item.partition("=")
@@ -396,6 +402,19 @@ def main(argv: list[str] | None = None) -> Path:
         if not sep or name not in BENCHMARKS or not root:
             raise SystemExit(f"--benchmark takes NAME=ROOT with NAME one of {', '.join(BENCHMARKS)}, not {item!r}")
         benchmarks[name] = root
+    if args.run_dir is not None:
+        run_config(args.run_dir)
+    from mmit.evaluation import evaluate_benchmarks
+    from mmit.generation import ANSWER_BATCH
+    from mmit.inference import load_base, load_run
+
+    if args.base is not None:
+        loaded = load_base(args.base, args.device, args.precision or "auto")
+    else:
+        loaded = load_run(args.run_dir, args.checkpoint, args.device, args.precision)
+    lengths = OmegaConf.select(loaded.cfg, "trainer.max_new_tokens")  # the run's (or --base recipe's)
+    options = generation_options(args, OmegaConf.to_container(lengths) if isinstance(lengths, DictConfig) else lengths)
+    batch_size = args.batch_size or OmegaConf.select(loaded.cfg, "trainer.eval_batch_size", default=ANSWER_BATCH)
     sets = {} if benchmarks and not (extra or args.only) else eval_sets_of(loaded, extra)
     if args.only:
         unknown = set(args.only) - set(sets)

@@ -24,12 +24,6 @@ from mmit.models.multimodal_lm import MultimodalLM
 
 log = logging.getLogger(__name__)
 
-MEDIA_KINDS = {
-    **dict.fromkeys(("png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"), "image"),
-    **dict.fromkeys(("wav", "flac", "mp3", "ogg", "opus", "m4a"), "audio"),
-    **dict.fromkeys(("mp4", "webm", "mkv", "avi", "mov"), "video"),
-}
-
 
 @dataclass
 class LoadedModel:
@@ -114,13 +108,10 @@ def load_run(
 
     ``precision``: None runs it as the run's in-loop evaluation did (its ``trainer.precision``),
     so offline and in-loop scores of one checkpoint agree."""
-    from mmit.saved_config import load_saved_config
+    from mmit.saved_config import load_saved_config, run_config
 
     run_dir = Path(run_dir)
-    config = run_dir / "config.yaml"
-    if not config.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
-    cfg = load_saved_config(config)  # refuses anything but mmit's own builders, before anything is built
+    cfg = load_saved_config(run_config(run_dir))  # only mmit's own builders, checked before anything is built
     cfg.init_from = None  # the checkpoint holds every trained weight, including any init_from ones
     precision = precision or cfg.trainer.get("precision", "auto")
     return _finish(cfg, resolve_checkpoint(run_dir, checkpoint), device, precision)
@@ -142,17 +133,6 @@ def compose_config(overrides: list[str]) -> DictConfig:
         cfg = compose(config_name="train", overrides=list(overrides))
     check_config(cfg)
     return cfg
-
-
-def media_ref(path: str | Path) -> MediaRef:
-    """A media file on disk, its kind read from the file extension."""
-    path = Path(path)
-    ext = path.suffix.lower().lstrip(".")
-    if ext not in MEDIA_KINDS:
-        raise ValueError(f"{path}: unknown media type {ext!r} (known: {', '.join(sorted(MEDIA_KINDS))})")
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    return MediaRef(MEDIA_KINDS[ext], ext, str(path))
 
 
 @dataclass

@@ -115,6 +115,14 @@ def _trusted(run_dir: Path) -> bool:
     return any(Path(p).expanduser().resolve() == run_dir.resolve() for p in listed)
 
 
+def run_config(run_dir: str | Path) -> Path:
+    """A training run's ``config.yaml``; a folder without one is named as not a run directory."""
+    config = Path(run_dir) / "config.yaml"
+    if not config.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
+    return config
+
+
 def load_saved_config(path: str | Path) -> DictConfig:
     """A run's ``config.yaml``, checked (:func:`check_saved_config`) unless its run folder is trusted."""
     path = Path(path)

@@ -143,3 +143,17 @@ def test_chat_and_eval_print_user_errors_in_one_line_without_warnings(tmp_path):
     assert (
         base.returncode == 1 and "trainer.lr='abc': must be a number" in base.stderr and "Traceback" not in base.stderr
     )
+
+
+def test_eval_and_chat_check_their_command_line_before_loading_torch(tmp_path):
+    """--help and a mistake in the command line answer at once: the modules that bring torch,
+    transformers and matplotlib load only once the command goes on to build a model."""
+    probe = "import sys, mmit.eval, mmit.chat; print(sorted(m for m in ('torch', 'transformers', 'matplotlib') if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert loaded.returncode == 0 and loaded.stdout.strip() == "[]", loaded.stderr
+    for command, message in (
+        (["mmit.eval", "nowhere", "--sets", "oops"], "--sets takes NAME=PATH, not 'oops'"),
+        (["mmit.chat", "nowhere", "hi"], "mmit.chat: nowhere is not a run directory (no config.yaml)"),
+    ):
+        out = _run(*command, cwd=tmp_path)
+        assert out.returncode == 1 and message in out.stderr and "Traceback" not in out.stderr, out.stderr

@@ -12,9 +12,10 @@ import socket
 import pytest
 from PIL import Image
 
+from mmit.data.media import media_ref
 from mmit.demo import EMPTY_ANSWER, build_app, chat_turn, generation_options
 from mmit.generation import GenerationOptions
-from mmit.inference import ChatSession, load_base, load_run, media_ref
+from mmit.inference import ChatSession, load_base, load_run
 
 CHROMIUM = "/usr/bin/chromium"
 # Without these, chromium waits on connections this offline machine refuses.

@@ -296,8 +296,9 @@ def test_eval_of_base_model_extra_sets_and_beam_search(vqa_run, tmp_path):
 @pytest.mark.slow
 def test_chat_one_shot_and_interactive(vqa_run, tmp_path, capsys):
     from mmit.chat import interact, main
+    from mmit.data.media import media_ref
     from mmit.generation import GenerationOptions
-    from mmit.inference import ChatSession, load_run, media_ref
+    from mmit.inference import ChatSession, load_run
 
     run_dir, _ = vqa_run
     png = tmp_path / "red.png"
@@ -317,7 +318,8 @@ def test_chat_one_shot_and_interactive(vqa_run, tmp_path, capsys):
 
 
 def test_media_errors_are_clear(tiny, tmp_path):
-    from mmit.inference import ChatSession, LoadedModel, media_ref
+    from mmit.data.media import media_ref
+    from mmit.inference import ChatSession, LoadedModel
     from mmit.models.multimodal_lm import MultimodalLM
 
     png = tmp_path / "x.png"

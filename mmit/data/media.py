@@ -11,6 +11,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from mmit.data.samples import MediaRef, SampleError, json_type
@@ -82,6 +83,24 @@ def media_file(kind: str, root: str | os.PathLike, name: Any, allow_outside_root
     """A media file on disk, through :func:`media_path`; its extension (lowercase) names its format."""
     path = media_path(kind, root, name, allow_outside_root)
     return MediaRef(kind, os.path.splitext(path)[1][1:].lower(), path=path)
+
+
+MEDIA_KINDS = {  # a file's extension -> the kind of media mmit.chat, mmit.demo and the API take it for
+    **dict.fromkeys(("png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"), "image"),
+    **dict.fromkeys(("wav", "flac", "mp3", "ogg", "opus", "m4a"), "audio"),
+    **dict.fromkeys(("mp4", "webm", "mkv", "avi", "mov"), "video"),
+}
+
+
+def media_ref(path: str | os.PathLike) -> MediaRef:
+    """A media file a user names (``mmit.chat --image``, the web demo), its kind read from the extension."""
+    path = Path(path)
+    ext = path.suffix.lower().lstrip(".")
+    if ext not in MEDIA_KINDS:
+        raise ValueError(f"{path}: unknown media type {ext!r} (known: {', '.join(sorted(MEDIA_KINDS))})")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    return MediaRef(MEDIA_KINDS[ext], ext, str(path))
 
 
 def media_names(record: dict, kind: str) -> list[str]:
