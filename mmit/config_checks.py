@@ -46,6 +46,7 @@ TRAINER_RANGES: dict[str, tuple[float | None, float | None]] = {
     "save_every": (1, None),
     "keep_last": (1, None),
     "max_nonfinite_skips": (0, None),
+    "seed": (0, None),
 }
 POSITIVE = {"lr", "max_grad_norm", "lr_decay_fraction"}  # > 0, not only >= 0
 CHOICES = {
@@ -99,6 +100,15 @@ def check_config(cfg: DictConfig) -> None:
         value = value_at(values, f"projector_align.{key}")
         if value is not ABSENT and not _is_int(value, low):
             problems.append(f"projector_align.{key}={_show(value)}: must be a whole number >= {low}")
+    for key, low in (("peft.config.r", 1), ("projector.depth", 1)):
+        value = value_at(values, key)
+        if value is not ABSENT and not _is_int(value, low):
+            problems.append(f"{key}={_show(value)}: must be a whole number >= {low}")
+    alpha, dropout = value_at(values, "peft.config.lora_alpha"), value_at(values, "peft.config.lora_dropout")
+    if alpha is not ABSENT and not (_is_number(alpha) and alpha > 0):
+        problems.append(f"peft.config.lora_alpha={_show(alpha)}: must be a number > 0")
+    if dropout is not ABSENT and not (_is_number(dropout) and 0 <= dropout < 1):
+        problems.append(f"peft.config.lora_dropout={_show(dropout)}: must be a number from 0 to below 1")
     align_lr = value_at(values, "projector_align.lr")
     if align_lr is not ABSENT and not (_is_number(align_lr) and align_lr > 0):
         problems.append(f"projector_align.lr={_show(align_lr)}: must be a number > 0")
@@ -205,7 +215,7 @@ def _describe(hint: Any) -> str:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_describe(arg) for arg in typing.get_args(hint))
-    names = {int: "a whole number", float: "a number", bool: "true or false", str: "a text"}
+    names = {int: "a whole number", float: "a number", bool: "true or false", str: "a text", type(None): "null"}
     if origin is dict:  # "a mapping of whole numbers", "a mapping of texts"
         return "a mapping of " + _describe(typing.get_args(hint)[1]).removeprefix("a ") + "s"
     return names.get(hint, getattr(hint, "__name__", str(hint)))

@@ -51,6 +51,11 @@ def test_every_recipe_passes_the_checks(recipe, compose):
         ("+projector_align.steps=0", "projector_align.steps=0: must be a whole number >= 1"),
         ("+projector_align.batch_size=8.5", "projector_align.batch_size=8.5: must be a whole number >= 1"),
         ("+projector_align.lr=0", "projector_align.lr=0: must be a number > 0"),
+        ("peft.config.r=1.5", "peft.config.r=1.5: must be a whole number >= 1"),
+        ("peft.config.lora_alpha=0", "peft.config.lora_alpha=0: must be a number > 0"),
+        ("peft.config.lora_dropout=-1", "peft.config.lora_dropout=-1: must be a number from 0 to below 1"),
+        ("trainer.seed=-1", "trainer.seed=-1: must be >= 0"),
+        ("trainer.pack_length=1.5", "trainer.pack_length=1.5: must be a whole number or null"),
         ("trainer.pack_length=64", "trainer.pack_length=64 is shorter than data.max_length=512"),
         ("vision_encoder=tiny", "vision_encoder is set but no projector is"),
     ],
@@ -59,6 +64,11 @@ def test_bad_values_are_named_before_anything_is_built(override, message, compos
     with pytest.raises(ConfigError, match="the config cannot work") as refused:
         check_config(compose(["+recipe=text_tiny", override]))
     assert message in str(refused.value)
+
+
+def test_a_projector_depth_below_one_is_named(compose):
+    with pytest.raises(ConfigError, match=r"projector.depth=0: must be a whole number >= 1"):
+        check_config(compose(["+recipe=vqa_tiny", "projector.depth=0"]))
 
 
 def test_a_key_the_encoder_does_not_take_is_named_with_how_to_drop_it(compose):

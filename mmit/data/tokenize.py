@@ -156,12 +156,13 @@ def tokenize_conversation(
     truncated = len(input_ids) > max_length
     if truncated:
         if overlength != "truncate":
-            raise SampleError("too_long", f"sample {conv.id!r}: {len(input_ids)} tokens > max_length {max_length}")
+            raise SampleError("too_long", f"sample {conv.id!r}: {len(input_ids)} tokens > data.max_length={max_length}")
         input_ids, labels, media = _whole_media_blocks(input_ids[:max_length], labels[:max_length], media, list(slots))
     sample = TokenizedSample(conv.id, input_ids, labels, media)
     if sample.num_labels == 0:
         raise SampleError(
-            "no_labels_after_truncation", f"sample {conv.id!r}: no assistant token within max_length {max_length}"
+            "no_labels_after_truncation",
+            f"sample {conv.id!r}: no assistant token within data.max_length={max_length} (the prompt alone is longer)",
         )
     return sample, truncated
 

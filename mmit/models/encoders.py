@@ -65,6 +65,15 @@ def _rgb(images: list[Image.Image]) -> list[Image.Image]:
     return [im.convert("RGB") for im in images]
 
 
+def check_layer(layer: int, count: int, what: str) -> int:
+    """``vision_encoder.layer``: an index into ``count`` items, counted from 0 or back from -1."""
+    if not (isinstance(layer, int) and not isinstance(layer, bool) and -count <= layer < count):
+        raise ValueError(
+            f"vision_encoder.layer={layer!r}: {what} are 0 to {count - 1} (or -1 to -{count} from the end)"
+        )
+    return layer
+
+
 class OpenClipEncoder(ImageEncoder):
     """An open_clip vision tower. ``pretrained``: a tag (needs the hub) or a local file."""
 
@@ -83,7 +92,7 @@ class OpenClipEncoder(ImageEncoder):
             model_name, pretrained=pretrained, weights_only=True
         )
         self.visual = model.visual
-        self.layer = layer
+        self.layer = check_layer(layer, len(self.visual.transformer.resblocks), f"{model_name}'s blocks")
         image_size = self.visual.image_size
         self._finish_init(image_size[0] if isinstance(image_size, tuple) else image_size)
 
@@ -116,9 +125,10 @@ class HFVisionEncoder(ImageEncoder):
         model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
         self.vision = getattr(model, "vision_model", model)  # a full CLIP/SigLIP: keep the image tower
         self.processor = AutoImageProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-        self.layer = layer
         config = getattr(self.vision, "config", model.config)
         config = getattr(config, "vision_config", config)
+        # hidden_states: the embeddings, then each layer's output
+        self.layer = check_layer(layer, config.num_hidden_layers + 1, f"{name_or_path}'s hidden states")
         self.patches_per_side = config.image_size // config.patch_size
         self._finish_init(config.image_size)
 

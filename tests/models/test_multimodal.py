@@ -203,6 +203,13 @@ def test_hf_clip_loads_from_a_local_directory():
     assert cls_only.shape == (1, 1, 32)
     pooled = HFVisionEncoder(str(directory), pool_to=2)(pixels)
     assert pooled.shape == (1, 4, 32)
+    # the tiny tower has 2 layers: 3 hidden states (embeddings + 2), counted from 0 or back from -1
+    assert HFVisionEncoder(str(directory), layer=-3).layer == -3
+    for layer in (3, -4, 1.5):
+        with pytest.raises(
+            ValueError, match=rf"vision_encoder.layer={layer}: .* are 0 to 2 \(or -1 to -3 from the end\)"
+        ):
+            HFVisionEncoder(str(directory), layer=layer)
 
 
 def test_open_clip_loads_a_local_checkpoint_file(tmp_path):
@@ -223,6 +230,8 @@ def test_open_clip_loads_a_local_checkpoint_file(tmp_path):
     out = encoder(encoder.preprocess([Image.new("RGB", (32, 32), "red")]))
     assert out.shape == (1, 16, 32) and encoder.output_dim == 32
     assert OpenClipEncoder("mmit-tiny-vit", tokens="all").num_tokens == 17
+    with pytest.raises(ValueError, match=r"vision_encoder.layer=2: mmit-tiny-vit's blocks are 0 to 1"):
+        OpenClipEncoder("mmit-tiny-vit", layer=2)  # wrapped round to block 0 before
 
 
 def test_efficientnet_lite0_gives_spatial_tokens_from_the_offline_weights():
