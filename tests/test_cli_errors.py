@@ -5,6 +5,7 @@ prints transformers' deprecation warning."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -167,3 +168,21 @@ def test_eval_and_chat_check_their_command_line_before_loading_torch(tmp_path):
     ):
         out = _run(*command, cwd=tmp_path)
         assert out.returncode == 1 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"n_train": 0}, "data.source.n_train=0: must be a whole number >= 1"),
+        ({"n_eval": 1.5}, "data.source.n_eval=1.5: must be a whole number >= 1"),
+        ({"max_turns": -1}, "data.source.max_turns=-1: must be a whole number >= 1"),
+        ({"eval_fraction": 0}, "data.source.eval_fraction=0: must be between 0 and 1"),
+    ],
+)
+def test_the_text_demos_sizes_are_named(override, message, tmp_path):
+    """They ended in "no usable samples", a randrange error or 1,000 failed draws."""
+    from mmit.data.demo.text import prepare_text_skills
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        prepare_text_skills(**override, out_dir=str(tmp_path))
+    assert not any(tmp_path.iterdir())  # refused before anything is written

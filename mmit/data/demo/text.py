@@ -176,6 +176,11 @@ def prepare_text_skills(
     out_dir: str | None = None,
 ) -> DataFiles:
     """Write train / eval_seen / eval_heldout JSONL files once into the cache; return them."""
+    for name, value in (("n_train", n_train), ("n_eval", n_eval), ("max_turns", max_turns)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"data.source.{name}={value!r}: must be a whole number >= 1")
+    if not 0 < eval_fraction < 1:  # both splits draw annotations of their own
+        raise ValueError(f"data.source.eval_fraction={eval_fraction!r}: must be between 0 and 1")
     template_path = Path(templates) if templates else RECIPES_DIR / "templates" / "text_skills.yaml"
     by_task = load_templates(template_path)
     spec = {
