@@ -186,3 +186,21 @@ def test_the_text_demos_sizes_are_named(override, message, tmp_path):
     with pytest.raises(ValueError, match=re.escape(message)):
         prepare_text_skills(**override, out_dir=str(tmp_path))
     assert not any(tmp_path.iterdir())  # refused before anything is written
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"hidden_size": 0}, "llm.hidden_size=0: must be a whole number >= 1"),
+        ({"num_layers": 1.5}, "llm.num_layers=1.5: must be a whole number >= 1"),
+        ({"num_heads": 3}, "llm.hidden_size=64: must be a multiple of llm.num_heads=3"),
+        ({"vocab_size": 10}, "llm.vocab_size=10: the tiny tokenizer needs at least 259"),
+        ({"initializer_range": 0}, "llm.initializer_range=0: must be a number > 0"),
+    ],
+)
+def test_the_tiny_llms_sizes_are_named(spec, message):
+    """They ended in ZeroDivisionError, IndexError or transformers' own field errors."""
+    from mmit.models.llm import build_tiny_llm_dir
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build_tiny_llm_dir(**spec)

@@ -167,7 +167,24 @@ def build_tiny_llm_dir(
     seed: int = 0,
 ) -> Path:
     """Save a random-weight Llama and its tokenizer to the cache; return the directory."""
+    from tokenizers import pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    sizes = dict(hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads)
+    sizes |= dict(
+        intermediate_size=intermediate_size, vocab_size=vocab_size, max_position_embeddings=max_position_embeddings
+    )
+    for name, value in sizes.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"llm.{name}={value!r}: must be a whole number >= 1")
+    if hidden_size % num_heads:
+        raise ValueError(f"llm.hidden_size={hidden_size}: must be a multiple of llm.num_heads={num_heads}")
+    smallest = len(pre_tokenizers.ByteLevel.alphabet()) + 3  # every byte, and the three special tokens
+    if vocab_size < smallest:
+        raise ValueError(f"llm.vocab_size={vocab_size}: the tiny tokenizer needs at least {smallest}")
+    if not isinstance(initializer_range, int | float) or isinstance(initializer_range, bool) or initializer_range <= 0:
+        raise ValueError(f"llm.initializer_range={initializer_range!r}: must be a number > 0")
+    initializer_range = float(initializer_range)
 
     spec = dict(
         hidden_size=hidden_size,
