@@ -16,6 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from mmit.data.samples import is_whole_number
 from mmit.paths import CONF_DIR
 
 
@@ -63,6 +64,15 @@ CHOICES = {
     "llm.dtype": ("float32", "bfloat16", "float16", "fp32", "bf16", "fp16"),
     "vision_encoder.tokens": ("patch", "cls", "all"),
 }
+# Keys outside trainer, where present: whole numbers of at least this, and numbers > 0.
+WHOLE_NUMBERS = {
+    "projector_align.steps": 1,
+    "projector_align.batch_size": 1,
+    "peft.config.r": 1,
+    "projector.depth": 1,
+    "audio_encoder.windows": 1,
+}
+POSITIVE_NUMBERS = ("projector_align.lr", "peft.config.lora_alpha")
 COMPONENTS = ("llm", "encoders", "projectors")  # what trainer.lr_per_component can name
 
 
@@ -94,32 +104,24 @@ def check_config(cfg: DictConfig) -> None:
         if values.get(group) and not values.get("projector"):
             problems.append(f"{group} is set but no projector is: add projector=mlp (or linear, resampler)")
         pool = value_at(values, f"{group}.pool_to")
-        if pool not in (ABSENT, None) and not _is_int(pool, 1):
+        if pool not in (ABSENT, None) and not is_whole_number(pool, 1):
             problems.append(f"{group}.pool_to={_show(pool)}: must be a whole number >= 1 or null")
-    for key, low in (("steps", 1), ("batch_size", 1)):
-        value = value_at(values, f"projector_align.{key}")
-        if value is not ABSENT and not _is_int(value, low):
-            problems.append(f"projector_align.{key}={_show(value)}: must be a whole number >= {low}")
-    for key, low in (("peft.config.r", 1), ("projector.depth", 1)):
+    for key, low in WHOLE_NUMBERS.items():
         value = value_at(values, key)
-        if value is not ABSENT and not _is_int(value, low):
+        if value is not ABSENT and not is_whole_number(value, low):
             problems.append(f"{key}={_show(value)}: must be a whole number >= {low}")
-    alpha, dropout = value_at(values, "peft.config.lora_alpha"), value_at(values, "peft.config.lora_dropout")
-    if alpha is not ABSENT and not (_is_number(alpha) and alpha > 0):
-        problems.append(f"peft.config.lora_alpha={_show(alpha)}: must be a number > 0")
+    for key in POSITIVE_NUMBERS:
+        value = value_at(values, key)
+        if value is not ABSENT and not (_is_number(value) and value > 0):
+            problems.append(f"{key}={_show(value)}: must be a number > 0")
+    dropout = value_at(values, "peft.config.lora_dropout")
     if dropout is not ABSENT and not (_is_number(dropout) and 0 <= dropout < 1):
         problems.append(f"peft.config.lora_dropout={_show(dropout)}: must be a number from 0 to below 1")
-    align_lr = value_at(values, "projector_align.lr")
-    if align_lr is not ABSENT and not (_is_number(align_lr) and align_lr > 0):
-        problems.append(f"projector_align.lr={_show(align_lr)}: must be a number > 0")
-    windows = value_at(values, "audio_encoder.windows")
-    if windows is not ABSENT and not _is_int(windows, 1):
-        problems.append(f"audio_encoder.windows={_show(windows)}: must be a whole number >= 1")
     _check_video(values.get("video"), bool(values.get("vision_encoder")), problems)
-    if not _is_int(values.get("seed", 0), 0):
+    if not is_whole_number(values.get("seed", 0), 0):
         problems.append(f"seed={_show(values.get('seed'))}: must be a whole number >= 0")
     pack, length = value_at(values, "trainer.pack_length"), value_at(values, "data.max_length")
-    if _is_int(pack, 1) and _is_int(length, 1) and pack < length:
+    if is_whole_number(pack, 1) and is_whole_number(length, 1) and pack < length:
         problems.append(
             f"trainer.pack_length={pack} is shorter than data.max_length={length}: a sample must fit in one packed row"
         )
@@ -180,10 +182,6 @@ def _show(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
-def _is_int(value: Any, low: int | None = None) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and (low is None or value >= low)
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -198,7 +196,7 @@ def _matches(value: Any, hint: Any) -> bool:
     if hint is bool:
         return isinstance(value, bool)
     if hint is int:
-        return _is_int(value)
+        return is_whole_number(value)
     if hint is float:
         return _is_number(value)
     if hint is str:
@@ -272,13 +270,13 @@ def _check_video(video, has_vision: bool, problems: list[str]) -> None:
         problems.append("video is set but no vision_encoder is: video frames go through the image encoder")
     for key in sorted(set(video) - set(VIDEO_KEYS)):
         problems.append(f"video.{key}: not a video setting; settings are {', '.join(VIDEO_KEYS)}")
-    if not _is_int(video.get("frames", 8), 1):
+    if not is_whole_number(video.get("frames", 8), 1):
         problems.append(f"video.frames={_show(video.get('frames'))}: must be a whole number >= 1")
     fps = video.get("fps")
     if fps is not None and not (_is_number(fps) and fps > 0):
         problems.append(f"video.fps={_show(fps)}: must be a number > 0 or null (uniform over the clip)")
     pool = video.get("pool_to", 2)
-    if pool is not None and not _is_int(pool, 1):
+    if pool is not None and not is_whole_number(pool, 1):
         problems.append(f"video.pool_to={_show(pool)}: must be a whole number >= 1 or null")
     if video.get("temporal", "learned") not in ("learned", "sinusoidal", "none"):
         problems.append(f"video.temporal={_show(video.get('temporal'))}: must be one of learned, sinusoidal, none")
@@ -286,7 +284,7 @@ def _check_video(video, has_vision: bool, problems: list[str]) -> None:
 
 def _check_data(data: dict, problems: list[str]) -> None:
     for key, low in (("max_length", 1), ("max_pixels", 1), ("shuffle_buffer", 1), ("max_media", 1)):
-        if key in data and not _is_int(data[key], low):
+        if key in data and not is_whole_number(data[key], low):
             problems.append(f"data.{key}={_show(data[key])}: must be a whole number >= {low}")
     for key in ("stream", "allow_outside_root"):
         if key in data and not isinstance(data[key], bool):

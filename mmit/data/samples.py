@@ -138,6 +138,12 @@ def json_line(err: Exception) -> str:
     return f":{err.lineno}" if isinstance(err, json.JSONDecodeError) else ""
 
 
+def is_whole_number(value: Any, low: int | None = None) -> bool:
+    """An int (not a bool, which Python counts as one) of at least ``low``: a size, count or step read
+    from a config or a file someone hands over."""
+    return isinstance(value, int) and not isinstance(value, bool) and (low is None or value >= low)
+
+
 def json_type(value: Any) -> str:
     """The JSON name of a value's type, for messages about a field of the wrong type."""
     if value is None:

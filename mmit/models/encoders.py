@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from mmit.data.samples import is_whole_number
+
 TOKENS = ("patch", "cls", "all")
 
 
@@ -67,7 +69,7 @@ def _rgb(images: list[Image.Image]) -> list[Image.Image]:
 
 def check_layer(layer: int, count: int, what: str) -> int:
     """``vision_encoder.layer``: an index into ``count`` items, counted from 0 or back from -1."""
-    if not (isinstance(layer, int) and not isinstance(layer, bool) and -count <= layer < count):
+    if not (is_whole_number(layer, -count) and layer < count):
         raise ValueError(
             f"vision_encoder.layer={layer!r}: {what} are 0 to {count - 1} (or -1 to -{count} from the end)"
         )

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from mmit.data.samples import is_whole_number
 from mmit.models import attention  # registers packed_sdpa
 from mmit.paths import atomic_dir, cache_dir
 
@@ -175,7 +176,7 @@ def build_tiny_llm_dir(
         intermediate_size=intermediate_size, vocab_size=vocab_size, max_position_embeddings=max_position_embeddings
     )
     for name, value in sizes.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if not is_whole_number(value, 1):
             raise ValueError(f"llm.{name}={value!r}: must be a whole number >= 1")
     if hidden_size % num_heads:
         raise ValueError(f"llm.hidden_size={hidden_size}: must be a multiple of llm.num_heads={num_heads}")

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from mmit.data.samples import BAD_JSON
+from mmit.data.samples import BAD_JSON, is_whole_number
 from mmit.paths import atomic_dir, atomic_write_text
 
 TRAINABLE = "trainable.safetensors"
@@ -267,7 +267,7 @@ def read_state(ckpt_dir: Path) -> dict:
     except BAD_JSON as err:
         raise ValueError(f"{path}: not a checkpoint state ({err})") from err
     step = state.get("step") if isinstance(state, dict) else None
-    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+    if not is_whole_number(step, 0):
         raise ValueError(f"{path}: a checkpoint state is an object with a whole-number 'step', not {step!r}")
     return state
 

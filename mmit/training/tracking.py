@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from mmit.data.samples import BAD_JSON
+from mmit.data.samples import BAD_JSON, is_whole_number
 from mmit.paths import atomic_write_text
 
 
@@ -61,7 +61,7 @@ def read_metrics(path: Path) -> list[dict]:
                 raise ValueError(f"{path}:{number}: not a JSON line") from None
             continue
         step = record.get("step") if isinstance(record, dict) else None
-        if not isinstance(step, int) or isinstance(step, bool):
+        if not is_whole_number(step):
             raise ValueError(f"{path}:{number}: a metrics record is an object with a whole-number 'step'")
         records.append(record)
     return records

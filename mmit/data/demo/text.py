@@ -15,7 +15,7 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
-from mmit.data.samples import Conversation, Message
+from mmit.data.samples import Conversation, Message, is_whole_number
 from mmit.data.sources import DataFiles
 from mmit.data.templates import Template, choose_template, load_templates, sample_rng
 from mmit.paths import RECIPES_DIR, atomic_write_text, cache_dir
@@ -177,7 +177,7 @@ def prepare_text_skills(
 ) -> DataFiles:
     """Write train / eval_seen / eval_heldout JSONL files once into the cache; return them."""
     for name, value in (("n_train", n_train), ("n_eval", n_eval), ("max_turns", max_turns)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if not is_whole_number(value, 1):
             raise ValueError(f"data.source.{name}={value!r}: must be a whole number >= 1")
     if not 0 < eval_fraction < 1:  # both splits draw annotations of their own
         raise ValueError(f"data.source.eval_fraction={eval_fraction!r}: must be between 0 and 1")
