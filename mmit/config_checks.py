@@ -71,6 +71,8 @@ WHOLE_NUMBERS = {
     "peft.config.r": 1,
     "projector.depth": 1,
     "audio_encoder.windows": 1,
+    "llm.seed": 0,
+    "data.source.seed": 0,
 }
 POSITIVE_NUMBERS = ("projector_align.lr", "peft.config.lora_alpha")
 COMPONENTS = ("llm", "encoders", "projectors")  # what trainer.lr_per_component can name

@@ -56,6 +56,8 @@ def test_every_recipe_passes_the_checks(recipe, compose):
         ("peft.config.lora_alpha=0", "peft.config.lora_alpha=0: must be a number > 0"),
         ("peft.config.lora_dropout=-1", "peft.config.lora_dropout=-1: must be a number from 0 to below 1"),
         ("trainer.seed=-1", "trainer.seed=-1: must be >= 0"),
+        ("llm.seed=1.5", "llm.seed=1.5: must be a whole number >= 0"),
+        ("data.source.seed=-2", "data.source.seed=-2: must be a whole number >= 0"),
         ("trainer.pack_length=1.5", "trainer.pack_length=1.5: must be a whole number or null"),
         ("trainer.pack_length=64", "trainer.pack_length=64 is shorter than data.max_length=512"),
         ("vision_encoder=tiny", "vision_encoder is set but no projector is"),
