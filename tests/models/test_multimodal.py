@@ -259,6 +259,9 @@ def test_efficientnet_lite0_image_size_sets_the_grid_and_pools_exact_thirds():
     torch.testing.assert_close(pooled[1, 0], grid[3:6, 0:3].mean(dim=(0, 1)), atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="multiple of 32"):
         EfficientNetLite0Encoder(image_size=300)
+    for layer in (16, -1, True, 1.5):  # a bool is not a block index (True once meant block 1)
+        with pytest.raises(ValueError, match=rf"vision_encoder.layer={layer}: EfficientNet-Lite0's blocks are 0 to 15"):
+            EfficientNetLite0Encoder(layer=layer)
 
 
 def _stage1(compose, tmp_path) -> tuple[list[str], MultimodalLM]:
