@@ -174,7 +174,9 @@ class EfficientNetLite0Encoder(ImageEncoder):
         self.net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         blocks = len(self.net._blocks)
         if layer != "head" and not (is_whole_number(layer, 0) and layer < blocks):
-            raise ValueError(f"vision_encoder.layer={layer!r}: EfficientNet-Lite0's blocks are 0 to {blocks - 1}, or 'head'")
+            raise ValueError(
+                f"vision_encoder.layer={layer!r}: EfficientNet-Lite0's blocks are 0 to {blocks - 1}, or 'head'"
+            )
         self.layer = layer
         if layer != "head":  # the blocks after it and the head never run: drop their weights
             self.net._blocks = self.net._blocks[: layer + 1]
