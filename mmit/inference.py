@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from mmit.data.samples import MediaRef
+from mmit.data.samples import MediaRef, is_unicode
 from mmit.generation import ANSWER_BATCH, GenerationOptions, Prompt, generate
 from mmit.models.multimodal_lm import MultimodalLM
 
@@ -151,19 +151,21 @@ class ChatSession:
     def ask(self, text: str, media: list[MediaRef] = ()) -> str:
         """Add a user turn (with a placeholder per attached item unless the text has them) and answer it."""
         media = list(media)
+        if not is_unicode(text):  # a command line's undecodable bytes reach Python as lone surrogates
+            raise ValueError("the message is not UTF-8 text")
         for ref in media:
             if ref.kind not in self.loaded.model.slots:
                 have = ", ".join(self.loaded.model.slots) or "none (text only)"
                 raise ValueError(f"this model has no {ref.kind} encoder (its media: {have})")
         content = text
-        for kind in dict.fromkeys(ref.kind for ref in media):
-            placeholder = self.loaded.model.slots[kind].placeholder
-            given, attached = text.count(placeholder), sum(ref.kind == kind for ref in media)
+        for kind, slot in self.loaded.model.slots.items():
+            given, attached = text.count(slot.placeholder), sum(ref.kind == kind for ref in media)
             if given == 0:
-                content = "\n".join([placeholder] * attached + [content])
+                content = "\n".join([slot.placeholder] * attached + [content])
             elif given != attached:
                 raise ValueError(
-                    f"the message has {given} {placeholder} placeholder(s) for {attached} attached file(s)"
+                    f"the message has {given} {slot.placeholder} placeholder(s) for {attached} attached {kind} file(s)"
+                    + ("" if attached else f" (attach one with --{kind} PATH, or /{kind} PATH in the chat)")
                 )
         chat = self.chat if self.chat or not self.system else [{"role": "system", "content": self.system}]
         chat = [*chat, {"role": "user", "content": content}]

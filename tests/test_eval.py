@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from mmit.data.samples import SampleError
 from mmit.scoring import Prediction, flat_metrics, score_predictions, task_metrics
 
 TEN = ["2"] * 2 + ["3"] * 6 + ["4"] * 2  # ten human answers, normalised as VQAv2 ships them
@@ -315,6 +316,17 @@ def test_chat_one_shot_and_interactive(vqa_run, tmp_path, capsys):
     assert shown[1] == f"(attached {png})" and shown[2].startswith("assistant> ")
     assert shown[3].startswith("error: ") and "unknown media type" in shown[3]
     assert shown[4].startswith("assistant> ") and shown[5] == "(new conversation)"
+
+    # a placeholder with nothing attached, and an image whose header reads over data that does not
+    with pytest.raises(ValueError, match=r"1 <image> placeholder\(s\) for 0 attached image file\(s\) \(attach one"):
+        session.ask("<image> And this one?")
+    with pytest.raises(ValueError, match="the message is not UTF-8 text"):
+        session.ask("caf\udce9?")  # how Python's argv holds a Latin-1 byte
+    cut = tmp_path / "cut.png"
+    Image.new("RGB", (64, 64), "red").save(cut)
+    cut.write_bytes(cut.read_bytes()[:-60])
+    with pytest.raises(SampleError, match=r"cut\.png: image does not decode"):
+        session.ask("What colour?", [media_ref(cut)])
 
 
 def test_media_errors_are_clear(tiny, tmp_path):

@@ -66,6 +66,11 @@ def data_file_cases(root: Path) -> dict[str, dict]:
             "unknown role": {"messages": [GOOD_TURNS[0], {"role": "wizard", "content": "hi"}]},
             "empty answer": {"messages": [GOOD_TURNS[0], {"role": "assistant", "content": " "}]},
             "no assistant turn": {"messages": GOOD_TURNS[:1]},
+            "the assistant speaks first": {"messages": [GOOD_TURNS[1], *GOOD_TURNS]},
+            "a lone surrogate in the text (JSON's \\ud800)": {
+                "messages": [{"role": "user", "content": "hi \ud800"}, GOOD_TURNS[1]]
+            },
+            "a placeholder and no image field": {"messages": IMAGE_TURNS},
             "no conversation field": {"text": "x"},
             "image path ../": {"messages": IMAGE_TURNS, "image": "../secret.png"},
             "image path absolute": {"messages": IMAGE_TURNS, "image": str(root.parent / "secret.png")},

@@ -212,4 +212,7 @@ def decode_image_bytes(data: bytes, where: str, draft: tuple[int, int] | None = 
     with open_image(data, where) as image:
         if draft and image.format == "JPEG":
             image.draft("RGB", draft)
-        return upright(image).convert("RGB")
+        try:
+            return upright(image).convert("RGB")
+        except Exception as err:  # a header that reads over data that does not (a truncated file)
+            raise SampleError("undecodable_media", f"{where}: image does not decode ({err})") from err

@@ -169,9 +169,38 @@ def validate(conv: Conversation) -> Conversation:
             raise SampleError("empty_content", f"sample {conv.id!r}: message {i} ({m.role}) is empty")
         if m.role == "system" and i != 0:
             raise SampleError("misplaced_system", f"sample {conv.id!r}: system message at position {i}")
-    if not any(m.role == "assistant" for m in conv.messages):
+        if not is_unicode(m.content):
+            raise SampleError(
+                "not_utf8",
+                f"sample {conv.id!r}: message {i} ({m.role}) holds a lone surrogate (\\ud800-\\udfff), not text",
+            )
+    if not is_unicode(conv.id):
+        raise SampleError("not_utf8", f"sample {conv.id!r}: the id holds a lone surrogate (\\ud800-\\udfff), not text")
+    roles = [m.role for m in conv.messages if m.role != "system"]
+    if "assistant" not in roles:
         raise SampleError("no_assistant_turn", f"sample {conv.id!r}: no assistant turn to learn from")
+    if roles[0] != "user":
+        raise SampleError("assistant_first", f"sample {conv.id!r}: the assistant speaks before any user message")
     return conv
+
+
+def check_unicode(conv: Conversation) -> Conversation:
+    """Raise SampleError unless all of the conversation's text (messages, id, meta) can be written as UTF-8."""
+    if not is_unicode(json.dumps(conv.to_json(), ensure_ascii=False)):
+        raise SampleError(
+            "not_utf8", f"sample {conv.id!r}: its text holds a lone surrogate (\\ud800-\\udfff), not text"
+        )
+    return conv
+
+
+def is_unicode(text: str) -> bool:
+    """Whether ``text`` can be written as UTF-8: JSON's escapes can spell a lone surrogate ("\\ud800"),
+    which Python reads into a str that no tokenizer or file takes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_placeholders(conv: Conversation) -> Conversation:

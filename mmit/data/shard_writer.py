@@ -15,7 +15,7 @@ from mmit.data.audio import AudioPolicy, CheckedAudio, prepare_audio
 from mmit.data.media import DEFAULT_MAX_PIXELS, check_image, resize_image
 from mmit.data.media_checks import Checked
 from mmit.data.recipes import BuildError
-from mmit.data.samples import Conversation, MediaRef, SampleError, check_placeholders
+from mmit.data.samples import Conversation, MediaRef, SampleError, check_placeholders, check_unicode
 from mmit.data.shards import TarWriter, encode_sample
 from mmit.data.video import check_video
 from mmit.paths import atomic_write_text
@@ -118,9 +118,9 @@ def write_shard(path: Path, convs: list[Conversation], media: dict[str, Checked 
                 stats["skipped"][err.reason] += len(group)
                 continue
             fitting = []
-            for conv in group:  # what readers will check: one placeholder per media file
+            for conv in group:  # what readers will check: one placeholder per media file, UTF-8 text
                 try:
-                    fitting.append(check_placeholders(conv))
+                    fitting.append(check_placeholders(check_unicode(conv)))
                 except SampleError as err:
                     if storage.on_error == "raise":
                         raise BuildError(str(err)) from err

@@ -138,8 +138,8 @@ def with_media(
     media = [
         media_file(kind, root, name, allow_outside_root) for kind in PLACEHOLDERS for name in media_names(record, kind)
     ]
-    if not media:
-        return conv
+    if not media:  # a placeholder with no file is refused here, where the file and line are known
+        return check_placeholders(conv)
     for ref in media:
         check_media_bytes(ref.kind, ref.read(), ref.path, max_pixels)
     messages = list(conv.messages)
@@ -187,7 +187,9 @@ def read_conversations(
         else:
             root = Path(file.media_root) if getattr(file, "media_root", None) else None
             items = _file_items(path, max_pixels, allow_outside_root, root)
+        empty = True
         for location, item in items:
+            empty = False
             try:
                 if isinstance(item, SampleError):
                     raise item
@@ -209,6 +211,8 @@ def read_conversations(
                 continue
             seen_ids.add(item.id)
             samples.append(item)
+        if empty:
+            raise DataFileError(f"{path}: holds no records")
     return samples
 
 

@@ -391,6 +391,8 @@ def test_bad_inputs_raise_with_location_or_are_counted(sources, tmp_path):
     (sources["images"] / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")  # undecodable
     coco["images"].append({"id": 501, "file_name": "broken.png"})
     coco["annotations"].append({"id": 996, "image_id": 501, "caption": "broken"})
+    coco["images"].append({**coco["images"][0], "id": 502})  # a caption JSON escapes into a lone surrogate
+    coco["annotations"].append({"id": 995, "image_id": 502, "caption": "red \ud800"})
     sources["captions"].write_text(json.dumps(coco))
     bad_jsonl = tmp_path / "extra.jsonl"
     bad_jsonl.write_bytes(
@@ -422,6 +424,7 @@ def test_bad_inputs_raise_with_location_or_are_counted(sources, tmp_path):
         c.meta["group"] for name in manifest["sets"] for c in read_shards(shard_urls(tmp_path / "lenient" / name))
     }
     assert undecodable >= 1 and "broken.png" not in groups
+    assert sum(s["skipped"].get("not_utf8", 0) for s in manifest["sets"].values()) == 1
     # No good sample lost: every good image still appears in some set.
     assert {f"COCO_train2014_{i:012d}.png" for i in range(1, 25)} <= groups
 

@@ -34,6 +34,22 @@ def test_three_layouts_normalise_to_messages():
         ({"messages": [{"role": "user"}, {"role": "assistant", "content": "y"}]}, "missing_field"),
         ({"instruction": "no output"}, "missing_field"),
         ({"text": "neither layout"}, "missing_field"),
+        (
+            {"messages": [{"role": "assistant", "content": "hello"}, {"role": "user", "content": "hi"}]},
+            "assistant_first",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "assistant", "content": "hi"},
+                    {"role": "user", "content": "q"},
+                    {"role": "assistant", "content": "a"},
+                ]
+            },
+            "assistant_first",
+        ),
+        ({"conversations": [{"from": "system", "value": "s"}, {"from": "gpt", "value": "a"}]}, "assistant_first"),
+        ({"messages": [{"role": "user", "content": "hi \ud800"}, {"role": "assistant", "content": "a"}]}, "not_utf8"),
     ],
 )
 def test_bad_records_name_the_reason_and_sample(record, reason):
@@ -92,3 +108,33 @@ def test_sample_error_keeps_its_reason_across_processes():
         err = pool.submit(raise_sample_error).exception()
     assert type(err) is SampleError
     assert (err.reason, str(err)) == ("missing_media", "sample 3: cannot read a.jpg")
+
+
+def test_text_a_tokenizer_cannot_take_is_refused_with_its_file_and_line(tmp_path):
+    """JSON's escapes can spell a lone surrogate ("\\ud800"), and a conversation may start with the
+    assistant: both crashed inside the tokenizer or the chat template, past the skip policy."""
+    lines = [
+        GOOD % b"1",
+        b'{"id": "2", "messages": [{"role": "user", "content": "hi \\ud800"}, {"role": "assistant", "content": "a"}]}',
+        b'{"id": "3", "messages": [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "q"}, '
+        b'{"role": "assistant", "content": "a"}]}',
+        b'{"id": "4", "messages": [{"role": "user", "content": "<image> What is it?"}, {"role": "assistant", "content": "a"}]}',
+        GOOD % b"5",
+    ]
+    path = _write_jsonl(tmp_path / "d.jsonl", lines)
+    with pytest.raises(DataFileError, match=r"d\.jsonl:2: sample '2': message 0 \(user\) holds a lone surrogate"):
+        read_conversations([path])
+    skipped = Counter()
+    assert [s.id for s in read_conversations([path], on_error="skip", skipped=skipped)] == ["1", "5"]
+    assert skipped == Counter(not_utf8=1, assistant_first=1, media_mismatch=1)
+    # the placeholder without a file is named where it is, also for a model without media
+    one = _write_jsonl(tmp_path / "p.jsonl", [lines[3]])
+    with pytest.raises(DataFileError, match=r"p\.jsonl:1: sample '4': 1 <image> placeholder\(s\) for 0 image file"):
+        read_conversations([one], media_kinds=set())
+
+
+def test_a_file_without_records_is_named(tmp_path):
+    for name, text in (("empty.jsonl", ""), ("blank.jsonl", "\n  \n"), ("none.json", "[]")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(DataFileError, match=rf"{name}: holds no records"):
+            read_conversations([tmp_path / name], on_error="skip")
