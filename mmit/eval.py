@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mmit.benchmarks import BENCHMARKS
 from mmit.cli import user_errors
+from mmit.data.sources import DataFile
 from mmit.grounding import GROUNDING_NOTE, PRIOR_FILE, AnswerPrior, grounding_line, grounding_table
 from mmit.metrics import VQA_NORMALISATIONS
 from mmit.paths import atomic_dir
@@ -95,7 +96,8 @@ def run_eval(
         list(loaded.model.slots.values()),
         data.get("max_media", MAX_MEDIA),
     )
-    predictions, swapped, skipped = [], [], {}
+    # Every set is read and tokenized before any is evaluated, so a bad file stops the command at once.
+    prepared, skipped = {}, {}
     for name, paths in sets.items():
         counts = Counter()
         convs = read_conversations(paths, on_error=on_error, skipped=counts)
@@ -108,8 +110,11 @@ def run_eval(
         before = Counter(tokenize.skipped)
         pairs = [(c, s) for c in usable if (s := tokenize(c)) is not None]
         counts.update(Counter(tokenize.skipped) - before)
-        pairs = [pairs[i] for i in per_task_prefix([c for c, _ in pairs], max_samples)]
-        log.info("%s: %d samples from %s", name, len(pairs), ", ".join(map(str, paths)))
+        prepared[name] = [pairs[i] for i in per_task_prefix([c for c, _ in pairs], max_samples)]
+        skipped[name] = dict(counts)
+        log.info("%s: %d samples from %s", name, len(prepared[name]), ", ".join(map(str, paths)))
+    predictions, swapped = [], []
+    for name, pairs in prepared.items():
         result = evaluate_set(
             loaded.model,
             loaded.tokenizer,
@@ -127,7 +132,6 @@ def run_eval(
         )
         predictions += result.predictions
         swapped += result.swapped
-        skipped[name] = dict(counts)
     return predictions, swapped, score_predictions(predictions, swapped, prior, vqa_normalisation), skipped
 
 
@@ -297,6 +301,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--base", nargs="+", metavar="OVERRIDE", help="evaluate an untrained model composed from overrides")
     p.add_argument("--checkpoint", default="latest", help="latest (default), none, a step number or a directory")
     p.add_argument("--sets", nargs="+", default=[], metavar="NAME=PATH", help="extra sets: shard dirs or JSONL files")
+    p.add_argument(
+        "--images-dir",
+        type=Path,
+        metavar="FOLDER",
+        help="the folder the media paths of --sets files are relative to (default: each file's own folder)",
+    )
     p.add_argument("--only", nargs="+", metavar="NAME", help="evaluate only these sets")
     p.add_argument(
         "--benchmark",
@@ -395,7 +405,9 @@ def main(argv: list[str] | None = None) -> Path:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
             raise SystemExit(f"--sets takes NAME=PATH, not {item!r}")
-        extra[name] = path
+        extra[name] = DataFile(path, args.images_dir)
+    if args.images_dir is not None and not args.images_dir.is_dir():
+        raise SystemExit(f"--images-dir {args.images_dir} is not a folder")
     benchmarks = {}
     for item in args.benchmark:
         name, sep, root = item.partition("=")

@@ -432,3 +432,38 @@ def test_a_benchmark_scored_after_training_equals_mmit_eval_on_the_checkpoint(tm
     assert [a["prompt"] for a in answers] == [p["prompt"] for p in preds]
     assert [a["prediction"] for a in answers] == [p["prediction"] for p in preds]
     assert offline["metrics"] == in_loop["metrics"]
+
+
+def test_eval_reads_every_set_first_and_finds_media_under_images_dir(vqa_run, tmp_path, monkeypatch):
+    import mmit.evaluation
+    from mmit.eval import main
+
+    run_dir, _ = vqa_run
+    (tmp_path / "media" / "pics").mkdir(parents=True)
+    Image.new("RGB", (40, 40), "red").save(tmp_path / "media" / "pics" / "red.png")
+    record = {
+        "id": "r1",
+        "image": "pics/red.png",  # relative to the image root, as LLaVA's JSON is
+        "messages": [{"role": "user", "content": "<image>\nWhat colour?"}, {"role": "assistant", "content": "red"}],
+    }
+    mine = tmp_path / "sets" / "mine.jsonl"
+    mine.parent.mkdir()
+    mine.write_text(json.dumps(record) + "\n")
+    (tmp_path / "sets" / "empty.jsonl").write_text("")
+    common = [str(run_dir), "--only", "mine", "--max-new-tokens", "2", "--no-swap-media"]
+    with pytest.raises(SystemExit, match=r"mine\.jsonl:1: .*pics/red\.png.*--images-dir FOLDER in mmit\.eval"):
+        main([*common, "--sets", f"mine={mine}", "--out", str(tmp_path / "a")])
+    # a bad second set stops the command before the first is evaluated: nothing is written
+    both = [str(run_dir), "--only", "mine", "empty", "--no-swap-media", "--images-dir", str(tmp_path / "media")]
+    evaluated = []
+    monkeypatch.setattr(mmit.evaluation, "evaluate_set", lambda *a, **k: evaluated.append(a[2]))
+    with pytest.raises(SystemExit, match=r"empty\.jsonl: holds no records"):
+        main([*both, "--sets", f"mine={mine}", f"empty={mine.parent / 'empty.jsonl'}", "--out", str(tmp_path / "b")])
+    assert evaluated == [] and not (tmp_path / "b").exists()
+    monkeypatch.undo()
+    out = main(
+        [*common, "--sets", f"mine={mine}", "--images-dir", str(tmp_path / "media"), "--out", str(tmp_path / "c")]
+    )
+    assert json.loads((out / "metrics.json").read_text())["scores"]["tasks"]["mine"]
+    with pytest.raises(SystemExit, match="--images-dir .*nowhere is not a folder"):
+        main([*common, "--sets", f"mine={mine}", "--images-dir", str(tmp_path / "nowhere")])

@@ -129,6 +129,7 @@ def read_coco_captions(
     """COCO ``captions_<split>.json``: ``images`` [{id, file_name}] + ``annotations`` [{image_id, caption}]."""
     data = _load_json(annotations_file, dict, "a COCO captions object with 'images' and 'annotations'")
     by_image: dict[Any, list[str]] = {}
+    first_caption: dict[Any, str] = {}  # where each image's first caption is, to name captions of no image
     for k, ann in enumerate(_items(data, "annotations", annotations_file)):
         where = f"{annotations_file}:annotations[{k}]"
         if not isinstance(ann, dict):
@@ -148,6 +149,7 @@ def read_coco_captions(
             yield where, SampleError("empty_answer", f"{where}: empty caption")
             continue
         by_image.setdefault(ann["image_id"], []).append(caption)
+        first_caption.setdefault(ann["image_id"], where)
     seen: set = set()
     for k, image in enumerate(_items(data, "images", annotations_file)):
         where = f"{annotations_file}:images[{k}]"
@@ -183,6 +185,12 @@ def read_coco_captions(
                 captions=by_image[image_id],
                 detailed=detailed,
             ),
+        )
+    for image_id in (i for i in by_image if i not in seen):
+        where, count = first_caption[image_id], len(by_image[image_id])
+        yield (
+            where,
+            SampleError("unknown_image", f"{where}: image_id {image_id!r} ({count} caption(s)) is not in 'images'"),
         )
 
 
@@ -232,6 +240,10 @@ def read_vqav2(
         wrong = next((key for key in texts if ann.get(key) is not None and not isinstance(ann[key], str)), None)
         if wrong:
             yield where, _wrong(where, wrong, "a string", ann[wrong])
+            continue
+        odd = [a.get("answer") for a in raw_answers if not isinstance(a.get("answer"), str)]
+        if odd:
+            yield where, _wrong(where, "answers[].answer", "a string", odd[0])
             continue
         answers = [_clean(a.get("answer")) for a in raw_answers]
         answers = [a for a in answers if a]

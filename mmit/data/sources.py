@@ -233,6 +233,7 @@ def _file_items(
                 err = SampleError(
                     err.reason,
                     f"{err} (media paths are relative to the data file's folder; if they are relative to another "
-                    "folder, as LLaVA's JSON is to its image root, name it: data.source.images_dir=FOLDER)",
+                    "folder, as LLaVA's JSON is to its image root, name it: data.source.images_dir=FOLDER in training, "
+                    "--images-dir FOLDER in mmit.eval)",
                 )
             yield location, err

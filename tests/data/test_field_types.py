@@ -112,13 +112,17 @@ def test_coco_captions_with_wrong_types(tmp_path):
             {"image_id": 1, "caption": 5},
             {"image_id": {"a": 1}, "caption": "x"},
             None,
+            {"image_id": 9, "caption": "of an image the file does not list"},
+            {"image_id": 9, "caption": "the same image again"},
         ],
     }
     path = tmp_path / "captions.json"
     path.write_text(json.dumps(data))
     items = _items(annotations.read_coco_captions, str(path), str(tmp_path / "img"))
     assert [i.captions for _, i in items if isinstance(i, Annotation)] == [["A red square."]]
-    assert sum(_errors(items).values()) == 6
+    assert sum(_errors(items).values()) == 7 and _errors(items)["unknown_image"] == 1
+    (lost,) = [i for _, i in items if isinstance(i, SampleError) and i.reason == "unknown_image"]
+    assert str(lost) == f"{path}:annotations[5]: image_id 9 (2 caption(s)) is not in 'images'"
     # A file of the wrong shape is no record to skip: the reader stops, naming the file.
     path.write_text(json.dumps({"images": {"a": 1}, "annotations": 5}))
     with pytest.raises(SampleError, match=str(path)):
@@ -134,6 +138,7 @@ def test_vqav2_with_wrong_types(tmp_path):
             {"image_id": 1, "question": "What colour?", "question_id": 1},
             {"image_id": 1, "question": 5, "question_id": 2},
             {"image_id": "1; rm", "question": "Q?", "question_id": 3},
+            {"image_id": 1, "question": "How many?", "question_id": 4},
             7,
         ],
     }
@@ -142,6 +147,7 @@ def test_vqav2_with_wrong_types(tmp_path):
             {"question_id": 1, "multiple_choice_answer": "red", "answers": [{"answer": "red"}], "answer_type": "other"},
             {"question_id": 2, "multiple_choice_answer": "red", "answers": "red"},
             {"question_id": 3, "multiple_choice_answer": 5, "answers": [5, None], "answer_type": 3},
+            {"question_id": 4, "answers": [{"answer": "2"}, {"answer": 2}]},  # was dropped from the ten unseen
             "junk",
         ]
     }
@@ -155,7 +161,7 @@ def test_vqav2_with_wrong_types(tmp_path):
         "COCO_{data_subtype}_{image_id:012d}.png",
     )
     (good,) = [i for _, i in items if isinstance(i, Annotation)]
-    assert [qa.answer for qa in good.qas] == ["red"] and sum(_errors(items).values()) == 4
+    assert [qa.answer for qa in good.qas] == ["red"] and sum(_errors(items).values()) == 5
 
 
 @pytest.mark.parametrize(
