@@ -115,6 +115,9 @@ def _trusted(run_dir: Path) -> bool:
     return any(Path(p).expanduser().resolve() == run_dir.resolve() for p in listed)
 
 
+RUN_GROUPS = ("llm", "trainer")  # what every run's config.yaml holds, and loading one reads
+
+
 def run_config(run_dir: str | Path) -> Path:
     """A training run's ``config.yaml``; a folder without one is named as not a run directory."""
     config = Path(run_dir) / "config.yaml"
@@ -132,6 +135,9 @@ def load_saved_config(path: str | Path) -> DictConfig:
         raise UnsafeConfigError(f"{path}: not a readable config ({err})") from err
     if not isinstance(cfg, DictConfig):
         raise UnsafeConfigError(f"{path}: expected a mapping of config groups")
+    missing = [group for group in RUN_GROUPS if group not in cfg]
+    if missing:
+        raise UnsafeConfigError(f"{path}: no {' or '.join(missing)} section, which every run's config.yaml has")
     rename_targets(cfg)
     if _trusted(path.parent):
         log.info("%s: trusted through %s, not checked", path, TRUSTED_RUNS_ENV)

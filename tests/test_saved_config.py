@@ -256,3 +256,14 @@ def test_init_from_reads_weights_only_never_the_other_runs_config(compose, tmp_p
 def test_every_shipped_recipe_saves_a_config_its_run_folder_can_load(overrides, compose):
     saved = yaml.safe_load(resolved_yaml(compose(overrides)))  # as the run writes config.yaml
     check_saved_config(OmegaConf.create(saved), "runs/x/config.yaml")  # refusing raises, naming the key
+
+
+def test_a_config_without_its_llm_or_trainer_section_is_named(compose, tmp_path):
+    from mmit.saved_config import UnsafeConfigError
+
+    run = _write_run(tmp_path, compose, lambda cfg: cfg)
+    config = run / "config.yaml"
+    for text, missing in (("", "llm or trainer"), ("trainer: {max_steps: 2}\n", "llm")):
+        config.write_text(text)
+        with pytest.raises(UnsafeConfigError, match=rf"{config}: no {missing} section, which every run's config"):
+            load_run(run, checkpoint="none")

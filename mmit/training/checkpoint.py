@@ -262,6 +262,8 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 def read_state(ckpt_dir: Path) -> dict:
     """A checkpoint's state.json; ValueError naming it when it is not an object with a whole-number step."""
     path = Path(ckpt_dir) / "state.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing, so checkpoint {Path(ckpt_dir).name} cannot be resumed or loaded")
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
     except BAD_JSON as err:

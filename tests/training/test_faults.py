@@ -191,6 +191,11 @@ def test_a_damaged_checkpoint_state_is_named(tmp_path):
             read_state(tmp_path)
     (tmp_path / "state.json").write_text('{"step": 3}')
     assert read_state(tmp_path) == {"step": 3}
+    (tmp_path / "state.json").unlink()
+    with pytest.raises(
+        FileNotFoundError, match=rf"{tmp_path / 'state.json'}: missing, so checkpoint {tmp_path.name} cannot"
+    ):
+        read_state(tmp_path)
 
 
 def test_init_from_copies_what_fits_and_names_what_does_not(tmp_path, caplog):
