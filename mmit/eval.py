@@ -113,6 +113,8 @@ def run_eval(
         prepared[name] = [pairs[i] for i in per_task_prefix([c for c, _ in pairs], max_samples)]
         skipped[name] = dict(counts)
         log.info("%s: %d samples from %s", name, len(prepared[name]), ", ".join(map(str, paths)))
+        if counts:
+            log.warning("skipped %s", skipped_line({name: counts}))
     predictions, swapped = [], []
     for name, pairs in prepared.items():
         result = evaluate_set(
@@ -197,6 +199,15 @@ def run_prior(loaded: LoadedModel, run_dir: Path | None) -> AnswerPrior | None:
         return None
     log.info("reading the training set for the blind prior")
     return AnswerPrior.from_conversations(read_conversations(instantiate_source(source).train, on_error="skip"))
+
+
+def skipped_line(skipped: dict[str, dict[str, int]]) -> str:
+    """What the data policy left out of each set, by reason ("heldout: too_long 2, not_utf8 1"), or ""."""
+    return "; ".join(
+        f"{name}: " + ", ".join(f"{reason} {n}" for reason, n in counts.items())
+        for name, counts in skipped.items()
+        if counts
+    )
 
 
 def _fmt(value) -> str:
@@ -290,6 +301,8 @@ def write_outputs(
             except ValueError as err:
                 log.warning("training curves not drawn: %s", err)
         facts = {k: v for k, v in info.items() if isinstance(v, str | int | float)}
+        if skipped := skipped_line(info.get("skipped") or {}):
+            facts["skipped"] = skipped
         report = format_report("mmit evaluation", facts, scores, [str(p) for p in plots if p])
         (tmp / "report.md").write_text(report, encoding="utf-8")
     return out

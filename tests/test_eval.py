@@ -461,9 +461,14 @@ def test_eval_reads_every_set_first_and_finds_media_under_images_dir(vqa_run, tm
         main([*both, "--sets", f"mine={mine}", f"empty={mine.parent / 'empty.jsonl'}", "--out", str(tmp_path / "b")])
     assert evaluated == [] and not (tmp_path / "b").exists()
     monkeypatch.undo()
+    with open(mine, "a") as f:  # a bad record, skipped under --on-error skip and named in the report
+        f.write(json.dumps({**record, "id": "r2", "image": "pics/gone.png"}) + "\n")
     out = main(
-        [*common, "--sets", f"mine={mine}", "--images-dir", str(tmp_path / "media"), "--out", str(tmp_path / "c")]
+        [*common, "--sets", f"mine={mine}", "--images-dir", str(tmp_path / "media"), "--on-error", "skip"]
+        + ["--out", str(tmp_path / "c")]
     )
-    assert json.loads((out / "metrics.json").read_text())["scores"]["tasks"]["mine"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["scores"]["tasks"]["mine"] and metrics["skipped"]["mine"] == {"missing_media": 1}
+    assert "- skipped: mine: missing_media 1" in (out / "report.md").read_text()
     with pytest.raises(SystemExit, match="--images-dir .*nowhere is not a folder"):
         main([*common, "--sets", f"mine={mine}", "--images-dir", str(tmp_path / "nowhere")])
