@@ -75,7 +75,8 @@ def media_path(kind: str, root: str | os.PathLike, name: Any, allow_outside_root
                 "outside_root", f"{kind} file {name!r} resolves to {real}, outside its data folder {root} {hint}"
             )
     if not os.path.isfile(path):
-        raise SampleError("missing_media", f"{kind} file {path} does not exist")
+        what = "is a folder, not a file" if os.path.isdir(path) else "does not exist"
+        raise SampleError("missing_media", f"{kind} file {path} {what}")
     return path
 
 

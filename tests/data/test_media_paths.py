@@ -119,3 +119,11 @@ def test_data_files_media_stay_in_the_data_folder(layout):
     kept = read_conversations([path], on_error="skip", skipped=skipped)
     assert [c.id for c in kept] == ["c0"] and skipped == Counter({"outside_root": 4})
     assert kept[0].media[0].read() == _png()
+
+
+def test_a_folder_named_as_an_image_is_called_a_folder(layout):
+    path = _jsonl(layout, ["images"])
+    with pytest.raises(
+        DataFileError, match=rf"{path}:1: .*image file {layout / 'data' / 'images'} is a folder, not a file"
+    ):
+        read_conversations([path])
