@@ -156,7 +156,8 @@ def json_type(value: Any) -> str:
 
 
 def validate(conv: Conversation) -> Conversation:
-    """Raise SampleError unless roles are known, contents non-empty and an assistant speaks."""
+    """Raise SampleError unless roles are known, contents non-empty text (no lone surrogates), the
+    user speaks first (after any system message) and an assistant answers."""
     if not conv.messages:
         raise SampleError("no_messages", f"sample {conv.id!r}: no messages")
     for i, m in enumerate(conv.messages):
