@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import mmit
 from mmit.data.recipes import BuildError, template_paths
-from mmit.paths import RECIPES_DIR, atomic_write_text
+from mmit.paths import LOCK_FILE, RECIPES_DIR, atomic_write_text
 
 
 def build_fingerprint(cfg: DictConfig) -> str:
@@ -41,13 +41,16 @@ def stamp_build(out: Path, fingerprint: str) -> None:
 
 def built_from_another(out: Path, fingerprint: str, cfg: DictConfig | None = None) -> bool:
     """Whether ``out`` holds a build (finished or not) with another fingerprint: of another recipe,
-    settings or mmit version. A finished build stamped before recipes were merged over
-    ``data_recipes/base.yaml`` (its fingerprint covered only the keys its recipe set) counts as the
-    same build when its manifest's recipe, with the base's defaults filled in, is ``cfg`` and its
-    mmit version and template files this one's; it is stamped again rather than built again."""
+    settings or mmit version; a folder holding nothing but the stamp is free again. A finished build
+    stamped before recipes were merged over ``data_recipes/base.yaml`` (its fingerprint covered only
+    the keys its recipe set) counts as the same build when its manifest's recipe, with the base's
+    defaults filled in, is ``cfg`` and its mmit version and template files this one's; it is stamped
+    again rather than built again."""
     stamp = out / "build.json"
     if not stamp.exists() or json.loads(stamp.read_text())["fingerprint"] == fingerprint:
         return False
+    if {p.name for p in out.iterdir()} <= {stamp.name, LOCK_FILE}:
+        return False  # a build that stopped before writing anything (a bad record under on_error=raise)
     if cfg is None or cfg.get("mode") or not (out / "manifest.json").is_file():
         return True
     manifest = json.loads((out / "manifest.json").read_text())
