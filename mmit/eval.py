@@ -419,6 +419,8 @@ def main(argv: list[str] | None = None) -> Path:
         if not sep or not name or not path:
             raise SystemExit(f"--sets takes NAME=PATH, not {item!r}")
         extra[name] = DataFile(path, args.images_dir)
+    if args.images_dir is not None and not args.sets:
+        raise SystemExit("--images-dir goes with --sets (the run's own sets keep the folder they were trained with)")
     if args.images_dir is not None and not args.images_dir.is_dir():
         raise SystemExit(f"--images-dir {args.images_dir} is not a folder")
     benchmarks = {}

@@ -166,6 +166,7 @@ def test_eval_and_chat_check_their_command_line_before_loading_torch(tmp_path):
     assert loaded.returncode == 0 and loaded.stdout.strip() == "[]", loaded.stderr
     for command, message in (
         (["mmit.eval", "nowhere", "--sets", "oops"], "--sets takes NAME=PATH, not 'oops'"),
+        (["mmit.eval", "nowhere", "--images-dir", "."], "--images-dir goes with --sets"),
         (["mmit.chat", "nowhere", "hi"], "mmit.chat: nowhere is not a run directory (no config.yaml)"),
     ):
         out = _run(*command, cwd=tmp_path)

@@ -66,6 +66,9 @@ class Conversation:
     messages: list[Message]
     meta: dict[str, Any] = field(default_factory=dict)
     media: list[MediaRef] = field(default_factory=list)
+    # Where it was read (``file:line``, ``file[index]``, ``shard.tar:key``), for the messages of checks
+    # that come later (tokenization); not stored in shards.
+    origin: str = field(default="", compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "messages": self.as_chat(), "meta": self.meta}

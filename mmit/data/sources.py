@@ -210,6 +210,7 @@ def read_conversations(
                 skipped[err.reason] += 1
                 continue
             seen_ids.add(item.id)
+            item.origin = location
             samples.append(item)
         if empty:
             raise DataFileError(f"{path}: holds no records")

@@ -197,6 +197,8 @@ class Tokenizer:
             # Over-long samples follow the overlength policy; every other fault on_error.
             policy = {"drop": "skip", "raise": "raise"}[self.overlength] if err.reason == "too_long" else self.on_error
             if policy == "raise":
+                if conv.origin and conv.origin not in str(err):
+                    raise SampleError(err.reason, f"{conv.origin}: {err}") from err
                 raise
             self.skipped[err.reason] += 1
             return None

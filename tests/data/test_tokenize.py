@@ -1,12 +1,14 @@
 """Loss masks hand-checked on multi-turn samples under two different chat templates."""
 
 import copy
+import json
 
 import pytest
 
 from mmit.data.collate import Collator
 from mmit.data.datasets import TokenizedDataset
 from mmit.data.samples import IGNORE_INDEX, Conversation, Message, SampleError
+from mmit.data.sources import read_conversations
 from mmit.data.tokenize import Tokenizer, tokenize_conversation
 
 CONV = Conversation(
@@ -98,6 +100,19 @@ def test_overlength_policies(tiny):
     assert len(kept) == 2 and kept.truncated == 1
     with pytest.raises(SampleError):
         TokenizedDataset([CONV, short], Tokenizer(tiny.tokenizer, n - 3, overlength="raise", on_error="skip"))
+
+
+def test_a_sample_read_from_a_file_is_named_by_its_line_when_it_fails_to_tokenize(tiny, tmp_path):
+    """A record with its own id is findable by it, but the file and line say where at once."""
+    path = tmp_path / "d.jsonl"
+    long = {"id": "r9", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo " * 50}]}
+    path.write_text('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n')
+    with open(path, "a") as f:
+        f.write(json.dumps(long) + "\n")
+    (conv,) = read_conversations([path])[1:]
+    assert conv.origin == f"{path}:2" and "origin" not in conv.to_json()
+    with pytest.raises(SampleError, match=rf"^{path}:2: sample 'r9': .*max_length"):
+        Tokenizer(tiny.tokenizer, 16, overlength="raise")(conv)
 
 
 def test_collate_pads_right_and_counts_shifted_labels(tiny):
