@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from mmit.data.samples import is_whole_number
+from mmit.data.samples import is_number, is_whole_number
 from mmit.paths import CONF_DIR
 
 
@@ -114,10 +114,10 @@ def check_config(cfg: DictConfig) -> None:
             problems.append(f"{key}={_show(value)}: must be a whole number >= {low}")
     for key in POSITIVE_NUMBERS:
         value = value_at(values, key)
-        if value is not ABSENT and not (_is_number(value) and value > 0):
+        if value is not ABSENT and not (is_number(value) and value > 0):
             problems.append(f"{key}={_show(value)}: must be a number > 0")
     dropout = value_at(values, "peft.config.lora_dropout")
-    if dropout is not ABSENT and not (_is_number(dropout) and 0 <= dropout < 1):
+    if dropout is not ABSENT and not (is_number(dropout) and 0 <= dropout < 1):
         problems.append(f"peft.config.lora_dropout={_show(dropout)}: must be a number from 0 to below 1")
     _check_video(values.get("video"), bool(values.get("vision_encoder")), problems)
     if not is_whole_number(values.get("seed", 0), 0):
@@ -184,10 +184,6 @@ def _show(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def _matches(value: Any, hint: Any) -> bool:
     """Whether a config value has the type a TrainerConfig field declares (int, float, bool, str, dicts, unions)."""
     origin = typing.get_origin(hint)
@@ -200,7 +196,7 @@ def _matches(value: Any, hint: Any) -> bool:
     if hint is int:
         return is_whole_number(value)
     if hint is float:
-        return _is_number(value)
+        return is_number(value)
     if hint is str:
         return isinstance(value, str)
     if origin is dict:
@@ -236,7 +232,7 @@ def _check_trainer(trainer: dict, problems: list[str]) -> None:
             continue
         low, high = TRAINER_RANGES.get(key, (None, None))
         numbers = list(value.values()) if isinstance(value, dict) else [value]
-        for number in (n for n in numbers if _is_number(n)):
+        for number in (n for n in numbers if is_number(n)):
             if key in POSITIVE and number <= 0:
                 problems.append(f"trainer.{key}={_show(value)}: must be > 0")
                 break
@@ -247,10 +243,10 @@ def _check_trainer(trainer: dict, problems: list[str]) -> None:
     for name, rate in (trainer.get("lr_per_component") or {}).items():
         if name not in COMPONENTS:
             problems.append(f"trainer.lr_per_component.{name}: not a component; components are {', '.join(COMPONENTS)}")
-        elif _is_number(rate) and rate <= 0:
+        elif is_number(rate) and rate <= 0:
             problems.append(f"trainer.lr_per_component.{name}={rate}: must be > 0")
     workers, prefetch = trainer.get("decode_workers"), trainer.get("prefetch")
-    if _is_number(workers) and workers > 0 and _is_number(prefetch) and prefetch == 0:
+    if is_number(workers) and workers > 0 and is_number(prefetch) and prefetch == 0:
         problems.append(
             f"trainer.decode_workers={workers}: needs trainer.prefetch >= 1 (the batches they decode ahead)"
         )
@@ -275,7 +271,7 @@ def _check_video(video, has_vision: bool, problems: list[str]) -> None:
     if not is_whole_number(video.get("frames", 8), 1):
         problems.append(f"video.frames={_show(video.get('frames'))}: must be a whole number >= 1")
     fps = video.get("fps")
-    if fps is not None and not (_is_number(fps) and fps > 0):
+    if fps is not None and not (is_number(fps) and fps > 0):
         problems.append(f"video.fps={_show(fps)}: must be a number > 0 or null (uniform over the clip)")
     pool = video.get("pool_to", 2)
     if pool is not None and not is_whole_number(pool, 1):

@@ -37,6 +37,7 @@ from mmit.data.samples import (
     Message,
     SampleError,
     conversation_from_record,
+    is_number,
     json_line,
     json_problem,
     json_type,
@@ -920,7 +921,7 @@ def event_targets(video: str, events: list[tuple[float, float, str]]) -> tuple[s
 
 def _number(value: Any) -> bool:
     """A JSON number that is a number: not a boolean, not NaN or infinite (which json.loads accepts)."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return is_number(value) and math.isfinite(value)
 
 
 def _events(record: Any, where: str) -> list[tuple[float, float, str]]:

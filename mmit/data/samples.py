@@ -147,6 +147,11 @@ def is_whole_number(value: Any, low: int | None = None) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and (low is None or value >= low)
 
 
+def is_number(value: Any) -> bool:
+    """An int or a float, not a bool (which Python counts as an int)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def json_type(value: Any) -> str:
     """The JSON name of a value's type, for messages about a field of the wrong type."""
     if value is None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from mmit.data.samples import is_whole_number
+from mmit.data.samples import is_number, is_whole_number
 from mmit.models import attention  # registers packed_sdpa
 from mmit.paths import atomic_dir, cache_dir
 
@@ -183,7 +183,7 @@ def build_tiny_llm_dir(
     smallest = len(pre_tokenizers.ByteLevel.alphabet()) + 3  # every byte, and the three special tokens
     if vocab_size < smallest:
         raise ValueError(f"llm.vocab_size={vocab_size}: the tiny tokenizer needs at least {smallest}")
-    if not isinstance(initializer_range, int | float) or isinstance(initializer_range, bool) or initializer_range <= 0:
+    if not (is_number(initializer_range) and initializer_range > 0):
         raise ValueError(f"llm.initializer_range={initializer_range!r}: must be a number > 0")
     initializer_range = float(initializer_range)
 
