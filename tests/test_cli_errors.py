@@ -180,6 +180,7 @@ def test_eval_and_chat_check_their_command_line_before_loading_torch(tmp_path):
         ({"n_eval": 1.5}, "data.source.n_eval=1.5: must be a whole number >= 1"),
         ({"max_turns": -1}, "data.source.max_turns=-1: must be a whole number >= 1"),
         ({"eval_fraction": 0}, "data.source.eval_fraction=0: must be between 0 and 1"),
+        ({"eval_fraction": "half"}, "data.source.eval_fraction='half': must be between 0 and 1"),
     ],
 )
 def test_the_text_demos_sizes_are_named(override, message, tmp_path):

@@ -15,7 +15,7 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
-from mmit.data.samples import Conversation, Message, is_whole_number
+from mmit.data.samples import Conversation, Message, is_number, is_whole_number
 from mmit.data.sources import DataFiles
 from mmit.data.templates import Template, choose_template, load_templates, sample_rng
 from mmit.paths import RECIPES_DIR, atomic_write_text, cache_dir
@@ -179,7 +179,7 @@ def prepare_text_skills(
     for name, value in (("n_train", n_train), ("n_eval", n_eval), ("max_turns", max_turns)):
         if not is_whole_number(value, 1):
             raise ValueError(f"data.source.{name}={value!r}: must be a whole number >= 1")
-    if not 0 < eval_fraction < 1:  # both splits draw annotations of their own
+    if not (is_number(eval_fraction) and 0 < eval_fraction < 1):  # both splits draw annotations of their own
         raise ValueError(f"data.source.eval_fraction={eval_fraction!r}: must be between 0 and 1")
     template_path = Path(templates) if templates else RECIPES_DIR / "templates" / "text_skills.yaml"
     by_task = load_templates(template_path)
