@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mmit.data.media import media_file
-from mmit.data.samples import Conversation, MediaRef, Message, SampleError
+from mmit.data.samples import BAD_JSON, Conversation, MediaRef, Message, SampleError, json_problem, json_type
 
 # A scorer gets the samples and the replies in the same order and returns
 # {"metrics": {name: value}, "tables": {table: {row: {column: value}}}}.
@@ -109,30 +109,81 @@ def require_dir(path: Path, what: str) -> Path:
     return path
 
 
-def read_json(path: Path) -> Any:
+class _DuplicateKey(ValueError):
+    """A JSON object that names one key twice (json.load would keep the last value silently)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(f"key {key!r} appears twice in one object (a record would be lost)")
+        out[key] = value
+    return out
+
+
+def _unreadable(path: Path, err: Exception, where: str = "") -> BenchmarkError:
+    """The BenchmarkError for a file that does not read as UTF-8 JSON: bad syntax, an integer of over
+    4,300 digits, nesting too deep, bytes that are not UTF-8, a folder or an unreadable file."""
+    place = f"{path}{where}"
+    if isinstance(err, FileNotFoundError):
+        return BenchmarkError(f"{path} does not exist")
+    if isinstance(err, OSError):
+        return BenchmarkError(f"{path}: cannot be read ({err.strerror or err})")
+    if isinstance(err, UnicodeDecodeError):
+        return BenchmarkError(f"{place}: not UTF-8 text ({err})")
+    return BenchmarkError(f"{place}: not valid JSON ({json_problem(err)})")
+
+
+def read_json(path: Path, unique_keys: bool = False) -> Any:
+    """The JSON file at ``path``; ``unique_keys``: an object naming a key twice is an error (files
+    keyed by question id, where json would keep one of the two questions silently)."""
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise BenchmarkError(f"{path} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BenchmarkError(f"{path}: not valid JSON ({e})") from None
+            return json.load(f, object_pairs_hook=_unique_keys if unique_keys else None)
+    except (OSError, *BAD_JSON) as e:
+        raise _unreadable(path, e) from None
 
 
 def read_jsonl(path: Path) -> list[tuple[int, Any]]:
     """(line number, record) of each non-empty line."""
     out = []
+    number = 0
     try:
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
+        with open(path, "rb") as f:  # bytes, so that text that is not UTF-8 is named by its line
+            for number, raw in enumerate(f, 1):
+                line = raw.decode("utf-8")
                 if line.strip():
-                    try:
-                        out.append((number, json.loads(line)))
-                    except json.JSONDecodeError as e:
-                        raise BenchmarkError(f"{path} line {number}: not valid JSON ({e})") from None
-    except FileNotFoundError:
-        raise BenchmarkError(f"{path} does not exist") from None
+                    out.append((number, json.loads(line)))
+    except (OSError, *BAD_JSON) as e:
+        raise _unreadable(path, e, f" line {number}") from None
     return out
+
+
+def first_time(seen: dict[Any, str], key: Any, what: str, where: str) -> None:
+    """Record that ``key`` (a question id) was read at ``where``; BenchmarkError if it was read before:
+    two samples with one id would be answered twice and scored once."""
+    if key in seen:
+        raise BenchmarkError(f"{where}: {what} {key!r} appears twice (first at {seen[key]})")
+    seen[key] = where
+
+
+def require_samples(samples: list[Conversation], path: Path | str, what: str = "questions") -> list[Conversation]:
+    """``samples`` unless there are none: a benchmark file that yields nothing is damaged, not a score."""
+    if not samples:
+        raise BenchmarkError(f"{path}: holds no {what}")
+    return samples
+
+
+def optional_text(record: dict, key: str, where: str) -> str:
+    """``record[key]`` as text for a field scoring groups by ("" when absent or null); BenchmarkError
+    naming ``where`` for another type, which would only fail once every sample was answered."""
+    value = record.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise BenchmarkError(f"{where}: {key!r} must be a string, not {json_type(value)}")
+    return value
 
 
 def field_of(record: Any, key: str, types: type | tuple[type, ...], where: str) -> Any:

@@ -23,9 +23,11 @@ from mmit.benchmarks.base import (
     field_of,
     image_at,
     mean,
+    optional_text,
     read_json,
     require_dir,
     require_file,
+    require_samples,
     sample,
 )
 from mmit.data.samples import Conversation
@@ -48,7 +50,7 @@ def load(root: str | os.PathLike) -> Benchmark:
     root = Path(root)
     images = require_dir(root / "images", "GQA images")
     path = require_file(root / QUESTIONS, "GQA testdev-balanced questions")
-    questions = read_json(path)
+    questions = read_json(path, unique_keys=True)
     if not isinstance(questions, dict):
         raise BenchmarkError(f"{path}: expected an object of question id -> question")
     samples = []
@@ -57,17 +59,20 @@ def load(root: str | os.PathLike) -> Benchmark:
         image_id = field_of(q, "imageId", str, where)
         answer = field_of(q, "answer", str, where)
         types = q.get("types") or {}
+        if not isinstance(types, dict):
+            raise BenchmarkError(f"{where}: 'types' must be an object of structural / semantic types")
         meta = {
             "benchmark": "gqa",
             "question_id": qid,
             "image_id": image_id,
-            "structural": types.get("structural", ""),
-            "semantic": types.get("semantic", ""),
+            "structural": optional_text(types, "structural", f"{where} types"),
+            "semantic": optional_text(types, "semantic", f"{where} types"),
             "answers": [answer],
             "tasks": ["vqa_short"],
         }
         image = image_at(images, f"{image_id}.jpg", where)
         samples.append(sample(qid, field_of(q, "question", str, where) + POST_PROMPT, answer, image, meta))
+    require_samples(samples, path)
     return Benchmark("gqa", str(root), samples, MAX_NEW_TOKENS, score, layout=f"{QUESTIONS}, images/")
 
 

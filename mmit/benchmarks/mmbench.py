@@ -28,8 +28,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mmit.benchmarks.base import Benchmark, BenchmarkError, accuracy_table, mean, sample
-from mmit.data.samples import Conversation, MediaRef
+from mmit.benchmarks.base import Benchmark, BenchmarkError, accuracy_table, mean, require_samples, sample
+from mmit.data.media import decode_image_bytes
+from mmit.data.samples import Conversation, MediaRef, SampleError
 from mmit.metrics import option_letter
 
 # lmms_eval/tasks/mmbench/_default_template_mmbench_en_yaml, lmms_eval_specific_kwargs.default:
@@ -112,6 +113,12 @@ def _decode_image(text: str, where: str) -> MediaRef:
     ext = next((ext for magic, ext in _MAGIC if data.startswith(magic)), None)
     if ext is None:
         raise BenchmarkError(f"{where}: 'image' decodes to no known image format")
+    # Decoded once here: the image has no file of its own, so a broken one found while answering
+    # could not be traced back to its row.
+    try:
+        decode_image_bytes(data, "'image'")
+    except SampleError as e:
+        raise BenchmarkError(f"{where}: {e}") from None
     return MediaRef("image", ext, data=data)
 
 
@@ -172,6 +179,7 @@ def load(root: str | os.PathLike) -> Benchmark:
                 }
                 prompt = build_prompt(row["question"], _present(row.get("hint")), shifted)
                 samples.append(sample(str(sample_index), prompt, letter, image_of(index), meta))
+    require_samples(samples, path)
     return Benchmark("mmbench_dev", str(path.parent), samples, MAX_NEW_TOKENS, score, layout=path.name)
 
 

@@ -17,7 +17,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mmit.benchmarks.base import Benchmark, BenchmarkError, field_of, image_at, mean, read_jsonl, require_dir, sample
+from mmit.benchmarks.base import (
+    Benchmark,
+    BenchmarkError,
+    field_of,
+    first_time,
+    image_at,
+    mean,
+    read_jsonl,
+    require_dir,
+    sample,
+)
 from mmit.data.samples import Conversation
 
 # lmms_eval/tasks/pope/pope.yaml, lmms_eval_specific_kwargs.default:
@@ -47,9 +57,14 @@ def load(
         if split not in SPLITS:
             raise BenchmarkError(f"POPE split must be one of {', '.join(SPLITS)}, not {split!r}")
         path = root / f"coco_pope_{split}.json"
-        for line, q in read_jsonl(path):
+        records = read_jsonl(path)
+        if not records:  # else the split would silently drop out of the averaged metrics
+            raise BenchmarkError(f"{path}: holds no questions")
+        seen: dict[int, str] = {}
+        for line, q in records:
             where = f"{path} line {line}"
             qid = field_of(q, "question_id", int, where)
+            first_time(seen, qid, "question_id", where)
             label = field_of(q, "label", str, where)
             if label not in ("yes", "no"):
                 raise BenchmarkError(f"{where}: 'label' must be yes or no, not {label!r}")

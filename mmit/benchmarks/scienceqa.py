@@ -24,9 +24,11 @@ from mmit.benchmarks.base import (
     field_of,
     image_at,
     mean,
+    optional_text,
     read_json,
     require_dir,
     require_file,
+    require_samples,
     sample,
 )
 from mmit.data.samples import Conversation
@@ -62,7 +64,7 @@ def load(root: str | os.PathLike) -> Benchmark:
     root = Path(root)
     path = require_file(root / PROBLEMS, "ScienceQA problems")
     images = require_dir(root / "images" / "test", "ScienceQA test images")
-    problems = read_json(path)
+    problems = read_json(path, unique_keys=True)
     if not isinstance(problems, dict):
         raise BenchmarkError(f"{path}: expected an object of problem id -> problem")
     samples = []
@@ -83,8 +85,8 @@ def load(root: str | os.PathLike) -> Benchmark:
         meta = {
             "benchmark": "scienceqa_img",
             "question_id": pid,
-            "subject": p.get("subject", ""),
-            "grade": p.get("grade", ""),
+            "subject": optional_text(p, "subject", where),
+            "grade": optional_text(p, "grade", where),
             "choices": choices,
             "answers": [letter],
             "tasks": ["vqa_multiple_choice"],
@@ -92,6 +94,7 @@ def load(root: str | os.PathLike) -> Benchmark:
         prompt = build_prompt(field_of(p, "question", str, where), choices, hint)
         image = image_at(images, f"{pid}/{field_of(p, 'image', str, where)}", where)
         samples.append(sample(pid, prompt, letter, image, meta))
+    require_samples(samples, path, "test problems with an image")
     return Benchmark("scienceqa_img", str(root), samples, MAX_NEW_TOKENS, score, layout=f"{PROBLEMS}, images/test/")
 
 

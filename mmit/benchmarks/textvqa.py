@@ -13,7 +13,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mmit.benchmarks.base import Benchmark, BenchmarkError, field_of, image_at, read_json, require_dir, sample
+from mmit.benchmarks.base import (
+    Benchmark,
+    BenchmarkError,
+    field_of,
+    first_time,
+    image_at,
+    read_json,
+    require_dir,
+    require_samples,
+    sample,
+)
 from mmit.benchmarks.vqav2 import score_vqa
 
 # lmms_eval/tasks/textvqa/_default_template_textvqa_yaml, lmms_eval_specific_kwargs.default:
@@ -34,10 +44,11 @@ def load(root: str | os.PathLike) -> Benchmark:
     images = require_dir(root / "train_images", "TextVQA images")
     path = root / ANNOTATIONS
     data = field_of(read_json(path), "data", list, str(path))
-    samples = []
+    samples, seen = [], {}
     for k, q in enumerate(data):
         where = f"{path} data[{k}]"
         qid = field_of(q, "question_id", int, where)
+        first_time(seen, qid, "question_id", where)
         answers = field_of(q, "answers", list, where)
         if not answers or not all(isinstance(a, str) for a in answers):
             raise BenchmarkError(f"{where}: 'answers' must be a non-empty list of strings")
@@ -52,6 +63,7 @@ def load(root: str | os.PathLike) -> Benchmark:
         reference = max(answers, key=answers.count)  # the most common answer, first on a tie
         prompt = field_of(q, "question", str, where).capitalize() + POST_PROMPT
         samples.append(sample(str(qid), prompt, reference, image_at(images, f"{image_id}.jpg", where), meta))
+    require_samples(samples, path)
     return Benchmark(
         "textvqa",
         str(root),

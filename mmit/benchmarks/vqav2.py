@@ -22,11 +22,14 @@ from mmit.benchmarks.base import (
     BenchmarkError,
     accuracy_table,
     field_of,
+    first_time,
     image_at,
     mean,
+    optional_text,
     read_json,
     require_dir,
     require_file,
+    require_samples,
     sample,
 )
 from mmit.data.samples import Conversation
@@ -47,10 +50,10 @@ TEST_QUESTIONS = "v2_OpenEnded_mscoco_test2015_questions.json"
 def _questions(path: Path) -> list[tuple[str, dict]]:
     data = read_json(require_file(path, "VQAv2 questions"))
     records = field_of(data, "questions", list, str(path))
-    out = []
+    out, seen = [], {}
     for k, q in enumerate(records):
         where = f"{path} questions[{k}]"
-        field_of(q, "question_id", int, where)
+        first_time(seen, field_of(q, "question_id", int, where), "question_id", where)
         field_of(q, "image_id", int, where)
         field_of(q, "question", str, where)
         out.append((where, q))
@@ -64,32 +67,36 @@ def load_val(root: str | os.PathLike, normalisation: str = "official") -> Benchm
     images = require_dir(root / "val2014", "VQAv2 val images")
     path = root / VAL_ANNOTATIONS
     annotations = read_json(require_file(path, "VQAv2 annotations"))
-    by_question = {}
+    by_question, seen = {}, {}
     for k, a in enumerate(field_of(annotations, "annotations", list, str(path))):
         where = f"{path} annotations[{k}]"
         answers = field_of(a, "answers", list, where)
         texts = [field_of(x, "answer", str, f"{where} answers[{j}]") for j, x in enumerate(answers)]
         if not texts:
             raise BenchmarkError(f"{where}: no answers")
-        by_question[field_of(a, "question_id", int, where)] = (a, texts)
+        qid = field_of(a, "question_id", int, where)
+        first_time(seen, qid, "question_id", where)
+        # The fields scoring and the reference read, checked here rather than after every answer.
+        kinds = {key: optional_text(a, key, where) for key in ("answer_type", "question_type")}
+        by_question[qid] = (kinds, texts, optional_text(a, "multiple_choice_answer", where))
     samples = []
     for where, q in _questions(root / VAL_QUESTIONS):
         qid = q["question_id"]
         if qid not in by_question:
             raise BenchmarkError(f"{where}: question {qid} has no annotation in {path}")
-        a, answers = by_question[qid]
+        kinds, answers, reference = by_question[qid]
         image = image_at(images, f"COCO_val2014_{q['image_id']:012d}.jpg", where)
         meta = {
             "benchmark": "vqav2",
             "question_id": qid,
             "image_id": q["image_id"],
-            "answer_type": a.get("answer_type", ""),
-            "question_types": [a.get("question_type", "")],
+            "answer_type": kinds["answer_type"],
+            "question_types": [kinds["question_type"]],
             "answers": answers,
             "tasks": ["vqa_short"],
         }
-        reference = a.get("multiple_choice_answer") or answers[0]
-        samples.append(sample(str(qid), q["question"] + POST_PROMPT, reference, image, meta))
+        samples.append(sample(str(qid), q["question"] + POST_PROMPT, reference or answers[0], image, meta))
+    require_samples(samples, root / VAL_QUESTIONS)
     return Benchmark(
         "vqav2",
         str(root),
@@ -126,6 +133,10 @@ def load_testdev(root: str | os.PathLike) -> Benchmark:
         meta = {"benchmark": "vqav2_testdev", "question_id": q["question_id"], "image_id": q["image_id"]}
         meta["tasks"] = ["vqa_short"]
         samples.append(sample(str(q["question_id"]), q["question"] + POST_PROMPT, "", image, meta))
+    require_samples(samples, root / TESTDEV_QUESTIONS)
+    # EvalAI takes a file for every test2015 question (see ``submission``); read with the rest, so a
+    # damaged file is named before any question is answered.
+    everything = all_test_question_ids(root) if (root / TEST_QUESTIONS).is_file() else []
     return Benchmark(
         "vqav2_testdev",
         str(root),
@@ -133,6 +144,7 @@ def load_testdev(root: str | os.PathLike) -> Benchmark:
         MAX_NEW_TOKENS,
         None,
         layout=f"{TESTDEV_QUESTIONS}, images test2015/",
+        notes={"test_question_ids": everything},
     )
 
 

@@ -139,3 +139,42 @@ def test_registry_and_predictions():
         bench.score({"5": "B"})
     with pytest.raises(BenchmarkError, match=r"1 unknown \(first: \['99'\]\)"):
         bench.score({"5": "B", "8": "A", "99": "C"})
+
+
+def test_scienceqa_fields_scoring_reads_are_checked_when_read(tmp_path):
+    """A grade or subject that is not a string failed in the scorer once every problem was answered
+    (AttributeError, TypeError); a problem id twice kept one of the two silently."""
+    import json
+
+    root = fixture_copy("scienceqa", tmp_path)
+    path = root / "problems.json"
+    original = json.loads(path.read_text())
+    for key, value, kind in [("grade", 4, "a number"), ("subject", ["x"], "a list")]:
+        path.write_text(json.dumps({**original, "5": {**original["5"], key: value}}))
+        with pytest.raises(BenchmarkError, match=rf"problems.json problem '5': '{key}' must be a string, not {kind}"):
+            load_benchmark("scienceqa_img", root)
+    path.write_text('{"5": {}, ' + json.dumps(original)[1:])
+    with pytest.raises(BenchmarkError, match=r"problems.json: not valid JSON \(key '5' appears twice"):
+        load_benchmark("scienceqa_img", root)
+    path.write_text("{}")
+    with pytest.raises(BenchmarkError, match=r"problems.json: holds no test problems with an image"):
+        load_benchmark("scienceqa_img", root)
+
+
+def test_mmbench_broken_image_or_no_rows_is_named_by_its_line(tmp_path):
+    """A base64 image that does not decode failed while answering as 'in-memory png image', naming no
+    row; a TSV with only its header gave a benchmark of 0 questions and no score."""
+    import base64
+
+    root = fixture_copy("mmbench", tmp_path)
+    path = root / "mmbench_dev_20230712.tsv"
+    lines = path.read_text().split("\n")
+    header = lines[0].split("\t")
+    row = lines[1].split("\t")
+    row[header.index("image")] = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"0" * 80).decode()
+    path.write_text("\n".join([lines[0], "\t".join(row), *lines[2:]]))
+    with pytest.raises(BenchmarkError, match=r"mmbench_dev_20230712.tsv line 2: 'image': image does not decode"):
+        load_benchmark("mmbench_dev", root)
+    path.write_text(lines[0] + "\n")
+    with pytest.raises(BenchmarkError, match=r"mmbench_dev_20230712.tsv: holds no questions"):
+        load_benchmark("mmbench_dev", root)

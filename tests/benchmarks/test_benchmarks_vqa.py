@@ -110,3 +110,65 @@ def test_textvqa_reader_and_accuracy():
     # (3 * 2/3 + 7 * 1) / 10 = 0.9.
     scores = bench.score({"34602": "dakota", "34603": "Stop."})
     assert scores["metrics"]["vqa_accuracy"] == pytest.approx((1 + 0.9) / 2)
+
+
+def _edit_json(path, change):
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def test_gqa_duplicate_ids_and_wrong_types_are_named_before_answering(tmp_path):
+    """A question id twice kept one of the two silently; 'types' of the wrong shape was an
+    AttributeError, or (a number or list inside) a TypeError from the scorer after every answer."""
+    root = fixture_copy("gqa", tmp_path)
+    path = root / "testdev_balanced_questions.json"
+    original = path.read_text()
+    first = next(iter(json.loads(original)))
+    path.write_text(original.replace("{", "{" + json.dumps(first) + ": {}, ", 1))
+    with pytest.raises(BenchmarkError, match=rf"testdev_balanced_questions.json: .*key '{first}' appears twice"):
+        load_benchmark("gqa", root)
+    for types, message in [
+        ("verify", r"'types' must be an object"),
+        ({"structural": 3}, r"types: 'structural' must be a string, not a number"),
+        ({"semantic": ["rel"]}, r"types: 'semantic' must be a string, not a list"),
+    ]:
+        path.write_text(original)
+        _edit_json(path, lambda q, types=types: q[first].update(types=types))
+        with pytest.raises(BenchmarkError, match=rf"question '{first}'.*{message}"):
+            load_benchmark("gqa", root)
+    path.write_text("{}")
+    with pytest.raises(BenchmarkError, match=r"testdev_balanced_questions.json: holds no questions"):
+        load_benchmark("gqa", root)
+
+
+def test_vqav2_and_textvqa_duplicates_and_wrong_types(tmp_path):
+    """A duplicated question id was answered twice and then refused with 'two predictions' naming no
+    file; an answer_type that is not a string failed in the scorer after every answer."""
+    root = fixture_copy("vqav2", tmp_path)
+    annotations = root / "v2_mscoco_val2014_annotations.json"
+    original = annotations.read_text()
+    _edit_json(annotations, lambda a: a["annotations"][0].update(answer_type=5))
+    with pytest.raises(BenchmarkError, match=r"annotations.json annotations\[0\]: 'answer_type' must be a string"):
+        load_benchmark("vqav2", root)
+    annotations.write_text(original)
+    _edit_json(annotations, lambda a: a["annotations"][1].update(question_id=a["annotations"][0]["question_id"]))
+    with pytest.raises(
+        BenchmarkError, match=r"annotations\[1\]: question_id 42001 appears twice \(first at .*annotations\[0\]\)"
+    ):
+        load_benchmark("vqav2", root)
+    testdev = root / "v2_OpenEnded_mscoco_test-dev2015_questions.json"
+    _edit_json(testdev, lambda q: q["questions"][1].update(question_id=q["questions"][0]["question_id"]))
+    with pytest.raises(
+        BenchmarkError, match=r"test-dev2015_questions.json questions\[1\]: question_id 1000 appears twice"
+    ):
+        load_benchmark("vqav2_testdev", root)
+    _edit_json(testdev, lambda q: q.update(questions=[]))
+    with pytest.raises(BenchmarkError, match=r"test-dev2015_questions.json: holds no questions"):
+        load_benchmark("vqav2_testdev", root)
+
+    root = fixture_copy("textvqa", tmp_path)
+    path = root / "TextVQA_0.5.1_val.json"
+    _edit_json(path, lambda a: a["data"][1].update(question_id=a["data"][0]["question_id"]))
+    with pytest.raises(BenchmarkError, match=r"TextVQA_0.5.1_val.json data\[1\]: question_id \d+ appears twice"):
+        load_benchmark("textvqa", root)

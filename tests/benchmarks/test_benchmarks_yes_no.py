@@ -156,3 +156,36 @@ def test_mme_missing_image_and_subtask(tmp_path):
     shutil.rmtree(root / "OCR")
     with pytest.raises(BenchmarkError, match=r"MME subtask OCR: folder .*/OCR does not exist"):
         load_benchmark("mme", root, subtasks=["OCR"])
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (b'{"question_id": 1, "text": "Is \xff it?"}\n', r"coco_pope_random.json line 1: not UTF-8 text"),
+        (
+            b'{"question_id": ' + b"9" * 5000 + b"}\n",
+            r"coco_pope_random.json line 1: not valid JSON \(Exceeds the limit",
+        ),
+        (
+            b"[" * 100_000 + b"]" * 100_000 + b"\n",
+            r"coco_pope_random.json line 1: not valid JSON \(nested too deeply\)",
+        ),
+        (b"\n", r"coco_pope_random.json: holds no questions"),  # the split would drop out of the mean F1
+        (
+            b'{"question_id": 1, "image": "COCO_val2014_000000310196.jpg", "text": "a?", "label": "yes"}\n' * 2,
+            r"coco_pope_random.json line 2: question_id 1 appears twice \(first at .*coco_pope_random.json line 1\)",
+        ),
+    ],
+    ids=["not_utf8", "huge_number", "nested_too_deep", "empty", "duplicate_id"],
+)
+def test_pope_damaged_split_file_names_file_and_line(tmp_path, text, message):
+    """Each was a traceback (UnicodeDecodeError, ValueError, RecursionError), a split silently missing
+    from the averaged metrics, or 'two predictions for sample' after every question was answered."""
+    root = fixture_copy("pope", tmp_path)
+    (root / "coco_pope_random.json").write_bytes(text)
+    with pytest.raises(BenchmarkError, match=message):
+        load_benchmark("pope", root)
+    (root / "coco_pope_random.json").unlink()
+    (root / "coco_pope_random.json").mkdir()
+    with pytest.raises(BenchmarkError, match=r"coco_pope_random.json: cannot be read"):
+        load_benchmark("pope", root)
