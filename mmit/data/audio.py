@@ -102,6 +102,9 @@ def _wav_truncated(data: bytes) -> bool:
 # Decoded float32 values one clip may hold (1 GiB): hours of compressed silence are a few MB on disk,
 # tens of GB once decoded. At 16 kHz mono this is 4.6 hours.
 MAX_AUDIO_VALUES = 1 << 28
+# The largest sample value taken. Audio lies in [-1, 1] (a float file scaled as 16-bit integers
+# reaches 32768); 1e19 squares past float32's range, and the encoder's features become NaN.
+MAX_PEAK = 1e6
 
 
 def decode_audio(data: bytes, where: str = "audio") -> Waveform:
@@ -143,7 +146,21 @@ def decode_audio(data: bytes, where: str = "audio") -> Waveform:
     if rate <= 0:
         raise SampleError("audio_undecodable", f"{where}: sample rate {rate} Hz")
     # Average the channels: stereo (or more) becomes mono at the same level.
-    return Waveform(np.ascontiguousarray(samples.mean(axis=1), dtype=np.float32), rate)
+    return _checked(Waveform(np.ascontiguousarray(samples.mean(axis=1), dtype=np.float32), rate), where)
+
+
+def _checked(wave: Waveform, where: str) -> Waveform:
+    """The waveform unless its values are not sound: NaN, infinite or far beyond full scale (a float
+    file's values are stored as written), which would make the loss of every batch holding it NaN."""
+    peak = float(np.abs(wave.samples).max())
+    if not math.isfinite(peak):
+        raise SampleError("audio_undecodable", f"{where}: the audio holds NaN or infinite values, not sound")
+    if peak > MAX_PEAK:
+        raise SampleError(
+            "audio_undecodable",
+            f"{where}: sample values reach {peak:.3g}, over {MAX_PEAK:g} (audio lies in [-1, 1]); not sound",
+        )
+    return wave
 
 
 def sound_track(data: bytes, where: str) -> Waveform | None:
@@ -160,18 +177,27 @@ def sound_track(data: bytes, where: str) -> Waveform | None:
                     "no_audio_stream", f"{where}: the file has no audio stream (streams: {', '.join(kinds)})"
                 )
             stream = streams[0]
-            mono = av.AudioResampler(format="flt", layout="mono", rate=stream.rate)
-            chunks = [
-                out.to_ndarray().reshape(-1) for frame in container.decode(stream) for out in mono.resample(frame)
-            ]
-            chunks += [out.to_ndarray().reshape(-1) for out in mono.resample(None)]
             rate = stream.rate
+            mono = av.AudioResampler(format="flt", layout="mono", rate=rate)
+            # No header to trust here: the decoded values are counted as they come, and decoding
+            # stops past the limit.
+            chunks, values = [], 0
+            for frame in container.decode(stream):
+                for out in mono.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+                    values += chunks[-1].size
+                if values > MAX_AUDIO_VALUES:
+                    raise SampleError(
+                        "audio_too_long",
+                        f"{where}: the sound track decodes to over {MAX_AUDIO_VALUES * 4 >> 30} GiB; refused",
+                    )
+            chunks += [out.to_ndarray().reshape(-1) for out in mono.resample(None)]
     except av.FFmpegError:
         return None
     samples = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     if len(samples) == 0:
         raise SampleError("audio_empty", f"{where}: the audio has no samples")
-    return Waveform(np.ascontiguousarray(samples, dtype=np.float32), int(rate))
+    return _checked(Waveform(np.ascontiguousarray(samples, dtype=np.float32), int(rate)), where)
 
 
 def load_audio(ref: MediaRef) -> Waveform:

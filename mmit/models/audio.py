@@ -15,6 +15,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import math
 import re
 import struct
 from collections import OrderedDict
@@ -28,6 +29,11 @@ from torch import nn
 from mmit.data.audio import Waveform, resample
 
 log = logging.getLogger(__name__)
+
+# Input samples kept past the heard part of a clip before it is resampled, at the least (else a
+# tenth of a second): torchaudio's sinc filter reads 6 zero crossings, about 73 input samples at
+# 192 kHz -> 16 kHz and fewer at any lower rate.
+RESAMPLE_MARGIN = 128
 
 
 class AudioEncoder(nn.Module):
@@ -86,7 +92,11 @@ class AudioEncoder(nn.Module):
         out = []
         for wave in waves:
             self._warn_if_cut(wave)
-            samples = resample(wave, self.sample_rate)
+            # Only what is heard is resampled (an hour-long clip costs its first seconds), with a
+            # margin past the cut, so that resampling's filter sees the same samples at the edge.
+            rate = wave.sample_rate
+            kept = math.ceil(self.clip_seconds * rate) + max(rate // 10, RESAMPLE_MARGIN)
+            samples = resample(Waveform(wave.samples[:kept], rate), self.sample_rate)
             out += [samples[k * limit : (k + 1) * limit] for k in range(self.windows)]
         return out
 

@@ -96,6 +96,48 @@ def test_audio_that_would_decode_to_gigabytes_is_refused_before_decoding(monkeyp
     assert decode_audio(tone(1.0, 8000)).seconds == pytest.approx(1.0)
 
 
+def test_a_sound_track_is_counted_as_it_decodes(monkeypatch):
+    """FFmpeg's sound tracks (AAC in MP4) have no header to trust: their decoded values are counted,
+    and decoding stops past the limit (it had none)."""
+    import mmit.data.audio as audio
+
+    assert 2.0 <= decode_audio(_aac_mp4(2.0), "clip.mp4").seconds < 2.2  # with AAC's priming samples
+    monkeypatch.setattr(audio, "MAX_AUDIO_VALUES", 8000)
+    with pytest.raises(SampleError, match=r"clip.mp4: the sound track decodes to over") as raised:
+        decode_audio(_aac_mp4(2.0), "clip.mp4")
+    assert raised.value.reason == "audio_too_long"
+
+
+def _aac_mp4(seconds: float, rate: int = 16000) -> bytes:
+    import av
+
+    out = io.BytesIO()
+    with av.open(out, "w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=rate, layout="mono")
+        t = np.arange(round(seconds * rate)) / rate
+        frame = av.AudioFrame.from_ndarray(
+            (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None], format="flt", layout="mono"
+        )
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, 1e30], ids=["nan", "inf", "1e30"])
+def test_float_audio_that_is_not_sound_is_refused(value):
+    """A float WAV holding NaN, inf or 1e30 decoded and passed every check: training then skipped
+    every batch holding it as a NaN loss, naming no file, and lost the batch's good samples too."""
+    out = io.BytesIO()
+    samples = np.full(16000, 0.25, np.float32)
+    samples[100] = value
+    soundfile.write(out, samples, 16000, format="WAV", subtype="FLOAT")
+    assert reason(out.getvalue()) == "audio_undecodable"
+    out = io.BytesIO()
+    soundfile.write(out, np.full(16000, 30000.0, np.float32), 16000, format="WAV", subtype="FLOAT")
+    assert decode_audio(out.getvalue()).seconds == pytest.approx(1.0)  # 16-bit scale in a float file: kept
+
+
 def _silence() -> bytes:
     out = io.BytesIO()
     soundfile.write(out, np.zeros(16000), 16000, format="WAV")

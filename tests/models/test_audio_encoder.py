@@ -159,6 +159,24 @@ def test_a_clip_beyond_the_windows_is_cut_with_one_warning(caplog):
     assert len(warnings) == 1 and "5.0 s clip is longer than the encoder's 2 window(s) of 2 s" in warnings[0].message
 
 
+@pytest.mark.parametrize("rate", [8000, 11025, 44100, 192000])
+def test_only_the_heard_part_of_a_long_clip_is_resampled(rate, monkeypatch):
+    """A 60 s clip heard as 2 windows of 2 s: the windows are bitwise those of the whole clip
+    resampled, and resampling is given about 4 s of it."""
+    import mmit.models.audio
+    from mmit.data.audio import resample
+
+    enc = FbankEncoder(max_seconds=2.0, hidden=8, windows=2).eval()
+    clip = noise(60.0, rate)
+    whole = resample(clip, enc.sample_rate)
+    given = []
+    monkeypatch.setattr(mmit.models.audio, "resample", lambda w, r: given.append(len(w.samples)) or resample(w, r))
+    windows = enc.window([clip])
+    limit = 2 * enc.sample_rate
+    assert [torch.equal(w, whole[k * limit : (k + 1) * limit]) for k, w in enumerate(windows)] == [True, True]
+    assert 4.0 * rate < given[0] <= 4.2 * rate + 128
+
+
 def test_whisper_windows_match_the_window_encoded_alone():
     enc = apply_tuning(tiny_whisper_encoder(max_seconds=2.0, stride=10, windows=2), "frozen").eval()
     single = apply_tuning(tiny_whisper_encoder(max_seconds=2.0, stride=10), "frozen").eval()
