@@ -174,7 +174,7 @@ def check_image(data: bytes, where: str, max_pixels: int | None = None) -> None:
     with open_image(data, where, max_pixels) as image:
         try:
             if image.format == "JPEG":
-                image.draft(image.mode, (image.width // 8, image.height // 8))
+                image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))
             image.load()
         except Exception as err:
             raise SampleError("undecodable_media", f"{where}: image does not decode ({err})") from err

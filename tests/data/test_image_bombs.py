@@ -59,6 +59,19 @@ def test_the_limit_is_a_setting(bomb):
         check_image(_png(size=(101, 100)), "small.png", max_pixels=10_000)
 
 
+@pytest.mark.parametrize("size", [(1, 1), (7, 5), (3, 40), (8, 8)])
+def test_jpegs_under_8_pixels_a_side_pass_the_check(size):
+    """The check decodes a JPEG at 1/8 scale; a side under 8 pixels used to ask for a 0-pixel draft
+    (ZeroDivisionError, reported as an image that does not decode)."""
+    from mmit.data.media import check_image
+
+    out = io.BytesIO()
+    Image.new("RGB", size, "red").save(out, format="JPEG")
+    check_image(out.getvalue(), "tiny.jpg")
+    with pytest.raises(SampleError, match="tiny.jpg: image does not decode"):
+        check_image(out.getvalue()[: len(out.getvalue()) // 2], "tiny.jpg")
+
+
 def test_training_refuses_a_bomb_before_decoding_it(bomb, no_decoding):
     from mmit.data.collate import decode_image
 
