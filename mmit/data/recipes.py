@@ -110,6 +110,35 @@ def _unknown(key: str, valid: list[str], where: str, note: str = "") -> RecipeEr
     return RecipeError(f"{where}: unknown key {key!r}{hint}.{note} Valid keys: {', '.join(valid)}")
 
 
+# Settings an mmit.synth recipe may add beyond those its mode's shipped recipes spell out.
+SYNTH_OPTIONAL = ("checkpoint",)  # with run_dir: which of the run's checkpoints writes
+
+
+def _synth_settings(mode: str) -> list[str]:
+    """The settings of an mmit.synth mode: every key of the shipped recipes of that mode (a synth
+    recipe has no base), and SYNTH_OPTIONAL."""
+    keys: dict[str, None] = {}
+    for shipped in sorted(RECIPES_DIR.glob("*.yaml")):
+        data, _ = _load(shipped)
+        if data.get("mode") == mode:
+            keys.update(dict.fromkeys(data))
+    return [*keys, *SYNTH_OPTIONAL] if keys else []
+
+
+def _check_keys(data: dict, lines: dict, overrides: list[str], settings: list[str], used: set[str], where: str) -> None:
+    """RecipeError for a key of the recipe or of an override that is not a setting (a typo would
+    be ignored); a key of the recipe's own is a parameter, allowed where the recipe uses it."""
+    for key in data:
+        if key not in settings and key not in used:
+            note = f" A key of the recipe's own is a parameter, allowed where the recipe uses it (${{{key}}})."
+            raise _unknown(key, settings, f"{where}, line {lines.get(key, '?')}", note)
+    allowed = [*settings, *(k for k in data if k not in settings)]
+    for override in overrides:
+        top = _override_key(override).split(".")[0].split("[")[0]
+        if top not in allowed:
+            raise _unknown(top, allowed, f"override {override!r} of {where}")
+
+
 def compose(recipe: str, overrides: list[str] = ()) -> DictConfig:
     """The recipe ``recipe`` (a name in data_recipes/ or a path) with its overrides, merged over the
     base and checked; RecipeError names what does not fit."""
@@ -123,25 +152,19 @@ def compose(recipe: str, overrides: list[str] = ()) -> DictConfig:
         given = OmegaConf.from_dotlist(overrides)
     except OmegaConfBaseException as err:
         raise RecipeError(f"cannot read the overrides {overrides}: {err}") from None
+    used = _used_names(data) | _used_names(OmegaConf.to_container(given))
+    where = f"recipe {path}"
     if data.get("mode"):  # an LLM-generation recipe (mmit.synth): its own settings, no base
+        settings = _synth_settings(data["mode"])
+        if settings:  # an unknown mode is named by mmit.synth itself
+            _check_keys(data, lines, overrides, settings, used, where)
         try:
             return OmegaConf.merge(OmegaConf.create(data), given)
         except OmegaConfBaseException as err:
             raise RecipeError(f"{path}: the overrides do not fit ({err})") from None
 
     base, _ = _load(RECIPES_DIR / "base.yaml")
-    settings = list(base)
-    used = _used_names(data) | _used_names(OmegaConf.to_container(given))
-    where = f"recipe {path}"
-    for key in data:
-        if key not in base and key not in used:
-            note = f" A key of the recipe's own is a parameter, allowed where the recipe uses it (${{{key}}})."
-            raise _unknown(key, settings, f"{where}, line {lines.get(key, '?')}", note)
-    allowed = [*settings, *(k for k in data if k not in base)]
-    for override in overrides:
-        top = _override_key(override).split(".")[0].split("[")[0]
-        if top not in allowed:
-            raise _unknown(top, allowed, f"override {override!r} of {where}")
+    _check_keys(data, lines, overrides, list(base), used, where)
     try:
         cfg = OmegaConf.merge(OmegaConf.create(base), OmegaConf.create(data), given)
     except OmegaConfBaseException as err:

@@ -38,9 +38,19 @@ from mmit.data.annotations import Annotation
 from mmit.data.manifest import file_sha256, format_manifest, recipe_manifest, source_hashes
 from mmit.data.media_checks import check_media_file
 from mmit.data.recipes import BuildError, load_template_files
-from mmit.data.samples import Conversation, MediaRef, Message, alpaca_messages
+from mmit.data.samples import (
+    Conversation,
+    MediaRef,
+    Message,
+    SampleError,
+    alpaca_messages,
+    is_number,
+    is_unicode,
+    is_whole_number,
+    json_type,
+)
 from mmit.data.shard_writer import Storage, write_shard
-from mmit.data.sources import jsonl_records
+from mmit.data.sources import ON_ERROR, jsonl_records
 from mmit.data.splits import read_annotations, split_of
 from mmit.data.templates import choose_template, sample_rng
 from mmit.generation import GenerationOptions, Prompt
@@ -216,15 +226,42 @@ def load_seed_tasks(path: str) -> list[SeedTask]:
     """Seed tasks from JSONL: ``{instruction, input, output}`` or Self-Instruct's ``{instruction, instances}``."""
     tasks = []
     for where, record in jsonl_records(path):
-        if not isinstance(record, dict) or not str(record.get("instruction", "")).strip():
+        if isinstance(record, SampleError):  # bad JSON, not UTF-8: the reader's own message
+            raise BuildError(f"{where}: {record}")
+        if not isinstance(record, dict):
+            raise BuildError(f"{where}: a seed task is a JSON object, not {json_type(record)}")
+        instruction = _seed_text(record, "instruction", where)
+        if not instruction.strip():
             raise BuildError(f"{where}: a seed task needs an 'instruction'")
-        instance = (record.get("instances") or [record])[0]
-        tasks.append(
-            SeedTask(record["instruction"].strip(), str(instance.get("input") or ""), instance.get("output", ""))
-        )
+        instances = record.get("instances")
+        if instances is not None and not isinstance(instances, list):
+            raise BuildError(
+                f"{where}: 'instances' must be a list of {{input, output}} objects, not {json_type(instances)}"
+            )
+        for instance in instances or []:
+            if not isinstance(instance, dict):
+                raise BuildError(
+                    f"{where}: 'instances' must be a list of {{input, output}} objects; it holds {json_type(instance)}"
+                )
+        instance = (instances or [record])[0]
+        inputs, output = _seed_text(instance, "input", where), _seed_text(instance, "output", where)
+        tasks.append(SeedTask(instruction.strip(), inputs, output))
     if not tasks:
         raise BuildError(f"{path}: no seed tasks")
     return tasks
+
+
+def _seed_text(record: dict, key: str, where: str) -> str:
+    """A seed task's text field ("" when absent or null); BuildError naming ``where`` for another type
+    or for text that is not UTF-8 (JSON's lone surrogate escapes), which no prompt can carry."""
+    value = record.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise BuildError(f"{where}: a seed task's {key!r} must be a string, not {json_type(value)}")
+    if not is_unicode(value):
+        raise BuildError(f"{where}: a seed task's {key!r} holds a lone surrogate (\\ud800-\\udfff), not text")
+    return value
 
 
 def propose_prompt(cfg: DictConfig, seeds: list[SeedTask], generated: list[str], key: str) -> Prompt:
@@ -475,11 +512,32 @@ class ChatState:
 
 def load_topics(path: str) -> tuple[list[str], list[str]]:
     """``topics`` (required) and ``personas`` (optional) from a YAML file."""
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    topics = [str(t).strip() for t in data.get("topics") or [] if str(t).strip()]
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise BuildError(f"{path}: not UTF-8 text ({err})") from None
+    except yaml.YAMLError as err:  # safe_load: a python/* tag is refused here, never run
+        raise BuildError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(data, dict):
+        raise BuildError(f"{path}: a mapping with 'topics' (and 'personas') lists, not {json_type(data)}")
+    topics = _text_list(data, "topics", path)
     if not topics:
         raise BuildError(f"{path}: needs a non-empty 'topics' list")
-    return topics, [str(p).strip() for p in data.get("personas") or ["a curious person"]]
+    return topics, _text_list(data, "personas", path) or ["a curious person"]
+
+
+def _text_list(data: dict, key: str, path: str) -> list[str]:
+    """``data[key]``: a list of strings, stripped, empty ones dropped; a lone string would be read as
+    its characters, so anything but a list of strings is a BuildError."""
+    values = data.get(key)
+    if values is None:
+        return []
+    if not isinstance(values, list):
+        raise BuildError(f"{path}: {key!r} must be a list of strings, not {json_type(values)}")
+    for value in values:
+        if not isinstance(value, str):
+            raise BuildError(f"{path}: {key!r} must be a list of strings; it holds {json_type(value)}")
+    return [v.strip() for v in values if v.strip()]
 
 
 def transcript(turns: list[Message]) -> str:
@@ -609,6 +667,41 @@ def write_sets(cfg: DictConfig, samples: list[tuple[str, Conversation]]) -> dict
     return stats
 
 
+# The recipe settings that count or size something: (smallest value, what it is). A synth recipe has
+# no schema (mmit.data.recipes composes it as written), so the values are checked here, before any
+# file is written: "target=abc" or "shard_size=0" failed deep inside a run, naming no setting.
+WHOLE_NUMBERS = {
+    "seed": (None, "the random seed"),
+    "batch_size": (1, "prompts per LLM call"),
+    "shard_size": (1, "samples per shard"),
+    "target": (0, "samples to write"),
+    "max_rounds": (0, "rounds"),
+    "prompts_per_round": (1, "prompts per round"),
+    "new_per_prompt": (1, "instructions asked for per prompt"),
+    "seed_examples": (0, "seed instructions per prompt"),
+    "generated_examples": (0, "generated instructions per prompt"),
+    "conversations": (0, "conversations"),
+    "max_facts": (0, "QA pairs per image"),
+    "max_exchanges": (1, "turns per conversation"),
+}
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """BuildError naming the first setting of a synth recipe whose value cannot work."""
+    for key, (low, what) in WHOLE_NUMBERS.items():
+        if key in cfg and not is_whole_number(cfg[key], low):
+            bound = "a whole number" if low is None else f"a whole number >= {low}"
+            raise BuildError(f"{key}={cfg[key]!r}: {what} must be {bound}")
+    fraction = cfg.get("eval_fraction", 0.0)
+    if not is_number(fraction) or not 0 <= fraction < 1:
+        raise BuildError(f"eval_fraction={fraction!r}: the share of samples in val_seen must be a number in [0, 1)")
+    if cfg.get("on_error", "raise") not in ON_ERROR:
+        raise BuildError(f"on_error={cfg.on_error!r}: must be one of {', '.join(ON_ERROR)}")
+    threshold = OmegaConf.select(cfg, "filters.rouge_threshold", default=0.0)
+    if not is_number(threshold) or not 0 <= threshold <= 1:
+        raise BuildError(f"filters.rouge_threshold={threshold!r}: must be a number in [0, 1]")
+
+
 def synthesize(cfg: DictConfig, generate: GenerateFn | None = None) -> dict:
     """Run a composed synth recipe; returns the manifest (also written as manifest.json).
 
@@ -617,6 +710,7 @@ def synthesize(cfg: DictConfig, generate: GenerateFn | None = None) -> dict:
     if cfg.get("mode") not in MODES:
         hint = " (recipes without a mode are built by python -m mmit.build)" if not cfg.get("mode") else ""
         raise BuildError(f"the recipe's mode must be one of {MODES}, not {cfg.get('mode')!r}{hint}")
+    check_settings(cfg)
     out = Path(cfg.out_dir)
     if (out / "build.json").exists():
         raise BuildError(f"{out} holds an mmit.build dataset; choose another output directory")

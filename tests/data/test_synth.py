@@ -497,6 +497,25 @@ def test_recipes_compose_with_valid_options(name):
         options_of(cfg, stage)
 
 
+def test_a_synth_recipe_names_a_key_that_is_not_a_setting(tmp_path):
+    """A synth recipe has no base: its settings are its mode's (any shipped recipe of that mode's
+    keys, and checkpoint=); a typo in an override or in a copied recipe file was ignored."""
+    from mmit.build import BuildError
+
+    assert compose_recipe("self_instruct", ["checkpoint=checkpoint-00000100"]).checkpoint == "checkpoint-00000100"
+    with pytest.raises(BuildError, match=r"override 'tagret=5' .*unknown key 'tagret' \(did you mean 'target'\?\)"):
+        compose_recipe("self_instruct", ["tagret=5"])
+    mine = tmp_path / "mine.yaml"
+    text = (RECIPES_DIR / "self_chat.yaml").read_text()
+    mine.write_text(text.replace("conversations:", "conversation:", 1))
+    line = text[: text.index("conversations:")].count("\n") + 1
+    with pytest.raises(BuildError, match=rf"mine\.yaml, line {line}: unknown key 'conversation' \(did you mean"):
+        compose_recipe(str(mine))
+    # a key of the recipe's own is a parameter where the recipe uses it
+    mine.write_text(text.replace("seed: 0", "seed: ${my_seed}", 1) + "my_seed: 3\n")
+    assert compose_recipe(str(mine), ["my_seed=4"]).seed == 4
+
+
 def test_build_and_synth_refuse_each_others_recipes(tmp_path):
     from mmit.build import BuildError, build
 
@@ -582,3 +601,72 @@ def test_tiny_model_writes_shards_that_training_reads(tmp_path, compose):
     g = json.loads((tmp_path / "si" / "manifest.json").read_text())["generation"]
     assert g["rounds"] == 1 and g["samples"] == 0
     assert g["rejected"].get("unparseable", 0) + g.get("proposed", 0) >= 2
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"instruction": 5}', r"seeds.jsonl:2: a seed task's 'instruction' must be a string, not a number"),
+        ('{"instruction": "Write a poem.", "instances": "abc"}', r"seeds.jsonl:2: 'instances' must be a list"),
+        ('{"instruction": "Write a poem.", "instances": [5]}', r"seeds.jsonl:2: 'instances' .*; it holds a number"),
+        ('{"instruction": "Write a poem.", "output": 7}', r"seeds.jsonl:2: a seed task's 'output' must be a string"),
+        ('{"instruction": "\\ud800 poem"}', r"seeds.jsonl:2: a seed task's 'instruction' holds a lone surrogate"),
+        ('{"instruction": "Write', r"seeds.jsonl:2: bad JSON"),
+    ],
+    ids=["instruction_number", "instances_string", "instances_of_numbers", "output_number", "surrogate", "bad_json"],
+)
+def test_bad_seed_tasks_are_named_by_file_and_line(tmp_path, line, message):
+    """Each was a traceback (AttributeError, KeyError, or a UnicodeEncodeError naming nothing once the
+    first prompt was hashed), or, for bad JSON, "needs an 'instruction'"."""
+    from mmit.synth.generate import BuildError
+
+    path = tmp_path / "seeds.jsonl"
+    path.write_text('{"instruction": "Name a fruit."}\n' + line + "\n")
+    with pytest.raises(BuildError, match=message):
+        load_seed_tasks(str(path))
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("- a\n- b\n", r"a mapping with 'topics' .*, not a list"),
+        ("topics: cooking\n", r"'topics' must be a list of strings, not a string"),  # was read as c, o, o, ...
+        ("topics: [cooking]\npersonas: a chef\n", r"'personas' must be a list of strings, not a string"),
+        ("topics: [{a: 1}]\n", r"'topics' must be a list of strings; it holds an object"),
+        ("topics: [a\n", r"not valid YAML"),
+        ('!!python/object/apply:os.system ["true"]\n', r"not valid YAML \(could not determine a constructor"),
+    ],
+    ids=["a_list", "topics_string", "personas_string", "topic_object", "bad_yaml", "python_tag"],
+)
+def test_bad_topic_files_are_named(tmp_path, text, message):
+    from mmit.synth.generate import BuildError, load_topics
+
+    path = tmp_path / "topics.yaml"
+    path.write_text(text)
+    with pytest.raises(BuildError, match=rf"topics.yaml: {message}"):
+        load_topics(str(path))
+    path.write_bytes(b"topics: [caf\xe9]\n")
+    with pytest.raises(BuildError, match=r"topics.yaml: not UTF-8 text"):
+        load_topics(str(path))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("target=abc", r"target='abc': samples to write must be a whole number >= 0"),
+        ("shard_size=0", r"shard_size=0: samples per shard must be a whole number >= 1"),
+        ("batch_size=0", r"batch_size=0: prompts per LLM call"),
+        ("eval_fraction=2", r"eval_fraction=2: .* in \[0, 1\)"),
+        ("on_error=ignore", r"on_error='ignore': must be one of raise, skip"),
+        ("filters.rouge_threshold=abc", r"filters.rouge_threshold='abc'"),
+    ],
+)
+def test_settings_that_cannot_work_stop_before_anything_is_written(tmp_path, override, message):
+    """A synth recipe has no schema: these ended in a TypeError or 'range() arg 3 must not be zero'
+    after the LLM had run, or (on_error=ignore) were taken as written."""
+    from mmit.synth.generate import BuildError
+
+    out = tmp_path / "si"
+    with pytest.raises(BuildError, match=message):
+        synthesize(_self_instruct(out, override), ScriptedLLM())
+    assert not out.exists()
