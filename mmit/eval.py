@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
-from mmit.benchmarks import BENCHMARKS
+from mmit.benchmarks import BENCHMARKS, load_benchmarks
 from mmit.cli import user_errors
 from mmit.data.sources import DataFile
 from mmit.grounding import GROUNDING_NOTE, PRIOR_FILE, AnswerPrior, grounding_line, grounding_table
@@ -431,6 +431,7 @@ def main(argv: list[str] | None = None) -> Path:
         benchmarks[name] = root
     if args.run_dir is not None:
         run_config(args.run_dir)
+    read = load_benchmarks(benchmarks)  # every one read (and checked) before a model loads or a set is answered
     from mmit.evaluation import evaluate_benchmarks
     from mmit.generation import ANSWER_BATCH
     from mmit.inference import load_base, load_run
@@ -471,7 +472,7 @@ def main(argv: list[str] | None = None) -> Path:
         bench_predictions, bench_swapped, scores["benchmarks"], submissions = evaluate_benchmarks(
             loaded.model,
             loaded.tokenizer,
-            benchmarks,
+            read,
             options,
             batch_size,
             swap_media=not args.no_swap_media,

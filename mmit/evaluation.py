@@ -7,8 +7,9 @@ then score with ``mmit.scoring.score_predictions``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
@@ -21,6 +22,9 @@ from mmit.grounding import swap_plan, swapped
 from mmit.models.multimodal_lm import MultimodalLM
 from mmit.scoring import Prediction
 from mmit.training.loss import next_token_loss_per_row
+
+if TYPE_CHECKING:
+    from mmit.benchmarks import Benchmark
 
 
 @dataclass
@@ -111,7 +115,7 @@ def evaluate_set(
 def evaluate_benchmarks(
     model: MultimodalLM,
     tokenizer: PreTrainedTokenizerBase,
-    specs: dict[str, str],
+    benchmarks: Mapping[str, Benchmark],
     options: GenerationOptions,
     batch_size: int = ANSWER_BATCH,
     swap_media: bool = True,
@@ -121,21 +125,19 @@ def evaluate_benchmarks(
     preprocess: dict | None = None,
     features_for: Callable[[list[Conversation]], dict] | None = None,
 ) -> tuple[list[Prediction], list[Prediction], dict[str, dict], dict[str, list]]:
-    """Answer and score each benchmark (``specs``: name -> root, ``mmit.benchmarks``) with its
-    official metric, and again with images swapped between samples; returns predictions, swapped
+    """Answer and score each benchmark (``benchmarks``: name -> what ``mmit.benchmarks.load_benchmarks``
+    read) with its official metric, and again with images swapped between samples; returns predictions, swapped
     predictions, scores per benchmark and EvalAI submission rows for those without references
     (test-dev). ``mmit.eval --benchmark`` and training's final evaluation (``trainer.benchmarks``)
     both come here, so a benchmark is prompted and scored the same way in both. ``features_for``:
     a benchmark's conversations -> the feature caches to read their media from (``mmit.eval
     --feature-cache``)."""
     from dataclasses import replace
-    from pathlib import Path
 
-    from mmit.benchmarks import load_benchmark, vqav2
+    from mmit.benchmarks import vqav2
 
     predictions, swapped_predictions, scores, submissions = [], [], {}, {}
-    for name, root in specs.items():
-        bench = load_benchmark(name, root)
+    for name, bench in benchmarks.items():
         opts = options  # the user's --max-new-tokens, for every answer
         if not keep_max_new_tokens:  # else lmms-eval's generation length for the task
             opts = replace(options, max_new_tokens=bench.max_new_tokens, task_max_new_tokens={})
@@ -156,7 +158,7 @@ def evaluate_benchmarks(
         predictions += result.predictions
         swapped_predictions += result.swapped
         if not bench.has_references:
-            ids = vqav2.all_test_question_ids(root) if (Path(root) / vqav2.TEST_QUESTIONS).is_file() else ()
+            ids = bench.notes.get("test_question_ids", ())
             submissions[name] = vqav2.submission(bench, result.predictions, ids)
             scores[name] = {"benchmark": name, "n": len(bench.samples), "submission": f"{name}_submission.json"}
             continue

@@ -76,6 +76,11 @@ def _run(cfg: DictConfig, run_dir: Path, place: tuple[distributed.Dist, torch.de
     log.info(
         "data: training %s; eval sets: %s", data.train.describe(), {n: len(e.tokens) for n, e in data.eval.items()}
     )
+    if cfg.trainer.get("benchmarks"):  # read now, so a damaged folder stops the run before it trains
+        from mmit.benchmarks import load_benchmarks
+
+        read = load_benchmarks(cfg.trainer.benchmarks)
+        log.info("benchmarks after training: %s", {name: len(b.samples) for name, b in read.items()})
 
     aligned = {}
     if cfg.get("projector_align"):  # projectors first learn to say their media's words in the LLM's embeddings

@@ -1,6 +1,7 @@
 """Scoring by task / template / set, the eval CLI's outputs, decoding options and the chat CLI."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -399,14 +400,25 @@ def test_eval_cli_scores_standard_benchmarks(vqa_run, tmp_path, monkeypatch):
     assert json.loads((cached / "metrics.json").read_text())["scores"]["benchmarks"]["pope"]["n"] == n_pope
 
 
+FIXTURES = Path(__file__).resolve().parent / "benchmarks" / "fixtures"
+
+
+def _damaged_pope(folder: Path) -> Path:
+    """The POPE fixture with one split file emptied."""
+    shutil.copytree(FIXTURES / "pope", folder)
+    (folder / "coco_pope_adversarial.json").write_text("")
+    return folder
+
+
 @pytest.mark.slow
 def test_a_benchmark_scored_after_training_equals_mmit_eval_on_the_checkpoint(tmp_path):
     """trainer.benchmarks and mmit.eval --benchmark share their code: the same prompts, answers and scores."""
+    from mmit.benchmarks import BenchmarkError
     from mmit.eval import main
     from mmit.inference import compose_config
     from mmit.train import run
 
-    pope = Path(__file__).resolve().parent / "benchmarks" / "fixtures" / "pope"
+    pope = FIXTURES / "pope"
     overrides = [
         "+recipe=vqa_tiny",
         "trainer.max_steps=2",
@@ -415,10 +427,16 @@ def test_a_benchmark_scored_after_training_equals_mmit_eval_on_the_checkpoint(tm
         "trainer.generate_samples=2",
         "trainer.eval_batches=1",
         "trainer.precision=fp32",
-        f"trainer.benchmarks={{pope: '{pope}'}}",
         f"data.source.overrides=['prepare.n_images=40','out_dir={tmp_path}/demo','prepare.out_dir={tmp_path}/demo-src']",
     ]
-    summary = run(compose_config(overrides), tmp_path / "run")
+    # a damaged benchmark folder stops the run before it trains, not after
+    broken = _damaged_pope(tmp_path / "broken")
+    with pytest.raises(BenchmarkError, match=r"coco_pope_adversarial\.json: holds no questions"):
+        run(compose_config([*overrides, f"trainer.benchmarks={{pope: '{broken}'}}"]), tmp_path / "stopped")
+    assert not (tmp_path / "stopped" / "checkpoints").exists()
+    assert not (tmp_path / "stopped" / "metrics.jsonl").exists()
+
+    summary = run(compose_config([*overrides, f"trainer.benchmarks={{pope: '{pope}'}}"]), tmp_path / "run")
     in_loop = summary["benchmarks"]["pope"]
     assert in_loop["n"] == 8 and set(in_loop["tables"]["split"]) == {"random", "popular", "adversarial"}
     assert summary["after"]["bench/pope/f1"] == in_loop["metrics"]["f1"]
@@ -459,6 +477,23 @@ def test_eval_reads_every_set_first_and_finds_media_under_images_dir(vqa_run, tm
     monkeypatch.setattr(mmit.evaluation, "evaluate_set", lambda *a, **k: evaluated.append(a[2]))
     with pytest.raises(SystemExit, match=r"empty\.jsonl: holds no records"):
         main([*both, "--sets", f"mine={mine}", f"empty={mine.parent / 'empty.jsonl'}", "--out", str(tmp_path / "b")])
+    assert evaluated == [] and not (tmp_path / "b").exists()
+    # so does a damaged benchmark given after a good one (it was read only when its turn came)
+    broken = _damaged_pope(tmp_path / "pope")
+    benchmarks = ["--benchmark", f"vqav2_testdev={FIXTURES / 'vqav2'}", "--benchmark", f"pope={broken}"]
+    with pytest.raises(SystemExit, match=r"coco_pope_adversarial\.json: holds no questions"):
+        main(
+            [
+                *common,
+                "--sets",
+                f"mine={mine}",
+                "--images-dir",
+                str(tmp_path / "media"),
+                *benchmarks,
+                "--out",
+                str(tmp_path / "b"),
+            ]
+        )
     assert evaluated == [] and not (tmp_path / "b").exists()
     monkeypatch.undo()
     with open(mine, "a") as f:  # a bad record, skipped under --on-error skip and named in the report

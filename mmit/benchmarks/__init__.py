@@ -10,7 +10,7 @@ benchmark's official metric.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from mmit.benchmarks import gqa, mmbench, mme, pope, scienceqa, textvqa, vqav2
@@ -36,4 +36,10 @@ def load_benchmark(name: str, root: str | os.PathLike, **options: Any) -> Benchm
     return BENCHMARKS[name](root, **options)
 
 
-__all__ = ["BENCHMARKS", "Benchmark", "BenchmarkError", "load_benchmark"]
+def load_benchmarks(specs: Mapping[str, str | os.PathLike]) -> dict[str, Benchmark]:
+    """Every benchmark of ``specs`` (name -> root), all read before any is answered: a damaged second
+    folder stops an evaluation at its start, not after the first benchmark's answers."""
+    return {name: load_benchmark(name, root) for name, root in specs.items()}
+
+
+__all__ = ["BENCHMARKS", "Benchmark", "BenchmarkError", "load_benchmark", "load_benchmarks"]

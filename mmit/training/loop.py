@@ -578,11 +578,13 @@ def evaluate_at_end(run: TrainingRun) -> tuple[dict, dict]:
 def score_benchmarks(run: TrainingRun, after: dict, scores: dict, answers: dict) -> tuple[dict, dict]:
     """The benchmarks answered and scored as ``mmit.eval --benchmark`` does (the same code); their
     answers join ``answers``, a test-dev set's EvalAI file goes to the run folder."""
+    from mmit.benchmarks import load_benchmarks
+
     model = run.model.eval()
     predictions, swapped, benchmarks, submissions = evaluate_benchmarks(
         model,
         run.tokenizer,
-        dict(run.cfg.benchmarks),
+        load_benchmarks(run.cfg.benchmarks),
         GenerationOptions.from_setting(run.cfg.max_new_tokens),
         batch_size=run.cfg.eval_batch_size,
         swap_media=run.cfg.swap_media,
