@@ -63,6 +63,20 @@ def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
 
 
+def pickled_hint(directory: str | Path) -> str:
+    """What to do when a model directory holds pickled weights only ("" when it holds none, or is a hub id)."""
+    directory = Path(directory).expanduser()
+    names = [p.name for p in directory.glob("*")] if directory.is_dir() else []
+    pickled = sorted(n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt")))
+    if not pickled:
+        return ""
+    return (
+        f" It holds pickled weights ({', '.join(pickled)}), which mmit never loads: a pickle can run code."
+        " Convert them to safetensors where you trust the file (e.g. `from_pretrained(dir).save_pretrained(new_dir)`),"
+        " or use the model's safetensors release."
+    )
+
+
 def load_pretrained(
     name_or_path: str,
     dtype: str = "float32",
@@ -91,11 +105,16 @@ def load_pretrained(
         if isinstance(stored_dtype, str):
             stored_dtype = getattr(torch, stored_dtype, None)
         model = AutoModelForCausalLM.from_pretrained(
-            source, config=config, dtype=_dtype(dtype), attn_implementation=attn_implementation, **kwargs
+            source,
+            config=config,
+            dtype=_dtype(dtype),
+            attn_implementation=attn_implementation,
+            use_safetensors=True,  # never unpickle weights (pytorch_model.bin) someone handed over
+            **kwargs,
         )
     except OSError as err:
         if is_local:
-            raise LLMLoadError(f"{source} is not a loadable causal LM directory: {err}") from err
+            raise LLMLoadError(f"{source} is not a loadable causal LM directory: {err}{pickled_hint(local)}") from err
         raise LLMLoadError(
             f"Hub model {name_or_path!r} is not in the local Hugging Face cache and could not be "
             f"downloaded{' (HF_HUB_OFFLINE is set)' if _hub_offline() else ''}. Either download it "

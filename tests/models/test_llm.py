@@ -25,6 +25,34 @@ def test_missing_local_directory_is_named():
         load_pretrained("./no/such/model/dir")
 
 
+def pickled_copy(directory, to):
+    """A copy of a saved model directory with its weights as a pickle (pytorch_model.bin) only."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    shutil.copytree(directory, to)
+    (to / "model.safetensors").unlink()
+    torch.save(load_file(directory / "model.safetensors"), to / "pytorch_model.bin")
+    return to
+
+
+def test_pickled_weights_are_never_loaded(tmp_path, monkeypatch):
+    """A model directory someone hands over with pytorch_model.bin only: refused, naming the file;
+    transformers would otherwise torch.load it."""
+    from mmit.models.encoders import HFVisionEncoder, build_tiny_clip_dir
+
+    llm = pickled_copy(build_tiny_llm_dir(), tmp_path / "llm")
+    clip = pickled_copy(build_tiny_clip_dir(), tmp_path / "clip")
+    unpickled = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: unpickled.append(a))
+    with pytest.raises(LLMLoadError, match=r"llm is not a loadable .*pickled weights \(pytorch_model\.bin\)"):
+        load_pretrained(str(llm))
+    with pytest.raises(ValueError, match=r"vision encoder .*clip: cannot be loaded .*pickled weights"):
+        HFVisionEncoder(str(clip))
+    assert unpickled == []
+
+
 def test_tokenizer_without_template_needs_one(tmp_path, tiny):
     tiny.model.save_pretrained(tmp_path)
     tiny.tokenizer.save_pretrained(tmp_path)
