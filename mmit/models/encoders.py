@@ -90,6 +90,13 @@ class OpenClipEncoder(ImageEncoder):
         super().__init__(tokens, pool_to)
         import open_clip
 
+        local = Path(pretrained).expanduser() if pretrained else None
+        if local is not None and local.exists() and local.suffix != ".safetensors":
+            # open_clip would torch.load it: a pickle, which can run code
+            raise ValueError(
+                f"vision_encoder.pretrained={pretrained}: mmit loads local weights from .safetensors files only "
+                "(convert the checkpoint where you trust it: safetensors.torch.save_file(state_dict, 'x.safetensors'))"
+            )
         model, _, self.transform = open_clip.create_model_and_transforms(
             model_name, pretrained=pretrained, weights_only=True
         )

@@ -232,6 +232,9 @@ def test_open_clip_loads_a_local_checkpoint_file(tmp_path):
     assert OpenClipEncoder("mmit-tiny-vit", tokens="all").num_tokens == 17
     with pytest.raises(ValueError, match=r"vision_encoder.layer=2: mmit-tiny-vit's blocks are 0 to 1"):
         OpenClipEncoder("mmit-tiny-vit", layer=2)  # wrapped round to block 0 before
+    torch.save(model.state_dict(), tmp_path / "tiny.pt")  # a pickle: open_clip would torch.load it
+    with pytest.raises(ValueError, match=r"pretrained=.*tiny\.pt: mmit loads local weights from \.safetensors"):
+        OpenClipEncoder("mmit-tiny-vit", pretrained=str(tmp_path / "tiny.pt"))
 
 
 def test_efficientnet_lite0_gives_spatial_tokens_from_the_offline_weights():
