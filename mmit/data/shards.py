@@ -109,7 +109,9 @@ def decode_record(
     as the manifest does), or one for a record that does not parse. A record without
     ``conversations`` is one conversation (mmit 0.1.0)."""
     if "json" not in members:
-        return [(location, SampleError("missing_field", f"{location}: no .json member for this sample"))]
+        others = ", ".join(sorted(f".{name}" for name in members)[:4])
+        found = f" (its members: {others})" if others else ""
+        return [(location, SampleError("missing_field", f"{location}: no .json member for this sample{found}"))]
     try:
         record = json.loads(members["json"].decode("utf-8"))
     except UnicodeDecodeError:

@@ -282,3 +282,11 @@ def test_the_build_writes_only_records_the_readers_accept(tmp_path):
     manifest = build(cfg("skip"))
     assert manifest["skipped_annotations"] == {"media_mismatch": 1}
     assert [c.id for c in read_conversations([tmp_path / "skip" / "train"])] == ["g0", "g1"]
+
+
+def test_a_sample_without_its_json_member_names_the_members_it_has():
+    from mmit.data.shards import decode_record
+
+    [(where, error)] = decode_record("s.tar:k1", {"pyc": b"\x00", "0.png": b"\x89PNG"})
+    assert where == "s.tar:k1" and error.reason == "missing_field"
+    assert str(error) == "s.tar:k1: no .json member for this sample (its members: .0.png, .pyc)"
