@@ -55,6 +55,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
 def _run(cfg: DictConfig, run_dir: Path, place: tuple[distributed.Dist, torch.device]) -> dict:
     d = place[0]
+    if d.is_main and cfg.trainer.get("benchmarks"):  # read now: a damaged folder stops the run before anything is built
+        from mmit.benchmarks import load_benchmarks
+
+        counts = {name: len(b.samples) for name, b in load_benchmarks(cfg.trainer.benchmarks).items()}
+        log.info("benchmarks to score after training: %s questions", counts)
     if d.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_run_config(run_dir, cfg)  # on resume: changes the checkpoint cannot honour are refused
@@ -76,11 +81,6 @@ def _run(cfg: DictConfig, run_dir: Path, place: tuple[distributed.Dist, torch.de
     log.info(
         "data: training %s; eval sets: %s", data.train.describe(), {n: len(e.tokens) for n, e in data.eval.items()}
     )
-    if cfg.trainer.get("benchmarks"):  # read now, so a damaged folder stops the run before it trains
-        from mmit.benchmarks import load_benchmarks
-
-        read = load_benchmarks(cfg.trainer.benchmarks)
-        log.info("benchmarks after training: %s", {name: len(b.samples) for name, b in read.items()})
 
     aligned = {}
     if cfg.get("projector_align"):  # projectors first learn to say their media's words in the LLM's embeddings

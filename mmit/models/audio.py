@@ -213,7 +213,7 @@ class WhisperEncoder(AudioEncoder):
         super().__init__(max_seconds, stride, cache_items, windows)
         from transformers import WhisperFeatureExtractor, WhisperModel
 
-        from mmit.models.llm import pickled_hint
+        from mmit.models.llm import load_failure
 
         self.feature_extractor = WhisperFeatureExtractor.from_pretrained(name_or_path)
         try:  # safetensors only: weights someone handed over are never unpickled
@@ -221,9 +221,7 @@ class WhisperEncoder(AudioEncoder):
                 name_or_path, dtype=torch.float32, trust_remote_code=trust_remote_code, use_safetensors=True
             )
         except OSError as err:
-            raise ValueError(
-                f"audio encoder {name_or_path}: cannot be loaded ({err}){pickled_hint(name_or_path)}"
-            ) from err
+            raise ValueError(load_failure("audio encoder", name_or_path, err)) from err
         self.encoder = model.get_encoder()  # the decoder is dropped
         self.layer = layer
         self.sample_rate = self.feature_extractor.sampling_rate

@@ -131,14 +131,12 @@ class HFVisionEncoder(ImageEncoder):
         super().__init__(tokens, pool_to)
         from transformers import AutoImageProcessor, AutoModel
 
-        from mmit.models.llm import pickled_hint
+        from mmit.models.llm import load_failure
 
         try:  # safetensors only: weights someone handed over are never unpickled
             model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, use_safetensors=True)
         except OSError as err:
-            raise ValueError(
-                f"vision encoder {name_or_path}: cannot be loaded ({err}){pickled_hint(name_or_path)}"
-            ) from err
+            raise ValueError(load_failure("vision encoder", name_or_path, err)) from err
         self.vision = getattr(model, "vision_model", model)  # a full CLIP/SigLIP: keep the image tower
         self.processor = AutoImageProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
         config = getattr(self.vision, "config", model.config)

@@ -63,18 +63,35 @@ def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
 
 
-def pickled_hint(directory: str | Path) -> str:
-    """What to do when a model directory holds pickled weights only ("" when it holds none, or is a hub id)."""
+# What a Trainer checkpoint keeps beside its weights: pickles too, but not the model's weights.
+_TRAINER_STATE = ("training_args.bin", "optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state")
+
+
+def pickled_weights(directory: str | Path) -> list[str]:
+    """The pickled weight files of a model folder that holds no safetensors ([] otherwise, and for a hub id)."""
     directory = Path(directory).expanduser()
-    names = [p.name for p in directory.glob("*")] if directory.is_dir() else []
-    pickled = sorted(n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt")))
-    if not pickled:
-        return ""
-    return (
-        f" It holds pickled weights ({', '.join(pickled)}), which mmit never loads: a pickle can run code."
-        " Convert them to safetensors where you trust the file (e.g. `from_pretrained(dir).save_pretrained(new_dir)`),"
-        " or use the model's safetensors release."
-    )
+    names = [p.name for p in directory.iterdir()] if directory.is_dir() else []
+    if any(n.endswith((".safetensors", ".safetensors.index.json")) for n in names):
+        return []
+    return sorted(n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt")) and not n.startswith(_TRAINER_STATE))
+
+
+def load_failure(what: str, name_or_path: str, err: OSError) -> str:
+    """Why transformers could not load a model folder or hub id, asked for safetensors only."""
+    pickled = pickled_weights(name_or_path)
+    if pickled:
+        return (
+            f"{what} {name_or_path}: holds pickled weights ({', '.join(pickled)}) and no safetensors; mmit never "
+            "loads a pickle, which can run code. Convert them where you trust the file "
+            "(`from_pretrained(dir).save_pretrained(new_dir)` writes safetensors)"
+        )
+    if "safetensors" in str(err) and not Path(name_or_path).expanduser().is_dir():
+        return (
+            f"{what} {name_or_path}: no safetensors weights in the local cache or the hub release, and mmit never "
+            "loads pickled weights (pytorch_model.bin): use a safetensors release, or convert one where you trust "
+            "it and give its directory"
+        )
+    return f"{what} {name_or_path}: cannot be loaded ({err})"
 
 
 def load_pretrained(
@@ -113,8 +130,8 @@ def load_pretrained(
             **kwargs,
         )
     except OSError as err:
-        if is_local:
-            raise LLMLoadError(f"{source} is not a loadable causal LM directory: {err}{pickled_hint(local)}") from err
+        if is_local or "safetensors" in str(err):  # a folder, or a cached hub model without safetensors
+            raise LLMLoadError(load_failure("LLM", source, err)) from err
         raise LLMLoadError(
             f"Hub model {name_or_path!r} is not in the local Hugging Face cache and could not be "
             f"downloaded{' (HF_HUB_OFFLINE is set)' if _hub_offline() else ''}. Either download it "

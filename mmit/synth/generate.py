@@ -527,17 +527,17 @@ def load_topics(path: str) -> tuple[list[str], list[str]]:
 
 
 def _text_list(data: dict, key: str, path: str) -> list[str]:
-    """``data[key]``: a list of strings, stripped, empty ones dropped; a lone string would be read as
-    its characters, so anything but a list of strings is a BuildError."""
+    """``data[key]``: a list of texts, stripped, empty ones dropped (a number YAML read from ``- 1984``
+    is its text); a lone string would be read as its characters, so anything else is a BuildError."""
     values = data.get(key)
     if values is None:
         return []
     if not isinstance(values, list):
         raise BuildError(f"{path}: {key!r} must be a list of strings, not {json_type(values)}")
     for value in values:
-        if not isinstance(value, str):
-            raise BuildError(f"{path}: {key!r} must be a list of strings; it holds {json_type(value)}")
-    return [v.strip() for v in values if v.strip()]
+        if not isinstance(value, str) and not is_number(value):
+            raise BuildError(f"{path}: {key!r} must be a list of strings; it holds {json_type(value)} ({value!r})")
+    return [str(v).strip() for v in values if str(v).strip()]
 
 
 def transcript(turns: list[Message]) -> str:
@@ -682,13 +682,16 @@ WHOLE_NUMBERS = {
     "generated_examples": (0, "generated instructions per prompt"),
     "conversations": (0, "conversations"),
     "max_facts": (0, "QA pairs per image"),
-    "max_exchanges": (1, "turns per conversation"),
+    "max_exchanges": (0, "turns per conversation (0: no limit)"),
 }
+NO_LIMIT = {"max_facts", "max_exchanges"}  # null: every fact, every turn
 
 
 def check_settings(cfg: DictConfig) -> None:
     """BuildError naming the first setting of a synth recipe whose value cannot work."""
     for key, (low, what) in WHOLE_NUMBERS.items():
+        if key in NO_LIMIT and cfg.get(key) is None:
+            continue
         if key in cfg and not is_whole_number(cfg[key], low):
             bound = "a whole number" if low is None else f"a whole number >= {low}"
             raise BuildError(f"{key}={cfg[key]!r}: {what} must be {bound}")

@@ -670,3 +670,14 @@ def test_settings_that_cannot_work_stop_before_anything_is_written(tmp_path, ove
     with pytest.raises(BuildError, match=message):
         synthesize(_self_instruct(out, override), ScriptedLLM())
     assert not out.exists()
+
+
+def test_settings_and_topics_that_work_are_taken(tmp_path):
+    """0 or null: no limit on a writer's turns or facts; a topic YAML reads as a number is its text."""
+    from mmit.synth.generate import check_settings, load_topics
+
+    for overrides in (["max_exchanges=0", "max_facts=null"], ["max_exchanges=null", "max_facts=0"]):
+        check_settings(compose_recipe("synth_captions", overrides))
+    path = tmp_path / "topics.yaml"
+    path.write_text("topics: [1984, cooking]\npersonas: [a chef]\n")
+    assert load_topics(str(path)) == (["1984", "cooking"], ["a chef"])

@@ -38,19 +38,31 @@ def pickled_copy(directory, to):
 
 
 def test_pickled_weights_are_never_loaded(tmp_path, monkeypatch):
-    """A model directory someone hands over with pytorch_model.bin only: refused, naming the file;
-    transformers would otherwise torch.load it."""
+    """An LLM, vision or audio encoder folder someone hands over with pytorch_model.bin only:
+    refused, naming the file; transformers would otherwise torch.load it."""
+    from mmit.models.audio import WhisperEncoder, build_tiny_whisper_dir
     from mmit.models.encoders import HFVisionEncoder, build_tiny_clip_dir
+    from mmit.models.llm import pickled_weights
 
     llm = pickled_copy(build_tiny_llm_dir(), tmp_path / "llm")
     clip = pickled_copy(build_tiny_clip_dir(), tmp_path / "clip")
+    whisper = pickled_copy(build_tiny_whisper_dir(), tmp_path / "whisper")
     unpickled = []
     monkeypatch.setattr(torch, "load", lambda *a, **k: unpickled.append(a))
-    with pytest.raises(LLMLoadError, match=r"llm is not a loadable .*pickled weights \(pytorch_model\.bin\)"):
+    with pytest.raises(
+        LLMLoadError, match=r"LLM .*llm: holds pickled weights \(pytorch_model\.bin\) and no safetensors"
+    ):
         load_pretrained(str(llm))
-    with pytest.raises(ValueError, match=r"vision encoder .*clip: cannot be loaded .*pickled weights"):
+    with pytest.raises(ValueError, match=r"vision encoder .*clip: holds pickled weights \(pytorch_model\.bin\)"):
         HFVisionEncoder(str(clip))
+    with pytest.raises(ValueError, match=r"audio encoder .*whisper: holds pickled weights \(pytorch_model\.bin\)"):
+        WhisperEncoder(str(whisper))
     assert unpickled == []
+    # a Trainer checkpoint's own pickles beside safetensors weights are not blamed for another failure
+    (tmp_path / "trainer").mkdir()
+    for name in ("model.safetensors", "optimizer.pt", "training_args.bin", "rng_state.pth"):
+        (tmp_path / "trainer" / name).write_bytes(b"x")
+    assert pickled_weights(tmp_path / "trainer") == [] and pickled_weights("org/hub-id") == []
 
 
 def test_tokenizer_without_template_needs_one(tmp_path, tiny):
