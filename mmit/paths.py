@@ -112,6 +112,25 @@ def is_plain_file_name(name: object) -> bool:
     return isinstance(name, str) and Path(name).name == name and not name.startswith(".")
 
 
+# Weight files that are pickles (torch.save, HF's pytorch_model.bin): loading one can run code.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def pickled_files(path: str | Path) -> list[str]:
+    """The pickled weights at ``path``: a local file that is not safetensors, or the pickles at the top
+    of a local folder that holds no safetensors ([] otherwise, and for a hub id; a folder's subfolders
+    are not walked, so a crafted "/" costs one listing)."""
+    local = Path(path).expanduser()
+    if local.is_file():
+        return [] if local.suffix == ".safetensors" else [local.name]
+    if not local.is_dir():
+        return []
+    files = [p for p in local.iterdir() if p.is_file()]
+    if any(p.suffix == ".safetensors" for p in files):
+        return []
+    return sorted(p.name for p in files if p.suffix in PICKLE_SUFFIXES)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename."""
     atomic_write_bytes(path, text.encode("utf-8"))

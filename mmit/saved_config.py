@@ -37,12 +37,11 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from mmit.config_checks import ABSENT, value_at
-from mmit.paths import CONF_DIR, RECIPES_DIR, cache_dir
+from mmit.paths import CONF_DIR, RECIPES_DIR, cache_dir, pickled_files
 
 log = logging.getLogger(__name__)
 
 TRUSTED_RUNS_ENV = "MMIT_TRUSTED_RUNS"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 RECIPE_DATA_FILES = "mmit.data.build.recipe_data_files"
 # A builder's old name in configs saved by earlier versions -> its name now.
 RENAMED_TARGETS = {
@@ -210,21 +209,10 @@ def _check_builder(node: dict, key: str, problems: list[str]) -> None:
     if node.get("trust_remote_code"):
         problems.append(f"{_join(key, 'trust_remote_code')}: a run folder cannot turn on remote code")
     for name in ("name_or_path", "pretrained"):
-        if isinstance(node.get(name), str) and _pickled_weights(node[name]):
+        if isinstance(node.get(name), str) and pickled_files(node[name]):
             problems.append(f"{_join(key, name)}: {node[name]} holds weights that are not safetensors")
     if target == RECIPE_DATA_FILES:
         _check_recipe_build(node, key, problems)
-
-
-def _pickled_weights(path: str) -> bool:
-    """A local file that is not safetensors, or a local folder of weights none of which are."""
-    local = Path(path).expanduser()
-    if local.is_file():
-        return local.suffix != ".safetensors"
-    if local.is_dir():  # a model folder holds its weights at the top (a crafted "/" is not walked)
-        files = [p for p in local.iterdir() if p.is_file()]
-        return any(p.suffix in PICKLE_SUFFIXES for p in files) and not any(p.suffix == ".safetensors" for p in files)
-    return False
 
 
 def _check_recipe_build(node: dict, key: str, problems: list[str]) -> None:

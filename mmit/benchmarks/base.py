@@ -168,8 +168,9 @@ def first_time(seen: dict[Any, str], key: Any, what: str, where: str) -> None:
     seen[key] = where
 
 
-def require_samples(samples: list[Conversation], path: Path | str, what: str = "questions") -> list[Conversation]:
-    """``samples`` unless there are none: a benchmark file that yields nothing is damaged, not a score."""
+def require_samples(samples: list, path: Path | str, what: str = "questions") -> list:
+    """``samples`` (or the records read for them) unless there are none: a benchmark file that yields
+    nothing is damaged, not a score."""
     if not samples:
         raise BenchmarkError(f"{path}: holds no {what}")
     return samples

@@ -26,6 +26,7 @@ from mmit.benchmarks.base import (
     mean,
     read_jsonl,
     require_dir,
+    require_samples,
     sample,
 )
 from mmit.data.samples import Conversation
@@ -57,11 +58,9 @@ def load(
         if split not in SPLITS:
             raise BenchmarkError(f"POPE split must be one of {', '.join(SPLITS)}, not {split!r}")
         path = root / f"coco_pope_{split}.json"
-        records = read_jsonl(path)
-        if not records:  # else the split would silently drop out of the averaged metrics
-            raise BenchmarkError(f"{path}: holds no questions")
         seen: dict[int, str] = {}
-        for line, q in records:
+        # an empty split would silently drop out of the averaged metrics
+        for line, q in require_samples(read_jsonl(path), path):
             where = f"{path} line {line}"
             qid = field_of(q, "question_id", int, where)
             first_time(seen, qid, "question_id", where)

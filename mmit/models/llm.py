@@ -20,7 +20,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from mmit.data.samples import is_number, is_whole_number
 from mmit.models import attention  # registers packed_sdpa
-from mmit.paths import atomic_dir, cache_dir
+from mmit.paths import atomic_dir, cache_dir, pickled_files
 
 log = logging.getLogger(__name__)
 
@@ -67,18 +67,9 @@ def _hub_offline() -> bool:
 _TRAINER_STATE = ("training_args.bin", "optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state")
 
 
-def pickled_weights(directory: str | Path) -> list[str]:
-    """The pickled weight files of a model folder that holds no safetensors ([] otherwise, and for a hub id)."""
-    directory = Path(directory).expanduser()
-    names = [p.name for p in directory.iterdir()] if directory.is_dir() else []
-    if any(n.endswith((".safetensors", ".safetensors.index.json")) for n in names):
-        return []
-    return sorted(n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt")) and not n.startswith(_TRAINER_STATE))
-
-
 def load_failure(what: str, name_or_path: str, err: OSError) -> str:
     """Why transformers could not load a model folder or hub id, asked for safetensors only."""
-    pickled = pickled_weights(name_or_path)
+    pickled = [name for name in pickled_files(name_or_path) if not name.startswith(_TRAINER_STATE)]
     if pickled:
         return (
             f"{what} {name_or_path}: holds pickled weights ({', '.join(pickled)}) and no safetensors; mmit never "

@@ -29,7 +29,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from mmit.data.samples import BAD_JSON, is_whole_number
-from mmit.paths import atomic_dir, atomic_write_text
+from mmit.paths import PICKLE_SUFFIXES, atomic_dir, atomic_write_text
 
 TRAINABLE = "trainable.safetensors"
 ADAPTER_DIR = "adapter"
@@ -49,9 +49,6 @@ class DivergedError(ValueError):
 
 class ResumeConfigError(ValueError):
     """A resumed run's config changes what its checkpoint fixes (the model, the data or its order)."""
-
-
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:

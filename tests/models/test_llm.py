@@ -42,7 +42,7 @@ def test_pickled_weights_are_never_loaded(tmp_path, monkeypatch):
     refused, naming the file; transformers would otherwise torch.load it."""
     from mmit.models.audio import WhisperEncoder, build_tiny_whisper_dir
     from mmit.models.encoders import HFVisionEncoder, build_tiny_clip_dir
-    from mmit.models.llm import pickled_weights
+    from mmit.paths import pickled_files
 
     llm = pickled_copy(build_tiny_llm_dir(), tmp_path / "llm")
     clip = pickled_copy(build_tiny_clip_dir(), tmp_path / "clip")
@@ -62,7 +62,7 @@ def test_pickled_weights_are_never_loaded(tmp_path, monkeypatch):
     (tmp_path / "trainer").mkdir()
     for name in ("model.safetensors", "optimizer.pt", "training_args.bin", "rng_state.pth"):
         (tmp_path / "trainer" / name).write_bytes(b"x")
-    assert pickled_weights(tmp_path / "trainer") == [] and pickled_weights("org/hub-id") == []
+    assert pickled_files(tmp_path / "trainer") == [] and pickled_files("org/hub-id") == []
 
 
 def test_tokenizer_without_template_needs_one(tmp_path, tiny):
