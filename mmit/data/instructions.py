@@ -25,12 +25,58 @@ from dataclasses import dataclass, field
 
 from mmit.data.annotations import QA, Annotation
 from mmit.data.samples import Conversation, MediaRef, Message
-from mmit.data.templates import Template, choose_template, sample_rng
+from mmit.data.templates import Template, TemplateError, choose_template, load_templates, sample_rng
+from mmit.paths import RECIPES_DIR
 
 IMAGE_TOKEN = "<image>"
 AUDIO_TOKEN = "<audio>"
 VIDEO_TOKEN = "<video>"
 LETTERS = "ABCDEFGH"
+
+# Every task this module words, and the fields its templates are rendered with (a template file is
+# checked against these when it is read: mmit.data.templates.load_templates).
+CAPTION_TASKS = (
+    "caption_brief",
+    "caption_detailed",
+    "audio_caption",
+    "audio_transcription",
+    "video_caption",
+    "video_dense_caption",
+)
+QUESTION_TASKS = (
+    "vqa_short",
+    "vqa_yesno",
+    "audio_qa",
+    "video_qa",
+    "video_yesno",
+    "video_order",
+    "video_temporal",
+    "compare_qa",
+    "av_qa",
+    "av_yesno",
+)
+TEMPLATE_FIELDS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(CAPTION_TASKS, ()),
+    **dict.fromkeys(QUESTION_TASKS, ("question",)),
+    "vqa_multiple_choice": ("question", "options"),
+    "compare_statement": ("statement",),
+}
+
+
+def missing_templates(task: str, templates: dict[str, list[Template]]) -> TemplateError:
+    """The error for data that needs a task the recipe's template files do not word, naming the
+    shipped file that does."""
+    shipped = [p.name for p in sorted((RECIPES_DIR / "templates").glob("*.yaml")) if task in load_templates(p)]
+    add = (
+        f"; the shipped {shipped[0]} words it: list it in the recipe's templates, e.g. "
+        f"templates: [${{recipes_dir:}}/templates/vision.yaml, ${{recipes_dir:}}/templates/{shipped[0]}]"
+        if shipped
+        else ""
+    )
+    return TemplateError(
+        f"the data needs templates for task {task!r}, and the recipe's template files word only "
+        f"{', '.join(sorted(templates)) or 'nothing'}{add}"
+    )
 
 
 @dataclass
@@ -235,6 +281,8 @@ def shape_annotation(
     def template_for(task: str) -> Template:
         # Held-out tasks have no "seen" wordings to hold back: their training templates serve.
         wanted = held_out_templates and task not in cfg.held_out_tasks
+        if task not in templates:
+            raise missing_templates(task, templates)
         return choose_template(templates[task], rng, held_out=wanted)
 
     def captions(task: str) -> None:

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mmit.config_checks import unknown_arguments
-from mmit.data.instructions import ShapingConfig
+from mmit.data.instructions import TEMPLATE_FIELDS, ShapingConfig
 from mmit.data.templates import load_templates
 from mmit.paths import RECIPES_DIR
 
@@ -198,7 +198,7 @@ def load_template_files(paths: str | list[str]) -> dict:
     """One template file, or several (e.g. vision + audio) merged; a task may appear in one file only."""
     templates: dict = {}
     for path in [paths] if isinstance(paths, str) else list(paths):
-        loaded = load_templates(path)
+        loaded = load_templates(path, TEMPLATE_FIELDS)
         twice = set(templates) & set(loaded)
         if twice:
             raise BuildError(f"tasks {sorted(twice)} have templates in more than one file")

@@ -1,20 +1,29 @@
 """Instruction templates: YAML data grouped by task, chosen per sample with a seed.
 
 A template file maps task names to lists of ``{id, text, held_out}``; ``text`` is a
-``str.format`` pattern over the annotation's fields. Held-out templates never reach
-training data; they build the evaluation sets that test generalisation to new wordings.
+``str.format`` pattern over the fields its task supplies (``{question}``, ``{options}``, ...).
+Held-out templates never reach training data; they build the evaluation sets that test
+generalisation to new wordings. A file is checked whole when it is read: a mistake stops there,
+naming the file, line and template, not a build halfway through.
 """
 
 from __future__ import annotations
 
+import difflib
 import random
 import string
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+ENTRY_KEYS = ("id", "text", "held_out")
+
+
+class TemplateError(ValueError):
+    """A template file cannot be used; the message names the file, line and template."""
 
 
 @dataclass(frozen=True)
@@ -35,23 +44,115 @@ class Template:
             raise KeyError(f"template {self.id!r} needs field(s) {sorted(self.fields - set(values))}") from None
 
 
-def load_templates(path: str | Path) -> dict[str, list[Template]]:
-    """Read a template file; ids must be unique and every task needs a training template."""
+def _named(what: str, valid: Collection[str]) -> str:
+    close = difflib.get_close_matches(what, list(valid), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _scalar(node: yaml.Node) -> Any:
+    """The value a YAML node stands for, as ``yaml.safe_load`` builds it."""
+    return yaml.SafeLoader("").construct_object(node, deep=True)
+
+
+def _pairs(node: yaml.MappingNode, where: str) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+    """A mapping node's entries by key; a key given twice is refused (YAML readers keep the last)."""
+    pairs: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+    for key, value in node.value:
+        name = _scalar(key)
+        if not isinstance(name, str):
+            raise TemplateError(f"{where}, line {key.start_mark.line + 1}: key {name!r} is not a name")
+        if name in pairs:
+            first = pairs[name][0].start_mark.line + 1
+            raise TemplateError(f"{where}, line {key.start_mark.line + 1}: {name!r} appears twice (also line {first})")
+        pairs[name] = (key, value)
+    return pairs
+
+
+def _format_fields(text: str, where: str) -> None:
+    """``text`` must be a format pattern whose fields are plain ``{name}``s: no positional ``{}``,
+    no attribute or index access (``{question.__class__}`` would read the object behind a field)."""
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError as err:
+        raise TemplateError(f"{where}: {err} (write a literal brace as {{{{ or }}}})") from None
+    for _, name, spec, conversion in parsed:
+        if name is not None and (not name.isidentifier() or spec or conversion):
+            field = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            raise TemplateError(
+                f"{where}: field {field} is not a plain {{name}} (write a literal brace as {{{{ or }}}})"
+            )
+
+
+def _entry(node: yaml.Node, task: str, where: str) -> Template:
+    if not isinstance(node, yaml.MappingNode):
+        raise TemplateError(f"{where}: a template is a mapping {{id: ..., text: ...}}, not {_scalar(node)!r:.60}")
+    pairs = _pairs(node, where)
+    for name in pairs:
+        if name not in ENTRY_KEYS:
+            raise TemplateError(
+                f"{where}: unknown key {name!r}{_named(name, ENTRY_KEYS)}; a template has {', '.join(ENTRY_KEYS)}"
+            )
+    values = {name: _scalar(value) for name, (_, value) in pairs.items()}
+    for name in ("id", "text"):
+        if not (isinstance(values.get(name), str) and values[name].strip()):
+            got = "missing" if name not in values else f"{values[name]!r:.60}"
+            raise TemplateError(f"{where}: {name} must be a non-empty text (quote it), not {got}")
+    held_out = values.get("held_out", False)
+    if not isinstance(held_out, bool):
+        raise TemplateError(f"{where}: held_out must be true or false, not {held_out!r:.60}")
+    _format_fields(values["text"], f"{where} ({values['id']!r})")
+    return Template(values["id"], task, values["text"].strip(), held_out)
+
+
+def load_templates(path: str | Path, fields: Mapping[str, Collection[str]] | None = None) -> dict[str, list[Template]]:
+    """Read and check a template file: every task has a training template, ids are unique.
+
+    ``fields``: the tasks a build words and the fields each supplies. Given, a task it does not name
+    is refused (a misspelt task would never be used), each template must show exactly its task's
+    fields (a question template without ``{question}`` asks the same thing every time), and each
+    task needs a held-out template too, for the evaluation set of unseen wordings.
+    """
     path = Path(path)
-    raw = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping of task -> list of templates")
+    try:
+        root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except FileNotFoundError:
+        raise TemplateError(f"{path}: no such template file") from None
+    except UnicodeDecodeError:
+        raise TemplateError(f"{path}: not UTF-8 text") from None
+    except yaml.YAMLError as err:
+        raise TemplateError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(root, yaml.MappingNode):
+        raise TemplateError(f"{path}: expected a mapping of task -> list of templates")
     by_task: dict[str, list[Template]] = {}
-    seen: set[str] = set()
-    for task, entries in raw.items():
+    ids: dict[str, str] = {}
+    for task, (key, node) in _pairs(root, str(path)).items():
+        at = f"{path}, line {key.start_mark.line + 1}"
+        if fields is not None and task not in fields:
+            raise TemplateError(
+                f"{at}: unknown task {task!r}{_named(task, fields)}; tasks: {', '.join(sorted(fields))}"
+            )
+        if not (isinstance(node, yaml.SequenceNode) and node.value):
+            raise TemplateError(f"{at}: task {task!r} needs a list of templates")
         templates = []
-        for entry in entries:
-            if entry["id"] in seen:
-                raise ValueError(f"{path}: template id {entry['id']!r} is used twice")
-            seen.add(entry["id"])
-            templates.append(Template(entry["id"], task, entry["text"].strip(), bool(entry.get("held_out"))))
+        for i, entry in enumerate(node.value, 1):
+            where = f"{path}, line {entry.start_mark.line + 1}: {task} template {i}"
+            template = _entry(entry, task, where)
+            if template.id in ids:
+                raise TemplateError(f"{where}: id {template.id!r} is used twice (also {ids[template.id]})")
+            ids[template.id] = f"line {entry.start_mark.line + 1}"
+            if fields is not None and template.fields != set(fields[task]):
+                wanted = ", ".join(f"{{{f}}}" for f in sorted(fields[task])) or "no fields"
+                raise TemplateError(
+                    f"{where} ({template.id!r}): shows {sorted(template.fields) or 'no fields'}; "
+                    f"a {task} template shows exactly {wanted}"
+                )
+            templates.append(template)
         if not any(not t.held_out for t in templates):
-            raise ValueError(f"{path}: task {task!r} has no training (non-held-out) template")
+            raise TemplateError(f"{at}: task {task!r} has no training template (held_out: false)")
+        if fields is not None and all(not t.held_out for t in templates):
+            raise TemplateError(
+                f"{at}: task {task!r} has no held-out template (held_out: true) to word its evaluation set"
+            )
         by_task[task] = templates
     return by_task
 

@@ -20,6 +20,7 @@ so the parts add up to the sample's length exactly:
 
 from __future__ import annotations
 
+import logging
 import re
 import string
 from dataclasses import dataclass, field, replace
@@ -29,6 +30,8 @@ from transformers import PreTrainedTokenizerBase
 
 from mmit.data.samples import IGNORE_INDEX, PLACEHOLDERS, Conversation, MediaSlot
 from mmit.data.tokenize import ChatTemplateError, tokenize_conversation
+
+log = logging.getLogger(__name__)
 
 PARTS = ("system", "template", "hint", "media", "question", "format", "answer")
 _PLACEHOLDER = re.compile("|".join(re.escape(p) for p in PLACEHOLDERS.values()))
@@ -64,7 +67,7 @@ def recipe_wording(manifest: dict | None) -> Wording:
     ``shaping``); a template file moved since the build is looked for under ``data_recipes/templates``
     by name. No manifest, or none of its files found: no templates, the default hints."""
     from mmit.data.instructions import ShapingConfig
-    from mmit.data.templates import load_templates
+    from mmit.data.templates import TemplateError, load_templates
     from mmit.paths import RECIPES_DIR
 
     config = (manifest or {}).get("config") or {}
@@ -74,8 +77,12 @@ def recipe_wording(manifest: dict | None) -> Wording:
     templates = {}
     for path in [paths] if isinstance(paths, str) else paths:
         found = next((p for p in (Path(path), RECIPES_DIR / "templates" / Path(path).name) if p.is_file()), None)
-        if found:
-            templates.update({t.id: t.text for ts in load_templates(found).values() for t in ts})
+        try:
+            loaded = load_templates(found) if found else {}
+        except TemplateError as err:  # a file edited since the build: its wordings are not counted apart
+            log.warning("token parts: %s", err)
+            loaded = {}
+        templates.update({t.id: t.text for ts in loaded.values() for t in ts})
     return Wording(templates, hints)
 
 

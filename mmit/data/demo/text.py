@@ -123,6 +123,10 @@ TASKS: dict[str, Callable[[random.Random], tuple[dict, str]]] = {
 }
 
 
+# The fields each task's templates are rendered with: the names its annotations draw.
+TASK_FIELDS = {task: tuple(draw(random.Random(0))[0]) for task, draw in TASKS.items()}
+
+
 def annotation_split(task: str, fields: dict, eval_fraction: float) -> str:
     """Train or eval, by a hash of the annotation itself (stable across runs and seeds)."""
     key = f"{task}:{json.dumps(fields, sort_keys=True)}".encode()
@@ -182,7 +186,7 @@ def prepare_text_skills(
     if not (is_number(eval_fraction) and 0 < eval_fraction < 1):  # both splits draw annotations of their own
         raise ValueError(f"data.source.eval_fraction={eval_fraction!r}: must be between 0 and 1")
     template_path = Path(templates) if templates else RECIPES_DIR / "templates" / "text_skills.yaml"
-    by_task = load_templates(template_path)
+    by_task = load_templates(template_path, TASK_FIELDS)
     spec = {
         "n_train": n_train,
         "n_eval": n_eval,
