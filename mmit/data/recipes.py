@@ -75,6 +75,10 @@ def _load(path: Path) -> tuple[dict, dict[str, int | str]]:
         if isinstance(node, yaml.MappingNode):
             for k, v in node.value:
                 child = f"{key}.{k.value}" if key else str(k.value)
+                if child in lines:  # YAML readers keep the last silently
+                    raise RecipeError(
+                        f"{path}, line {k.start_mark.line + 1}: {child} is set twice (also line {lines[child]})"
+                    )
                 lines[child] = k.start_mark.line + 1
                 walk(v, child)
         elif isinstance(node, yaml.SequenceNode):

@@ -119,6 +119,9 @@ def test_wrong_keys_in_a_recipe_file_name_its_line(llava, tmp_path):
         match=r"line 2: sources\[0\]._target_ .mmit.data.annotations.read_lava. not found: .*did you mean mmit.data.annotations.read_llava",
     ):
         compose_recipe(target)
+    twice = _recipe(tmp_path, source + "shard_size: 100\nseed: 1\nshard_size: 10\n")
+    with pytest.raises(BuildError, match=r"mine.yaml, line 6: shard_size is set twice \(also line 4\)"):
+        compose_recipe(twice)  # YAML would keep the second silently
     # A key of the recipe's own is a parameter where the recipe uses it.
     param = _recipe(tmp_path, source.replace(f"{llava}/train.json", "${my_json}") + f"my_json: {llava}/train.json\n")
     assert compose_recipe(param).sources[0].json_file == f"{llava}/train.json"
