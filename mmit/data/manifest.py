@@ -41,16 +41,16 @@ def stamp_build(out: Path, fingerprint: str) -> None:
 
 def built_from_another(out: Path, fingerprint: str, cfg: DictConfig | None = None) -> bool:
     """Whether ``out`` holds a build (finished or not) with another fingerprint: of another recipe,
-    settings or mmit version; a folder holding nothing but the stamp is free again. A finished build
-    stamped before recipes were merged over ``data_recipes/base.yaml`` (its fingerprint covered only
-    the keys its recipe set) counts as the same build when its manifest's recipe, with the base's
-    defaults filled in, is ``cfg`` and its mmit version and template files this one's; it is stamped
-    again rather than built again."""
+    settings or mmit version; a folder holding no file but the stamp (empty folders aside) is free
+    again. A finished build stamped before recipes were merged over ``data_recipes/base.yaml`` (its
+    fingerprint covered only the keys its recipe set) counts as the same build when its manifest's
+    recipe, with the base's defaults filled in, is ``cfg`` and its mmit version and template files
+    this one's; it is stamped again rather than built again."""
     stamp = out / "build.json"
     if not stamp.exists() or json.loads(stamp.read_text())["fingerprint"] == fingerprint:
         return False
-    if {p.name for p in out.iterdir()} <= {stamp.name, LOCK_FILE}:
-        return False  # a build that stopped before writing anything (a bad record under on_error=raise)
+    if not any(p.is_file() and p not in (stamp, out / LOCK_FILE) for p in out.rglob("*")):
+        return False  # a build that stopped before writing a file (a bad record under on_error=raise)
     if cfg is None or cfg.get("mode") or not (out / "manifest.json").is_file():
         return True
     manifest = json.loads((out / "manifest.json").read_text())
@@ -70,7 +70,9 @@ def claim_out_dir(cfg: DictConfig) -> Path:
     out, fingerprint = Path(cfg.out_dir), build_fingerprint(cfg)
     if built_from_another(out, fingerprint, cfg):
         raise BuildError(
-            f"{out} holds a build of a different recipe, settings or mmit version; choose another output directory"
+            f"{out} holds a build of a different recipe, settings or mmit version"
+            f"{'' if (out / 'manifest.json').is_file() else ' (unfinished: no manifest.json)'}; "
+            "choose another output directory, or delete this one"
         )
     out.mkdir(parents=True, exist_ok=True)
     stamp_build(out, fingerprint)

@@ -138,3 +138,32 @@ def test_token_parts_leave_out_a_named_template_file_that_does_not_load(tmp_path
     wording = recipe_wording({"config": {"templates": [str(broken), str(good)]}})
     assert wording.templates == {"s1": "{question}", "s2": "Q: {question}"}
     assert f"{broken}, line 1: task 'vqa_short' needs a list of templates" in caplog.text
+
+
+def test_a_build_stopped_by_missing_templates_leaves_its_folder_free_for_the_fixed_recipe(tmp_path):
+    import json
+    import math
+    import struct
+    import wave
+
+    from mmit.data.build import build
+    from mmit.data.recipes import compose_recipe
+
+    with open(tmp_path / "qa.jsonl", "w") as f:
+        for i in range(4):
+            with wave.open(str(tmp_path / f"c{i}.wav"), "wb") as clip:
+                clip.setnchannels(1), clip.setsampwidth(2), clip.setframerate(16000)
+                tone = (int(8000 * math.sin(2 * math.pi * (300 + 50 * i) * t / 16000)) for t in range(4000))
+                clip.writeframes(b"".join(struct.pack("<h", v) for v in tone))
+            f.write(json.dumps({"audio": f"c{i}.wav", "question": "Which pitch?", "answer": f"p{i}"}) + "\n")
+    recipe = tmp_path / "mine.yaml"
+    source = f"sources:\n  - {{_target_: mmit.data.annotations.read_audio_qa_jsonl, path: {tmp_path}/qa.jsonl}}\n"
+    recipe.write_text(source)
+    settings = [f"out_dir={tmp_path}/out", "eval_fraction=0.5", "num_workers=1"]
+    with pytest.raises(TemplateError, match="templates for task 'audio_qa'"):
+        build(compose_recipe(str(recipe), settings))
+    recipe.write_text(
+        source + 'templates: ["${recipes_dir:}/templates/vision.yaml", "${recipes_dir:}/templates/audio.yaml"]\n'
+    )
+    manifest = build(compose_recipe(str(recipe), settings))
+    assert manifest["sets"]["train"]["samples"] + manifest["sets"]["val_seen"]["samples"] == 4
