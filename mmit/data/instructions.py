@@ -105,6 +105,8 @@ class ShapingConfig:
             raise ValueError(f"shaping.media_position must be before or after, not {self.media_position!r}")
         if self.choice_answer not in ("letter", "option_letter"):
             raise ValueError(f"shaping.choice_answer must be letter or option_letter, not {self.choice_answer!r}")
+        if not 2 <= self.num_choices <= len(LETTERS):  # options are lettered A to H
+            raise ValueError(f"shaping.num_choices must be between 2 and {len(LETTERS)}, not {self.num_choices!r}")
 
 
 def _without(answers: list[str], answer: str) -> tuple[int, int]:

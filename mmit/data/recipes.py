@@ -311,13 +311,15 @@ def check(cfg: DictConfig, where: str, lines: dict[str, int | str] | None = None
             OmegaConf.merge(OmegaConf.structured(schema), {k: v for k, v in node.items()})
             schema(**node)
         except (OmegaConfBaseException, ValueError, TypeError) as err:
-            name = f"{key}.{err.full_key}" if getattr(err, "full_key", None) else key
-            raise RecipeError(f"{where}{_line(lines, name)}: {name}: {_first_line(err)}") from None
+            named = re.match(rf"{key}\.\w+", str(err))  # the dataclass's own checks name their key
+            name = f"{key}.{err.full_key}" if getattr(err, "full_key", None) else named[0] if named else key
+            message = _first_line(err) if named else f"{name}: {_first_line(err)}"
+            raise RecipeError(f"{where}{_line(lines, name)}: {message}") from None
     shaping = values["shaping"]
     if not 0 <= shaping["multiple_choice_fraction"] <= 1:
         raise fail("shaping.multiple_choice_fraction", "must be in [0, 1]")
-    if shaping["num_choices"] < 2 or shaping["qa_per_conversation"] < 1 or shaping["captions_per_image"] < 0:
-        raise fail("shaping", "needs num_choices >= 2, qa_per_conversation >= 1 and captions_per_image >= 0")
+    if shaping["qa_per_conversation"] < 1 or shaping["captions_per_image"] < 0:
+        raise fail("shaping", "needs qa_per_conversation >= 1 and captions_per_image >= 0")
 
     sources = cfg.get("sources")
     if not isinstance(sources, ListConfig) or not sources:

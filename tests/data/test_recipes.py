@@ -87,6 +87,8 @@ def test_every_shipped_recipe_fits_the_schema(recipe):
         ("num_workers=abc", r"override 'num_workers=abc': num_workers must be a whole number >= 1, not 'abc'"),
         ("eval_fraction=2", r"eval_fraction must be a number in \[0, 1\), not 2"),
         ("shaping.num_choices=many", r"shaping.num_choices: Value 'many' of type 'str' could not be converted"),
+        ("shaping.num_choices=10", r"override 'shaping.num_choices=10'.*num_choices must be between 2 and 8, not 10"),
+        ("shaping.num_choices=1", r"num_choices must be between 2 and 8, not 1"),
         ("audio.long_clips=cut", r"override 'audio.long_clips=cut'.*long_clips must be one of"),
         ("on_error=ignore", r"on_error must be raise or skip, not 'ignore'"),
         ("templates=/no/such.yaml", r"templates names /no/such.yaml, which does not exist"),
