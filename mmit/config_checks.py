@@ -148,6 +148,24 @@ def unknown_arguments(function: Any, given: Sequence[str]) -> tuple[list[str], l
     return [name for name in given if name not in params], takes
 
 
+def argument_problems(function: Any, given: dict[str, Any]) -> list[tuple[str | None, str]]:
+    """Why ``function(**given)`` would fail or misread its arguments: each required parameter not
+    given (name None), and each given value whose type is not the one its annotation declares (for
+    the plain types ``_matches`` reads), as (name, what it must be)."""
+    try:
+        params = inspect.signature(function).parameters
+        hints = typing.get_type_hints(function)
+    except Exception:  # no signature, or annotations that do not resolve here: nothing to check
+        return []
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    missing = [n for n, p in params.items() if p.kind in named and p.default is p.empty and n not in given]
+    problems: list[tuple[str | None, str]] = [(None, f"needs {name}") for name in missing]
+    for name, value in given.items():
+        if name in params and name in hints and not _matches(value, hints[name]):
+            problems.append((name, f"must be {_describe(hints[name])}, not {_show(value)[:60]}"))
+    return problems
+
+
 def _check_arguments(group: str, node: Any, problems: list[str]) -> None:
     """Keys that mmit's own builder for a group does not take: a recipe's setting for its encoder left
     behind when the command line picks another (``+recipe=vqa vision_encoder=hf_clip``), or a typo.
@@ -185,7 +203,8 @@ def _show(value: Any) -> str:
 
 
 def _matches(value: Any, hint: Any) -> bool:
-    """Whether a config value has the type a TrainerConfig field declares (int, float, bool, str, dicts, unions)."""
+    """Whether a config value has the type a TrainerConfig field or a reader's parameter declares (int,
+    float, bool, str, lists, dicts, unions); any other annotation passes."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         return any(_matches(value, arg) for arg in typing.get_args(hint))
@@ -204,6 +223,8 @@ def _matches(value: Any, hint: Any) -> bool:
         return isinstance(value, dict) and all(
             _matches(k, key_type) and _matches(v, value_type) for k, v in value.items()
         )
+    if origin in (list, Sequence) and typing.get_args(hint):
+        return isinstance(value, list) and all(_matches(v, typing.get_args(hint)[0]) for v in value)
     return True
 
 
@@ -214,6 +235,8 @@ def _describe(hint: Any) -> str:
     names = {int: "a whole number", float: "a number", bool: "true or false", str: "a text", type(None): "null"}
     if origin is dict:  # "a mapping of whole numbers", "a mapping of texts"
         return "a mapping of " + _describe(typing.get_args(hint)[1]).removeprefix("a ") + "s"
+    if origin in (list, Sequence) and typing.get_args(hint):  # "a list of texts"
+        return "a list of " + _describe(typing.get_args(hint)[0]).removeprefix("a ") + "s"
     return names.get(hint, getattr(hint, "__name__", str(hint)))
 
 

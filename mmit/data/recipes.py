@@ -26,7 +26,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mmit.config_checks import unknown_arguments
+from mmit.config_checks import argument_problems, unknown_arguments
 from mmit.data.instructions import TEMPLATE_FIELDS, ShapingConfig
 from mmit.data.templates import load_templates
 from mmit.paths import RECIPES_DIR
@@ -346,6 +346,10 @@ def _check_call(node: Any, key: str, where: str, lines: dict[str, int | str]) ->
     if unknown:
         name = unknown[0]
         raise _unknown(f"{key}.{name}", valid, f"{where}{_line(lines, f'{key}.{name}')}: {target}")
+    given = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "_target_"}
+    for name, problem in argument_problems(function, given):
+        at = f"{key}.{name}" if name else key
+        raise RecipeError(f"{where}{_line(lines, at)}: {at} ({target.rpartition('.')[2]}) {problem}")
 
 
 def _target(target: str, where: str):

@@ -129,6 +129,42 @@ def test_wrong_keys_in_a_recipe_file_name_its_line(llava, tmp_path):
     assert compose_recipe(param).sources[0].json_file == f"{llava}/train.json"
 
 
+@pytest.mark.parametrize(
+    ("arguments", "line", "message"),
+    [
+        ("questions_file: {d}/q.json, annotations_file: {d}/a.json", 2, "sources[0] (read_vqav2) needs images_dir"),
+        (
+            "questions_file: 5, annotations_file: a.json, images_dir: .",
+            2,
+            "sources[0].questions_file (read_vqav2) must be a text, not 5",
+        ),
+        (
+            "questions_file: [q.json], annotations_file: a.json, images_dir: .",
+            2,
+            "questions_file (read_vqav2) must be a text, not ['q.json']",
+        ),
+        (
+            "questions_file: q.json, annotations_file: a.json, images_dir: ., image_pattern: 5",
+            2,
+            "image_pattern (read_vqav2) must be a text, not 5",
+        ),
+        (
+            "questions_file: q.json, annotations_file: a.json, images_dir: ., allow_outside_root: 'false'",
+            2,
+            "allow_outside_root (read_vqav2) must be true or false, not 'false'",
+        ),
+    ],
+)
+def test_a_reader_argument_missing_or_of_the_wrong_type_is_named_with_its_line(tmp_path, arguments, line, message):
+    # A number where a path goes was a TypeError in pathlib; 0 opened stdin; 'false' turned a check off.
+    recipe = _recipe(
+        tmp_path, f"sources:\n  - {{_target_: mmit.data.annotations.read_vqav2, {arguments.format(d=tmp_path)}}}\n"
+    )
+    with pytest.raises(BuildError) as caught:
+        compose_recipe(recipe)
+    assert f"mine.yaml, line {line}: " in str(caught.value) and message in str(caught.value)
+
+
 def test_a_required_recipe_value_stays_required():
     with pytest.raises(BuildError, match=r"needs values for \['coco_root', 'out_dir'\]"):
         compose_recipe("coco_vqav2")
