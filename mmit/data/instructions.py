@@ -133,8 +133,10 @@ def choice_options(pool: dict[str, list[str]], qa: QA, k: int, rng: random.Rando
     same = pool.get(_kind(qa), []) if qa.question_type else []
     picked = distractors(same, qa.answer, min(k, _without(same, qa.answer)[0]), rng)
     if len(picked) < k:
-        # k + len(picked) distinct draws keep at least k after dropping those already picked
-        extra = distractors(pool[qa.answer_type], qa.answer, k + len(picked), rng)
+        # k + len(picked) distinct draws keep at least k after dropping those already picked; a
+        # type with fewer answers gives them all (qa_task asks for multiple choice only with >= k)
+        draws = min(k + len(picked), _without(pool[qa.answer_type], qa.answer)[0])
+        extra = distractors(pool[qa.answer_type], qa.answer, draws, rng)
         picked += [a for a in extra if a not in picked][: k - len(picked)]
     return picked
 

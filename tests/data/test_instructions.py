@@ -95,3 +95,22 @@ def test_wrong_options_come_from_the_same_question_type_first():
         shape_options = choice_options(pool, qas[4], 3, rng)  # two other shapes, then one of the rest
         assert len(set(shape_options)) == 3 and "circle" not in shape_options
         assert {"square", "triangle"} <= set(shape_options) and set(shape_options) - set(shapes) <= set(colours)
+
+
+def test_a_type_with_just_enough_answers_gives_them_all_as_options():
+    # Four answers of one type, two per question type: three wrong options need every other answer
+    # of the type (drawing five of the three raised "Sample larger than population" in the build).
+    import random
+
+    from mmit.data.instructions import answer_pool, choice_options
+
+    qas = [QA("What color?", [a], a, "other", a, "what color") for a in ("green", "red")]
+    qas += [QA("What shape?", [a], a, "other", a, "what shape") for a in ("circle", "square")]
+    pool = answer_pool([Annotation("a", "t", "vqa", [MediaRef("image", "png", path="a.png")], "a", qas=qas)])
+    for seed in range(20):
+        options = choice_options(pool, qas[0], 3, random.Random(seed))
+        assert options[0] == "red" and sorted(options) == ["circle", "red", "square"]
+    cfg = ShapingConfig(qa_per_conversation=1, multiple_choice_fraction=1.0)
+    ann = Annotation("a", "t", "vqa", [MediaRef("image", "png", path="a.png")], "a", qas=qas)
+    convs = shape_annotation(ann, TEMPLATES, cfg, pool, "train")["seen"]
+    assert [c.meta["tasks"] for c in convs] == [["vqa_multiple_choice"]] * 4
