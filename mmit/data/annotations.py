@@ -99,8 +99,12 @@ def _load_json(path: str | Path, shape: type | None = None, what: str = "") -> A
 
 
 def _items(data: dict, key: str, path: str | Path) -> list:
-    """``data[key]`` of a JSON file, a list (absent: empty); SampleError naming the file otherwise."""
-    value = data.get(key, [])
+    """``data[key]`` of a JSON file, a list; SampleError naming the file otherwise (absent, it is
+    likely another file of the dataset: VQAv2's questions and annotations files given the other way round)."""
+    if key not in data:
+        keys = ", ".join(repr(k) for k in list(data)[:6]) or "none"
+        raise SampleError("missing_field", f"{path}: no {key!r} list (its keys: {keys}); is it the right file?")
+    value = data[key]
     if not isinstance(value, list):
         raise SampleError("wrong_type", f"{path}: {key!r} must be a list, not {json_type(value)}")
     return value

@@ -73,6 +73,16 @@ def _build(cfg: DictConfig) -> dict:
     with worker_pool(max(1, cfg.num_workers), max_pixels(cfg)) as workers:
         check_early = early_image_checks(workers, out)  # the pool checks images while annotations are read
         annotations = read_annotations(cfg, skipped, seen=seen_ids, on_annotation=check_early)
+        if not annotations:  # an empty file, or a file of another layout that holds no records of this one
+            reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(skipped.items()))
+            raise BuildError(
+                f"recipe {cfg.name!r}: its sources gave no annotations"
+                + (
+                    f" (every record was skipped: {reasons})"
+                    if reasons
+                    else "; are they the right files, and not empty?"
+                )
+            )
         heldout = read_annotations(cfg, skipped, "heldout_sources", seen=seen_ids, on_annotation=check_early)
         plan = plan_build(cfg, annotations)  # templates, shaping, answer pool, storage
         by_split = split_annotations(annotations, heldout, cfg, skipped)

@@ -381,6 +381,42 @@ def test_interrupted_build_finishes_without_redoing_shards(sources, tmp_path, wo
         build(recipe(sources, out, seed=5))
 
 
+def test_sources_that_give_no_annotations_stop_the_build_naming_why(sources, tmp_path):
+    # These built nothing and reported success: VQAv2's two files the other way round, an empty file.
+    swapped = recipe(sources, tmp_path / "swapped")
+    vqa = swapped.sources[1]
+    vqa.questions_file, vqa.annotations_file = vqa.annotations_file, vqa.questions_file
+    swapped.sources = [vqa]
+    with pytest.raises(
+        BuildError,
+        match=r"questions.json: no 'annotations' list \(its keys: 'data_subtype', 'questions'\); is it the right",
+    ):
+        build(swapped)
+    (tmp_path / "empty.jsonl").touch()
+    empty = recipe(sources, tmp_path / "empty")
+    empty.sources = [
+        {
+            "_target_": "mmit.data.annotations.read_caption_jsonl",
+            "path": str(tmp_path / "empty.jsonl"),
+            "images_dir": str(tmp_path),
+        }
+    ]
+    with pytest.raises(BuildError, match="recipe 'fixture': its sources gave no annotations; are they the right files"):
+        build(empty)
+    (tmp_path / "gone.jsonl").write_text('{"image": "gone.png", "caption": "A picture."}\n')
+    skipped = recipe(sources, tmp_path / "skipped", on_error="skip")
+    skipped.sources = [
+        {
+            "_target_": "mmit.data.annotations.read_caption_jsonl",
+            "path": str(tmp_path / "gone.jsonl"),
+            "images_dir": str(tmp_path),
+        }
+    ]
+    with pytest.raises(BuildError, match=r"gave no annotations \(every record was skipped: missing_media 1\)"):
+        build(skipped)
+    assert not (tmp_path / "skipped" / "manifest.json").exists()
+
+
 def test_bad_inputs_raise_with_location_or_are_counted(sources, tmp_path):
     coco = json.loads(sources["captions"].read_text())
     coco["annotations"].append({"id": 999, "image_id": 2, "caption": "   "})  # empty answer
