@@ -166,6 +166,8 @@ def exclusive_folder(folder: str | Path, role: str, wait: bool = False) -> Itera
     it again while it holds it. flock works across processes of one host and on most network
     file systems (NFSv4 maps it to a byte-range lock)."""
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is a file, not a folder ({role} writes a folder there)")
     folder.mkdir(parents=True, exist_ok=True)
     key = str(folder.resolve())
     if key in _held:

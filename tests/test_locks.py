@@ -103,6 +103,21 @@ def test_the_lock_file_names_its_holder(tmp_path):
     assert (tmp_path / LOCK_FILE).read_text() == ""  # released: no stale holder is named
 
 
+def test_a_folder_to_write_that_is_a_file_is_named_as_such(tmp_path):
+    from mmit.cli import user_error_message
+    from mmit.paths import exclusive_folder
+
+    (tmp_path / "out").write_text("mine")
+    with pytest.raises(NotADirectoryError) as caught:  # was a FileExistsError traceback from mkdir
+        with exclusive_folder(tmp_path / "out", "mmit.build"):
+            pass
+    assert (
+        user_error_message(caught.value)
+        == f"{tmp_path / 'out'} is a file, not a folder (mmit.build writes a folder there)"
+    )
+    assert (tmp_path / "out").read_text() == "mine"
+
+
 @pytest.mark.slow
 def test_a_second_training_into_the_same_run_folder_stops_and_readers_still_read(compose, tmp_path):
     from mmit.inference import load_run
