@@ -29,7 +29,7 @@ from omegaconf.errors import OmegaConfBaseException
 from mmit.config_checks import argument_problems, unknown_arguments
 from mmit.data.instructions import TEMPLATE_FIELDS, ShapingConfig
 from mmit.data.templates import load_templates
-from mmit.paths import RECIPES_DIR
+from mmit.paths import RECIPES_DIR, is_plain_file_name
 
 BASE = "base"  # data_recipes/base.yaml: the defaults, not a recipe
 
@@ -291,6 +291,8 @@ def check(cfg: DictConfig, where: str, lines: dict[str, int | str] | None = None
     for key in ("name", "out_dir"):
         if not isinstance(values.get(key), str) or not values[key]:
             raise fail(key, f"must be a text, not {values.get(key)!r}")
+    if not is_plain_file_name(values["name"]):  # it names the build's folder in the mmit cache
+        raise fail("name", f"must be a plain name (no /, not hidden), not {values['name']!r}")
     templates = values.get("templates")
     files = [templates] if isinstance(templates, str) else templates
     if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):

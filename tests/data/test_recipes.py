@@ -93,6 +93,8 @@ def test_every_shipped_recipe_fits_the_schema(recipe):
         ("on_error=ignore", r"on_error must be raise or skip, not 'ignore'"),
         ("templates=/no/such.yaml", r"templates names /no/such.yaml, which does not exist"),
         ("sources=[]", r"sources must be a list of annotation readers"),
+        ("name=../../elsewhere", r"name must be a plain name \(no /, not hidden\), not '../../elsewhere'"),
+        ("name=a/b", r"override 'name=a/b': name must be a plain name"),
     ],
 )
 def test_wrong_overrides_are_refused_naming_the_key(override, message):
