@@ -376,7 +376,8 @@ def _llava_records(json_file: str, root: str | None, source: str, allow_outside_
     for k, record in enumerate(_load_json(json_file, list, "a JSON list of conversations")):
         where = f"{json_file}[{k}]"
         try:
-            item = _conversation(record, where, source, f"{source}-", Path(root or "."), None, allow_outside_root)
+            root_dir = Path(root) if root else Path(json_file).parent  # as data=files reads a JSON's media
+            item = _conversation(record, where, source, f"{source}-", root_dir, None, allow_outside_root)
         except SampleError as err:
             item = err
         yield where, item
@@ -384,7 +385,8 @@ def _llava_records(json_file: str, root: str | None, source: str, allow_outside_
 
 def read_llava(json_file: str, images_dir: str | None = None, allow_outside_root: bool = False) -> Item:
     """LLaVA instruct JSON: [{id, image?, conversations: [{from: human|gpt, value}]}] with ``<image>``
-    (``video`` / ``audio`` fields and placeholders are read too; every file under ``images_dir``)."""
+    (``video`` / ``audio`` fields and placeholders are read too; every file under ``images_dir``, by
+    default the JSON file's folder)."""
     return _llava_records(json_file, images_dir, "llava", allow_outside_root)
 
 

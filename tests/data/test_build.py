@@ -142,7 +142,7 @@ def test_coco_and_vqav2_readers(sources):
     assert len(vqas[0].qas[0].answers) == 10 and vqas[0].group == caps[0].group  # same image, same group
 
 
-def test_llava_jsonl_alpaca_and_caption_shard_readers(tmp_path):
+def test_llava_jsonl_alpaca_and_caption_shard_readers(tmp_path, monkeypatch):
     (tmp_path / "a.png").write_bytes(_png("red"))
     llava = tmp_path / "llava.json"
     llava.write_text(
@@ -162,6 +162,14 @@ def test_llava_jsonl_alpaca_and_caption_shard_readers(tmp_path):
     )
     items = [a for _, a in read_llava(str(llava), str(tmp_path))]
     assert [len(a.media) for a in items] == [1, 0] and items[0].messages[1].content == "Red."
+    # Without images_dir, image paths are relative to the JSON's folder, wherever the command runs
+    # (they were relative to the working directory, which could hold another a.png).
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    (elsewhere / "a.png").write_bytes(_png("blue"))
+    monkeypatch.chdir(elsewhere)
+    (first, _) = [a for _, a in read_llava(str(llava))]
+    assert first.media[0].path == str(tmp_path / "a.png")
 
     jsonl = tmp_path / "data.jsonl"
     jsonl.write_text(
