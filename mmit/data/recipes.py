@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import InterpolationKeyError, OmegaConfBaseException
 
 from mmit.config_checks import argument_problems, unknown_arguments
 from mmit.data.instructions import TEMPLATE_FIELDS, ShapingConfig
@@ -131,12 +131,13 @@ def _synth_settings(mode: str) -> list[str]:
 
 def _check_keys(data: dict, lines: dict, overrides: list[str], settings: list[str], used: set[str], where: str) -> None:
     """RecipeError for a key of the recipe or of an override that is not a setting (a typo would
-    be ignored); a key of the recipe's own is a parameter, allowed where the recipe uses it."""
+    be ignored); a key of the recipe's own is a parameter, allowed where the recipe uses it, and an
+    override may set a parameter the recipe uses without declaring it."""
     for key in data:
         if key not in settings and key not in used:
             note = f" A key of the recipe's own is a parameter, allowed where the recipe uses it (${{{key}}})."
             raise _unknown(key, settings, f"{where}, line {lines.get(key, '?')}", note)
-    allowed = [*settings, *(k for k in data if k not in settings)]
+    allowed = [*settings, *(k for k in [*data, *sorted(used)] if k not in settings)]
     for override in overrides:
         top = _override_key(override).split(".")[0].split("[")[0]
         if top not in allowed:
@@ -170,9 +171,23 @@ def compose(recipe: str, overrides: list[str] = ()) -> DictConfig:
     base, _ = _load(RECIPES_DIR / "base.yaml")
     _check_keys(data, lines, overrides, list(base), used, where)
     try:
-        cfg = OmegaConf.merge(OmegaConf.create(base), OmegaConf.create(data), given)
+        cfg = OmegaConf.merge(OmegaConf.create(base), OmegaConf.create(data))
     except OmegaConfBaseException as err:
-        raise RecipeError(f"{where}: the overrides do not fit ({err})") from None
+        key, kind = _misfit(base, data) or ("", "")
+        raise RecipeError(f"{where}{_line(lines, key)}: {key} must be {kind}" if key else f"{where}: {err}") from None
+    try:
+        cfg = OmegaConf.merge(cfg, given)
+    except OmegaConfBaseException as err:
+        key, kind = _misfit(OmegaConf.to_container(cfg), OmegaConf.to_container(given)) or ("", "")
+        if not key:
+            raise RecipeError(f"{where}: the overrides do not fit ({err})") from None
+        override = next(o for o in overrides if re.split(r"[.\[]", _override_key(o))[0] == key.split(".")[0])
+        if kind == "a list":  # from_dotlist reads sources[0].json_file as a mapping under sources
+            raise RecipeError(
+                f"{where}, override {override!r}: one item of a list cannot be set from the command line; "
+                "give the recipe a parameter of its own there (json_file: ${my_json}) and set that (my_json=...)"
+            ) from None
+        raise RecipeError(f"{where}, override {override!r}: {key} must be {kind}") from None
     _keep_required(cfg, data, given)
     if cfg.name is None:
         cfg.name = path.stem
@@ -232,6 +247,19 @@ def shaping_config(cfg: DictConfig, templates: dict) -> ShapingConfig:
     return shaping
 
 
+def _misfit(below: Any, above: Any, key: str = "") -> tuple[str, str] | None:
+    """The first dotted key where ``above`` has a mapping for a list of ``below``, or a list for a
+    mapping (what OmegaConf cannot merge), and what it must be there."""
+    if isinstance(below, dict) and isinstance(above, dict):
+        for name, value in above.items():
+            found = _misfit(below.get(name), value, f"{key}.{name}" if key else str(name))
+            if found:
+                return found
+    elif isinstance(below, list | dict) and isinstance(above, list | dict) and type(below) is not type(above):
+        return key, "a list" if isinstance(below, list) else "a mapping"
+    return None
+
+
 def _keep_required(cfg: DictConfig, data: dict, given: DictConfig) -> None:
     """A recipe's ``???`` stays required: merged over the base's default, OmegaConf would keep the default."""
     for key, value in data.items():
@@ -259,8 +287,15 @@ def check(cfg: DictConfig, where: str, lines: dict[str, int | str] | None = None
     lines = lines or {}
     try:
         values = OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationKeyError as err:
+        name = re.search(r"key '([^']+)'", str(err))
+        name = name[1] if name else "?"
+        raise RecipeError(
+            f"{where}{_line(lines, str(err.full_key))}: {err.full_key} uses ${{{name}}}, which is not set: "
+            f"pass {name}=... (or set it in the recipe)"
+        ) from None
     except OmegaConfBaseException as err:
-        raise RecipeError(f"{where}: {err}") from None
+        raise RecipeError(f"{where}: {_first_line(err)}") from None
 
     def fail(key: str, message: str) -> RecipeError:
         return RecipeError(f"{where}{_line(lines, key)}: {key} {message}")

@@ -167,6 +167,25 @@ def test_a_reader_argument_missing_or_of_the_wrong_type_is_named_with_its_line(t
     assert f"mine.yaml, line {line}: " in str(caught.value) and message in str(caught.value)
 
 
+def test_a_list_given_as_a_mapping_and_an_unset_parameter_are_named(llava, tmp_path):
+    reader = f"{{_target_: mmit.data.annotations.read_llava, json_file: {llava}/train.json}}"
+    mapping = _recipe(tmp_path, f"sources:\n  - {reader}\nheldout_sources: {reader}\n")
+    with pytest.raises(BuildError, match=r"mine.yaml, line 3: heldout_sources must be a list$"):
+        compose_recipe(mapping)  # was "the overrides do not fit (Cannot merge DictConfig with ListConfig)"
+    with pytest.raises(BuildError, match=r"override 'sources\[0\].json_file=x': one item of a list cannot be set"):
+        compose_recipe(_recipe(tmp_path, f"sources:\n  - {reader}\n"), ["sources[0].json_file=x"])
+    with pytest.raises(BuildError, match=r"override 'shaping=\[1\]': shaping must be a mapping$"):
+        compose_recipe("demo_vqa", ["shaping=[1]"])
+    unset = _recipe(
+        tmp_path, "sources:\n  - {_target_: mmit.data.annotations.read_llava, json_file: '${root}/train.json'}\n"
+    )
+    with pytest.raises(
+        BuildError, match=r"line 2: sources\[0\].json_file uses \$\{root\}, which is not set: pass root="
+    ):
+        compose_recipe(unset)
+    assert compose_recipe(unset, [f"root={llava}"]).sources[0].json_file == f"{llava}/train.json"
+
+
 def test_a_required_recipe_value_stays_required():
     with pytest.raises(BuildError, match=r"needs values for \['coco_root', 'out_dir'\]"):
         compose_recipe("coco_vqav2")
