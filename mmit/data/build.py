@@ -24,6 +24,7 @@ from mmit.data.build_plan import chunk_jobs, early_image_checks, max_pixels, pla
 from mmit.data.manifest import (
     build_fingerprint,
     built_from_another,
+    check_not_foreign,
     claim_out_dir,
     format_manifest,
     recipe_manifest,
@@ -58,6 +59,7 @@ def build(cfg: DictConfig) -> dict:
     its out_dir as the only writer: a second build into it stops at once (FolderInUseError)."""
     if cfg.get("mode"):
         raise BuildError(f"recipe {cfg.get('name', '')!r} generates data with an LLM: run python -m mmit.synth")
+    check_not_foreign(Path(cfg.out_dir))  # before the lock file goes in
     with exclusive_folder(cfg.out_dir, "mmit.build"):
         return _build(cfg)
 

@@ -64,6 +64,19 @@ def built_from_another(out: Path, fingerprint: str, cfg: DictConfig | None = Non
     return False
 
 
+def check_not_foreign(out: Path) -> None:
+    """BuildError if ``out`` holds files and no build: the data folder itself, say, where a build
+    would write its sets among the user's files."""
+    if (out / "build.json").exists() or not out.is_dir():
+        return
+    others = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE)
+    if others:
+        raise BuildError(
+            f"{out} holds files that are not an mmit build ({', '.join(others[:3])}"
+            f"{', ...' if len(others) > 3 else ''}); choose a new or empty output folder"
+        )
+
+
 def claim_out_dir(cfg: DictConfig) -> Path:
     """The recipe's ``out_dir``, created and stamped with the build's fingerprint; BuildError if it
     holds a build of another recipe, settings or mmit version."""

@@ -389,6 +389,18 @@ def test_interrupted_build_finishes_without_redoing_shards(sources, tmp_path, wo
         build(recipe(sources, out, seed=5))
 
 
+def test_a_folder_of_other_files_is_not_taken_for_a_build(sources, tmp_path):
+    # out_dir pointed at the data folder itself: its sets were written among the user's files
+    with pytest.raises(
+        BuildError,
+        match=r"src holds files that are not an mmit build \(annotations.json, captions_train2014.json, questions.json, ...\); choose a new or empty",
+    ):
+        build(recipe(sources, tmp_path / "src"))
+    assert sorted(p.name for p in (tmp_path / "src").iterdir()) == sorted(
+        ["annotations.json", "captions_train2014.json", "questions.json", "train2014"]
+    )
+
+
 def test_sources_that_give_no_annotations_stop_the_build_naming_why(sources, tmp_path):
     # These built nothing and reported success: VQAv2's two files the other way round, an empty file.
     swapped = recipe(sources, tmp_path / "swapped")
