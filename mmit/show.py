@@ -120,12 +120,47 @@ def contact_sheet(
     return len(images)
 
 
-def token_counter(overrides: list[str], manifest: dict | None):
+def _not_a_manifest(manifest: Path, why: str) -> ValueError:
+    return ValueError(f"{manifest}: not a build manifest as mmit.build writes it ({why})")
+
+
+def read_manifest(manifest: Path) -> tuple[dict, list[str]]:
+    """A build's manifest and the lines listing its sets. A build someone handed you: its manifest is
+    data, named when it is not one."""
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+        lines = [f"recipe {data['recipe']!r}, seed {data['seed']}, mmit {data['mmit_version']}"]
+        for name, s in data["sets"].items():
+            records = s.get("records", s["samples"])  # mmit 0.1.0 wrote one record per sample
+            lines.append(
+                f"  {name:<22} {s['samples']:>7} samples ({records} shard records) in {len(s['shards'])} shards;"
+                f" tasks {s['by_task']}"
+            )
+        if data["skipped_annotations"]:
+            lines.append(f"  skipped annotations: {data['skipped_annotations']}")
+    except (*BAD_JSON, KeyError, TypeError, AttributeError) as err:
+        raise _not_a_manifest(manifest, f"{type(err).__name__}: {err}") from err
+    return data, lines
+
+
+def manifest_wording(manifest: Path, data: dict | None):
+    """The templates and hints a build's manifest names, for ``--tokens`` (``recipe_wording``); a
+    ``config`` not as mmit.build writes it is named with the manifest."""
+    from mmit.data.token_parts import recipe_wording
+
+    try:
+        return recipe_wording(data)
+    except ValueError as err:
+        raise _not_a_manifest(manifest, str(err)) from err
+
+
+def token_counter(overrides: list[str], wording):
     """(a TokenParts counter, a line describing it, data.max_length) for the training config that
     ``overrides`` compose: its tokenizer and chat template with ``data.system_prompt`` applied, and each
-    media placeholder expanded as its encoder and projector would (one token where none is configured)."""
+    media placeholder expanded as its encoder and projector would (one token where none is configured);
+    ``wording``: the build's templates and hints (``manifest_wording``)."""
     from mmit.data.samples import MediaSlot
-    from mmit.data.token_parts import TokenParts, recipe_wording
+    from mmit.data.token_parts import TokenParts
     from mmit.factory import build_model
     from mmit.inference import compose_config
 
@@ -142,7 +177,7 @@ def token_counter(overrides: list[str], manifest: dict | None):
         media.append(f"{kind}: no encoder configured, 1 token each")
     system = cfg.data.get("system_prompt") or "model_default"
     described = f"{built.source}; data.system_prompt={system}; {', '.join(media)}"
-    return TokenParts(built.tokenizer, list(slots.values()), recipe_wording(manifest)), described, cfg.data.max_length
+    return TokenParts(built.tokenizer, list(slots.values()), wording), described, cfg.data.max_length
 
 
 def task_key(conv: Conversation) -> str:
@@ -181,8 +216,8 @@ def token_table(name: str, counts: dict[str, list[dict[str, int]]], max_length: 
     return "\n".join(lines)
 
 
-def print_token_counts(directories: list[Path], overrides: list[str], manifest: dict | None, limit: int) -> None:
-    counter, described, max_length = token_counter(overrides, manifest)
+def print_token_counts(directories: list[Path], overrides: list[str], wording, limit: int) -> None:
+    counter, described, max_length = token_counter(overrides, wording)
     print(f"\n=== tokens per conversation by part ({described})")
     for directory in directories:
         counts: dict[str, list[dict[str, int]]] = defaultdict(list)
@@ -195,17 +230,32 @@ def print_token_counts(directories: list[Path], overrides: list[str], manifest: 
     )
 
 
+def _count(least: int):
+    """An argument type: a whole number, ``least`` or more (argparse names the option it refuses)."""
+
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be {least} or more, not {value}")
+        return value
+
+    return count
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m mmit.show", description=__doc__.splitlines()[0])
     parser.add_argument("path", type=Path, help="a build directory (with manifest.json) or one shard folder")
-    parser.add_argument("--samples", type=int, default=3, help="conversations to print per set")
+    parser.add_argument("--samples", type=_count(0), default=3, help="conversations to print per set")
     parser.add_argument("--sheet", type=Path, help="write a PNG contact sheet: one cell per distinct image")
-    parser.add_argument("--sheet-count", type=int, default=16, help="distinct images on the sheet")
+    parser.add_argument("--sheet-count", type=_count(1), default=16, help="distinct images on the sheet")
     parser.add_argument("--tokens", action="store_true", help="count tokens per conversation by part, per set and task")
     parser.add_argument(
         "--llm", help="the LLM whose tokenizer counts (a conf/llm option; default smollm2_135m, or the recipe's)"
     )
-    parser.add_argument("--token-samples", type=int, default=0, help="conversations counted per set (0: all)")
+    parser.add_argument("--token-samples", type=_count(0), default=0, help="conversations counted per set (0: all)")
     parser.add_argument(
         "overrides",
         nargs="*",
@@ -233,40 +283,32 @@ def main(argv: list[str] | None = None) -> None:
         raise FileNotFoundError(f"{args.path} is not a folder (a build directory or a shard folder)")
 
     manifest = args.path / "manifest.json"
-    data = None
-    if manifest.exists():
-        try:  # a build someone handed you: its manifest is data, named when it is not one
-            data = json.loads(manifest.read_text(encoding="utf-8"))
-            lines = [f"recipe {data['recipe']!r}, seed {data['seed']}, mmit {data['mmit_version']}"]
-            for name, s in data["sets"].items():
-                records = s.get("records", s["samples"])  # mmit 0.1.0 wrote one record per sample
-                lines.append(
-                    f"  {name:<22} {s['samples']:>7} samples ({records} shard records) in {len(s['shards'])} shards;"
-                    f" tasks {s['by_task']}"
-                )
-            if data["skipped_annotations"]:
-                lines.append(f"  skipped annotations: {data['skipped_annotations']}")
-        except (*BAD_JSON, KeyError, TypeError, AttributeError) as err:
-            raise ValueError(
-                f"{manifest}: not a build manifest as mmit.build writes it ({type(err).__name__}: {err})"
-            ) from err
+    data, lines = read_manifest(manifest) if manifest.exists() else (None, [])
+    sets = set_dirs(args.path)
+    wording = None
+    if args.tokens:  # checked before anything is printed or drawn
+        if data is None and sets == [args.path]:  # a set's folder: its build's manifest names the templates and hints
+            parent = args.path.resolve().parent / "manifest.json"
+            if parent.is_file():
+                manifest, (data, _) = parent, read_manifest(parent)
+        wording = manifest_wording(manifest, data)
+    if lines:
         print("\n".join(lines))
-    for directory in set_dirs(args.path):
+    if not sets:
+        raise ValueError(f"{args.path} holds no shard sets (shard-*.tar files, in it or in its folders)")
+    for directory in sets:
         print(f"\n=== {directory.name}")
         for conv in islice(read_shards(shard_urls(directory)), args.samples):
             print(render(conv))
     if args.sheet:
-        first = set_dirs(args.path)[0]
-        count = contact_sheet(read_shards(shard_urls(first)), args.sheet, args.sheet_count)
+        count = contact_sheet(read_shards(shard_urls(sets[0])), args.sheet, args.sheet_count)
+        if not count:
+            raise ValueError(f"no contact sheet written to {args.sheet}: {sets[0]} holds no images to draw")
         print(
-            f"\ncontact sheet of {count} distinct images from {first.name}, each with a question and its answer: {args.sheet}"
+            f"\ncontact sheet of {count} distinct images from {sets[0].name}, each with a question and its answer: {args.sheet}"
         )
     if args.tokens:
-        # A set's folder: its build's manifest names the templates and hints.
-        parent = args.path.resolve().parent / "manifest.json"
-        if data is None and parent.is_file():
-            data = json.loads(parent.read_text())
-        print_token_counts(set_dirs(args.path), token_overrides(args), data, args.token_samples)
+        print_token_counts(sets, token_overrides(args), wording, args.token_samples)
 
 
 if __name__ == "__main__":

@@ -115,3 +115,73 @@ def test_a_damaged_build_manifest_is_named(tmp_path, capsys):
         manifest.write_text(text)
         with pytest.raises(SystemExit, match=f"mmit.show: {manifest}: not a build manifest"):
             main([str(tmp_path)])
+
+
+def test_a_folder_without_shard_sets_is_named(build, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (build / "train" / "shard-000000.tar").unlink()  # a build folder whose set folder holds no shards
+    sheet = tmp_path / "s.png"
+    for folder, extra in ((empty, []), (empty, ["--sheet", str(sheet)]), (build, ["--sheet", str(sheet)])):
+        with pytest.raises(SystemExit) as stopped:
+            main([str(folder), *extra])
+        assert (
+            str(stopped.value)
+            == f"mmit.show: {folder} holds no shard sets (shard-*.tar files, in it or in its folders)"
+        )
+    assert not sheet.exists()
+
+
+def test_a_sheet_without_images_is_not_written(tmp_path):
+    (tmp_path / "text").mkdir()
+    write_shard(
+        tmp_path / "text" / "shard-000000.tar",
+        [Conversation("t-0", [Message("user", "Hi?"), Message("assistant", "Hello.")], {}, [])],
+        {},
+        Storage(),
+    )
+    sheet = tmp_path / "s.png"
+    message = f"mmit.show: no contact sheet written to {sheet}: {tmp_path / 'text'} holds no images to draw"
+    with pytest.raises(SystemExit) as stopped:
+        main([str(tmp_path / "text"), "--sheet", str(sheet)])
+    assert str(stopped.value) == message and not sheet.exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "wanted"),
+    [("--samples", "-1", "0"), ("--token-samples", "-1", "0"), ("--sheet-count", "0", "1")],
+)
+def test_counts_below_their_least_are_refused_naming_the_option(build, capsys, option, value, wanted):
+    with pytest.raises(SystemExit):
+        parse_args([str(build), option, value])
+    assert f"error: argument {option}: must be {wanted} or more, not {value}\n" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("config", "why"),
+    [
+        ({"shaping": 5}, "config.shaping is 5, not a mapping"),
+        ({"templates": [5]}, "config.templates is [5], not a file name or a list of them"),
+        ({"shaping": {"short_answer_hint": 5}}, "config.shaping's answer-format hints [5] are not all text"),
+    ],
+)
+def test_tokens_name_a_manifest_config_not_as_built(build, capsys, config, why):
+    manifest = build / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "config": config}))
+    for folder in (build / "train", build):  # a set's folder reads its build's manifest
+        with pytest.raises(SystemExit) as stopped:
+            main([str(folder), "--samples", "0", "--tokens", "--llm", "tiny"])
+        assert str(stopped.value) == f"mmit.show: {manifest}: not a build manifest as mmit.build writes it ({why})"
+    assert capsys.readouterr().out == ""  # checked before anything is printed
+
+
+def test_tokens_name_a_set_folders_damaged_build_manifest(build, capsys):
+    manifest = build / "manifest.json"
+    manifest.write_text('{"sets": \n')
+    with pytest.raises(SystemExit) as stopped:
+        main([str(build / "train"), "--samples", "0", "--tokens", "--llm", "tiny"])
+    assert str(stopped.value) == (
+        f"mmit.show: {manifest}: not a build manifest as mmit.build writes it"
+        " (JSONDecodeError: Expecting value: line 2 column 1 (char 10))"
+    )
+    assert capsys.readouterr().out == ""

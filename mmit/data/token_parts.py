@@ -65,15 +65,24 @@ class Wording:
 def recipe_wording(manifest: dict | None) -> Wording:
     """The templates and hints a build's manifest names (its recipe's ``templates`` files and
     ``shaping``); a template file moved since the build is looked for under ``data_recipes/templates``
-    by name. No manifest, or none of its files found: no templates, the default hints."""
+    by name. No manifest, or none of its files found: no templates, the default hints. A ``config``
+    not shaped as mmit.build writes it is a ValueError naming the key."""
     from mmit.data.instructions import ShapingConfig
     from mmit.data.templates import TemplateError, load_templates
     from mmit.paths import RECIPES_DIR
 
     config = (manifest or {}).get("config") or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"config is {config!r}, not a mapping")
+    if not isinstance(config.get("shaping") or {}, dict):
+        raise ValueError(f"config.shaping is {config['shaping']!r}, not a mapping")
     shaping = {**vars(ShapingConfig()), **(config.get("shaping") or {})}
     hints = tuple(h for h in (shaping.get("short_answer_hint"), shaping.get("multiple_choice_hint")) if h)
+    if not all(isinstance(h, str) for h in hints):
+        raise ValueError(f"config.shaping's answer-format hints {list(hints)} are not all text")
     paths = config.get("templates") or []
+    if not isinstance(paths, str) and not (isinstance(paths, list) and all(isinstance(p, str) for p in paths)):
+        raise ValueError(f"config.templates is {paths!r}, not a file name or a list of them")
     templates = {}
     for path in [paths] if isinstance(paths, str) else paths:
         found = next((p for p in (Path(path), RECIPES_DIR / "templates" / Path(path).name) if p.is_file()), None)
