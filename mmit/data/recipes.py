@@ -243,7 +243,10 @@ def shaping_config(cfg: DictConfig, templates: dict) -> ShapingConfig:
     shaping = ShapingConfig(seed=cfg.seed, **OmegaConf.to_container(cfg.shaping))
     unknown = set(shaping.held_out_tasks) - set(templates)
     if unknown:
-        raise BuildError(f"shaping.held_out_tasks names unknown tasks {sorted(unknown)}")
+        raise BuildError(
+            f"shaping.held_out_tasks names {sorted(unknown)}, which the recipe's templates do not word; "
+            f"its tasks are {', '.join(sorted(templates))}"
+        )
     return shaping
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
@@ -35,15 +35,24 @@ def read_annotations(
     on_error = cfg.on_error  # read once: an OmegaConf lookup per record costs more than the record
     for source_cfg in cfg.get(key) or []:
         source_cfg = with_recipe_options(cfg, source_cfg)
-        records = iter(instantiate_source(source_cfg))
-        bar = tqdm(desc=f"read {source_cfg._target_.rsplit('.', 1)[-1]}", unit="record", leave=False)
+        reader = source_cfg._target_
+        records = instantiate_source(source_cfg)
+        if not isinstance(records, Iterator):
+            raise BuildError(f"{reader} is not an annotation reader: it returned {type(records).__name__}")
+        bar = tqdm(desc=f"read {reader.rsplit('.', 1)[-1]}", unit="record", leave=False)
         while True:
             try:
-                where, item = next(records)
+                pair = next(records)
             except StopIteration:
                 break
             except SampleError as err:  # a whole file unreadable (bad JSON, not the layout): no record to skip
                 raise BuildError(str(err)) from err
+            if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[1], Annotation | SampleError)):
+                gave = (
+                    f"({', '.join(type(x).__name__ for x in pair)})" if isinstance(pair, tuple) else type(pair).__name__
+                )
+                raise BuildError(f"{reader} is not an annotation reader: it gave {gave}, not (place, annotation) pairs")
+            where, item = pair
             bar.update()
             if isinstance(item, Annotation) and item.id in seen:
                 item = SampleError("duplicate_id", f"{where}: annotation id {item.id!r} appears twice")

@@ -389,6 +389,38 @@ def test_interrupted_build_finishes_without_redoing_shards(sources, tmp_path, wo
         build(recipe(sources, out, seed=5))
 
 
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (
+            {"_target_": "mmit.data.annotations.format_seconds", "value": 1},
+            "format_seconds is not an annotation reader: it returned str",
+        ),
+        (
+            {"_target_": "mmit.data.sources.jsonl_records", "path": "{tmp}/a.jsonl"},
+            r"jsonl_records is not an annotation reader: it gave \(str, dict\), not \(place, annotation\) pairs",
+        ),
+    ],
+)
+def test_a_source_that_is_not_a_reader_is_named(sources, tmp_path, source, message):
+    # Was "not enough values to unpack (expected 2, got 1)", naming nothing
+    (tmp_path / "a.jsonl").write_text('{"caption": "x"}\n')
+    source = {k: v.format(tmp=tmp_path) if isinstance(v, str) else v for k, v in source.items()}
+    cfg = recipe(sources, tmp_path / "out")
+    cfg.sources = [source]
+    with pytest.raises(BuildError, match=message):
+        build(cfg)
+
+
+def test_held_out_tasks_the_templates_do_not_word_are_named_with_those_they_do(sources, tmp_path):
+    cfg = recipe(sources, tmp_path / "out")
+    cfg.shaping.held_out_tasks = ["conversation"]
+    with pytest.raises(
+        BuildError, match=r"\['conversation'\], which the recipe's templates do not word; its tasks are caption_brief"
+    ):
+        build(cfg)
+
+
 def test_a_folder_of_other_files_is_not_taken_for_a_build(sources, tmp_path):
     # out_dir pointed at the data folder itself: its sets were written among the user's files
     with pytest.raises(
