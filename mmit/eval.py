@@ -37,7 +37,7 @@ from mmit.cli import user_errors
 from mmit.data.sources import DataFile
 from mmit.grounding import GROUNDING_NOTE, PRIOR_FILE, AnswerPrior, grounding_line, grounding_table
 from mmit.metrics import VQA_NORMALISATIONS
-from mmit.paths import atomic_dir
+from mmit.paths import atomic_dir, check_replaceable
 from mmit.saved_config import run_config
 from mmit.scoring import Prediction, headline_metric, score_predictions
 
@@ -275,12 +275,14 @@ def write_outputs(
     run_dir: Path | None,
     swapped: list[Prediction] = (),
     files: dict[str, object] | None = None,
+    chosen: bool = True,
 ) -> Path:
-    """metrics.json, predictions.jsonl, plots, report.md and ``files`` (name -> JSON), all appearing at once."""
+    """metrics.json, predictions.jsonl, plots, report.md and ``files`` (name -> JSON), all appearing at
+    once. ``chosen``: the user named ``out``, which is then replaced only if mmit.eval wrote it."""
     from mmit.plots import plot_benchmarks, plot_grounding, plot_task_scores, plot_training_curves
     from mmit.training.loop import answers_by_set
 
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "mmit.eval", guard=chosen) as tmp:
         for name, content in (files or {}).items():
             (tmp / name).write_text(json.dumps(content), encoding="utf-8")
         (tmp / "metrics.json").write_text(json.dumps({**info, "scores": scores}, indent=1), encoding="utf-8")
@@ -429,6 +431,8 @@ def main(argv: list[str] | None = None) -> Path:
         if not sep or name not in BENCHMARKS or not root:
             raise SystemExit(f"--benchmark takes NAME=ROOT with NAME one of {', '.join(BENCHMARKS)}, not {item!r}")
         benchmarks[name] = root
+    if args.out is not None:  # a folder of the user's, the run's or the current one is not replaced
+        check_replaceable(args.out, "mmit.eval")
     if args.run_dir is not None:
         run_config(args.run_dir)
     read = load_benchmarks(benchmarks)  # every one read (and checked) before a model loads or a set is answered
@@ -505,7 +509,7 @@ def main(argv: list[str] | None = None) -> Path:
         "skipped": skipped,
     }
     files = {f"{name}_submission.json": rows for name, rows in submissions.items()}
-    write_outputs(out, predictions, scores, info, args.run_dir, swapped, files)
+    write_outputs(out, predictions, scores, info, args.run_dir, swapped, files, chosen=args.out is not None)
     print(summary_text(scores, out))
     return out
 

@@ -35,11 +35,12 @@ from transformers import PretrainedConfig, PreTrainedModel
 from mmit.cli import user_errors
 from mmit.models.multimodal_lm import MultimodalLM
 from mmit.models.tuning import NARROW_CLASSES, widen_frozen
-from mmit.paths import atomic_dir
+from mmit.paths import atomic_dir, check_replaceable
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("adapter", "merged", "llava")
+EXPORT_WRITER = "mmit.export"  # the mark in each format folder it writes: only those are replaced
 MULTIMODAL_JSON = "mmit_multimodal.json"
 MULTIMODAL_WEIGHTS = "mmit_multimodal.safetensors"
 BASE_MODEL_JSON = "mmit_base_model.json"
@@ -223,7 +224,7 @@ def export_adapter(model: MultimodalLM, out_dir: str | Path, cfg: DictConfig | N
         )
     out_dir = Path(out_dir)
     base = base_model_info(model, cfg)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, EXPORT_WRITER) as tmp:
         with warnings.catch_warnings():
             # peft looks the base up on the hub to see whether its vocabulary changed; offline it warns
             warnings.filterwarnings("ignore", message="Could not find a config file", category=UserWarning)
@@ -254,7 +255,7 @@ def export_merged(model: MultimodalLM, tokenizer, out_dir: str | Path) -> Path:
     placeholders = appended_tokens(tokenizer, [slot.placeholder for slot in model.slots.values()])
     tokenizer = text_tokenizer(tokenizer, placeholders) if placeholders else tokenizer
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, EXPORT_WRITER) as tmp:
         llm.save_pretrained(tmp)  # safetensors
         tokenizer.save_pretrained(tmp)
     log.info("wrote the merged LLM to %s", out_dir)
@@ -459,7 +460,7 @@ def export_llava(model: MultimodalLM, tokenizer, out_dir: str | Path) -> Path:
     llava, mapping = build_llava(model)
     processor = llava_processor(model, tokenizer, mapping)
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, EXPORT_WRITER) as tmp:
         llava.save_pretrained(tmp)
         processor.save_pretrained(tmp)
     log.info(
@@ -513,6 +514,10 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     from mmit.inference import load_run
     from mmit.saved_config import UnsafeConfigError
 
+    if args.out.exists() and not args.out.is_dir():
+        raise SystemExit(f"mmit.export: --out {args.out} is a file, not a folder")
+    for fmt in FORMATS if args.format == "all" else (args.format,):  # before the model loads
+        check_replaceable(args.out / fmt, EXPORT_WRITER)
     try:
         loaded = load_run(args.run_dir, args.checkpoint, device=args.device, precision="fp32")
     except UnsafeConfigError as err:

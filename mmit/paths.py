@@ -74,14 +74,50 @@ def ordinary_modes(path: Path) -> None:
         os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
 
 
+OUTPUT_MARK = ".mmit-output"  # in a folder a command writes whole for the user: which command wrote it
+
+
+class OutputFolderError(ValueError):
+    """A folder a command would replace holds something else: the user's files are never deleted."""
+
+
+def check_replaceable(final: str | Path, writer: str) -> None:
+    """``writer`` (``mmit.eval``, ``mmit.export``) may write the folder ``final`` whole: it is absent,
+    empty, or one that ``writer`` wrote before (its ``OUTPUT_MARK`` says so). A run folder, a data
+    folder or the current one would be deleted by the replacement, so anything else is refused."""
+    final = Path(final).absolute()  # "." named as the folder it is
+    if not final.exists() and not final.is_symlink():
+        return
+    if not final.is_dir() or final.is_symlink():
+        raise OutputFolderError(f"{final} is not a folder ({writer} writes a folder there)")
+    names = sorted(p.name for p in final.iterdir())
+    mark = final / OUTPUT_MARK
+    if not names or (mark.is_file() and mark.read_text(encoding="utf-8", errors="replace").strip() == writer):
+        return
+    listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    raise OutputFolderError(
+        f"{final} holds files {writer} did not write ({listed}); it replaces only a folder it wrote: give a new folder"
+    )
+
+
 @contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a temporary sibling directory that is renamed to ``final`` only on success."""
-    final = Path(final)
+def atomic_dir(final: Path, writer: str | None = None, guard: bool = True) -> Iterator[Path]:
+    """Yield a temporary sibling directory that is renamed to ``final`` only on success. With
+    ``writer`` (a command writing a folder for the user), the new folder carries the writer's mark,
+    and with ``guard`` (the user chose the folder) an existing ``final`` is replaced only when
+    ``check_replaceable`` allows it."""
+    final = Path(final).absolute()
+    guard = bool(writer) and guard
+    if guard:
+        check_replaceable(final, writer)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         yield tmp
+        if writer:
+            (tmp / OUTPUT_MARK).write_text(writer + "\n", encoding="utf-8")
+        if guard:
+            check_replaceable(final, writer)  # again: the folder may have changed while tmp was written
         ordinary_modes(tmp)
         if final.exists():
             shutil.rmtree(final)
