@@ -28,6 +28,15 @@ _limit = {"max_pixels": DEFAULT_MAX_PIXELS}
 # How images become pixels, recorded in feature-cache fingerprints so that a cache made by another
 # decoding (before orientation tags were applied) is not reused.
 IMAGE_DECODING = "rgb, exif orientation applied"
+# Pixel modes wider than 8 bits a channel, which PIL's convert("RGB") clips rather than scales.
+WIDE_MODES = {
+    "I;16": "16-bit",
+    "I;16B": "16-bit",
+    "I;16L": "16-bit",
+    "I;16N": "16-bit",
+    "I": "32-bit integer",
+    "F": "32-bit float",
+}
 _ORIENTATION = 0x0112  # the EXIF tag; 1 is upright, 2-8 a mirror and/or a quarter turn
 
 
@@ -138,9 +147,10 @@ def open_image(data: bytes, where: str, max_pixels: int | None = None) -> Iterat
     except Image.DecompressionBombError as err:
         raise SampleError("too_many_pixels", f"{where}: image is too large to decode ({err})") from err
     except Exception as err:  # PIL raises many types for broken files
+        why = "not an image file" if "cannot identify image file" in str(err) else str(err)  # not a BytesIO's address
         raise SampleError(
             "undecodable_media",
-            f"{where}: image does not decode, or is in none of the formats mmit reads ({', '.join(IMAGE_FORMATS)}): {err}",
+            f"{where}: image does not decode, or is in none of the formats mmit reads ({', '.join(IMAGE_FORMATS)}): {why}",
         ) from err
     with image:
         width, height = image.size
@@ -149,6 +159,12 @@ def open_image(data: bytes, where: str, max_pixels: int | None = None) -> Iterat
                 "too_many_pixels",
                 f"{where}: image of {width} x {height} = {width * height / 1e6:.1f} MP is over max_pixels "
                 f"({limit / 1e6:g} MP); refused before decoding",
+            )
+        if image.mode in WIDE_MODES:  # convert("RGB") clips them: a 16-bit grey PNG decodes all white
+            raise SampleError(
+                "undecodable_media",
+                f"{where}: a {WIDE_MODES[image.mode]} image (PIL mode {image.mode}); mmit reads 8 bits a channel: "
+                "convert it first (e.g. Image.fromarray((numpy.asarray(im) // 257).astype('uint8')))",
             )
         yield image
 

@@ -149,3 +149,28 @@ def test_resize_max_shrinks_a_jpeg_while_decoding(monkeypatch):
     with Image.open(io.BytesIO(data)) as image:
         assert max(image.size) == 100 and ext == "png"
     assert sizes and max(max(s) for s in sizes) <= 800, sizes  # decoded at 1/4 scale or less, not 3200 x 2400
+
+
+@pytest.mark.parametrize(("mode", "bits"), [("I;16", "16-bit"), ("I", "32-bit integer"), ("F", "32-bit float")])
+def test_an_image_wider_than_8_bits_a_channel_is_refused_not_clipped_to_white(mode, bits):
+    import numpy as np
+
+    from mmit.data.media import check_image, decode_image_bytes
+
+    grey = np.linspace(0, 65535, 64 * 64).reshape(64, 64)
+    image = Image.fromarray(grey.astype(np.uint16)) if mode == "I;16" else Image.fromarray(grey.astype(np.float32))
+    out = io.BytesIO()
+    image.convert(mode).save(out, format="TIFF")
+    for read in (check_image, decode_image_bytes):
+        with pytest.raises(SampleError, match=rf"wide.tif: a {bits} image \(PIL mode {mode}\); mmit reads 8 bits"):
+            read(out.getvalue(), "wide.tif")
+    assert decode_image_bytes(_png(), "ok.png").mode == "RGB"
+
+
+def test_a_file_that_is_not_an_image_is_named_without_a_buffers_address():
+    from mmit.data.media import decode_image_bytes
+
+    with pytest.raises(SampleError) as caught:
+        decode_image_bytes(b"just some text", "fake.png")
+    message = str(caught.value)
+    assert message.startswith("fake.png: image does not decode") and message.endswith("): not an image file")
