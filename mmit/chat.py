@@ -99,7 +99,15 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING)
     args = parse_args(sys.argv[1:] if argv is None else argv)
     # Mistakes in the command line fail in a second: before torch and the model load.
-    media = [media_ref(p) for p in [*args.image, *args.audio]]
+    media = []
+    for flag, paths in (("image", args.image), ("audio", args.audio)):
+        for path in paths:
+            media.append(media_ref(path))  # its kind read from the file's extension
+            if media[-1].kind != flag:
+                kind = media[-1].kind
+                raise ValueError(f"--{flag} {path} is {'an' if kind[0] in 'aeiou' else 'a'} {kind} file, not {flag}")
+    if media and args.prompt is None:
+        raise ValueError("--image / --audio go with a prompt; in the interactive chat use /image PATH")
     if args.run_dir is not None:
         run_config(args.run_dir)
     from mmit.inference import ChatSession, load_base, load_run
@@ -115,8 +123,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.prompt is not None:
         print(shown(session.ask(args.prompt, media), session))
         return
-    if media:
-        raise SystemExit("--image / --audio go with a prompt; in the interactive chat use /image PATH")
     interact(session)
 
 

@@ -9,6 +9,7 @@ of user errors too.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import sys
@@ -18,6 +19,21 @@ from pathlib import Path
 
 TRACEBACK_ENV = "MMIT_TRACEBACK"
 _PACKAGE = str(Path(__file__).resolve().parent)
+
+
+def whole_number(least: int):
+    """An argparse type: a whole number, ``least`` or more (argparse names the option it refuses)."""
+
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be {least} or more, not {value}")
+        return value
+
+    return count
 
 
 def _raised_in_mmit(err: BaseException) -> bool:

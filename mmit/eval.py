@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 from omegaconf import DictConfig, OmegaConf
 
 from mmit.benchmarks import BENCHMARKS, load_benchmarks
-from mmit.cli import user_errors
+from mmit.cli import user_errors, whole_number
 from mmit.data.sources import DataFile
 from mmit.grounding import GROUNDING_NOTE, PRIOR_FILE, AnswerPrior, grounding_line, grounding_table
 from mmit.metrics import VQA_NORMALISATIONS
@@ -330,7 +330,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="NAME=ROOT",
         help=f"a standard benchmark in its official layout (repeatable): {', '.join(BENCHMARKS)}",
     )
-    p.add_argument("--max-samples", type=int, default=0, help="per task of each set (0 = all)")
+    p.add_argument("--max-samples", type=whole_number(0), default=0, help="per task of each set (0 = all)")
     p.add_argument("--out", type=Path, help="output directory (default RUN_DIR/eval/<checkpoint>)")
     p.add_argument(
         "--batch-size",
@@ -379,13 +379,13 @@ def add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int = 32) ->
     g = p.add_argument_group("generation (greedy unless --num-beams or --sample)")
     g.add_argument(
         "--max-new-tokens",
-        type=int,
+        type=whole_number(1),
         default=None,
         help=f"for every answer; default: the run's trainer.max_new_tokens (per task where it names tasks), else "
         f"{max_new_tokens}; benchmarks: lmms-eval's per task",
     )
     p.set_defaults(default_max_new_tokens=max_new_tokens)
-    g.add_argument("--num-beams", type=int, default=1)
+    g.add_argument("--num-beams", type=whole_number(1), default=1)
     g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--top-p", type=float, default=1.0)
@@ -419,17 +419,17 @@ def main(argv: list[str] | None = None) -> Path:
     for item in args.sets:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
-            raise SystemExit(f"--sets takes NAME=PATH, not {item!r}")
+            raise ValueError(f"--sets takes NAME=PATH, not {item!r}")
         extra[name] = DataFile(path, args.images_dir)
     if args.images_dir is not None and not args.sets:
-        raise SystemExit("--images-dir goes with --sets (the run's own sets keep the folder they were trained with)")
+        raise ValueError("--images-dir goes with --sets (the run's own sets keep the folder they were trained with)")
     if args.images_dir is not None and not args.images_dir.is_dir():
-        raise SystemExit(f"--images-dir {args.images_dir} is not a folder")
+        raise ValueError(f"--images-dir {args.images_dir} is not a folder")
     benchmarks = {}
     for item in args.benchmark:
         name, sep, root = item.partition("=")
         if not sep or name not in BENCHMARKS or not root:
-            raise SystemExit(f"--benchmark takes NAME=ROOT with NAME one of {', '.join(BENCHMARKS)}, not {item!r}")
+            raise ValueError(f"--benchmark takes NAME=ROOT with NAME one of {', '.join(BENCHMARKS)}, not {item!r}")
         benchmarks[name] = root
     if args.out is not None:  # a folder of the user's, the run's or the current one is not replaced
         check_replaceable(args.out, "mmit.eval")
@@ -451,7 +451,7 @@ def main(argv: list[str] | None = None) -> Path:
     if args.only:
         unknown = set(args.only) - set(sets)
         if unknown:
-            raise SystemExit(f"--only names unknown set(s) {sorted(unknown)}; sets: {sorted(sets)}")
+            raise ValueError(f"--only names unknown set(s) {sorted(unknown)}; sets: {sorted(sets)}")
         sets = {name: paths for name, paths in sets.items() if name in args.only}
 
     vqa_normalisation = vqa_normalisation_of(loaded, args.vqa_normalisation)

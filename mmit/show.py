@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from itertools import islice
 from pathlib import Path
 
-from mmit.cli import user_errors
+from mmit.cli import user_errors, whole_number
 from mmit.data.samples import BAD_JSON, PLACEHOLDERS, Conversation
 from mmit.data.shards import read_shards, shard_urls
 
@@ -230,32 +230,19 @@ def print_token_counts(directories: list[Path], overrides: list[str], wording, l
     )
 
 
-def _count(least: int):
-    """An argument type: a whole number, ``least`` or more (argparse names the option it refuses)."""
-
-    def count(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < least:
-            raise argparse.ArgumentTypeError(f"must be {least} or more, not {value}")
-        return value
-
-    return count
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m mmit.show", description=__doc__.splitlines()[0])
     parser.add_argument("path", type=Path, help="a build directory (with manifest.json) or one shard folder")
-    parser.add_argument("--samples", type=_count(0), default=3, help="conversations to print per set")
+    parser.add_argument("--samples", type=whole_number(0), default=3, help="conversations to print per set")
     parser.add_argument("--sheet", type=Path, help="write a PNG contact sheet: one cell per distinct image")
-    parser.add_argument("--sheet-count", type=_count(1), default=16, help="distinct images on the sheet")
+    parser.add_argument("--sheet-count", type=whole_number(1), default=16, help="distinct images on the sheet")
     parser.add_argument("--tokens", action="store_true", help="count tokens per conversation by part, per set and task")
     parser.add_argument(
         "--llm", help="the LLM whose tokenizer counts (a conf/llm option; default smollm2_135m, or the recipe's)"
     )
-    parser.add_argument("--token-samples", type=_count(0), default=0, help="conversations counted per set (0: all)")
+    parser.add_argument(
+        "--token-samples", type=whole_number(0), default=0, help="conversations counted per set (0: all)"
+    )
     parser.add_argument(
         "overrides",
         nargs="*",

@@ -164,13 +164,22 @@ def test_eval_and_chat_check_their_command_line_before_loading_torch(tmp_path):
     probe = "import sys, mmit.eval, mmit.chat; print(sorted(m for m in ('torch', 'transformers', 'matplotlib') if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert loaded.returncode == 0 and loaded.stdout.strip() == "[]", loaded.stderr
-    for command, message in (
-        (["mmit.eval", "nowhere", "--sets", "oops"], "--sets takes NAME=PATH, not 'oops'"),
-        (["mmit.eval", "nowhere", "--images-dir", "."], "--images-dir goes with --sets"),
-        (["mmit.chat", "nowhere", "hi"], "mmit.chat: nowhere is not a run directory (no config.yaml)"),
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "red.png")
+    for command, status, message in (
+        (["mmit.eval", "nowhere", "--sets", "oops"], 1, "mmit.eval: --sets takes NAME=PATH, not 'oops'"),
+        (["mmit.eval", "nowhere", "--images-dir", "."], 1, "mmit.eval: --images-dir goes with --sets"),
+        (["mmit.eval", "nowhere", "--max-new-tokens", "0"], 2, "argument --max-new-tokens: must be 1 or more, not 0"),
+        (["mmit.eval", "nowhere", "--max-samples", "-1"], 2, "argument --max-samples: must be 0 or more, not -1"),
+        (["mmit.chat", "nowhere", "hi"], 1, "mmit.chat: nowhere is not a run directory (no config.yaml)"),
+        (
+            ["mmit.chat", "nowhere", "--audio", "red.png", "hi"],
+            1,
+            "mmit.chat: --audio red.png is an image file, not audio",
+        ),
+        (["mmit.chat", "nowhere", "--image", "red.png"], 1, "mmit.chat: --image / --audio go with a prompt"),
     ):
         out = _run(*command, cwd=tmp_path)
-        assert out.returncode == 1 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
+        assert out.returncode == status and message in out.stderr and "Traceback" not in out.stderr, out.stderr
 
 
 @pytest.mark.parametrize(
