@@ -97,3 +97,25 @@ def test_data_files_take_one_path_for_a_list_and_say_what_is_wrong(tmp_path):
         DataFiles(train=["a.jsonl"], eval=["b.jsonl"])
     with pytest.raises(FileNotFoundError, match="images_dir: .*nowhere is not a folder"):
         DataFiles(train=["a.jsonl"], images_dir=str(tmp_path / "nowhere"))
+    # An empty list, and a folder of JSON files given where data=files reads files or shard folders
+    # (were "no usable samples (skipped: {})" and "no shard-*.tar files in my_data", after the model was built)
+    with pytest.raises(ValueError, match="data.source.train is an empty list: name the JSON / JSONL files"):
+        DataFiles(train=[])
+    with pytest.raises(ValueError, match=r"data.source.eval.heldout is an empty list"):
+        DataFiles(train=["a.jsonl"], eval={"heldout": []})
+    (tmp_path / "my_data").mkdir()
+    (tmp_path / "my_data" / "train.json").write_text("[]")
+    with pytest.raises(ValueError, match=r"my_data is a folder of data files \(train.json\), not of shards; list"):
+        DataFiles(train=[str(tmp_path / "my_data")])
+
+
+def test_jsonl_lines_in_a_json_file_are_told_to_be_named_jsonl(tmp_path):
+    from mmit.data.sources import DataFileError, read_conversations
+
+    lines = tmp_path / "lines.json"
+    record = '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}'
+    lines.write_text(f"{record}\n{record}\n")
+    with pytest.raises(
+        DataFileError, match=r"lines.json:2: bad JSON \(Extra data\); a .json file is read as one JSON list"
+    ):
+        read_conversations([str(lines)])

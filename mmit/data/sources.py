@@ -86,6 +86,15 @@ class DataFiles:
             paths = [paths]
         if not isinstance(paths, list | tuple) or not all(isinstance(p, str | Path) for p in paths):
             raise ValueError(f"{key} must be a list of files or shard folders, not {paths!r}")
+        if not paths:
+            raise ValueError(f"{key} is an empty list: name the JSON / JSONL files or shard folders to read")
+        for path in map(Path, paths):
+            # a folder of JSON files, not of shards: data=files reads the files it is given, listed
+            if path.is_dir() and any(path.glob("*.json*")) and not any(path.glob("**/shard-*.tar")):
+                listed = ", ".join(sorted(p.name for p in path.glob("*.json*"))[:3])
+                raise ValueError(
+                    f"{key}: {path} is a folder of data files ({listed}), not of shards; list the files themselves"
+                )
         return [DataFile(p, self.images_dir) for p in paths]
 
 
@@ -102,7 +111,9 @@ def _records(path: Path) -> Iterator[tuple[str, object]]:
             line = raw[: err.start].count(b"\n") + 1
             raise DataFileError(f"{path}:{line}: text is not UTF-8") from err
         except BAD_JSON as err:
-            raise DataFileError(f"{path}{json_line(err)}: bad JSON ({json_problem(err)})") from err
+            lines = raw.lstrip().startswith(b"{") and "Extra data" in str(err)  # one record a line: JSONL
+            hint = "; a .json file is read as one JSON list: name a file of one record a line .jsonl" if lines else ""
+            raise DataFileError(f"{path}{json_line(err)}: bad JSON ({json_problem(err)}){hint}") from err
         if not isinstance(records, list):
             raise DataFileError(f"{path}: expected a JSON list of records")
         for i, record in enumerate(records):
