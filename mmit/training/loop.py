@@ -25,6 +25,7 @@ from transformers import (
 from mmit.data.collate import Collator
 from mmit.data.datasets import TokenizedDataset
 from mmit.data.features import FeatureStore
+from mmit.data.loader import DataChangedError
 from mmit.data.samples import Conversation
 from mmit.evaluation import benchmark_metrics, evaluate_benchmarks, evaluate_set, sample_losses
 from mmit.generation import ANSWER_BATCH, GenerationOptions
@@ -428,8 +429,14 @@ def resume_weights_and_data(resume_from: Path | None, model: MultimodalLM, strea
     if resume_from is None:
         return None
     state = read_state(resume_from)
+    try:
+        stream.load_state(data_state_for(state, d))
+    except DataChangedError as err:
+        raise DataChangedError(
+            f"{resume_from}: {err}; its run goes on only on those data. To train on these, choose a new "
+            f"folder (hydra.run.dir=...), if you like from this run's weights: init_from={resume_from}"
+        ) from None
     load_trainable(model, resume_from)  # before any sharding: whole tensors into whole parameters
-    stream.load_state(data_state_for(state, d))
     log.info("resumed from %s at step %d", resume_from, state["step"])
     return state
 

@@ -136,6 +136,29 @@ def test_a_resume_refuses_changes_the_checkpoint_cannot_honour(compose, tmp_path
     assert summary["resumed_from_step"] == 2
 
 
+def test_a_resume_on_edited_training_data_is_refused(compose, tmp_path):
+    # The config is the same; the file it names is not. The run went on at a position of another order.
+    from mmit.data.loader import DataChangedError
+
+    data = tmp_path / "train.jsonl"
+    words = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+    lines = [
+        json.dumps({"messages": [{"role": "user", "content": f"Say {w}."}, {"role": "assistant", "content": w}]})
+        for w in words
+    ]
+    data.write_text("\n".join(lines) + "\n")
+    files = [*TEXT[3:], "data=files", f"data.source.train=[{data}]", "trainer.batch_size=2"]
+    run_dir = tmp_path / "run"
+    run(compose(["+recipe=text_tiny", *files, "trainer.max_steps=2"]), run_dir)
+    data.write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(
+        DataChangedError, match=r"step-0000002: the training data differ .* \(10 samples then, 9 now\); .*init_from="
+    ):
+        run(compose(["+recipe=text_tiny", *files, "trainer.max_steps=4"]), run_dir)
+    data.write_text("\n".join(lines) + "\n")  # the same data again: it resumes
+    assert run(compose(["+recipe=text_tiny", *files, "trainer.max_steps=4"]), run_dir)["resumed_from_step"] == 2
+
+
 def test_save_checkpoint_compares_the_weights_with_the_previous_checkpoint(tmp_path):
     from mmit.training.checkpoint import DivergedError
 

@@ -85,7 +85,7 @@ def test_run_directory_holds_only_safe_files(trained_run):
     assert suffixes <= {".safetensors", ".json", ".md"}, suffixes  # peft adds a README.md model card
     assert (ckpt / "adapter" / "adapter_model.safetensors").exists()
     state = json.loads((ckpt / "state.json").read_text())
-    assert state["step"] == 40 and set(state["data"]) == {"epoch", "index"}
+    assert state["step"] == 40 and set(state["data"]) == {"epoch", "index", "samples", "data"}
     assert "| eval/heldout/loss |" in (run_dir / "summary.md").read_text()
     assert json.loads((run_dir / "summary.json").read_text())["vqa_normalisation"] == "lmms_eval"
 
