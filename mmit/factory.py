@@ -362,6 +362,15 @@ def build_training_batches(
     if cfg.decode_workers and decoded:
         pool = decode_pool({kind: collate.preprocess[kind] for kind in decoded}, cfg.decode_workers)
         log.info("%s decoded in %d worker processes", " and ".join(decoded), cfg.decode_workers)
+    per_step = cfg.batch_size * d.world_size
+    if hasattr(train_set, "__len__") and len(train_set) < per_step:  # streamed data have no length
+        log.warning(
+            "trainer.batch_size=%d%s is more than the %d training samples: each step takes all %d",
+            cfg.batch_size,
+            f" x {d.world_size} processes" if d.world_size > 1 else "",
+            len(train_set),
+            len(train_set),
+        )
     stream = batch_stream(
         train_set,
         collate.with_pool(pool) if pool else collate,

@@ -136,7 +136,7 @@ def test_a_resume_refuses_changes_the_checkpoint_cannot_honour(compose, tmp_path
     assert summary["resumed_from_step"] == 2
 
 
-def test_a_resume_on_edited_training_data_is_refused(compose, tmp_path):
+def test_a_resume_on_edited_training_data_is_refused(compose, tmp_path, caplog):
     # The config is the same; the file it names is not. The run went on at a position of another order.
     from mmit.data.loader import DataChangedError
 
@@ -157,6 +157,9 @@ def test_a_resume_on_edited_training_data_is_refused(compose, tmp_path):
         run(compose(["+recipe=text_tiny", *files, "trainer.max_steps=4"]), run_dir)
     data.write_text("\n".join(lines) + "\n")  # the same data again: it resumes
     assert run(compose(["+recipe=text_tiny", *files, "trainer.max_steps=4"]), run_dir)["resumed_from_step"] == 2
+    with caplog.at_level(logging.WARNING, logger="mmit.factory"):  # more than the data: said, not silent
+        run(compose(["+recipe=text_tiny", *files, "trainer.batch_size=16", "trainer.max_steps=1"]), tmp_path / "big")
+    assert "trainer.batch_size=16 is more than the 10 training samples: each step takes all 10" in caplog.text
 
 
 def test_save_checkpoint_compares_the_weights_with_the_previous_checkpoint(tmp_path):
