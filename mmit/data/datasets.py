@@ -6,6 +6,7 @@ counts what they skip); ``mmit.data.loader.batch_stream`` turns one into batches
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -35,6 +36,18 @@ class _PolicyCounts:
         return self.tokenize.truncated
 
 
+def conversations_fingerprint(conversations: list[Conversation]) -> str:
+    """A short hash of the conversations: ids, turns and the media each names."""
+    digest = hashlib.sha256()
+    for conv in conversations:
+        digest.update(f"{conv.id}\0".encode())
+        for message in conv.messages:
+            digest.update(f"{message.role}\0{message.content}\0".encode("utf-8", "surrogatepass"))
+        for media in conv.media:
+            digest.update(f"{media.kind}:{media.path or len(media.data or b'')}\0".encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()[:16]
+
+
 class TokenizedDataset(_PolicyCounts, Dataset):
     """Conversations tokenized once up front and held in memory."""
 
@@ -42,6 +55,9 @@ class TokenizedDataset(_PolicyCounts, Dataset):
         self.name, self.tokenize = name, tokenize
         samples = (tokenize(c) for c in tqdm(conversations, desc=f"tokenize {name}", unit="sample", leave=False))
         self.samples: list[TokenizedSample] = [s for s in samples if s is not None]
+        # What the samples were made of, before the chat template (some stamp today's date into it):
+        # a resumed run checks that its data are the ones its checkpoint was trained on.
+        self.fingerprint = conversations_fingerprint(conversations)
         if not self.samples:
             raise ValueError(f"{name}: no usable samples (skipped: {dict(tokenize.skipped)})")
 

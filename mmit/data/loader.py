@@ -13,10 +13,8 @@ process's endless stream of batches out.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import queue
 import threading
-from array import array
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -70,7 +68,6 @@ class BatchStream:
         self.rank, self.world_size = rank, world_size
         self.epoch, self.index = 0, 0
         self._cached: tuple[int, list[list[int]]] | None = None
-        self._fingerprint: str | None = None
 
     def _length(self, i: int) -> int:
         return len(self.dataset[i].input_ids)
@@ -106,28 +103,20 @@ class BatchStream:
         return self.collate([self.dataset[i] for i in mine])
 
     def state(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index, "samples": len(self.dataset), "data": self.fingerprint()}
+        state = {"epoch": self.epoch, "index": self.index}
+        fingerprint = getattr(self.dataset, "fingerprint", None)  # a TokenizedDataset's (mmit.data.datasets)
+        return state if fingerprint is None else {**state, "samples": len(self.dataset), "data": fingerprint}
 
     def load_state(self, state: dict) -> None:
         """The position of ``state``, on the data it was taken on: other data would resume at a
         position of another order (a checkpoint from before this check has no fingerprint to compare)."""
-        if "data" in state and (state["samples"], state["data"]) != (len(self.dataset), self.fingerprint()):
+        now = (len(self.dataset), getattr(self.dataset, "fingerprint", None))
+        if "data" in state and now[1] is not None and (state["samples"], state["data"]) != now:
             raise DataChangedError(
                 f"the training data differ from those the checkpoint was trained on ({state['samples']} samples "
-                f"then, {len(self.dataset)} now{', other contents' if state['samples'] == len(self.dataset) else ''})"
+                f"then, {now[0]} now{', other contents' if state['samples'] == now[0] else ''})"
             )
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
-
-    def fingerprint(self) -> str:
-        """A hash of the samples as tokenized (ids, tokens, labels, media count), computed once."""
-        if self._fingerprint is None:
-            digest = hashlib.sha256()
-            for sample in (self.dataset[i] for i in range(len(self.dataset))):
-                labels, media = getattr(sample, "labels", ()), getattr(sample, "media", ())
-                digest.update(f"{sample.id}\0{len(media)}\0".encode())
-                digest.update(array("q", sample.input_ids).tobytes() + array("q", labels).tobytes())
-            self._fingerprint = digest.hexdigest()[:16]
-        return self._fingerprint
 
 
 class DataChangedError(ValueError):
