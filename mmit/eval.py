@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     from mmit.inference import LoadedModel
 
 log = logging.getLogger("mmit.eval")
+# The files only an mmit.eval report holds: a report from before the .mmit-output mark is replaced too.
+EARLIER_REPORT = ("metrics.json", "predictions.jsonl", "report.md")
 
 
 def eval_sets_of(loaded: LoadedModel, extra: dict[str, str]) -> dict[str, list[str]]:
@@ -282,7 +284,7 @@ def write_outputs(
     from mmit.plots import plot_benchmarks, plot_grounding, plot_task_scores, plot_training_curves
     from mmit.training.loop import answers_by_set
 
-    with atomic_dir(out, "mmit.eval", guard=chosen) as tmp:
+    with atomic_dir(out, "mmit.eval", guard=chosen, earlier=EARLIER_REPORT) as tmp:
         for name, content in (files or {}).items():
             (tmp / name).write_text(json.dumps(content), encoding="utf-8")
         (tmp / "metrics.json").write_text(json.dumps({**info, "scores": scores}, indent=1), encoding="utf-8")
@@ -432,7 +434,7 @@ def main(argv: list[str] | None = None) -> Path:
             raise ValueError(f"--benchmark takes NAME=ROOT with NAME one of {', '.join(BENCHMARKS)}, not {item!r}")
         benchmarks[name] = root
     if args.out is not None:  # a folder of the user's, the run's or the current one is not replaced
-        check_replaceable(args.out, "mmit.eval")
+        check_replaceable(args.out, "mmit.eval", EARLIER_REPORT)
     if args.run_dir is not None:
         run_config(args.run_dir)
     read = load_benchmarks(benchmarks)  # every one read (and checked) before a model loads or a set is answered

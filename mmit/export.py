@@ -44,6 +44,8 @@ EXPORT_WRITER = "mmit.export"  # the mark in each format folder it writes: only 
 MULTIMODAL_JSON = "mmit_multimodal.json"
 MULTIMODAL_WEIGHTS = "mmit_multimodal.safetensors"
 BASE_MODEL_JSON = "mmit_base_model.json"
+# An adapter folder from before the mark is known by these; a merged or LLaVA folder holds nothing of mmit's own.
+EARLIER_ADAPTER = ("adapter_config.json", BASE_MODEL_JSON)
 LLAVA_VISION_TYPES = ("clip_vision_model", "siglip_vision_model")
 
 
@@ -224,7 +226,7 @@ def export_adapter(model: MultimodalLM, out_dir: str | Path, cfg: DictConfig | N
         )
     out_dir = Path(out_dir)
     base = base_model_info(model, cfg)
-    with atomic_dir(out_dir, EXPORT_WRITER) as tmp:
+    with atomic_dir(out_dir, EXPORT_WRITER, earlier=EARLIER_ADAPTER) as tmp:
         with warnings.catch_warnings():
             # peft looks the base up on the hub to see whether its vocabulary changed; offline it warns
             warnings.filterwarnings("ignore", message="Could not find a config file", category=UserWarning)
@@ -517,7 +519,7 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     if args.out.exists() and not args.out.is_dir():
         raise SystemExit(f"mmit.export: --out {args.out} is a file, not a folder")
     for fmt in FORMATS if args.format == "all" else (args.format,):  # before the model loads
-        check_replaceable(args.out / fmt, EXPORT_WRITER)
+        check_replaceable(args.out / fmt, EXPORT_WRITER, EARLIER_ADAPTER if fmt == "adapter" else ())
     try:
         loaded = load_run(args.run_dir, args.checkpoint, device=args.device, precision="fp32")
     except UnsafeConfigError as err:

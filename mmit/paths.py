@@ -12,7 +12,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -81,10 +81,11 @@ class OutputFolderError(ValueError):
     """A folder a command would replace holds something else: the user's files are never deleted."""
 
 
-def check_replaceable(final: str | Path, writer: str) -> None:
+def check_replaceable(final: str | Path, writer: str, earlier: Collection[str] = ()) -> None:
     """``writer`` (``mmit.eval``, ``mmit.export``) may write the folder ``final`` whole: it is absent,
-    empty, or one that ``writer`` wrote before (its ``OUTPUT_MARK`` says so). A run folder, a data
-    folder or the current one would be deleted by the replacement, so anything else is refused."""
+    empty, or one that ``writer`` wrote before: its ``OUTPUT_MARK`` says so, or, from before the
+    marks, it holds every one of the ``earlier`` files that only ``writer`` writes. A run folder, a
+    data folder or the current one would be deleted by the replacement, so anything else is refused."""
     final = Path(final).absolute()  # "." named as the folder it is
     if not final.exists() and not final.is_symlink():
         return
@@ -92,16 +93,25 @@ def check_replaceable(final: str | Path, writer: str) -> None:
         raise OutputFolderError(f"{final} is not a folder ({writer} writes a folder there)")
     names = sorted(p.name for p in final.iterdir())
     mark = final / OUTPUT_MARK
-    if not names or (mark.is_file() and mark.read_text(encoding="utf-8", errors="replace").strip() == writer):
+    if mark.is_file() and mark.read_text(encoding="utf-8", errors="replace").strip() == writer:
         return
-    listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    if not names or (earlier and set(earlier) <= set(names)):
+        return
     raise OutputFolderError(
-        f"{final} holds files {writer} did not write ({listed}); it replaces only a folder it wrote: give a new folder"
+        f"{final} holds files that {writer} did not write, by its {OUTPUT_MARK} mark ({some(names)}); it "
+        "replaces only a folder it wrote: delete it or give a new folder"
     )
 
 
+def some(names: list[str], shown: int = 3) -> str:
+    """The first ``shown`` names, and "..." for the rest."""
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
+
+
 @contextmanager
-def atomic_dir(final: Path, writer: str | None = None, guard: bool = True) -> Iterator[Path]:
+def atomic_dir(
+    final: Path, writer: str | None = None, guard: bool = True, earlier: Collection[str] = ()
+) -> Iterator[Path]:
     """Yield a temporary sibling directory that is renamed to ``final`` only on success. With
     ``writer`` (a command writing a folder for the user), the new folder carries the writer's mark,
     and with ``guard`` (the user chose the folder) an existing ``final`` is replaced only when
@@ -109,7 +119,7 @@ def atomic_dir(final: Path, writer: str | None = None, guard: bool = True) -> It
     final = Path(final).absolute()
     guard = bool(writer) and guard
     if guard:
-        check_replaceable(final, writer)
+        check_replaceable(final, writer, earlier)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
@@ -117,7 +127,7 @@ def atomic_dir(final: Path, writer: str | None = None, guard: bool = True) -> It
         if writer:
             (tmp / OUTPUT_MARK).write_text(writer + "\n", encoding="utf-8")
         if guard:
-            check_replaceable(final, writer)  # again: the folder may have changed while tmp was written
+            check_replaceable(final, writer, earlier)  # again: the folder may have changed while tmp was written
         ordinary_modes(tmp)
         if final.exists():
             shutil.rmtree(final)

@@ -17,7 +17,10 @@ def _user_folder(path):
 
 def test_a_folder_of_other_files_is_refused_and_left_as_it_was(tmp_path):
     victim = _user_folder(tmp_path / "victim")
-    with pytest.raises(OutputFolderError, match=r"victim holds files mmit.eval did not write \(notes.txt\)"):
+    with pytest.raises(
+        OutputFolderError,
+        match=r"victim holds files that mmit.eval did not write, by its .mmit-output mark \(notes.txt\); .*delete it",
+    ):
         with atomic_dir(victim, "mmit.eval") as tmp:
             (tmp / "metrics.json").write_text("{}")
     assert [p.name for p in victim.iterdir()] == ["notes.txt"]
@@ -54,16 +57,30 @@ def test_eval_and_export_refuse_before_loading_anything(tmp_path, monkeypatch):
     from mmit.export import main as export
 
     victim = _user_folder(tmp_path / "victim")
-    with pytest.raises(SystemExit, match=r"mmit.eval: .*victim holds files mmit.eval did not write"):
+    with pytest.raises(SystemExit, match=r"mmit.eval: .*victim holds files that mmit.eval did not write"):
         evaluate([str(tmp_path / "no_run"), "--out", str(victim)])  # refused before the run is even read
     monkeypatch.chdir(victim)
-    with pytest.raises(SystemExit, match=r"mmit.eval: .*victim holds files mmit.eval did not write"):
+    with pytest.raises(SystemExit, match=r"mmit.eval: .*victim holds files that mmit.eval did not write"):
         evaluate([str(tmp_path / "no_run"), "--out", "."])
     _user_folder(tmp_path / "exports")
     _user_folder(tmp_path / "exports" / "merged")
-    with pytest.raises(SystemExit, match=r"mmit.export: .*merged holds files mmit.export did not write"):
+    with pytest.raises(SystemExit, match=r"mmit.export: .*merged holds files that mmit.export did not write"):
         export([str(tmp_path / "no_run"), "--out", str(tmp_path / "exports"), "--format", "merged"])
     with pytest.raises(SystemExit, match=r"mmit.export: --out .*notes.txt is a file, not a folder"):
         export([str(tmp_path / "no_run"), "--out", str(victim / "notes.txt")])
     assert [p.name for p in victim.iterdir()] == ["notes.txt"]
     assert (tmp_path / "exports" / "merged" / "notes.txt").read_text() == "keep"
+
+
+def test_a_report_or_adapter_from_before_the_marks_is_still_replaced(tmp_path):
+    from mmit.eval import EARLIER_REPORT
+    from mmit.export import EARLIER_ADAPTER, EXPORT_WRITER
+
+    for writer, files in (("mmit.eval", EARLIER_REPORT), (EXPORT_WRITER, EARLIER_ADAPTER)):
+        earlier = tmp_path / writer
+        earlier.mkdir()
+        for name in files:
+            (earlier / name).write_text("{}")
+        with atomic_dir(earlier, writer, earlier=files) as tmp:
+            (tmp / "new.json").write_text("{}")
+        assert sorted(p.name for p in earlier.iterdir()) == [OUTPUT_MARK, "new.json"]

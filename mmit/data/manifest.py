@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import mmit
 from mmit.data.recipes import BuildError, template_paths
-from mmit.paths import LOCK_FILE, RECIPES_DIR, atomic_write_text
+from mmit.paths import LOCK_FILE, RECIPES_DIR, atomic_write_text, some
 
 
 def build_fingerprint(cfg: DictConfig) -> str:
@@ -72,8 +72,7 @@ def check_not_foreign(out: Path) -> None:
     others = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE)
     if others:
         raise BuildError(
-            f"{out} holds files that are not an mmit build ({', '.join(others[:3])}"
-            f"{', ...' if len(others) > 3 else ''}); choose a new or empty output folder"
+            f"{out} holds files that are not an mmit build ({some(others)}); choose a new or empty output folder"
         )
 
 
