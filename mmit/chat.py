@@ -23,8 +23,12 @@ from mmit.saved_config import UnsafeConfigError, run_config
 if TYPE_CHECKING:
     from mmit.inference import ChatSession
 
-HELP = """commands: /image PATH  /audio PATH  (attach to your next message)
+HELP = """commands: /image PATH  /audio PATH  /video PATH  (attach to your next message)
           /reset  (new conversation)   /quit  (or Ctrl-D)"""
+
+
+def article(kind: str) -> str:
+    return "an" if kind[0] in "aeiou" else "a"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -35,6 +39,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--checkpoint", default="latest", help="latest (default), none, a step number or a directory")
     p.add_argument("--image", action="append", default=[], type=Path, help="attach an image (repeatable)")
     p.add_argument("--audio", action="append", default=[], type=Path, help="attach an audio clip (repeatable)")
+    p.add_argument("--video", action="append", default=[], type=Path, help="attach a video (repeatable)")
     p.add_argument("--system", help="a system message")
     p.add_argument("--device", default="auto")
     p.add_argument(
@@ -60,7 +65,7 @@ def shown(answer: str, session: ChatSession) -> str:
 
 
 def interact(session: ChatSession, read=input, write=print) -> None:
-    """The read-answer loop; media attached with /image or /audio go with the next message."""
+    """The read-answer loop; media attached with /image, /audio or /video go with the next message."""
     pending = []
     write(HELP)
     while True:
@@ -78,10 +83,10 @@ def interact(session: ChatSession, read=input, write=print) -> None:
                 session.reset()
                 pending = []
                 write("(new conversation)")
-            elif command in ("/image", "/audio"):
+            elif command in ("/image", "/audio", "/video"):
                 ref = media_ref(rest.strip())
                 if ref.kind != command[1:]:
-                    raise ValueError(f"{rest.strip()} is not an {command[1:]} file")
+                    raise ValueError(f"{rest.strip()} is {article(ref.kind)} {ref.kind} file, not {command[1:]}")
                 pending.append(ref)
                 write(f"(attached {rest.strip()})")
             elif command.startswith("/"):
@@ -100,14 +105,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     # Mistakes in the command line fail in a second: before torch and the model load.
     media = []
-    for flag, paths in (("image", args.image), ("audio", args.audio)):
+    for flag, paths in (("image", args.image), ("audio", args.audio), ("video", args.video)):
         for path in paths:
             media.append(media_ref(path))  # its kind read from the file's extension
             if media[-1].kind != flag:
                 kind = media[-1].kind
-                raise ValueError(f"--{flag} {path} is {'an' if kind[0] in 'aeiou' else 'a'} {kind} file, not {flag}")
+                raise ValueError(f"--{flag} {path} is {article(kind)} {kind} file, not {flag}")
     if media and args.prompt is None:
-        raise ValueError("--image / --audio go with a prompt; in the interactive chat use /image PATH")
+        raise ValueError("--image / --audio / --video go with a prompt; in the interactive chat use /image PATH")
     if args.run_dir is not None:
         run_config(args.run_dir)
     from mmit.inference import ChatSession, load_base, load_run

@@ -176,7 +176,12 @@ def test_eval_and_chat_check_their_command_line_before_loading_torch(tmp_path):
             1,
             "mmit.chat: --audio red.png is an image file, not audio",
         ),
-        (["mmit.chat", "nowhere", "--image", "red.png"], 1, "mmit.chat: --image / --audio go with a prompt"),
+        (["mmit.chat", "nowhere", "--image", "red.png"], 1, "mmit.chat: --image / --audio / --video go with a prompt"),
+        (
+            ["mmit.chat", "nowhere", "--video", "red.png", "hi"],
+            1,
+            "mmit.chat: --video red.png is an image file, not video",
+        ),
     ):
         out = _run(*command, cwd=tmp_path)
         assert out.returncode == status and message in out.stderr and "Traceback" not in out.stderr, out.stderr
