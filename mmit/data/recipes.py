@@ -19,6 +19,7 @@ import dataclasses
 import difflib
 import importlib
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -213,11 +214,12 @@ def compose_recipe(recipe: str, overrides: list[str] = ()) -> DictConfig:
         raise BuildError(str(err)) from None
 
 
-def load_template_files(paths: str | list[str]) -> dict:
-    """One template file, or several (e.g. vision + audio) merged; a task may appear in one file only."""
+def load_template_files(paths: str | list[str], held_out: Collection[str] = ()) -> dict:
+    """One template file, or several (e.g. vision + audio) merged; a task may appear in one file only.
+    ``held_out``: the tasks that must have held-out wordings (``load_templates``)."""
     templates: dict = {}
     for path in [paths] if isinstance(paths, str) else list(paths):
-        loaded = load_templates(path, TEMPLATE_FIELDS)
+        loaded = load_templates(path, TEMPLATE_FIELDS, held_out)
         twice = set(templates) & set(loaded)
         if twice:
             raise BuildError(f"tasks {sorted(twice)} have templates in more than one file")
@@ -234,8 +236,10 @@ def template_paths(cfg: DictConfig) -> list[str]:
 
 
 def recipe_templates(cfg: DictConfig) -> dict:
-    """The templates of a composed recipe (``templates``: one file or a list of them)."""
-    return load_template_files(template_paths(cfg))
+    """The templates of a composed recipe (``templates``: one file or a list of them). Where the build
+    keeps images for evaluation, each task but the held-out ones needs held-out wordings."""
+    worded = set(TEMPLATE_FIELDS) - set(cfg.shaping.held_out_tasks) if cfg.eval_fraction > 0 else ()
+    return load_template_files(template_paths(cfg), worded)
 
 
 def shaping_config(cfg: DictConfig, templates: dict) -> ShapingConfig:

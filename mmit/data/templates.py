@@ -104,13 +104,16 @@ def _entry(node: yaml.Node, task: str, where: str) -> Template:
     return Template(values["id"], task, values["text"].strip(), held_out)
 
 
-def load_templates(path: str | Path, fields: Mapping[str, Collection[str]] | None = None) -> dict[str, list[Template]]:
+def load_templates(
+    path: str | Path, fields: Mapping[str, Collection[str]] | None = None, held_out: Collection[str] = ()
+) -> dict[str, list[Template]]:
     """Read and check a template file: every task has a training template, ids are unique.
 
     ``fields``: the tasks a build words and the fields each supplies. Given, a task it does not name
-    is refused (a misspelt task would never be used), each template must show exactly its task's
-    fields (a question template without ``{question}`` asks the same thing every time), and each
-    task needs a held-out template too, for the evaluation set of unseen wordings.
+    is refused (a misspelt task would never be used), and each template must show exactly its task's
+    fields (a question template without ``{question}`` asks the same thing every time).
+    ``held_out``: the tasks whose evaluation set of unseen wordings will be built: each of them the
+    file words needs a held-out template.
     """
     path = Path(path)
     try:
@@ -149,7 +152,7 @@ def load_templates(path: str | Path, fields: Mapping[str, Collection[str]] | Non
             templates.append(template)
         if not any(not t.held_out for t in templates):
             raise TemplateError(f"{at}: task {task!r} has no training template (held_out: false)")
-        if fields is not None and all(not t.held_out for t in templates):
+        if task in held_out and all(not t.held_out for t in templates):
             raise TemplateError(
                 f"{at}: task {task!r} has no held-out template (held_out: true) to word its evaluation set"
             )

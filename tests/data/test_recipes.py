@@ -257,3 +257,19 @@ def test_an_edited_template_file_is_another_build(tmp_path, monkeypatch):
     recipe_data_files("demo_vqa", overrides)  # the same recipe and settings, another wording: built again
     after = json.loads((out / "manifest.json").read_text())["sets"]["train"]["by_template"]
     assert "vqayn-01b" in after and "vqayn-01" not in after
+
+
+def test_held_out_wordings_are_needed_only_for_the_sets_they_word(llava, tmp_path):
+    from mmit.data.recipes import recipe_templates
+    from mmit.data.templates import TemplateError
+
+    (tmp_path / "mine_templates.yaml").write_text(
+        "vqa_short:\n  - {id: s1, text: '{question}'}\ncaption_brief:\n  - {id: c1, text: 'Describe.'}\n"
+        "  - {id: c2, text: 'Say what you see.', held_out: true}\n"
+    )
+    source = f"sources:\n  - {{_target_: mmit.data.annotations.read_llava, json_file: {llava}/train.json}}\n"
+    recipe = _recipe(tmp_path, source + f"templates: {tmp_path}/mine_templates.yaml\n")
+    with pytest.raises(TemplateError, match=r"line 1: task 'vqa_short' has no held-out template"):
+        recipe_templates(compose_recipe(recipe))  # eval_fraction 0.05: val_heldout_templates words it
+    for settings in (["eval_fraction=0"], ["shaping.held_out_tasks=[vqa_short]"]):  # no set words it so
+        assert set(recipe_templates(compose_recipe(recipe, settings))) == {"vqa_short", "caption_brief"}

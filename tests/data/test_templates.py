@@ -79,7 +79,7 @@ def test_a_mistake_in_a_template_file_is_named_with_its_line(tmp_path, text, lin
     path = tmp_path / "mine.yaml"
     path.write_text(text)
     with pytest.raises(TemplateError) as caught:
-        load_templates(path, TEMPLATE_FIELDS)
+        load_templates(path, TEMPLATE_FIELDS, held_out=TEMPLATE_FIELDS)
     assert str(caught.value).startswith(f"{path}, line {line}:")
     assert message in str(caught.value)
 
@@ -115,6 +115,10 @@ def test_a_literal_brace_and_a_task_of_its_own_load_without_a_fields_table(tmp_p
         load_template_files(str(path))  # a build words only its own tasks
     path.write_text("vqa_short:\n  - {id: a, text: '{question}'}\n")
     assert [t.id for t in load_templates(path)["vqa_short"]] == ["a"]  # held-out wordings: a build's need
+    # A task held out whole, or a build keeping no images for evaluation, words no set with them.
+    assert [t.id for t in load_template_files(str(path))["vqa_short"]] == ["a"]
+    with pytest.raises(TemplateError, match="no held-out template"):
+        load_template_files(str(path), held_out=["vqa_short"])
 
 
 def test_data_needing_a_task_no_file_words_names_the_shipped_file_that_does():

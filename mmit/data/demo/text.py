@@ -186,7 +186,7 @@ def prepare_text_skills(
     if not (is_number(eval_fraction) and 0 < eval_fraction < 1):  # both splits draw annotations of their own
         raise ValueError(f"data.source.eval_fraction={eval_fraction!r}: must be between 0 and 1")
     template_path = Path(templates) if templates else RECIPES_DIR / "templates" / "text_skills.yaml"
-    by_task = load_templates(template_path, TASK_FIELDS)
+    by_task = load_templates(template_path, TASK_FIELDS, held_out=TASK_FIELDS)  # eval_heldout uses them
     spec = {
         "n_train": n_train,
         "n_eval": n_eval,
