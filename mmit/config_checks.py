@@ -154,9 +154,12 @@ def argument_problems(function: Any, given: dict[str, Any]) -> list[tuple[str | 
     the plain types ``_matches`` reads), as (name, what it must be)."""
     try:
         params = inspect.signature(function).parameters
-        hints = typing.get_type_hints(function)
-    except Exception:  # no signature, or annotations that do not resolve here: nothing to check
+    except (TypeError, ValueError):  # no signature to read: nothing to check
         return []
+    try:
+        hints = typing.get_type_hints(function)
+    except Exception:  # annotations that do not resolve here: the types go unchecked
+        hints = {}
     named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     missing = [n for n, p in params.items() if p.kind in named and p.default is p.empty and n not in given]
     problems: list[tuple[str | None, str]] = [(None, f"needs {name}") for name in missing]

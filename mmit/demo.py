@@ -15,7 +15,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio read
 
 import gradio as gr
 
-from mmit.cli import user_errors
+from mmit.cli import user_errors, whole_number
 from mmit.data.media import media_ref
 from mmit.generation import GenerationOptions
 from mmit.inference import ChatSession, LoadedModel, load_base, load_run
@@ -142,7 +142,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--max-new-tokens", type=int, default=GenerationOptions.max_new_tokens)
+    parser.add_argument("--max-new-tokens", type=whole_number(1), default=GenerationOptions.max_new_tokens)
     args = parser.parse_args(argv)
     if (args.run_dir is None) == (args.base is None):
         parser.error("give exactly one of RUN_DIR and --base OVERRIDE...")

@@ -68,8 +68,8 @@ def missing_templates(task: str, templates: dict[str, list[Template]]) -> Templa
     shipped file that does."""
     shipped = [p.name for p in sorted((RECIPES_DIR / "templates").glob("*.yaml")) if task in load_templates(p)]
     add = (
-        f"; the shipped {shipped[0]} words it: list it in the recipe's templates, e.g. "
-        f"templates: [${{recipes_dir:}}/templates/vision.yaml, ${{recipes_dir:}}/templates/{shipped[0]}]"
+        f"; the shipped {shipped[0]} words it: add ${{recipes_dir:}}/templates/{shipped[0]} to the recipe's "
+        "templates (a list of files)"
         if shipped
         else ""
     )

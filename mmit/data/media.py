@@ -161,10 +161,11 @@ def open_image(data: bytes, where: str, max_pixels: int | None = None) -> Iterat
                 f"({limit / 1e6:g} MP); refused before decoding",
             )
         if image.mode in WIDE_MODES:  # convert("RGB") clips them: a 16-bit grey PNG decodes all white
+            bits = WIDE_MODES[image.mode]
+            how = " (numpy.asarray(im) // 257 as uint8)" if bits == "16-bit" else ", scaled to 0-255"
             raise SampleError(
                 "undecodable_media",
-                f"{where}: a {WIDE_MODES[image.mode]} image (PIL mode {image.mode}); mmit reads 8 bits a channel: "
-                "convert it first (e.g. Image.fromarray((numpy.asarray(im) // 257).astype('uint8')))",
+                f"{where}: a {bits} image (PIL mode {image.mode}); mmit reads 8 bits a channel: convert it first{how}",
             )
         yield image
 

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from mmit.build import recipe_command
 from mmit.data.annotations import Annotation
-from mmit.data.instructions import CAPTION_TASKS, TEMPLATE_FIELDS
+from mmit.data.instructions import CAPTION_TASKS
 from mmit.data.manifest import file_sha256, format_manifest, recipe_manifest, source_hashes
 from mmit.data.media_checks import check_media_file
 from mmit.data.recipes import BuildError, load_template_files
@@ -397,7 +397,7 @@ def write_jobs(cfg: DictConfig, annotations: list[Annotation], tally: Tally) -> 
     if unknown:
         raise BuildError(f"unknown styles {sorted(unknown)}; known: {[*VISUAL_STYLES, 'answer']}")
     task = cfg.get("description_task", "caption_detailed")
-    if "detailed_description" in styles and (task not in templates or TEMPLATE_FIELDS[task]):
+    if "detailed_description" in styles and (task not in templates or task not in CAPTION_TASKS):
         raise BuildError(
             f"detailed_description needs description_task {task!r} to be a caption task "
             f"({', '.join(CAPTION_TASKS)}) worded in the recipe's templates"
