@@ -144,6 +144,7 @@ def test_token_parts_leave_out_a_named_template_file_that_does_not_load(tmp_path
     assert f"{broken}, line 1: task 'vqa_short' needs a list of templates" in caplog.text
 
 
+@pytest.mark.slow
 def test_a_build_stopped_by_missing_templates_leaves_its_folder_free_for_the_fixed_recipe(tmp_path):
     import json
     import math

@@ -136,6 +136,7 @@ def test_a_resume_refuses_changes_the_checkpoint_cannot_honour(compose, tmp_path
     assert summary["resumed_from_step"] == 2
 
 
+@pytest.mark.slow
 def test_a_resume_on_edited_training_data_is_refused(compose, tmp_path, caplog):
     # The config is the same; the file it names is not. The run went on at a position of another order.
     from mmit.data.loader import DataChangedError
