@@ -10,6 +10,7 @@ of user errors too.
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import re
 import sys
@@ -19,6 +20,17 @@ from pathlib import Path
 
 TRACEBACK_ENV = "MMIT_TRACEBACK"
 _PACKAGE = str(Path(__file__).resolve().parent)
+
+
+def some(names: list[str], shown: int = 3) -> str:
+    """The first ``shown`` names, and "..." for the rest."""
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
+
+
+def did_you_mean(word: str, valid) -> str:
+    """ " (did you mean 'x'?)" for the name in ``valid`` closest to a misspelt ``word``, else ""."""
+    close = difflib.get_close_matches(word, list(valid), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def whole_number(least: int):

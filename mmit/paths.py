@@ -18,6 +18,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from mmit.cli import some
+
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -101,11 +103,6 @@ def check_replaceable(final: str | Path, writer: str, earlier: Collection[str] =
         f"{final} holds files that {writer} did not write, by its {OUTPUT_MARK} mark ({some(names)}); it "
         "replaces only a folder it wrote: delete it or give a new folder"
     )
-
-
-def some(names: list[str], shown: int = 3) -> str:
-    """The first ``shown`` names, and "..." for the rest."""
-    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
 @contextmanager

@@ -13,8 +13,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 import mmit
+from mmit.cli import some
 from mmit.data.recipes import BuildError, template_paths
-from mmit.paths import LOCK_FILE, RECIPES_DIR, atomic_write_text, some
+from mmit.paths import LOCK_FILE, RECIPES_DIR, atomic_write_text
 
 
 def build_fingerprint(cfg: DictConfig) -> str:

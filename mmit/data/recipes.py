@@ -27,6 +27,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationKeyError, OmegaConfBaseException
 
+from mmit.cli import did_you_mean
 from mmit.config_checks import argument_problems, unknown_arguments
 from mmit.data.instructions import TEMPLATE_FIELDS, ShapingConfig
 from mmit.data.templates import load_templates
@@ -95,6 +96,11 @@ def _override_key(override: str) -> str:
     return override.split("=", 1)[0].strip().lstrip("+~")
 
 
+def _override_top(override: str) -> str:
+    """The top-level key an override sets (``sources`` for ``sources[0].json_file=...``)."""
+    return re.split(r"[.\[]", _override_key(override))[0]
+
+
 def _used_names(node: Any) -> set[str]:
     """Top-level names that interpolations in ``node`` refer to (``${coco_root}``, ``${prepare.out_dir}``)."""
     found: set[str] = set()
@@ -110,8 +116,7 @@ def _used_names(node: Any) -> set[str]:
 
 
 def _unknown(key: str, valid: list[str], where: str, note: str = "") -> RecipeError:
-    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    hint = did_you_mean(key.rsplit(".", 1)[-1], valid)
     return RecipeError(f"{where}: unknown key {key!r}{hint}.{note} Valid keys: {', '.join(valid)}")
 
 
@@ -140,7 +145,7 @@ def _check_keys(data: dict, lines: dict, overrides: list[str], settings: list[st
             raise _unknown(key, settings, f"{where}, line {lines.get(key, '?')}", note)
     allowed = [*settings, *(k for k in [*data, *sorted(used)] if k not in settings)]
     for override in overrides:
-        top = _override_key(override).split(".")[0].split("[")[0]
+        top = _override_top(override)
         if top not in allowed:
             raise _unknown(top, allowed, f"override {override!r} of {where}")
 
@@ -182,7 +187,7 @@ def compose(recipe: str, overrides: list[str] = ()) -> DictConfig:
         key, kind = _misfit(OmegaConf.to_container(cfg), OmegaConf.to_container(given)) or ("", "")
         if not key:
             raise RecipeError(f"{where}: the overrides do not fit ({err})") from None
-        override = next(o for o in overrides if re.split(r"[.\[]", _override_key(o))[0] == key.split(".")[0])
+        override = next(o for o in overrides if _override_top(o) == key.split(".")[0])
         if kind == "a list":  # from_dotlist reads sources[0].json_file as a mapping under sources
             raise RecipeError(
                 f"{where}, override {override!r}: one item of a list cannot be set from the command line; "

@@ -19,6 +19,7 @@ from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mmit.cli import some
 from mmit.data.samples import (
     BAD_JSON,
     PLACEHOLDERS,
@@ -90,10 +91,10 @@ class DataFiles:
             raise ValueError(f"{key} is an empty list: name the JSON / JSONL files or shard folders to read")
         for path in map(Path, paths):
             # a folder of JSON files, not of shards: data=files reads the files it is given, listed
-            if path.is_dir() and any(path.glob("*.json*")) and not any(path.glob("**/shard-*.tar")):
-                listed = ", ".join(sorted(p.name for p in path.glob("*.json*"))[:3])
+            listed = sorted(p.name for p in path.glob("*.json*")) if path.is_dir() else []
+            if listed and not any(path.glob("**/shard-*.tar")):
                 raise ValueError(
-                    f"{key}: {path} is a folder of data files ({listed}), not of shards; list the files themselves"
+                    f"{key}: {path} is a folder of data files ({some(listed)}), not of shards; list the files themselves"
                 )
         return [DataFile(p, self.images_dir) for p in paths]
 

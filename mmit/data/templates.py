@@ -9,7 +9,6 @@ naming the file, line and template, not a build halfway through.
 
 from __future__ import annotations
 
-import difflib
 import random
 import string
 from collections.abc import Collection, Mapping
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from mmit.cli import did_you_mean
 
 ENTRY_KEYS = ("id", "text", "held_out")
 
@@ -42,11 +43,6 @@ class Template:
             return self.text.format_map(values)
         except KeyError:
             raise KeyError(f"template {self.id!r} needs field(s) {sorted(self.fields - set(values))}") from None
-
-
-def _named(what: str, valid: Collection[str]) -> str:
-    close = difflib.get_close_matches(what, list(valid), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _scalar(node: yaml.Node) -> Any:
@@ -90,7 +86,7 @@ def _entry(node: yaml.Node, task: str, where: str) -> Template:
     for name in pairs:
         if name not in ENTRY_KEYS:
             raise TemplateError(
-                f"{where}: unknown key {name!r}{_named(name, ENTRY_KEYS)}; a template has {', '.join(ENTRY_KEYS)}"
+                f"{where}: unknown key {name!r}{did_you_mean(name, ENTRY_KEYS)}; a template has {', '.join(ENTRY_KEYS)}"
             )
     values = {name: _scalar(value) for name, (_, value) in pairs.items()}
     for name in ("id", "text"):
@@ -132,7 +128,7 @@ def load_templates(
         at = f"{path}, line {key.start_mark.line + 1}"
         if fields is not None and task not in fields:
             raise TemplateError(
-                f"{at}: unknown task {task!r}{_named(task, fields)}; tasks: {', '.join(sorted(fields))}"
+                f"{at}: unknown task {task!r}{did_you_mean(task, fields)}; tasks: {', '.join(sorted(fields))}"
             )
         if not (isinstance(node, yaml.SequenceNode) and node.value):
             raise TemplateError(f"{at}: task {task!r} needs a list of templates")
