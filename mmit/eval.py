@@ -52,16 +52,22 @@ log = logging.getLogger("mmit.eval")
 EARLIER_REPORT = ("metrics.json", "predictions.jsonl", "report.md")
 
 
-def eval_sets_of(loaded: LoadedModel, extra: dict[str, str]) -> dict[str, list[str]]:
-    """The run's own evaluation sets (its ``data.source``), plus or replaced by ``extra``."""
+def eval_sets_of(cfg: DictConfig, extra: dict[str, str], only: list[str] | None = None) -> dict[str, list[str]]:
+    """The run's own evaluation sets (its config's ``data.source``), plus or replaced by ``extra``;
+    ``only``: just these of them, each of which must be one."""
     from mmit.factory import instantiate_source
 
     sets = {}
-    if loaded.cfg.get("data") and loaded.cfg.data.get("source"):
-        sets = {name: list(paths) for name, paths in instantiate_source(loaded.cfg.data.source).eval.items()}
+    if cfg.get("data") and cfg.data.get("source"):
+        sets = {name: list(paths) for name, paths in instantiate_source(cfg.data.source).eval.items()}
     sets.update({name: [path] for name, path in extra.items()})
     if not sets:
         raise ValueError("no evaluation sets: the config names none; give some with --sets NAME=PATH")
+    if only:
+        unknown = set(only) - set(sets)
+        if unknown:
+            raise ValueError(f"--only names unknown set(s) {sorted(unknown)}; sets: {sorted(sets)}")
+        sets = {name: paths for name, paths in sets.items() if name in only}
     return sets
 
 
@@ -440,21 +446,17 @@ def main(argv: list[str] | None = None) -> Path:
     read = load_benchmarks(benchmarks)  # every one read (and checked) before a model loads or a set is answered
     from mmit.evaluation import evaluate_benchmarks
     from mmit.generation import ANSWER_BATCH
-    from mmit.inference import load_base, load_run
+    from mmit.inference import compose_config, load_model, load_run, read_run_config
 
+    cfg = compose_config(args.base) if args.base is not None else read_run_config(args.run_dir)
+    sets = {} if benchmarks and not (extra or args.only) else eval_sets_of(cfg, extra, args.only)
     if args.base is not None:
-        loaded = load_base(args.base, args.device, args.precision or "auto")
+        loaded = load_model(cfg, None, args.device, args.precision or "auto")
     else:
-        loaded = load_run(args.run_dir, args.checkpoint, args.device, args.precision)
-    lengths = OmegaConf.select(loaded.cfg, "trainer.max_new_tokens")  # the run's (or --base recipe's)
+        loaded = load_run(args.run_dir, args.checkpoint, args.device, args.precision, cfg)
+    lengths = OmegaConf.select(cfg, "trainer.max_new_tokens")  # the run's (or --base recipe's)
     options = generation_options(args, OmegaConf.to_container(lengths) if isinstance(lengths, DictConfig) else lengths)
-    batch_size = args.batch_size or OmegaConf.select(loaded.cfg, "trainer.eval_batch_size", default=ANSWER_BATCH)
-    sets = {} if benchmarks and not (extra or args.only) else eval_sets_of(loaded, extra)
-    if args.only:
-        unknown = set(args.only) - set(sets)
-        if unknown:
-            raise ValueError(f"--only names unknown set(s) {sorted(unknown)}; sets: {sorted(sets)}")
-        sets = {name: paths for name, paths in sets.items() if name in args.only}
+    batch_size = args.batch_size or OmegaConf.select(cfg, "trainer.eval_batch_size", default=ANSWER_BATCH)
 
     vqa_normalisation = vqa_normalisation_of(loaded, args.vqa_normalisation)
     started = time.perf_counter()

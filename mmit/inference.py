@@ -75,7 +75,8 @@ def resolve_checkpoint(run_dir: Path, checkpoint: str | None) -> Path | None:
     return path
 
 
-def _finish(cfg: DictConfig, checkpoint: Path | None, device: str, precision: str) -> LoadedModel:
+def load_model(cfg: DictConfig, checkpoint: Path | None, device: str, precision: str) -> LoadedModel:
+    """The model ``cfg`` builds, with ``checkpoint``'s trained weights (None: as built)."""
     from mmit.factory import build_model
     from mmit.training.checkpoint import load_trainable
     from mmit.training.device import pick_device, resolve_precision
@@ -101,25 +102,37 @@ def _finish(cfg: DictConfig, checkpoint: Path | None, device: str, precision: st
     )
 
 
+def read_run_config(run_dir: str | Path) -> DictConfig:
+    """A training run's config as :func:`load_run` builds it: read and checked before anything is built
+    (only mmit's own builders), its ``init_from`` dropped (the checkpoint holds every trained weight)."""
+    from mmit.saved_config import load_saved_config, run_config
+
+    cfg = load_saved_config(run_config(run_dir))
+    cfg.init_from = None
+    return cfg
+
+
 def load_run(
-    run_dir: str | Path, checkpoint: str | None = "latest", device: str = "auto", precision: str | None = None
+    run_dir: str | Path,
+    checkpoint: str | None = "latest",
+    device: str = "auto",
+    precision: str | None = None,
+    cfg: DictConfig | None = None,
 ) -> LoadedModel:
     """The model of a training run, with the trained weights of one of its checkpoints.
 
     ``precision``: None runs it as the run's in-loop evaluation did (its ``trainer.precision``),
-    so offline and in-loop scores of one checkpoint agree."""
-    from mmit.saved_config import load_saved_config, run_config
-
+    so offline and in-loop scores of one checkpoint agree. ``cfg``: the run's config where the
+    caller has read it already (:func:`read_run_config`)."""
     run_dir = Path(run_dir)
-    cfg = load_saved_config(run_config(run_dir))  # only mmit's own builders, checked before anything is built
-    cfg.init_from = None  # the checkpoint holds every trained weight, including any init_from ones
+    cfg = read_run_config(run_dir) if cfg is None else cfg
     precision = precision or cfg.trainer.get("precision", "auto")
-    return _finish(cfg, resolve_checkpoint(run_dir, checkpoint), device, precision)
+    return load_model(cfg, resolve_checkpoint(run_dir, checkpoint), device, precision)
 
 
 def load_base(overrides: list[str], device: str = "auto", precision: str = "auto") -> LoadedModel:
     """A model composed from config overrides (e.g. ``+recipe=vqa``) with no training at all."""
-    return _finish(compose_config(overrides), None, device, precision)
+    return load_model(compose_config(overrides), None, device, precision)
 
 
 def compose_config(overrides: list[str]) -> DictConfig:

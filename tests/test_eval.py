@@ -260,7 +260,7 @@ def test_eval_cli_writes_every_output(vqa_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_eval_of_base_model_extra_sets_and_beam_search(vqa_run, tmp_path):
+def test_eval_of_base_model_extra_sets_and_beam_search(vqa_run, tmp_path, monkeypatch):
     from mmit.eval import main
 
     run_dir, overrides = vqa_run
@@ -291,7 +291,12 @@ def test_eval_of_base_model_extra_sets_and_beam_search(vqa_run, tmp_path):
     assert max(t["n"] for t in metrics["scores"]["tasks"]["mine"].values()) == 3  # --max-samples per task
     assert metrics["scores"]["grounding"]["mine"]  # a base model is measured for grounding too (its prior read)
     assert not (out / "training_curves.png").exists()  # a base model has no training curves
-    with pytest.raises(SystemExit, match="unknown set"):
+
+    def no_model(*_):
+        raise AssertionError("the model was built before --only was checked")
+
+    monkeypatch.setattr("mmit.factory.build_model", no_model)
+    with pytest.raises(SystemExit, match="unknown set"):  # checked before the model loads
         main([str(run_dir), "--only", "nope"])
 
 
