@@ -115,6 +115,15 @@ def _used_names(node: Any) -> set[str]:
     return found
 
 
+def _within_text(node: Any) -> list[tuple[str, str]]:
+    """(name, text) for each top-level name interpolated into a longer text (``${coco_root}/train2014``)."""
+    if isinstance(node, dict | list):
+        return [found for value in (node.values() if isinstance(node, dict) else node) for found in _within_text(value)]
+    if not isinstance(node, str):
+        return []
+    return [(name, node) for name in _used_names(node) if not re.fullmatch(r"\$\{\s*" + name + r"\s*\}", node)]
+
+
 def _unknown(key: str, valid: list[str], where: str, note: str = "") -> RecipeError:
     hint = did_you_mean(key.rsplit(".", 1)[-1], valid)
     return RecipeError(f"{where}: unknown key {key!r}{hint}.{note} Valid keys: {', '.join(valid)}")
@@ -200,6 +209,14 @@ def compose(recipe: str, overrides: list[str] = ()) -> DictConfig:
     missing = sorted(key for key in cfg if OmegaConf.is_missing(cfg, key))
     if missing:
         raise RecipeError(f"{where} needs values for {missing} (pass key=value, or set them in the recipe)")
+    for name, text in _within_text(data):  # ${coco_root}/x.json with coco_root null would read None/x.json
+        if name in cfg and cfg[name] is None:
+            given = next((o for o in overrides if _override_key(o) == name), None)
+            tilde = " (~ is YAML's null: write the folder's full path)" if given and given.endswith("=~") else ""
+            raise RecipeError(
+                f"{where}{f', override {given!r}' if given else _line(lines, name)}: {name} is null, and the "
+                f"recipe writes it into {text!r}; give it a value ({name}=...){tilde}"
+            )
     for override in overrides:  # an override's key is located by the override, not the file's line
         key = _override_key(override)
         lines = {k: v for k, v in lines.items() if k != key and not k.startswith((f"{key}.", f"{key}["))}

@@ -186,9 +186,20 @@ def test_a_list_given_as_a_mapping_and_an_unset_parameter_are_named(llava, tmp_p
     assert compose_recipe(unset, [f"root={llava}"]).sources[0].json_file == f"{llava}/train.json"
 
 
-def test_a_required_recipe_value_stays_required():
+def test_a_required_recipe_value_stays_required(tmp_path):
     with pytest.raises(BuildError, match=r"needs values for \['coco_root', 'out_dir'\]"):
         compose_recipe("coco_vqav2")
+    # null written into a path read "None/annotations/..." (a file-not-found naming a folder "None")
+    for value, hint in (("null", ""), ("~", r" \(~ is YAML's null: write the folder's full path\)")):
+        with pytest.raises(
+            BuildError,
+            match=rf"override 'coco_root={value}': coco_root is null, and the recipe writes it into "
+            rf"'\$\{{coco_root\}}/annotations/captions_train2014.json'; give it a value \(coco_root=...\){hint}$",
+        ):
+            compose_recipe("coco_vqav2", [f"coco_root={value}", "out_dir=/tmp/x"])
+    reader = "{_target_: mmit.data.annotations.read_llava, json_file: '${root}/train.json'}"
+    with pytest.raises(BuildError, match=r"mine.yaml, line 1: root is null, and the recipe writes it into"):
+        compose_recipe(_recipe(tmp_path, f"root: null\nsources:\n  - {reader}\n"))
 
 
 def test_base_is_not_a_recipe():
