@@ -88,8 +88,29 @@ def _build(cfg: DictConfig) -> dict:
         heldout = read_annotations(cfg, skipped, "heldout_sources", seen=seen_ids, on_annotation=check_early)
         plan = plan_build(cfg, annotations)  # templates, shaping, answer pool, storage
         by_split = split_annotations(annotations, heldout, cfg, skipped)
+        warn_empty_split(cfg, by_split)
         sets = write_sets(chunk_jobs(by_split, cfg.shard_size), plan, workers)
     return write_manifest(out, recipe_manifest(cfg, source_hashes(cfg), skipped, sets))
+
+
+def warn_empty_split(cfg: DictConfig, by_split: dict[str, list]) -> None:
+    """Say so when ``eval_fraction`` leaves train or val without a media file (few files, a large or small
+    fraction): the build writes no such set, and a training run on it would find out only later."""
+    files = {split: len({ann.group for ann in anns}) for split, anns in by_split.items() if split != "heldout_sources"}
+    total = sum(files.values())
+    for split, other, what in (("train", "val", "training"), ("val", "train", "evaluation")):
+        if not files[split] and (split == "train" or cfg.eval_fraction > 0):
+            log.warning(
+                "recipe %r: eval_fraction %s put all %d media files (a text-only record counts as one) into %s, so "
+                "no %s set is written; "
+                "%s eval_fraction or give it more files",
+                cfg.name,
+                cfg.eval_fraction,
+                total,
+                other,
+                what,
+                "lower" if split == "train" else "raise",
+            )
 
 
 def recipe_data_files(

@@ -65,6 +65,28 @@ def test_a_three_line_recipe_builds_with_the_base_defaults(llava, tmp_path):
     assert default_out.endswith("datasets/mine")  # the mmit cache, under the recipe's name
 
 
+def test_a_split_left_empty_by_eval_fraction_is_said(llava, tmp_path, caplog):
+    reader = (
+        f"{{_target_: mmit.data.annotations.read_llava, json_file: {llava}/train.json, images_dir: {llava}/images}}"
+    )
+    path = _recipe(tmp_path, f"sources:\n  - {reader}\n")
+    for fraction, empty, other in (("0.999", "training", "val"), ("0.001", "evaluation", "train")):
+        caplog.clear()
+        manifest = build(
+            compose_recipe(path, [f"out_dir={tmp_path / fraction}", "num_workers=1", f"eval_fraction={fraction}"])
+        )
+        assert sum(s["samples"] for s in manifest["sets"].values()) == 12  # every sample is in the other split
+        said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert said == [
+            f"recipe 'mine': eval_fraction {fraction} put all 12 media files (a text-only record counts as one) "
+            f"into {other}, so no {empty} set is written; {'lower' if empty == 'training' else 'raise'} "
+            "eval_fraction or give it more files"
+        ]
+    caplog.clear()
+    build(compose_recipe(path, [f"out_dir={tmp_path / 'none'}", "num_workers=1", "eval_fraction=0"]))
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]  # no evaluation set asked for
+
+
 def test_the_base_defaults_are_the_dataclasses_defaults():
     base = yaml.safe_load((RECIPES_DIR / "base.yaml").read_text())
     shaping = {f.name: getattr(ShapingConfig(), f.name) for f in dataclasses.fields(ShapingConfig) if f.name != "seed"}
