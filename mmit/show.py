@@ -1,4 +1,4 @@
-"""Look inside a built dataset: ``python -m mmit.show <dir> [--samples N] [--sheet out.png] [--tokens]``.
+"""Look inside a built dataset: ``python -m mmit.show <dir> [--set NAME] [--samples N] [--sheet out.png] [--tokens]``.
 
 Prints the manifest's counts, a few rendered conversations, and draws a contact sheet: one cell per
 distinct image, with the first question asked about it and its answer. ``--tokens [overrides]``
@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from itertools import islice
 from pathlib import Path
 
-from mmit.cli import user_errors, whole_number
+from mmit.cli import did_you_mean, user_errors, whole_number
 from mmit.data.samples import BAD_JSON, PLACEHOLDERS, Conversation
 from mmit.data.shards import read_shards, shard_urls
 
@@ -233,8 +233,15 @@ def print_token_counts(directories: list[Path], overrides: list[str], wording, l
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m mmit.show", description=__doc__.splitlines()[0])
     parser.add_argument("path", type=Path, help="a build directory (with manifest.json) or one shard folder")
+    parser.add_argument(
+        "--set", nargs="+", metavar="NAME", dest="only", help="only these sets (printed, drawn and counted)"
+    )
     parser.add_argument("--samples", type=whole_number(0), default=3, help="conversations to print per set")
-    parser.add_argument("--sheet", type=Path, help="write a PNG contact sheet: one cell per distinct image")
+    parser.add_argument(
+        "--sheet",
+        type=Path,
+        help="write a PNG contact sheet of the first set (or --set's): one cell per distinct image",
+    )
     parser.add_argument("--sheet-count", type=whole_number(1), default=16, help="distinct images on the sheet")
     parser.add_argument("--tokens", action="store_true", help="count tokens per conversation by part, per set and task")
     parser.add_argument(
@@ -272,6 +279,15 @@ def main(argv: list[str] | None = None) -> None:
     manifest = args.path / "manifest.json"
     data, lines = read_manifest(manifest) if manifest.exists() else (None, [])
     sets = set_dirs(args.path)
+    if args.only and sets:  # checked before anything is printed or drawn
+        names = [d.name for d in sets]
+        unknown = [name for name in args.only if name not in names]
+        if unknown:
+            raise ValueError(
+                f"--set {unknown[0]}: {args.path} has no such set{did_you_mean(unknown[0], names)}; "
+                f"its sets: {', '.join(names)}"
+            )
+        sets = [d for d in sets if d.name in args.only]
     wording = None
     if args.tokens:  # checked before anything is printed or drawn
         if data is None and sets == [args.path]:  # a set's folder: its build's manifest names the templates and hints

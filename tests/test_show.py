@@ -185,3 +185,22 @@ def test_tokens_name_a_set_folders_damaged_build_manifest(build, capsys):
         " (JSONDecodeError: Expecting value: line 2 column 1 (char 10))"
     )
     assert capsys.readouterr().out == ""
+
+
+def test_set_picks_the_sets_printed_and_drawn(build, tmp_path, capsys):
+    import shutil
+
+    shutil.copytree(build / "train", build / "val_seen")
+    sheet = tmp_path / "s.png"
+    main([str(build), "--set", "val_seen", "--samples", "1", "--sheet", str(sheet)])
+    out = capsys.readouterr().out
+    assert "=== val_seen" in out and "=== train" not in out
+    assert f"from val_seen, each with a question and its answer: {sheet}" in out and sheet.is_file()
+    main([str(build), "--set", "train", "val_seen", "--samples", "0"])
+    assert capsys.readouterr().out.count("=== ") == 2
+    with pytest.raises(SystemExit) as stopped:
+        main([str(build), "--set", "trian", "--sheet", str(tmp_path / "t.png")])
+    assert str(stopped.value) == (
+        f"mmit.show: --set trian: {build} has no such set (did you mean 'train'?); its sets: train, val_seen"
+    )
+    assert not (tmp_path / "t.png").exists()
