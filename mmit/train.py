@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import sys
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -139,6 +140,18 @@ def feature_cache_setting(cfg: DictConfig, model) -> str | None:
     return setting  # a trained encoder beside frozen ones: only the frozen ones' media are cached
 
 
+def check_run_dir_override(argv: list[str]) -> None:
+    """``hydra.run.dir`` naming a file, or a folder under one, is named here: Hydra makes the folder
+    before any of mmit's code runs, and fails with a traceback."""
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key.lstrip("+") == "hydra.run.dir" and "${" not in value:
+            path = Path(value).expanduser()
+            blocker = next((p for p in (path, *path.parents) if p.exists()), None)
+            if blocker is not None and not blocker.is_dir():
+                raise SystemExit(f"mmit.train: hydra.run.dir={value}: {blocker} is a file, not a folder")
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 @user_errors("mmit.train")  # a user's mistake ends with one line naming it, not a traceback
 def main(cfg: DictConfig) -> None:
@@ -150,4 +163,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_run_dir_override(sys.argv[1:])
     main()

@@ -140,6 +140,12 @@ def test_a_bad_value_stops_training_at_once_in_one_message(tmp_path):
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.strip().endswith("mmit.train: the config cannot work:\n  trainer.lr='abc': must be a number")
     assert "LLM" not in out.stderr and not (tmp_path / "run" / "config.yaml").exists()  # nothing was built
+    (tmp_path / "afile").write_text("mine")  # Hydra would make the run folder there: a traceback of its own
+    for run_dir in ("afile", "afile/run"):
+        out = _run("mmit.train", "+recipe=text_tiny", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+        assert out.returncode == 1 and "Traceback" not in out.stderr
+        assert _last_lines(out.stderr) == [f"mmit.train: hydra.run.dir={run_dir}: afile is a file, not a folder"]
+    assert (tmp_path / "afile").read_text() == "mine"
 
 
 @pytest.mark.slow
