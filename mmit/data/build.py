@@ -101,9 +101,8 @@ def warn_empty_split(cfg: DictConfig, by_split: dict[str, list]) -> None:
     for split, other, what in (("train", "val", "training"), ("val", "train", "evaluation")):
         if not files[split] and (split == "train" or cfg.eval_fraction > 0):
             log.warning(
-                "recipe %r: eval_fraction %s put all %d media files (a text-only record counts as one) into %s, so "
-                "no %s set is written; "
-                "%s eval_fraction or give it more files",
+                "recipe %r: eval_fraction %s put all %d media files (a text-only record counts as one) into %s, "
+                "so no %s set is written; %s eval_fraction or give it more files",
                 cfg.name,
                 cfg.eval_fraction,
                 total,
