@@ -19,7 +19,7 @@ import dataclasses
 import difflib
 import importlib
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,27 +101,33 @@ def _override_top(override: str) -> str:
     return re.split(r"[.\[]", _override_key(override))[0]
 
 
-def _used_names(node: Any) -> set[str]:
-    """Top-level names that interpolations in ``node`` refer to (``${coco_root}``, ``${prepare.out_dir}``)."""
-    found: set[str] = set()
-    if isinstance(node, dict):
-        for value in node.values():
-            found |= _used_names(value)
-    elif isinstance(node, list):
-        for value in node:
-            found |= _used_names(value)
+def _texts(node: Any) -> Iterator[str]:
+    """Every string value in a plain config tree."""
+    if isinstance(node, dict | list):
+        for value in node.values() if isinstance(node, dict) else node:
+            yield from _texts(value)
     elif isinstance(node, str):
-        found |= set(re.findall(r"\$\{\s*([A-Za-z_]\w*)\s*[.}]", node))
-    return found
+        yield node
+
+
+def _names_in(text: str) -> set[str]:
+    """Top-level names that interpolations in ``text`` refer to (``${coco_root}``, ``${prepare.out_dir}``)."""
+    return set(re.findall(r"\$\{\s*([A-Za-z_]\w*)\s*[.}]", text))
+
+
+def _used_names(node: Any) -> set[str]:
+    """Top-level names that interpolations anywhere in ``node`` refer to."""
+    return {name for text in _texts(node) for name in _names_in(text)}
 
 
 def _within_text(node: Any) -> list[tuple[str, str]]:
     """(name, text) for each top-level name interpolated into a longer text (``${coco_root}/train2014``)."""
-    if isinstance(node, dict | list):
-        return [found for value in (node.values() if isinstance(node, dict) else node) for found in _within_text(value)]
-    if not isinstance(node, str):
-        return []
-    return [(name, node) for name in _used_names(node) if not re.fullmatch(r"\$\{\s*" + name + r"\s*\}", node)]
+    return [
+        (name, text)
+        for text in _texts(node)
+        for name in _names_in(text)
+        if not re.fullmatch(r"\$\{\s*" + name + r"\s*\}", text)
+    ]
 
 
 def _unknown(key: str, valid: list[str], where: str, note: str = "") -> RecipeError:
