@@ -33,6 +33,18 @@ def did_you_mean(word: str, valid) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def check_chosen(option: str, chosen, names, holder: str) -> None:
+    """Refuse the first of ``chosen`` (given with ``option``) that ``names`` (what ``holder`` has) lacks,
+    with the nearest name and the whole list."""
+    names = list(names)
+    unknown = [name for name in chosen if name not in names]
+    if unknown:
+        raise ValueError(
+            f"{option} {unknown[0]}: {holder} has no such set{did_you_mean(unknown[0], names)}; "
+            f"its sets: {', '.join(names)}"
+        )
+
+
 def whole_number(least: int):
     """An argparse type: a whole number, ``least`` or more (argparse names the option it refuses)."""
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 from omegaconf import DictConfig, OmegaConf
 
 from mmit.benchmarks import BENCHMARKS, load_benchmarks
-from mmit.cli import user_errors, whole_number
+from mmit.cli import check_chosen, user_errors, whole_number
 from mmit.data.sources import DataFile
 from mmit.grounding import GROUNDING_NOTE, PRIOR_FILE, AnswerPrior, grounding_line, grounding_table
 from mmit.metrics import VQA_NORMALISATIONS
@@ -64,9 +64,7 @@ def eval_sets_of(cfg: DictConfig, extra: dict[str, str], only: list[str] | None 
     if not sets:
         raise ValueError("no evaluation sets: the config names none; give some with --sets NAME=PATH")
     if only:
-        unknown = set(only) - set(sets)
-        if unknown:
-            raise ValueError(f"--only names unknown set(s) {sorted(unknown)}; sets: {sorted(sets)}")
+        check_chosen("--only", only, sets, "this evaluation (the run's config and --sets)")
         sets = {name: paths for name, paths in sets.items() if name in only}
     return sets
 

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from itertools import islice
 from pathlib import Path
 
-from mmit.cli import did_you_mean, user_errors, whole_number
+from mmit.cli import check_chosen, user_errors, whole_number
 from mmit.data.samples import BAD_JSON, PLACEHOLDERS, Conversation
 from mmit.data.shards import read_shards, shard_urls
 
@@ -280,13 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     data, lines = read_manifest(manifest) if manifest.exists() else (None, [])
     sets = set_dirs(args.path)
     if args.only and sets:  # checked before anything is printed or drawn
-        names = [d.name for d in sets]
-        unknown = [name for name in args.only if name not in names]
-        if unknown:
-            raise ValueError(
-                f"--set {unknown[0]}: {args.path} has no such set{did_you_mean(unknown[0], names)}; "
-                f"its sets: {', '.join(names)}"
-            )
+        check_chosen("--set", args.only, [d.name for d in sets], str(args.path))
         sets = [d for d in sets if d.name in args.only]
     wording = None
     if args.tokens:  # checked before anything is printed or drawn

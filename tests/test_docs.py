@@ -11,6 +11,7 @@ the README's dataset build and ``mmit.show``.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -170,6 +171,18 @@ def test_the_own_data_guide_runs_from_images_and_json_to_an_exported_model(guide
     assert (root / "shards" / "my_data" / "manifest.json").is_file() and (root / "my_data_sheet.png").is_file()
     assert (root / "runs" / "my_data_shards" / "summary.md").is_file()
     assert "Traceback" not in "".join(outputs)
+
+
+@pytest.mark.slow
+def test_the_guides_run_is_evaluated_from_another_folder(guide_folder, tmp_path):
+    """The guide trains on relative paths (my_data/train.json); its run's config.yaml names them from the
+    folder it trained in, so mmit.eval finds the run's own sets from anywhere."""
+    run_dir = guide_folder[0] / "runs" / "my_data_tiny"
+    assert "my_data/val.json" in (run_dir / "config.yaml").read_text()
+    argv = [sys.executable, "-m", "mmit.eval", str(run_dir), "--max-samples", "2", "--no-swap-media"]
+    run = subprocess.run([*argv, "--out", str(tmp_path / "e")], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "heldout" in json.loads((tmp_path / "e" / "metrics.json").read_text())["scores"]["tasks"]
 
 
 @pytest.mark.parametrize("command", [c for c in ALL if c.doc == "own_data.md"], ids=str)

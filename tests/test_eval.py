@@ -296,7 +296,9 @@ def test_eval_of_base_model_extra_sets_and_beam_search(vqa_run, tmp_path, monkey
         raise AssertionError("the model was built before --only was checked")
 
     monkeypatch.setattr("mmit.factory.build_model", no_model)
-    with pytest.raises(SystemExit, match="unknown set"):  # checked before the model loads
+    with pytest.raises(
+        SystemExit, match=r"--only nope: this evaluation .* has no such set.*; its sets: "
+    ):  # before the model loads
         main([str(run_dir), "--only", "nope"])
 
 

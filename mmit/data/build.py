@@ -85,9 +85,10 @@ def _build(cfg: DictConfig) -> dict:
                     else "; are they the right files, and not empty?"
                 )
             )
-        heldout = read_annotations(cfg, skipped, "heldout_sources", seen=seen_ids, on_annotation=check_early)
+        trained = {ann.group for ann in annotations}  # a held-out annotation about one of these files is refused
+        heldout = read_annotations(cfg, skipped, "heldout_sources", seen_ids, check_early, trained)
         plan = plan_build(cfg, annotations)  # templates, shaping, answer pool, storage
-        by_split = split_annotations(annotations, heldout, cfg, skipped)
+        by_split = split_annotations(annotations, heldout, cfg.eval_fraction)
         warn_empty_split(cfg, by_split)
         sets = write_sets(chunk_jobs(by_split, cfg.shard_size), plan, workers)
     return write_manifest(out, recipe_manifest(cfg, source_hashes(cfg), skipped, sets))

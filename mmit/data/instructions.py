@@ -90,7 +90,8 @@ class ShapingConfig:
     multiple_choice_fraction: float = 0.2  # non-yes/no questions asked as multiple choice
     num_choices: int = 4
     # A multiple-choice answer: the option's "letter" ("B"), or "option_letter": its text, then its
-    # letter in brackets ("red (B)"), so that the letter is looked up from a word already written
+    # letter in brackets ("red (B)"), so that the letter is looked up from a word already written; a
+    # template that asks for the letter alone (letter_only: true) gets the letter, and no hint
     choice_answer: str = "letter"
     held_out_tasks: list[str] = field(default_factory=list)  # never in training; own eval set
     # Where templated prompts put the placeholders: "before" the instruction (LLaVA's layout) or
@@ -164,10 +165,11 @@ def _qa_turn(
         rng.shuffle(options)
         listing = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
         prompt = template.render({"question": qa.question, "options": listing})
-        if cfg.multiple_choice_hint and hint:
+        if cfg.multiple_choice_hint and hint and not template.letter_only:  # that wording says the form itself
             prompt = f"{prompt}\n{cfg.multiple_choice_hint}"
         letter = LETTERS[options.index(qa.answer)]
-        return prompt, letter if cfg.choice_answer == "letter" else f"{qa.answer} ({letter})"
+        alone = cfg.choice_answer == "letter" or template.letter_only  # as the wording asks
+        return prompt, letter if alone else f"{qa.answer} ({letter})"
     prompt = template.render({"statement" if task == "compare_statement" else "question": qa.question})
     if task in ("vqa_short", "audio_qa", "video_qa", "compare_qa", "av_qa") and cfg.short_answer_hint and hint:
         prompt = f"{prompt}\n{cfg.short_answer_hint}"

@@ -96,6 +96,11 @@ def _override_key(override: str) -> str:
     return override.split("=", 1)[0].strip().lstrip("+~")
 
 
+def _override_path(override: str) -> str:
+    """An override's key as a dotted path (``sources.0.json_file`` for ``sources[0].json_file=...``)."""
+    return re.sub(r"\[(\w+)\]", r".\1", _override_key(override))
+
+
 def _override_top(override: str) -> str:
     """The top-level key an override sets (``sources`` for ``sources[0].json_file=...``)."""
     return re.split(r"[.\[]", _override_key(override))[0]
@@ -202,7 +207,8 @@ def compose(recipe: str, overrides: list[str] = ()) -> DictConfig:
         key, kind = _misfit(OmegaConf.to_container(cfg), OmegaConf.to_container(given)) or ("", "")
         if not key:
             raise RecipeError(f"{where}: the overrides do not fit ({err})") from None
-        override = next(o for o in overrides if _override_top(o) == key.split(".")[0])
+        within = [o for o in overrides if f"{_override_path(o)}.".startswith(f"{key}.")]  # the one reaching the key
+        override = (within or [o for o in overrides if _override_top(o) == key.split(".")[0]])[0]
         if kind == "a list":  # from_dotlist reads sources[0].json_file as a mapping under sources
             raise RecipeError(
                 f"{where}, override {override!r}: one item of a list cannot be set from the command line; "

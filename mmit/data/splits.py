@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
@@ -26,9 +26,12 @@ def read_annotations(
     key: str = "sources",
     seen: set | None = None,
     on_annotation: Callable[[Annotation], None] | None = None,
+    trained: Collection[str] = (),
 ) -> list[Annotation]:
     """The annotations of the recipe's readers under ``key``; bad records follow ``on_error``
-    (``skip`` counts them in ``skipped`` by reason). An id in ``seen`` is a duplicate."""
+    (``skip`` counts them in ``skipped`` by reason). An id in ``seen`` is a duplicate; an annotation
+    about a media file in ``trained`` (the training sources' files, for ``heldout_sources``) would leak
+    it into the held-out set."""
     from mmit.factory import instantiate_source
 
     annotations, seen = [], set() if seen is None else seen
@@ -56,6 +59,11 @@ def read_annotations(
             bar.update()
             if isinstance(item, Annotation) and item.id in seen:
                 item = SampleError("duplicate_id", f"{where}: annotation id {item.id!r} appears twice")
+            elif isinstance(item, Annotation) and item.group in trained:
+                item = SampleError(
+                    "heldout_overlap",
+                    f"{where}: held-out source names {item.group!r}, which the training sources use too",
+                )
             if isinstance(item, SampleError):
                 if on_error == "raise":
                     raise BuildError(f"{where}: {item}" if where not in str(item) else str(item))
@@ -89,23 +97,15 @@ def split_of(group: str, eval_fraction: float) -> str:
 
 
 def split_annotations(
-    annotations: list[Annotation], heldout: list[Annotation], cfg: DictConfig, skipped: Counter
+    annotations: list[Annotation], heldout: list[Annotation], eval_fraction: float
 ) -> dict[str, list[Annotation]]:
     """``train`` and ``val`` by media file (``eval_fraction``), and ``heldout_sources``, each sorted
     by media file: all annotations of one image (or clip) sit together, so a chunk decodes each file
-    once. A held-out annotation about a file the training sources use follows ``on_error``."""
+    once."""
     by_split: dict[str, list[Annotation]] = {"train": [], "val": [], "heldout_sources": []}
-    eval_fraction = cfg.eval_fraction  # read once: OmegaConf lookups are slow per annotation
     for ann in sorted(annotations, key=lambda a: a.group):
         by_split[split_of(ann.group, eval_fraction)].append(ann)
-    groups = {ann.group for ann in annotations}
-    for ann in sorted(heldout, key=lambda a: a.group):
-        if ann.group in groups:  # the same file in training would leak into the held-out set
-            if cfg.on_error == "raise":
-                raise BuildError(f"{ann.id}: held-out source names {ann.group!r}, which the training sources use too")
-            skipped["heldout_overlap"] += 1
-            continue
-        by_split["heldout_sources"].append(ann)
+    by_split["heldout_sources"] = sorted(heldout, key=lambda a: a.group)
     return by_split
 
 

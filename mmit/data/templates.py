@@ -2,6 +2,8 @@
 
 A template file maps task names to lists of ``{id, text, held_out}``; ``text`` is a
 ``str.format`` pattern over the fields its task supplies (``{question}``, ``{options}``, ...).
+A multiple-choice wording that asks for the letter alone says so (``letter_only: true``): its
+answer is the letter even where ``shaping.choice_answer`` writes the option's text before it.
 Held-out templates never reach training data; they build the evaluation sets that test
 generalisation to new wordings. A file is checked whole when it is read: a mistake stops there,
 naming the file, line and template, not a build halfway through.
@@ -20,7 +22,7 @@ import yaml
 
 from mmit.cli import did_you_mean
 
-ENTRY_KEYS = ("id", "text", "held_out")
+ENTRY_KEYS = ("id", "text", "held_out", "letter_only")
 
 
 class TemplateError(ValueError):
@@ -33,6 +35,7 @@ class Template:
     task: str
     text: str
     held_out: bool = False
+    letter_only: bool = False  # a multiple-choice wording that asks for the option's letter alone
 
     @property
     def fields(self) -> set[str]:
@@ -93,11 +96,15 @@ def _entry(node: yaml.Node, task: str, where: str) -> Template:
         if not (isinstance(values.get(name), str) and values[name].strip()):
             got = "missing" if name not in values else f"{values[name]!r:.60}"
             raise TemplateError(f"{where}: {name} must be a non-empty text (quote it), not {got}")
-    held_out = values.get("held_out", False)
-    if not isinstance(held_out, bool):
-        raise TemplateError(f"{where}: held_out must be true or false, not {held_out!r:.60}")
+    flags = {name: values.get(name, False) for name in ("held_out", "letter_only")}
+    for name, flag in flags.items():
+        if not isinstance(flag, bool):
+            raise TemplateError(f"{where}: {name} must be true or false, not {flag!r:.60}")
     _format_fields(values["text"], f"{where} ({values['id']!r})")
-    return Template(values["id"], task, values["text"].strip(), held_out)
+    template = Template(values["id"], task, values["text"].strip(), **flags)
+    if template.letter_only and "options" not in template.fields:
+        raise TemplateError(f"{where} ({values['id']!r}): letter_only is for a wording that lists {{options}}")
+    return template
 
 
 def load_templates(

@@ -11,9 +11,11 @@ its order), so ``config.yaml`` only ever says what the run used.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
+import os
 import random
 import re
 import shutil
@@ -401,18 +403,62 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+DATA_FILES = "mmit.data.sources.DataFiles"
+WEIGHT_GROUPS = ("llm", "vision_encoder", "audio_encoder")
+
+
+def anchored(config: dict, cwd: Path | None = None) -> dict:
+    """A plain resolved config with the relative paths it names written from ``cwd`` (default: the
+    working folder): the data files of ``data=files`` / ``data=shards`` and their ``images_dir``,
+    ``init_from``, a ``feature_cache`` folder, ``trainer.benchmarks`` folders, and weights named by a
+    local folder (a ``name_or_path`` that exists here; a hub id is left as it is). A run's
+    ``config.yaml`` then names the same files wherever ``mmit.eval``, ``mmit.chat`` or a resume reads it.
+    """
+    cwd = Path.cwd() if cwd is None else Path(cwd)
+    out = copy.deepcopy(config)
+
+    def absolute(value: Any) -> Any:  # a path, a list of paths, or a mapping of names to either
+        if isinstance(value, dict):
+            return {name: absolute(v) for name, v in value.items()}
+        if isinstance(value, list):
+            return [absolute(v) for v in value]
+        if not isinstance(value, str):
+            return value
+        return os.path.normpath(cwd / Path(value).expanduser())  # an absolute value stays as it is
+
+    def anchor(node: Any, key: str) -> None:
+        if isinstance(node, dict) and node.get(key) is not None:
+            node[key] = absolute(node[key])
+
+    source = (out.get("data") or {}).get("source")
+    if isinstance(source, dict) and source.get("_target_") == DATA_FILES:
+        for key in ("train", "eval", "images_dir"):
+            anchor(source, key)
+    anchor(out, "init_from")
+    if out.get("feature_cache") != "auto":
+        anchor(out, "feature_cache")
+    anchor(out.get("trainer"), "benchmarks")
+    for group in WEIGHT_GROUPS:
+        name = (out.get(group) or {}).get("name_or_path")
+        if isinstance(name, str) and (cwd / Path(name).expanduser()).exists():
+            anchor(out[group], "name_or_path")
+    return out
+
+
 def write_run_config(run_dir: Path, cfg) -> None:
-    """Write the run's resolved ``config.yaml``. When the run resumes a checkpoint, compare with the
-    config that trained it first: a change to what the checkpoint fixes (RESUME_FIXED) is refused
-    and nothing is written; any other change is reported and used from the next step, and the
-    config the run used until the checkpoint is kept as ``config.<checkpoint>.yaml``."""
+    """Write the run's resolved ``config.yaml``, its relative paths written from the working folder
+    (``anchored``). When the run resumes a checkpoint, compare with the config that trained it first
+    (its relative paths read from here too): a change to what the checkpoint fixes (RESUME_FIXED) is
+    refused and nothing is written; any other change is reported and used from the next step, and
+    the config the run used until the checkpoint is kept as ``config.<checkpoint>.yaml``."""
     from omegaconf import OmegaConf
 
     run_dir = Path(run_dir)
-    path, text = run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True)
+    new = anchored(OmegaConf.to_container(cfg, resolve=True))
+    path, text = run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(new))
     ckpt = latest_checkpoint(run_dir) if cfg.trainer.get("resume", True) else None
     if ckpt is not None and path.exists():
-        changes = config_changes(yaml.safe_load(path.read_text()) or {}, yaml.safe_load(text) or {})
+        changes = config_changes(anchored(yaml.safe_load(path.read_text()) or {}), new)
         fixed = [k for k in changes if any(k == f or k.startswith(f"{f}.") for f in RESUME_FIXED)]
         step = read_state(ckpt)["step"]
         if fixed:

@@ -1,6 +1,8 @@
 """Shaping options: answer-format hints (every turn or the first), the multiple-choice hint, and
 where the placeholders go."""
 
+import dataclasses
+
 import pytest
 
 from mmit.data.annotations import QA, Annotation
@@ -64,6 +66,36 @@ def test_option_then_letter_answers_name_the_right_option():
         assert letter[0] == "(" and letter[2] == ")" and listed_options(prompt)[letter[1]] == text
     with pytest.raises(ValueError, match="choice_answer"):
         ShapingConfig(choice_answer="text")
+
+
+def test_a_wording_that_asks_for_the_letter_alone_is_answered_with_the_letter_and_no_hint(tmp_path):
+    path = tmp_path / "mc.yaml"
+    path.write_text(
+        "vqa_multiple_choice:\n"
+        "  - {id: m1, text: '{question}\\n{options}'}\n"
+        "  - {id: m2, text: '{question}\\n{options}\\nAnswer with the letter.', letter_only: true}\n"
+    )
+    templates = {**TEMPLATES, **load_templates(path)}  # the shipped ones for the yes/no and short questions
+    hint = "Answer with the option text and its letter."
+    cfg = ShapingConfig(
+        qa_per_conversation=1, multiple_choice_fraction=1.0, choice_answer="option_letter", multiple_choice_hint=hint
+    )
+    convs = [
+        c
+        for seed in range(6)
+        for c in shape_annotation(_annotation(), templates, dataclasses.replace(cfg, seed=seed), _pool(), "train")[
+            "seen"
+        ]
+        if c.meta["tasks"] == ["vqa_multiple_choice"]
+    ]
+    by_template = {t: [c for c in convs if c.meta["templates"] == [t]] for t in ("m1", "m2")}
+    assert all(by_template.values())  # both wordings drawn
+    for conv in by_template["m2"]:
+        prompt, answer = conv.messages[0].content, conv.messages[1].content
+        assert prompt.endswith("Answer with the letter.") and answer in "ABCD" and len(answer) == 1
+    for conv in by_template["m1"]:
+        prompt, answer = conv.messages[0].content, conv.messages[1].content
+        assert prompt.endswith(hint) and answer.endswith(")") and len(answer) > 4  # "answer 3 (C)"
 
 
 @pytest.mark.parametrize("position", ["before", "after"])

@@ -65,6 +65,21 @@ def test_a_three_line_recipe_builds_with_the_base_defaults(llava, tmp_path):
     assert default_out.endswith("datasets/mine")  # the mmit cache, under the recipe's name
 
 
+def test_a_held_out_source_about_a_training_image_is_named_at_its_record_or_counted(llava, tmp_path):
+    records = json.loads((llava / "train.json").read_text())
+    (llava / "heldout.json").write_text(json.dumps([{**r, "id": f"h{r['id']}"} for r in records[:3]]))
+    reader = "{{_target_: mmit.data.annotations.read_llava, json_file: {}, images_dir: {}/images}}"
+    path = _recipe(
+        tmp_path,
+        f"sources:\n  - {reader.format(llava / 'train.json', llava)}\n"
+        f"heldout_sources:\n  - {reader.format(llava / 'heldout.json', llava)}\n",
+    )
+    with pytest.raises(BuildError, match=rf"^{llava}/heldout.json\[0\]: held-out source names '0.png', which the"):
+        build(compose_recipe(path, [f"out_dir={tmp_path / 'raise'}", "num_workers=1"]))
+    manifest = build(compose_recipe(path, [f"out_dir={tmp_path / 'skip'}", "num_workers=1", "on_error=skip"]))
+    assert manifest["skipped_annotations"] == {"heldout_overlap": 3} and "val_heldout_sources" not in manifest["sets"]
+
+
 def test_a_split_left_empty_by_eval_fraction_is_said(llava, tmp_path, caplog):
     reader = (
         f"{{_target_: mmit.data.annotations.read_llava, json_file: {llava}/train.json, images_dir: {llava}/images}}"
@@ -198,6 +213,8 @@ def test_a_list_given_as_a_mapping_and_an_unset_parameter_are_named(llava, tmp_p
         compose_recipe(_recipe(tmp_path, f"sources:\n  - {reader}\n"), ["sources[0].json_file=x"])
     with pytest.raises(BuildError, match=r"override 'shaping=\[1\]': shaping must be a mapping$"):
         compose_recipe("demo_vqa", ["shaping=[1]"])
+    with pytest.raises(BuildError, match=r"override 'shaping.held_out_tasks.a=1': one item of a list"):
+        compose_recipe("demo_vqa", ["shaping.seed=1", "shaping.held_out_tasks.a=1"])  # the override that misfits
     unset = _recipe(
         tmp_path, "sources:\n  - {_target_: mmit.data.annotations.read_llava, json_file: '${root}/train.json'}\n"
     )

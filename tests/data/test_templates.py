@@ -33,6 +33,12 @@ def test_every_shipped_file_passes_its_readers_checks(path):
         ("vqa_short:\n  - {id: 7, text: '{question}'}\n", 2, "id must be a non-empty text (quote it), not 7"),
         ("vqa_short:\n  - {id: s1, text: '   '}\n", 2, "text must be a non-empty text"),
         ("vqa_short:\n  - {id: s1, text: '{question}', held_out: 'false'}\n", 2, "held_out must be true or false"),
+        ("vqa_short:\n  - {id: s1, text: '{question}', letter_only: 1}\n", 2, "letter_only must be true or false"),
+        (
+            "vqa_short:\n  - {id: s1, text: '{question} Give a letter.', letter_only: true}\n",
+            2,
+            "('s1'): letter_only is for a wording that lists {options}",
+        ),
         ("vqa_short:\n  - {id: s1, text: '{question}', id: s2}\n", 2, "'id' appears twice (also line 2)"),
         ("vqa_short:\n  - just a wording\n", 2, "a template is a mapping"),
         ("vqa_short: {id: s1, text: '{question}'}\n", 1, "task 'vqa_short' needs a list of templates"),
