@@ -91,7 +91,7 @@ class ShapingConfig:
     num_choices: int = 4
     # A multiple-choice answer: the option's "letter" ("B"), or "option_letter": its text, then its
     # letter in brackets ("red (B)"), so that the letter is looked up from a word already written; a
-    # template that asks for the letter alone (letter_only: true) gets the letter, and no hint
+    # wording that asks for the letter alone (letter_only: true) is then never drawn
     choice_answer: str = "letter"
     held_out_tasks: list[str] = field(default_factory=list)  # never in training; own eval set
     # Where templated prompts put the placeholders: "before" the instruction (LLaVA's layout) or
@@ -165,15 +165,22 @@ def _qa_turn(
         rng.shuffle(options)
         listing = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
         prompt = template.render({"question": qa.question, "options": listing})
-        if cfg.multiple_choice_hint and hint and not template.letter_only:  # that wording says the form itself
+        if cfg.multiple_choice_hint and hint:
             prompt = f"{prompt}\n{cfg.multiple_choice_hint}"
         letter = LETTERS[options.index(qa.answer)]
-        alone = cfg.choice_answer == "letter" or template.letter_only  # as the wording asks
-        return prompt, letter if alone else f"{qa.answer} ({letter})"
+        return prompt, letter if cfg.choice_answer == "letter" else f"{qa.answer} ({letter})"
     prompt = template.render({"statement" if task == "compare_statement" else "question": qa.question})
     if task in ("vqa_short", "audio_qa", "video_qa", "compare_qa", "av_qa") and cfg.short_answer_hint and hint:
         prompt = f"{prompt}\n{cfg.short_answer_hint}"
     return prompt, qa.answer
+
+
+def usable_templates(templates: dict[str, list[Template]], task: str, cfg: ShapingConfig) -> list[Template]:
+    """The wordings of ``task`` whose instruction the answer form obeys: with option-then-letter answers
+    ("red (B)"), not those that ask for the letter alone (``letter_only``)."""
+    if task == "vqa_multiple_choice" and cfg.choice_answer == "option_letter":
+        return [t for t in templates[task] if not t.letter_only]
+    return templates[task]
 
 
 def _with_media(prompt: str, media: list[MediaRef], position: str = "before") -> str:
@@ -289,7 +296,7 @@ def shape_annotation(
         wanted = held_out_templates and task not in cfg.held_out_tasks
         if task not in templates:
             raise missing_templates(task, templates)
-        return choose_template(templates[task], rng, held_out=wanted)
+        return choose_template(usable_templates(templates, task, cfg), rng, held_out=wanted)
 
     def captions(task: str) -> None:
         if train:

@@ -29,7 +29,7 @@ from omegaconf.errors import InterpolationKeyError, OmegaConfBaseException
 
 from mmit.cli import did_you_mean
 from mmit.config_checks import argument_problems, unknown_arguments
-from mmit.data.instructions import TEMPLATE_FIELDS, ShapingConfig
+from mmit.data.instructions import TEMPLATE_FIELDS, ShapingConfig, usable_templates
 from mmit.data.templates import load_templates
 from mmit.paths import RECIPES_DIR, is_plain_file_name
 
@@ -285,6 +285,17 @@ def shaping_config(cfg: DictConfig, templates: dict) -> ShapingConfig:
             f"shaping.held_out_tasks names {sorted(unknown)}, which the recipe's templates do not word; "
             f"its tasks are {', '.join(sorted(templates))}"
         )
+    task = "vqa_multiple_choice"
+    if task in templates:  # option-then-letter answers leave out the wordings asking for the letter alone
+        usable = usable_templates(templates, task, shaping)
+        needed = [False, True] if cfg.eval_fraction > 0 and task not in shaping.held_out_tasks else [False]
+        missing = ["held-out" if held else "training" for held in needed if not any(t.held_out == held for t in usable)]
+        if missing:
+            raise BuildError(
+                f'shaping.choice_answer is option_letter ("red (B)"), and every {missing[0]} {task} wording of '
+                "the recipe's templates asks for the letter alone (letter_only: true); add one that does not, "
+                "or answer with the letter (shaping.choice_answer: letter)"
+            )
     return shaping
 
 

@@ -2,8 +2,8 @@
 
 A template file maps task names to lists of ``{id, text, held_out}``; ``text`` is a
 ``str.format`` pattern over the fields its task supplies (``{question}``, ``{options}``, ...).
-A multiple-choice wording that asks for the letter alone says so (``letter_only: true``): its
-answer is the letter even where ``shaping.choice_answer`` writes the option's text before it.
+A multiple-choice wording that asks for the letter alone says so (``letter_only: true``): where
+``shaping.choice_answer`` writes the option's text before its letter, it is not drawn.
 Held-out templates never reach training data; they build the evaluation sets that test
 generalisation to new wordings. A file is checked whole when it is read: a mistake stops there,
 naming the file, line and template, not a build halfway through.

@@ -4,6 +4,7 @@ where the placeholders go."""
 import dataclasses
 
 import pytest
+from omegaconf import OmegaConf
 
 from mmit.data.annotations import QA, Annotation
 from mmit.data.instructions import ShapingConfig, shape_annotation
@@ -68,34 +69,42 @@ def test_option_then_letter_answers_name_the_right_option():
         ShapingConfig(choice_answer="text")
 
 
-def test_a_wording_that_asks_for_the_letter_alone_is_answered_with_the_letter_and_no_hint(tmp_path):
+def test_option_then_letter_answers_never_follow_a_wording_that_asks_for_the_letter_alone():
+    shipped = TEMPLATES["vqa_multiple_choice"]
+    assert sum(t.letter_only for t in shipped) >= 5 and any(t.letter_only and t.held_out for t in shipped)
+    drawn = {"letter": set(), "option_letter": set()}
+    for form in drawn:
+        cfg = ShapingConfig(qa_per_conversation=1, multiple_choice_fraction=1.0, choice_answer=form)
+        for seed in range(40):
+            for held_out in (False, True):
+                split = "val" if held_out else "train"
+                convs = shape_annotation(
+                    _annotation(), TEMPLATES, dataclasses.replace(cfg, seed=seed), _pool(), split, held_out
+                )["seen"]
+                drawn[form] |= {c.meta["templates"][0] for c in convs if c.meta["tasks"] == ["vqa_multiple_choice"]}
+    letter_only = {t.id for t in shipped if t.letter_only}
+    assert drawn["letter"] & letter_only and drawn["option_letter"] and not drawn["option_letter"] & letter_only
+
+
+def test_a_recipe_whose_multiple_choice_wordings_all_ask_for_the_letter_is_refused_with_option_letter(tmp_path):
+    from mmit.build import BuildError
+    from mmit.data.recipes import shaping_config
+
     path = tmp_path / "mc.yaml"
     path.write_text(
         "vqa_multiple_choice:\n"
         "  - {id: m1, text: '{question}\\n{options}'}\n"
-        "  - {id: m2, text: '{question}\\n{options}\\nAnswer with the letter.', letter_only: true}\n"
+        "  - {id: m2, text: '{question}\\n{options}\\nOnly the letter.', held_out: true, letter_only: true}\n"
     )
-    templates = {**TEMPLATES, **load_templates(path)}  # the shipped ones for the yes/no and short questions
-    hint = "Answer with the option text and its letter."
-    cfg = ShapingConfig(
-        qa_per_conversation=1, multiple_choice_fraction=1.0, choice_answer="option_letter", multiple_choice_hint=hint
-    )
-    convs = [
-        c
-        for seed in range(6)
-        for c in shape_annotation(_annotation(), templates, dataclasses.replace(cfg, seed=seed), _pool(), "train")[
-            "seen"
-        ]
-        if c.meta["tasks"] == ["vqa_multiple_choice"]
-    ]
-    by_template = {t: [c for c in convs if c.meta["templates"] == [t]] for t in ("m1", "m2")}
-    assert all(by_template.values())  # both wordings drawn
-    for conv in by_template["m2"]:
-        prompt, answer = conv.messages[0].content, conv.messages[1].content
-        assert prompt.endswith("Answer with the letter.") and answer in "ABCD" and len(answer) == 1
-    for conv in by_template["m1"]:
-        prompt, answer = conv.messages[0].content, conv.messages[1].content
-        assert prompt.endswith(hint) and answer.endswith(")") and len(answer) > 4  # "answer 3 (C)"
+    templates = load_templates(path)
+    cfg = OmegaConf.create({"seed": 0, "eval_fraction": 0.1, "shaping": {"choice_answer": "option_letter"}})
+    with pytest.raises(BuildError, match=r"every held-out vqa_multiple_choice wording .* asks for the letter alone"):
+        shaping_config(cfg, templates)
+    cfg.shaping.choice_answer = "letter"
+    assert shaping_config(cfg, templates).choice_answer == "letter"
+    cfg.eval_fraction = 0.0  # no evaluation set to word
+    cfg.shaping.choice_answer = "option_letter"
+    assert shaping_config(cfg, templates).choice_answer == "option_letter"
 
 
 @pytest.mark.parametrize("position", ["before", "after"])
