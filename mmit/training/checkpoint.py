@@ -398,7 +398,7 @@ def config_changes(old: Any, new: Any, key: str = "") -> dict[str, tuple[Any, An
     return {} if old == new else {key: (old, new)}
 
 
-def _short(value: Any, limit: int = 80) -> str:
+def _short(value: Any, limit: int = 200) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
