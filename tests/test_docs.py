@@ -178,7 +178,7 @@ def test_the_guides_run_is_evaluated_from_another_folder(guide_folder, tmp_path)
     """The guide trains on relative paths (my_data/train.json); its run's config.yaml names them from the
     folder it trained in, so mmit.eval finds the run's own sets from anywhere."""
     run_dir = guide_folder[0] / "runs" / "my_data_tiny"
-    assert "my_data/val.json" in (run_dir / "config.yaml").read_text()
+    assert f"{guide_folder[0]}/my_data/val.json" in (run_dir / "config.yaml").read_text()  # written absolutely
     argv = [sys.executable, "-m", "mmit.eval", str(run_dir), "--max-samples", "2", "--no-swap-media"]
     run = subprocess.run([*argv, "--out", str(tmp_path / "e")], cwd=tmp_path, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -272,8 +272,13 @@ def template_paths(cfg: DictConfig) -> list[str]:
 def recipe_templates(cfg: DictConfig) -> dict:
     """The templates of a composed recipe (``templates``: one file or a list of them). Where the build
     keeps images for evaluation, each task but the held-out ones needs held-out wordings."""
-    worded = set(TEMPLATE_FIELDS) - set(cfg.shaping.held_out_tasks) if cfg.eval_fraction > 0 else ()
-    return load_template_files(template_paths(cfg), worded)
+    return load_template_files(template_paths(cfg), held_out_worded(cfg))
+
+
+def held_out_worded(cfg: DictConfig) -> set[str]:
+    """The tasks whose evaluation set of unseen wordings the recipe's build writes: every task but the
+    held-out ones, where the build keeps images for evaluation."""
+    return set(TEMPLATE_FIELDS) - set(cfg.shaping.held_out_tasks) if cfg.eval_fraction > 0 else set()
 
 
 def shaping_config(cfg: DictConfig, templates: dict) -> ShapingConfig:
@@ -288,7 +293,7 @@ def shaping_config(cfg: DictConfig, templates: dict) -> ShapingConfig:
     task = "vqa_multiple_choice"
     if task in templates:  # option-then-letter answers leave out the wordings asking for the letter alone
         usable = usable_templates(templates, task, shaping)
-        needed = [False, True] if cfg.eval_fraction > 0 and task not in shaping.held_out_tasks else [False]
+        needed = [False, True] if task in held_out_worded(cfg) else [False]
         missing = ["held-out" if held else "training" for held in needed if not any(t.held_out == held for t in usable)]
         if missing:
             raise BuildError(

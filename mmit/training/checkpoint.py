@@ -403,6 +403,8 @@ def _short(value: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+# As mmit.config_checks names them (DataFiles' target, BUILT_GROUPS), which this module cannot import:
+# config_checks reads the loop's TrainerConfig, and the loop imports this module.
 DATA_FILES = "mmit.data.sources.DataFiles"
 WEIGHT_GROUPS = ("llm", "vision_encoder", "audio_encoder")
 

@@ -97,7 +97,8 @@ def test_a_recipe_whose_multiple_choice_wordings_all_ask_for_the_letter_is_refus
         "  - {id: m2, text: '{question}\\n{options}\\nOnly the letter.', held_out: true, letter_only: true}\n"
     )
     templates = load_templates(path)
-    cfg = OmegaConf.create({"seed": 0, "eval_fraction": 0.1, "shaping": {"choice_answer": "option_letter"}})
+    shaping = {"choice_answer": "option_letter", "held_out_tasks": []}
+    cfg = OmegaConf.create({"seed": 0, "eval_fraction": 0.1, "shaping": shaping})
     with pytest.raises(BuildError, match=r"every held-out vqa_multiple_choice wording .* asks for the letter alone"):
         shaping_config(cfg, templates)
     cfg.shaping.choice_answer = "letter"
